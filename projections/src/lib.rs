@@ -1,0 +1,1 @@
+//! Projection engine (see issue 4).

@@ -1,0 +1,226 @@
+//! Group commit: a bounded queue of prepared appends and one writer task that drains it.
+//!
+//! While the writer waits for a commit (a WAL flush), new requests pile up in the queue; the
+//! next transaction takes all of them. Throughput therefore grows with concurrency instead of
+//! being capped at one commit per append. A full queue pushes back: callers wait up to a
+//! deadline, then get a retryable `Overloaded` error having written nothing.
+
+use super::batch::{write_batch, BatchResult};
+use super::prepare::PreparedAppend;
+use crate::config::PipelineConfig;
+use crate::error::{Result, StoreError};
+use crate::model::{AppendOutcome, Position};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// A request waiting in the queue with the channel its answer goes back on.
+pub(crate) struct Pending {
+    pub prepared: PreparedAppend,
+    pub reply: oneshot::Sender<Result<AppendOutcome>>,
+    pub enqueued_at: Instant,
+}
+
+/// The caller's side of the queue.
+#[derive(Clone)]
+pub(crate) struct AppendQueue {
+    sender: mpsc::Sender<Pending>,
+    config: PipelineConfig,
+}
+
+impl AppendQueue {
+    /// Enqueues `prepared` and waits for the writer's answer.
+    pub async fn submit(&self, prepared: PreparedAppend) -> Result<AppendOutcome> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            prepared,
+            reply,
+            enqueued_at: Instant::now(),
+        };
+        match self.sender.try_send(pending) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(StoreError::ShuttingDown),
+            Err(mpsc::error::TrySendError::Full(pending)) => {
+                metrics::counter!("tidemark_append_queue_full_total").increment(1);
+                match self
+                    .sender
+                    .send_timeout(pending, self.config.enqueue_deadline)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                        return Err(StoreError::ShuttingDown)
+                    }
+                    Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                        metrics::counter!("tidemark_append_overloaded_total").increment(1);
+                        return Err(StoreError::Overloaded {
+                            waited_ms: self.config.enqueue_deadline.as_millis() as u64,
+                        });
+                    }
+                }
+            }
+        }
+        // The writer answers every request it takes, including on shutdown (it drains).
+        answer.await.unwrap_or(Err(StoreError::ShuttingDown))
+    }
+
+    /// Requests waiting in the queue right now.
+    pub fn depth(&self) -> usize {
+        self.config.queue_depth - self.sender.capacity()
+    }
+}
+
+/// Starts the writer task. It stops after `shutdown` is cancelled and every request already
+/// in the queue has been written and answered.
+pub(crate) fn start(
+    pool: deadpool_postgres::Pool,
+    config: PipelineConfig,
+    head: watch::Sender<Position>,
+    shutdown: CancellationToken,
+) -> (AppendQueue, tokio::task::JoinHandle<()>) {
+    let (sender, receiver) = mpsc::channel(config.queue_depth.max(1));
+    let writer = Writer {
+        pool,
+        config: config.clone(),
+        head,
+        receiver,
+    };
+    let handle = tokio::spawn(writer.run(shutdown));
+    (AppendQueue { sender, config }, handle)
+}
+
+struct Writer {
+    pool: deadpool_postgres::Pool,
+    config: PipelineConfig,
+    head: watch::Sender<Position>,
+    receiver: mpsc::Receiver<Pending>,
+}
+
+impl Writer {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut batch: Vec<Pending> = Vec::with_capacity(self.config.max_batch_requests);
+        loop {
+            let first = tokio::select! {
+                biased;
+                next = self.receiver.recv() => next,
+                _ = shutdown.cancelled() => {
+                    // Refuse new requests, then drain what is already queued.
+                    self.receiver.close();
+                    self.receiver.recv().await
+                }
+            };
+            let Some(first) = first else { break };
+            self.collect_batch(first, &mut batch).await;
+            self.write(&mut batch).await;
+        }
+        tracing::debug!("append writer stopped; queue drained");
+    }
+
+    /// Takes whatever else is queued (up to the limits), waiting at most `max_batch_wait`
+    /// for more when the queue runs dry.
+    async fn collect_batch(&mut self, first: Pending, batch: &mut Vec<Pending>) {
+        let mut events = first.prepared.request.events.len();
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + self.config.max_batch_wait;
+        while batch.len() < self.config.max_batch_requests && events < self.config.max_batch_events
+        {
+            let next = match self.receiver.try_recv() {
+                Ok(next) => next,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if self.config.max_batch_wait.is_zero() {
+                        break;
+                    }
+                    match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+                        Ok(Some(next)) => next,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            };
+            events += next.prepared.request.events.len();
+            batch.push(next);
+        }
+    }
+
+    async fn write(&mut self, batch: &mut Vec<Pending>) {
+        let started = Instant::now();
+        metrics::histogram!("tidemark_append_batch_requests").record(batch.len() as f64);
+        let result = self.write_once(batch).await;
+        match result {
+            Ok(result) => self.answer(batch, result),
+            Err(error) if batch.len() > 1 && !is_connection_loss(&error) => {
+                // Something in the batch made the whole transaction fail. Write the requests
+                // one by one so that only the culprit fails.
+                tracing::warn!(%error, requests = batch.len(), "append batch failed; retrying its requests one by one");
+                for single in std::mem::take(batch) {
+                    let mut one = vec![single];
+                    match self.write_once(&one).await {
+                        Ok(result) => self.answer(&mut one, result),
+                        Err(error) => fail_all(&mut one, &error),
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, requests = batch.len(), "append batch failed");
+                fail_all(batch, &error);
+            }
+        }
+        metrics::histogram!("tidemark_append_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        batch.clear();
+    }
+
+    async fn write_once(&self, batch: &[Pending]) -> Result<BatchResult> {
+        let mut client = self.pool.get().await?;
+        // The batch module needs a slice of prepared appends; borrow them in place.
+        let prepared: Vec<&PreparedAppend> = batch.iter().map(|p| &p.prepared).collect();
+        write_batch(&mut client, &prepared).await
+    }
+
+    fn answer(&self, batch: &mut Vec<Pending>, result: BatchResult) {
+        if let Some(new_head) = result.new_head {
+            // Wake in-process subscribers at once, without waiting for NOTIFY's round trip.
+            self.head.send_if_modified(|head| {
+                let advanced = new_head > *head;
+                if advanced {
+                    *head = new_head;
+                }
+                advanced
+            });
+        }
+        for (pending, answer) in batch.drain(..).zip(result.answers) {
+            record_outcome(&answer, pending.enqueued_at);
+            // The caller may have given up waiting; its append stands regardless.
+            let _ = pending.reply.send(answer);
+        }
+    }
+}
+
+fn record_outcome(answer: &Result<AppendOutcome>, enqueued_at: Instant) {
+    match answer {
+        Ok(outcome) => {
+            let written = outcome.events.iter().filter(|e| !e.duplicate).count();
+            metrics::counter!("tidemark_events_appended_total").increment(written as u64);
+            metrics::histogram!("tidemark_append_seconds")
+                .record(enqueued_at.elapsed().as_secs_f64());
+        }
+        Err(error) => {
+            metrics::counter!("tidemark_append_errors_total", "kind" => error.kind()).increment(1);
+        }
+    }
+}
+
+fn is_connection_loss(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+        StoreError::Unavailable(_) => true,
+        _ => false,
+    }
+}
+
+fn fail_all(batch: &mut Vec<Pending>, error: &StoreError) {
+    for pending in batch.drain(..) {
+        record_outcome(&Err(error.clone()), pending.enqueued_at);
+        let _ = pending.reply.send(Err(error.clone()));
+    }
+}

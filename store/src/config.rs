@@ -1,0 +1,76 @@
+//! Store configuration with measured defaults (see BENCHMARKS.md).
+
+use std::time::Duration;
+
+/// Limits on what one append may contain.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_stream_id_bytes: usize,
+    pub max_event_type_bytes: usize,
+    /// Serialized size of payload + metadata of one event.
+    pub max_event_bytes: usize,
+    pub max_events_per_append: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stream_id_bytes: 200,
+            max_event_type_bytes: 200,
+            max_event_bytes: 1024 * 1024,
+            max_events_per_append: 1000,
+        }
+    }
+}
+
+/// The group-commit append pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Most append requests written in one transaction.
+    pub max_batch_requests: usize,
+    /// Most events written in one transaction (a large append still goes alone).
+    pub max_batch_events: usize,
+    /// How long the writer waits for more requests once it has one.
+    pub max_batch_wait: Duration,
+    /// Requests that may wait in the queue.
+    pub queue_depth: usize,
+    /// How long a caller waits for room in a full queue before `Overloaded`.
+    pub enqueue_deadline: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            max_batch_requests: 512,
+            max_batch_events: 5000,
+            max_batch_wait: Duration::from_micros(200),
+            queue_depth: 4096,
+            enqueue_deadline: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Everything [`crate::EventStore::open`] needs besides the database.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Partitions of a new store (ignored when the store exists; its own count wins).
+    pub partitions: u16,
+    pub limits: Limits,
+    pub pipeline: PipelineConfig,
+    /// How often subscriptions re-read the log when no notification arrives.
+    pub poll_interval: Duration,
+    /// Run pending migrations when opening.
+    pub migrate: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            partitions: 16,
+            limits: Limits::default(),
+            pipeline: PipelineConfig::default(),
+            poll_interval: Duration::from_millis(500),
+            migrate: true,
+        }
+    }
+}

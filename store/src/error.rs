@@ -1,0 +1,156 @@
+//! Errors of the store. Each variant says what the caller can do about it.
+
+use crate::model::{ExpectedVersion, Position, StreamVersion};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Input that the store refuses before touching the database.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("the {field} is empty; give a non-empty value")]
+    Empty { field: &'static str },
+    #[error("the {field} is {len} bytes long; the limit is {max}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("the {field} contains a control character at byte {index}; use printable text")]
+    ControlCharacter { field: &'static str, index: usize },
+    #[error("the {field} of event {event_index} must be a JSON object, not {found}")]
+    NotAnObject {
+        field: &'static str,
+        event_index: usize,
+        found: &'static str,
+    },
+    #[error("the {field} of event {event_index} contains a NUL character (\\u0000), which PostgreSQL cannot store in JSON")]
+    NulInJson {
+        field: &'static str,
+        event_index: usize,
+    },
+    #[error("event {event_index} is {size} bytes of JSON; the limit is {max} bytes")]
+    PayloadTooLarge {
+        event_index: usize,
+        size: usize,
+        max: usize,
+    },
+    #[error("an append needs at least one event")]
+    NoEvents,
+    #[error("this append has {count} events; the limit is {max} per append")]
+    TooManyEvents { count: usize, max: usize },
+    #[error("the event id {event_id} appears twice in this append; each event needs its own id")]
+    DuplicateIdInAppend { event_id: Uuid },
+    #[error("expected version {0} is negative; versions start at 0")]
+    NegativeVersion(StreamVersion),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The input was rejected; fix it and send again. Nothing was written.
+    #[error("invalid input: {0}")]
+    Invalid(#[from] ValidationError),
+
+    /// The stream was not at the expected version; reload it, decide again, retry.
+    /// Nothing of the append was written.
+    #[error("stream '{stream_id}' was expected at {expected} but is at {}", describe_version(*.actual))]
+    WrongExpectedVersion {
+        stream_id: String,
+        expected: ExpectedVersion,
+        /// The stream's last version, `None` when the stream does not exist.
+        actual: Option<StreamVersion>,
+    },
+
+    /// An event id was reused for different content. Use a new id for a new event.
+    #[error("event id {event_id} is already stored with different content (at position {existing_position})")]
+    EventIdConflict {
+        event_id: Uuid,
+        existing_position: Position,
+    },
+
+    /// The append queue stayed full past the deadline. Retry after a short pause;
+    /// nothing of the append was written.
+    #[error(
+        "the store is overloaded: the append queue stayed full for {waited_ms} ms; retry shortly"
+    )]
+    Overloaded { waited_ms: u64 },
+
+    /// The store is shutting down and accepts no new appends.
+    #[error("the store is shutting down and no longer accepts appends")]
+    ShuttingDown,
+
+    /// The database refused or failed; the message says which operation.
+    #[error("database error while {context}: {source}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: Arc<tokio_postgres::Error>,
+    },
+
+    /// No connection could be taken from the pool; the database may be down. Retry later.
+    #[error("could not get a database connection: {0}")]
+    Unavailable(String),
+
+    /// A migration problem (see the message); the store cannot start.
+    #[error("migration error: {0}")]
+    Migration(String),
+
+    /// The store's configuration does not fit the database (see the message).
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    /// Running an embedded PostgreSQL failed (see the message).
+    #[error("embedded PostgreSQL: {0}")]
+    Embedded(String),
+}
+
+fn describe_version(v: Option<StreamVersion>) -> String {
+    match v {
+        None => "no stream".to_string(),
+        Some(v) => format!("version {v}"),
+    }
+}
+
+impl StoreError {
+    pub(crate) fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+        move |source| StoreError::Database {
+            context,
+            source: Arc::new(source),
+        }
+    }
+
+    /// A stable, machine-readable name for the kind of error (used in metrics and APIs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Invalid(ValidationError::PayloadTooLarge { .. }) => "payload_too_large",
+            StoreError::Invalid(_) => "bad_input",
+            StoreError::WrongExpectedVersion { .. } => "wrong_expected_version",
+            StoreError::EventIdConflict { .. } => "event_id_conflict",
+            StoreError::Overloaded { .. } => "overloaded",
+            StoreError::ShuttingDown => "shutting_down",
+            StoreError::Database { .. } => "database",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Migration(_) => "migration",
+            StoreError::Config(_) => "config",
+            StoreError::Embedded(_) => "embedded",
+        }
+    }
+
+    /// Whether the same request may succeed if simply sent again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Overloaded { .. } | StoreError::Unavailable(_)
+        ) || matches!(self, StoreError::Database { source, .. } if source.is_closed())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}

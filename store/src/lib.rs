@@ -1,0 +1,43 @@
+//! # tidemark-store
+//!
+//! An append-only event log on PostgreSQL. Read in this order:
+//!
+//! - [`model`]: what you append ([`NewEvent`], [`AppendRequest`], [`ExpectedVersion`]) and
+//!   what you read back ([`RecordedEvent`]).
+//! - [`store`]: [`EventStore`], the handle: `append`, `read_stream`, `read_log`, `subscribe`.
+//! - `append`: validation and hashing in the caller's task, then a bounded queue and one
+//!   writer task that commits many appends per transaction (group commit). Positions come
+//!   from a single head row locked by each append transaction, so they are dense and in
+//!   commit order.
+//! - [`read`] and [`subscribe`]: paged reads by stream or position, and catch-up-then-live
+//!   subscriptions woken by LISTEN/NOTIFY with a polling fallback.
+//! - [`hashing`]: canonical JSON, content hashes, derived event ids, partitions: the parts
+//!   of the on-disk contract that must never change.
+//! - [`validate`], [`error`]: what is refused, and why.
+//! - [`migrate`]: applies `migrations/*.sql` once, under an advisory lock, checksummed.
+//! - [`embedded`]: runs a private PostgreSQL cluster from the installed binaries.
+//! - [`config`]: limits and pipeline settings with their defaults.
+//!
+//! The store knows nothing of projections or GraphQL.
+
+mod append;
+pub mod config;
+// pub mod embedded; (lands with the launcher)
+pub mod error;
+pub mod hashing;
+pub mod migrate;
+pub mod model;
+pub mod read;
+pub mod store;
+pub mod subscribe;
+pub mod validate;
+
+pub use config::{Limits, PipelineConfig, StoreConfig};
+pub use error::{Result, StoreError, ValidationError};
+pub use model::{
+    category_of, AppendOutcome, AppendRequest, AppendedEvent, ExpectedVersion, NewEvent, Position,
+    RecordedEvent, StreamVersion,
+};
+pub use read::{Direction, LogFilter};
+pub use store::{build_pool, EventStore};
+pub use subscribe::SubscribeOptions;

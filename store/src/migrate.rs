@@ -1,0 +1,156 @@
+//! Applies `migrations/*.sql` in order, once, safely from several processes at once.
+//!
+//! Each migration runs in its own transaction and is recorded with its checksum; a database
+//! whose recorded checksum differs from the file is refused (someone edited history).
+
+use crate::error::{Result, StoreError};
+use tokio_postgres::Client;
+
+/// A migration shipped with this build.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+impl Migration {
+    pub fn checksum(&self) -> Vec<u8> {
+        blake3::hash(self.sql.as_bytes()).as_bytes().to_vec()
+    }
+}
+
+/// Every migration, in order. The SQL lives in the workspace's `migrations/` folder.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "event_log",
+    sql: include_str!("../../migrations/0001_event_log.sql"),
+}];
+
+/// Advisory lock key shared by every Tidemark process ("tidemark" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x7469_6465_6d61_726b;
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub applied: Vec<i32>,
+    pub already_applied: Vec<i32>,
+}
+
+/// Applies every pending migration. Safe to call from many processes at once: an advisory
+/// lock serialises them and each migration is applied exactly once.
+pub async fn run(client: &mut Client) -> Result<MigrationReport> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS tidemark_migrations (
+                 version    integer PRIMARY KEY,
+                 name       text    NOT NULL,
+                 checksum   bytea   NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .or_else(|e| {
+            // Two processes creating the table at the same instant: one loses the race on
+            // the catalog's unique index, which is harmless.
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                Ok(())
+            } else {
+                Err(StoreError::db("creating the migrations table")(e))
+            }
+        })?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .map_err(StoreError::db("taking the migration lock"))?;
+    let result = apply_pending(client).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .map_err(StoreError::db("releasing the migration lock"));
+    let report = result?;
+    unlock?;
+    Ok(report)
+}
+
+async fn apply_pending(client: &mut Client) -> Result<MigrationReport> {
+    let rows = client
+        .query(
+            "SELECT version, name, checksum FROM tidemark_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .map_err(StoreError::db("reading applied migrations"))?;
+    let mut report = MigrationReport::default();
+    for row in &rows {
+        let version: i32 = row.get(0);
+        let name: String = row.get(1);
+        let checksum: Vec<u8> = row.get(2);
+        let Some(known) = MIGRATIONS.iter().find(|m| m.version == version) else {
+            return Err(StoreError::Migration(format!(
+                "the database has migration {version} ({name}) which this build does not know; \
+                 run a newer Tidemark against it"
+            )));
+        };
+        if known.checksum() != checksum {
+            return Err(StoreError::Migration(format!(
+                "migration {version} ({name}) was applied with different content than \
+                 migrations/{version:04}_{}.sql in this build; refusing to start on a database \
+                 whose history differs from the code",
+                known.name
+            )));
+        }
+        report.already_applied.push(version);
+    }
+    for migration in MIGRATIONS {
+        if report.already_applied.contains(&migration.version) {
+            continue;
+        }
+        let tx = client
+            .transaction()
+            .await
+            .map_err(StoreError::db("starting a migration"))?;
+        tx.batch_execute(migration.sql).await.map_err(|e| {
+            StoreError::Migration(format!(
+                "migration {} ({}) failed: {}",
+                migration.version,
+                migration.name,
+                e.as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string())
+            ))
+        })?;
+        tx.execute(
+            "INSERT INTO tidemark_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[&migration.version, &migration.name, &migration.checksum()],
+        )
+        .await
+        .map_err(StoreError::db("recording a migration"))?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing a migration"))?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
+        report.applied.push(migration.version);
+    }
+    Ok(report)
+}
+
+/// True when every migration of this build is applied (for readiness checks).
+pub async fn is_up_to_date(client: &Client) -> Result<bool> {
+    let latest = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM tidemark_migrations",
+            &[],
+        )
+        .await;
+    match row {
+        Ok(row) => Ok(row.get::<_, i32>(0) >= latest),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(false),
+        Err(e) => Err(StoreError::db("checking migrations")(e)),
+    }
+}

@@ -1,0 +1,261 @@
+//! [`EventStore`]: the handle applications hold. Cheap to clone; every clone shares the
+//! pool, the append pipeline and the head watcher.
+
+use crate::append::pipeline::{self, AppendQueue};
+use crate::append::prepare::prepare;
+use crate::config::StoreConfig;
+use crate::error::{Result, StoreError};
+use crate::migrate;
+use crate::model::{AppendOutcome, AppendRequest, Position, RecordedEvent, StreamVersion};
+use crate::read::{self, Direction, LogFilter};
+use crate::subscribe::{self, SubscribeOptions};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::Stream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The event store. See the crate documentation for an overview.
+#[derive(Clone)]
+pub struct EventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    pg_config: tokio_postgres::Config,
+    config: StoreConfig,
+    partitions: u16,
+    queue: AppendQueue,
+    head: watch::Receiver<Position>,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Last handle gone without an explicit shutdown: stop the background tasks.
+        self.shutdown.cancel();
+    }
+}
+
+/// Builds a connection pool for `pg_config` with `max_size` connections.
+pub fn build_pool(pg_config: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
+    let manager = Manager::from_config(
+        pg_config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Config(format!("cannot build the connection pool: {e}")))
+}
+
+impl EventStore {
+    /// Connects to the database described by `pg_config`, applies migrations (unless
+    /// disabled), creates the store on first use and starts the append writer and the head
+    /// watcher. Fails fast with a clear error when the database is unreachable.
+    pub async fn open(
+        pg_config: tokio_postgres::Config,
+        config: StoreConfig,
+    ) -> Result<EventStore> {
+        let pool = build_pool(pg_config.clone(), 32)?;
+        EventStore::open_with_pool(pool, pg_config, config).await
+    }
+
+    /// Like [`EventStore::open`] on an existing pool (the store shares it with, e.g., the
+    /// projection engine). `pg_config` is used for the LISTEN connection.
+    pub async fn open_with_pool(
+        pool: Pool,
+        pg_config: tokio_postgres::Config,
+        config: StoreConfig,
+    ) -> Result<EventStore> {
+        let mut client = pool.get().await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "{e}; check DATABASE_URL and that PostgreSQL is running"
+            ))
+        })?;
+        if config.migrate {
+            migrate::run(&mut client).await?;
+        } else if !migrate::is_up_to_date(&client).await? {
+            return Err(StoreError::Migration(
+                "the database is not migrated to this version; run `tidemark migrate`".into(),
+            ));
+        }
+        let partitions = i32::from(config.partitions.max(1));
+        client
+            .execute(
+                "INSERT INTO store_head (position, partitions) VALUES (0, $1) ON CONFLICT DO NOTHING",
+                &[&partitions],
+            )
+            .await
+            .map_err(StoreError::db("creating the store head"))?;
+        let row = client
+            .query_one("SELECT position, partitions FROM store_head", &[])
+            .await
+            .map_err(StoreError::db("reading the store head"))?;
+        let head_position: Position = row.get(0);
+        let stored_partitions: i32 = row.get(1);
+        if stored_partitions != partitions {
+            tracing::warn!(
+                configured = partitions,
+                stored = stored_partitions,
+                "the store was created with a different partition count; using the stored one"
+            );
+        }
+        drop(client);
+
+        let shutdown = CancellationToken::new();
+        let (head_tx, head_rx) = watch::channel(head_position);
+        let watcher = tokio::spawn(subscribe::watch_head(
+            pg_config.clone(),
+            head_tx.clone(),
+            shutdown.child_token(),
+        ));
+        let (queue, writer) = pipeline::start(
+            pool.clone(),
+            config.pipeline.clone(),
+            head_tx,
+            shutdown.child_token(),
+        );
+        Ok(EventStore {
+            inner: Arc::new(Inner {
+                pool,
+                pg_config,
+                config,
+                partitions: stored_partitions as u16,
+                queue,
+                head: head_rx,
+                shutdown,
+                tasks: Mutex::new(vec![writer, watcher]),
+            }),
+        })
+    }
+
+    /// Appends events to one stream, atomically. See [`AppendRequest`] for the options and
+    /// DESIGN.md §2 for the rules on expected versions and dedup.
+    pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome> {
+        let prepared = prepare(request, &self.inner.config.limits, self.inner.partitions)?;
+        self.inner.queue.submit(prepared).await
+    }
+
+    /// Reads up to `limit` events of `stream_id` starting at version `from` (inclusive).
+    pub async fn read_stream(
+        &self,
+        stream_id: &str,
+        from: Option<StreamVersion>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        crate::validate::stream_id(stream_id, &self.inner.config.limits)?;
+        let client = self.inner.pool.get().await?;
+        read::read_stream(&client, stream_id, from, direction, limit).await
+    }
+
+    /// Reads up to `limit` events after `after` passing `filter`, in position order.
+    pub async fn read_log(
+        &self,
+        after: Position,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let client = self.inner.pool.get().await?;
+        read::read_log(&client, after, filter, limit).await
+    }
+
+    /// The last version of a stream, or `None` if it has no events.
+    pub async fn stream_version(&self, stream_id: &str) -> Result<Option<StreamVersion>> {
+        let client = self.inner.pool.get().await?;
+        let statement = client
+            .prepare_cached("SELECT version FROM streams WHERE stream_id = $1")
+            .await
+            .map_err(StoreError::db("preparing a stream version query"))?;
+        let row = client
+            .query_opt(&statement, &[&stream_id])
+            .await
+            .map_err(StoreError::db("reading a stream version"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The position of the last committed event (0 when the log is empty), from the database.
+    pub async fn head_position(&self) -> Result<Position> {
+        let client = self.inner.pool.get().await?;
+        let row = client
+            .query_one("SELECT position FROM store_head", &[])
+            .await
+            .map_err(StoreError::db("reading the store head"))?;
+        Ok(row.get(0))
+    }
+
+    /// Catch-up-then-live subscription to the log.
+    pub fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'static {
+        subscribe::subscribe(self.clone(), options)
+    }
+
+    /// A watch of the head position as last announced (by this process's appends or by
+    /// NOTIFY from any process). It may lag the database briefly; use it to wake up, not
+    /// as the truth.
+    pub fn head_watch(&self) -> watch::Receiver<Position> {
+        self.inner.head.clone()
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    pub fn pg_config(&self) -> &tokio_postgres::Config {
+        &self.inner.pg_config
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Number of partitions of this store.
+    pub fn partitions(&self) -> u16 {
+        self.inner.partitions
+    }
+
+    /// Partition of `stream_id` in this store.
+    pub fn partition_of(&self, stream_id: &str) -> i16 {
+        crate::hashing::partition_of(stream_id, self.inner.partitions)
+    }
+
+    pub(crate) fn poll_interval(&self) -> Duration {
+        self.inner.config.poll_interval
+    }
+
+    /// Appends waiting in the queue right now.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.queue.depth()
+    }
+
+    /// Stops accepting appends, writes and answers every append already queued, and stops
+    /// the background tasks. Appends submitted afterwards fail with `ShuttingDown`.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let tasks: Vec<_> = match self.inner.tasks.lock() {
+            Ok(mut tasks) => tasks.drain(..).collect(),
+            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore")
+            .field("partitions", &self.inner.partitions)
+            .finish_non_exhaustive()
+    }
+}
