@@ -40,4 +40,4 @@ pub use model::{
 };
 pub use read::{Direction, LogFilter};
 pub use store::{build_pool, EventStore};
-pub use subscribe::SubscribeOptions;
+pub use subscribe::{Page, SubscribeOptions};

@@ -21,11 +21,18 @@ impl Migration {
 }
 
 /// Every migration, in order. The SQL lives in the workspace's `migrations/` folder.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "event_log",
-    sql: include_str!("../../migrations/0001_event_log.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "event_log",
+        sql: include_str!("../../migrations/0001_event_log.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "projections",
+        sql: include_str!("../../migrations/0002_projections.sql"),
+    },
+];
 
 /// Advisory lock key shared by every Tidemark process ("tidemark" in ASCII).
 const MIGRATION_LOCK_KEY: i64 = 0x7469_6465_6d61_726b;

@@ -200,6 +200,15 @@ impl EventStore {
         subscribe::subscribe(self.clone(), options)
     }
 
+    /// Like [`EventStore::subscribe`], in pages as read, with progress markers: the form
+    /// consumers that batch (projection workers) want.
+    pub fn subscribe_pages(
+        &self,
+        options: SubscribeOptions,
+    ) -> impl Stream<Item = Result<subscribe::Page>> + Send + 'static {
+        subscribe::subscribe_pages(self.clone(), options)
+    }
+
     /// A watch of the head position as last announced (by this process's appends or by
     /// NOTIFY from any process). It may lag the database briefly; use it to wake up, not
     /// as the truth.

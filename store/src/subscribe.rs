@@ -11,7 +11,6 @@ use crate::model::{Position, RecordedEvent};
 use crate::read::LogFilter;
 use crate::store::EventStore;
 use futures::{Stream, StreamExt};
-use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_postgres::AsyncMessage;
@@ -37,34 +36,49 @@ impl Default for SubscribeOptions {
     }
 }
 
-struct State {
+/// One read of a subscription: the events it returned and, when the read reached the end
+/// of the log, the position up to which the subscriber has now seen everything.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub events: Vec<RecordedEvent>,
+    /// Set when this read came back short: every event at or before this position that
+    /// passes the filter has been delivered (in this page or earlier ones).
+    pub caught_up_to: Option<Position>,
+}
+
+struct PageState {
     store: EventStore,
     options: SubscribeOptions,
-    buffer: VecDeque<RecordedEvent>,
     head: watch::Receiver<Position>,
+    /// The last `caught_up_to` reported, so idle polls do not repeat it.
+    reported: Option<Position>,
+    /// Waiting for the head to move before the next read.
+    idle: bool,
     failed: bool,
 }
 
-/// Events after `options.after` that pass the filter, in position order, forever.
-/// The stream ends only after yielding an error.
-pub(crate) fn subscribe(
+/// Pages of events after `options.after` that pass the filter, in position order, forever.
+/// Empty pages are yielded only to report progress (`caught_up_to`). The stream ends only
+/// after yielding an error.
+pub(crate) fn subscribe_pages(
     store: EventStore,
     options: SubscribeOptions,
-) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'static {
+) -> impl Stream<Item = Result<Page>> + Send + 'static {
     let head = store.head_watch();
-    let state = State {
+    let state = PageState {
         store,
         options,
-        buffer: VecDeque::new(),
         head,
+        reported: None,
+        idle: false,
         failed: false,
     };
     futures::stream::unfold(state, |mut state| async move {
         if state.failed {
             return None;
         }
-        match next_event(&mut state).await {
-            Ok(event) => Some((Ok(event), state)),
+        match next_page(&mut state).await {
+            Ok(page) => Some((Ok(page), state)),
             Err(error) => {
                 state.failed = true;
                 Some((Err(error), state))
@@ -73,16 +87,29 @@ pub(crate) fn subscribe(
     })
 }
 
-async fn next_event(state: &mut State) -> Result<RecordedEvent> {
+/// Events one by one: [`subscribe_pages`] flattened.
+pub(crate) fn subscribe(
+    store: EventStore,
+    options: SubscribeOptions,
+) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'static {
+    subscribe_pages(store, options).flat_map(|page| {
+        let items: Vec<Result<RecordedEvent>> = match page {
+            Ok(page) => page.events.into_iter().map(Ok).collect(),
+            Err(error) => vec![Err(error)],
+        };
+        futures::stream::iter(items)
+    })
+}
+
+async fn next_page(state: &mut PageState) -> Result<Page> {
     loop {
-        if let Some(event) = state.buffer.pop_front() {
-            state.options.after = event.position;
-            return Ok(event);
+        if state.idle {
+            wait_for_head(&mut state.head, state.store.poll_interval()).await;
         }
-        // Mark the current head as seen *before* reading, so an append that commits while we
-        // read still wakes us afterwards.
-        state.head.borrow_and_update();
-        let page = state
+        // Mark the current head as seen *before* reading, so an append that commits while
+        // we read still wakes us afterwards.
+        let head_before_read = *state.head.borrow_and_update();
+        let events = state
             .store
             .read_log(
                 state.options.after,
@@ -90,11 +117,22 @@ async fn next_event(state: &mut State) -> Result<RecordedEvent> {
                 state.options.page_size,
             )
             .await?;
-        let short = page.len() < state.options.page_size;
-        state.buffer.extend(page);
-        if short && state.buffer.is_empty() {
-            wait_for_head(&mut state.head, state.store.poll_interval()).await;
+        let short = events.len() < state.options.page_size;
+        if let Some(last) = events.last() {
+            state.options.after = last.position;
         }
+        state.idle = short;
+        let caught_up_to = short.then(|| head_before_read.max(state.options.after));
+        if events.is_empty() && (caught_up_to.is_none() || caught_up_to == state.reported) {
+            continue;
+        }
+        if caught_up_to.is_some() {
+            state.reported = caught_up_to;
+        }
+        return Ok(Page {
+            events,
+            caught_up_to,
+        });
     }
 }
 

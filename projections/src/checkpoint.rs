@@ -1,0 +1,120 @@
+//! Checkpoints per (projection, target, partition) in `projection_checkpoints`.
+
+use crate::error::{EngineError, Result};
+use crate::fence::Fence;
+use crate::lane::LaneSpec;
+use tidemark_store::{EventStore, Position};
+
+/// The lane's checkpoint, creating it at 0 if missing.
+pub(crate) async fn load(store: &EventStore, spec: &LaneSpec) -> Result<Position> {
+    let client = store.pool().get().await?;
+    let row = client
+        .query_one(
+            "INSERT INTO projection_checkpoints (projection, target, partition, position)
+             VALUES ($1, $2, $3, 0)
+             ON CONFLICT (projection, target, partition) DO UPDATE SET projection = EXCLUDED.projection
+             RETURNING position",
+            &[&spec.projection.name(), &spec.target, &spec.checkpoint_partition()],
+        )
+        .await
+        .map_err(EngineError::db("loading a checkpoint"))?;
+    Ok(row.get(0))
+}
+
+/// First statement of every batch transaction: locks the checkpoint row and checks that it
+/// still holds `expected` and, for leased lanes, that the lease is still ours. Locking the
+/// checkpoint before touching the read model also orders us behind a read-model swap.
+///
+/// Returns `false` when the lane lost its lease (the fence is marked lost). A checkpoint
+/// moved by someone else (a swap after a rebuild) is an error that restarts the lane from
+/// the new checkpoint.
+pub(crate) async fn lock_and_check(
+    tx: &deadpool_postgres::Transaction<'_>,
+    spec: &LaneSpec,
+    fence: &Fence,
+    expected: Position,
+) -> Result<bool> {
+    if let Some(lease) = fence.lease {
+        let statement = tx
+            .prepare_cached(
+                "SELECT 1 FROM projection_leases
+                  WHERE projection = $1 AND partition = $2 AND owner = $3 AND epoch = $4
+                    AND expires_at > now()
+                  FOR SHARE",
+            )
+            .await
+            .map_err(EngineError::db("preparing the lease check"))?;
+        let held = tx
+            .query_opt(
+                &statement,
+                &[
+                    &spec.projection.name(),
+                    &spec.checkpoint_partition(),
+                    &lease.owner,
+                    &lease.epoch,
+                ],
+            )
+            .await
+            .map_err(EngineError::db("checking the lease"))?
+            .is_some();
+        if !held {
+            fence.mark_lost();
+            return Ok(false);
+        }
+    }
+    let statement = tx
+        .prepare_cached(
+            "SELECT position FROM projection_checkpoints
+              WHERE projection = $1 AND target = $2 AND partition = $3
+              FOR UPDATE",
+        )
+        .await
+        .map_err(EngineError::db("preparing the checkpoint lock"))?;
+    let row = tx
+        .query_opt(
+            &statement,
+            &[
+                &spec.projection.name(),
+                &spec.target,
+                &spec.checkpoint_partition(),
+            ],
+        )
+        .await
+        .map_err(EngineError::db("locking a checkpoint"))?;
+    let actual: Option<Position> = row.map(|r| r.get(0));
+    if actual != Some(expected) {
+        return Err(EngineError::CheckpointMoved {
+            projection: spec.projection.name().to_string(),
+            expected,
+            actual,
+        });
+    }
+    Ok(true)
+}
+
+/// Moves the (locked) checkpoint to `position`.
+pub(crate) async fn advance(
+    tx: &deadpool_postgres::Transaction<'_>,
+    spec: &LaneSpec,
+    position: Position,
+) -> Result<()> {
+    let statement = tx
+        .prepare_cached(
+            "UPDATE projection_checkpoints SET position = $4, updated_at = now()
+              WHERE projection = $1 AND target = $2 AND partition = $3",
+        )
+        .await
+        .map_err(EngineError::db("preparing the checkpoint update"))?;
+    tx.execute(
+        &statement,
+        &[
+            &spec.projection.name(),
+            &spec.target,
+            &spec.checkpoint_partition(),
+            &position,
+        ],
+    )
+    .await
+    .map_err(EngineError::db("advancing a checkpoint"))?;
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! [`ProjectionEngine`]: runs every registered projection of this process's pool, one
+//! supervised lane per partition, and offers the operations around them (status, waiting
+//! for a position, rebuilds, dead letters).
+
+use crate::config::EngineConfig;
+use crate::error::{EngineError, Result};
+use crate::fence::Fence;
+use crate::lane::{Backoff, Lane, LaneExit, LaneProgress, LaneSpec, LIVE};
+use crate::projection::{quote_ident, ApplyContext, Projection};
+use crate::registry::Registry;
+use crate::status::{self, ProjectionStatus};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tidemark_store::{EventStore, Position};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Runs projections. Cheap to clone.
+#[derive(Clone)]
+pub struct ProjectionEngine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub store: EventStore,
+    pub registry: Registry,
+    pub config: EngineConfig,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    /// Progress of the live lanes running in this process, by (projection, partition).
+    pub lanes: Mutex<HashMap<(String, i16), watch::Receiver<LaneProgress>>>,
+}
+
+impl ProjectionEngine {
+    pub fn new(store: EventStore, registry: Registry, config: EngineConfig) -> Self {
+        ProjectionEngine {
+            inner: Arc::new(EngineInner {
+                store,
+                registry,
+                config,
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                lanes: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.inner.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The projection called `name`.
+    pub fn projection(&self, name: &str) -> Result<&Arc<dyn Projection>> {
+        self.inner
+            .registry
+            .get(name)
+            .ok_or_else(|| EngineError::UnknownProjection(name.to_string()))
+    }
+
+    /// Projections that run in this engine's pool.
+    pub fn local_projections(&self) -> Vec<Arc<dyn Projection>> {
+        self.inner
+            .registry
+            .iter()
+            .filter(|p| p.pool() == self.inner.config.pool)
+            .cloned()
+            .collect()
+    }
+
+    /// Prepares every projection of this pool (creating read models on first run; a bumped
+    /// version is rebuilt in the background while the old read model keeps serving) and starts
+    /// one lane per partition. Returns once the lanes are started.
+    pub async fn start(&self) -> Result<()> {
+        for projection in self.local_projections() {
+            match self.register(&projection).await? {
+                Registration::Current => self.start_live_lanes(&projection),
+                Registration::VersionChanged { live } => {
+                    tracing::info!(
+                        projection = projection.name(),
+                        from = live,
+                        to = projection.version(),
+                        "version bumped; rebuilding"
+                    );
+                    let engine = self.clone();
+                    self.inner.tasks.spawn(async move {
+                        match engine.rebuild_into_shadow(&projection, 0, "rebuild", None).await {
+                            Ok(_) => engine.start_live_lanes(&projection),
+                            Err(EngineError::ShuttingDown) => {}
+                            Err(error) => tracing::error!(projection = projection.name(), %error, "version rebuild failed; the old read model keeps serving"),
+                        }
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the projection and creates its read model on first run.
+    async fn register(&self, projection: &Arc<dyn Projection>) -> Result<Registration> {
+        let mut client = self.inner.store.pool().get().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(EngineError::db("registering a projection"))?;
+        let schema = projection.schema();
+        let inserted = tx
+            .execute(
+                "INSERT INTO projections (name, version, schema_name) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+                &[&projection.name(), &projection.version(), &schema],
+            )
+            .await
+            .map_err(EngineError::db("registering a projection"))?;
+        let live: i32 = tx
+            .query_one(
+                "SELECT version FROM projections WHERE name = $1 FOR UPDATE",
+                &[&projection.name()],
+            )
+            .await
+            .map_err(EngineError::db("reading a projection"))?
+            .get(0);
+        if inserted == 1 {
+            create_schema(&tx, projection.as_ref(), &schema).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(EngineError::db("registering a projection"))?;
+        Ok(if live == projection.version() {
+            Registration::Current
+        } else {
+            Registration::VersionChanged { live }
+        })
+    }
+
+    fn start_live_lanes(&self, projection: &Arc<dyn Projection>) {
+        for partition in 0..self.inner.store.partitions() as i16 {
+            self.spawn_lane(
+                projection.clone(),
+                partition,
+                Fence::default(),
+                self.inner.shutdown.child_token(),
+            );
+        }
+    }
+
+    /// Spawns a supervised live lane. Returns its progress watch.
+    pub(crate) fn spawn_lane(
+        &self,
+        projection: Arc<dyn Projection>,
+        partition: i16,
+        fence: Fence,
+        stop: CancellationToken,
+    ) -> watch::Receiver<LaneProgress> {
+        let (progress, progress_rx) = watch::channel(LaneProgress::default());
+        let name = projection.name().to_string();
+        self.lanes_mut()
+            .insert((name.clone(), partition), progress_rx.clone());
+        let lane = Lane {
+            spec: LaneSpec {
+                schema: projection.schema(),
+                projection,
+                target: LIVE.to_string(),
+                partition: Some(partition),
+                until: None,
+            },
+            store: self.inner.store.clone(),
+            config: self.inner.config.clone(),
+            fence,
+            progress,
+            on_commit: None,
+        };
+        let engine = self.clone();
+        self.inner.tasks.spawn(async move {
+            engine.supervise(lane, stop).await;
+            engine.lanes_mut().remove(&(name, partition));
+        });
+        progress_rx
+    }
+
+    /// Keeps a lane running: restarts it after errors and panics, pauses it while its
+    /// projection is stopped on a poison event.
+    async fn supervise(&self, lane: Lane, stop: CancellationToken) {
+        let lane = Arc::new(lane);
+        let mut backoff = Backoff::new(self.inner.config.retry_base, self.inner.config.retry_max);
+        loop {
+            let running = lane.clone();
+            let token = stop.clone();
+            let outcome = tokio::spawn(async move { running.run(token).await }).await;
+            match outcome {
+                Ok(Ok(LaneExit::Shutdown | LaneExit::ReachedEnd | LaneExit::Fenced)) => return,
+                Ok(Ok(LaneExit::Stopped)) => {
+                    if !self
+                        .wait_until_resumed(lane.spec.projection.name(), &stop)
+                        .await
+                    {
+                        return;
+                    }
+                }
+                Ok(Err(EngineError::ShuttingDown)) => return,
+                Ok(Err(error)) => {
+                    tracing::error!(projection = lane.spec.projection.name(), partition = ?lane.spec.partition, %error, "lane failed; restarting");
+                }
+                Err(join_error) => {
+                    tracing::error!(projection = lane.spec.projection.name(), partition = ?lane.spec.partition, %join_error, "lane panicked; restarting from its checkpoint");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next()) => {}
+            }
+        }
+    }
+
+    /// Waits until an operator resumes a stopped projection (by replaying its parked events).
+    async fn wait_until_resumed(&self, name: &str, stop: &CancellationToken) -> bool {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(self.inner.store.config().poll_interval) => {}
+            }
+            let Ok(client) = self.inner.store.pool().get().await else {
+                continue;
+            };
+            if let Ok(row) = client
+                .query_one("SELECT status FROM projections WHERE name = $1", &[&name])
+                .await
+            {
+                if row.get::<_, String>(0) != "stopped" {
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn lanes_mut(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, i16), watch::Receiver<LaneProgress>>> {
+        self.inner
+            .lanes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Progress of the live lanes of `name` running in this process.
+    pub fn local_progress(&self, name: &str) -> Vec<(i16, LaneProgress)> {
+        let mut lanes: Vec<_> = self
+            .lanes_mut()
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|((_, p), rx)| (*p, *rx.borrow()))
+            .collect();
+        lanes.sort_by_key(|(p, _)| *p);
+        lanes
+    }
+
+    /// Waits until the live read model of `name` reflects every event up to `position`
+    /// (whichever process runs it). Returns `false` on timeout.
+    pub async fn wait_for_position(
+        &self,
+        name: &str,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let projection = self.projection(name)?.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if status::partitions_behind(&self.inner.store, projection.as_ref(), position).await?
+                == 0
+            {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `name` has applied everything committed when this is called.
+    pub async fn run_until_caught_up(&self, name: &str, timeout: Duration) -> Result<bool> {
+        let head = self.inner.store.head_position().await?;
+        self.wait_for_position(name, head, timeout).await
+    }
+
+    /// Status and lag of every registered projection.
+    pub async fn status(&self) -> Result<Vec<ProjectionStatus>> {
+        let mut all = Vec::new();
+        for projection in self.inner.registry.iter() {
+            all.push(status::projection_status(&self.inner.store, projection).await?);
+        }
+        Ok(all)
+    }
+
+    /// Status and lag of one projection.
+    pub async fn projection_status(&self, name: &str) -> Result<ProjectionStatus> {
+        status::projection_status(&self.inner.store, self.projection(name)?).await
+    }
+
+    /// Publishes lag figures as Prometheus metrics every `every` until shutdown.
+    pub fn spawn_metrics_reporter(&self, every: Duration) {
+        let engine = self.clone();
+        self.inner.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = engine.inner.shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Ok(statuses) = engine.status().await {
+                    crate::metrics::publish(&statuses);
+                }
+            }
+        });
+    }
+
+    /// Parked events of one projection, or all.
+    pub async fn dead_letters(
+        &self,
+        projection: Option<&str>,
+        include_replayed: bool,
+    ) -> Result<Vec<crate::DeadLetter>> {
+        crate::dead_letter::list(&self.inner.store, projection, include_replayed).await
+    }
+
+    /// Replays parked events of `name` (all, or only `ids`) into its live read model.
+    pub async fn replay_parked(&self, name: &str, ids: Option<&[i64]>) -> Result<usize> {
+        let projection = self.projection(name)?.clone();
+        crate::dead_letter::replay(&self.inner.store, &projection, &projection.schema(), ids).await
+    }
+
+    /// Stops every lane after the batch in hand commits, and waits for them.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+}
+
+enum Registration {
+    Current,
+    VersionChanged { live: i32 },
+}
+
+/// Creates `schema` (empty) and the projection's tables in it.
+pub(crate) async fn create_schema(
+    tx: &deadpool_postgres::Transaction<'_>,
+    projection: &dyn Projection,
+    schema: &str,
+) -> Result<()> {
+    tx.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}",
+        quote_ident(schema)
+    ))
+    .await
+    .map_err(EngineError::db("creating a read-model schema"))?;
+    let ctx = ApplyContext { tx, schema };
+    projection
+        .setup(&ctx)
+        .await
+        .map_err(|source| EngineError::Projection {
+            projection: projection.name().to_string(),
+            phase: "setting up its read model",
+            position: 0,
+            source,
+        })?;
+    projection
+        .reset(&ctx)
+        .await
+        .map_err(|source| EngineError::Projection {
+            projection: projection.name().to_string(),
+            phase: "resetting",
+            position: 0,
+            source,
+        })?;
+    Ok(())
+}

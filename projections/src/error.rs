@@ -1,0 +1,105 @@
+//! Errors of the projection engine.
+
+use tidemark_store::{Position, StoreError};
+
+/// What a projection's `setup` or `apply` may return.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The event cannot be applied (bad data, a bug). Retried, then parked as a dead letter.
+    #[error("{0}")]
+    Failed(String),
+    /// A passing problem (a dropped connection, a timeout). Retried with backoff without
+    /// counting towards parking.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// A database error from the projection's own SQL. Retried as a failure unless the
+    /// connection was lost (then transient).
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+}
+
+impl ProjectionError {
+    pub fn failed(message: impl Into<String>) -> Self {
+        ProjectionError::Failed(message.into())
+    }
+
+    pub fn transient(message: impl Into<String>) -> Self {
+        ProjectionError::Transient(message.into())
+    }
+
+    /// Should the engine retry without counting an attempt?
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProjectionError::Transient(_) => true,
+            ProjectionError::Database(e) => e.is_closed() || e.as_db_error().is_none(),
+            ProjectionError::Failed(_) => false,
+        }
+    }
+}
+
+/// Errors of the engine's own operations. Each names the projection and, where it
+/// matters, the phase and last good position.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no projection named '{0}' is registered")]
+    UnknownProjection(String),
+    #[error(
+        "projection '{projection}' failed while {phase} (last good position {position}): {source}"
+    )]
+    Projection {
+        projection: String,
+        phase: &'static str,
+        position: Position,
+        #[source]
+        source: ProjectionError,
+    },
+    #[error("database error while {context}: {source}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("store error: {0}")]
+    Store(#[from] StoreError),
+    #[error("could not get a database connection: {0}")]
+    Unavailable(String),
+    /// Another writer moved this lane's checkpoint (a rebuild swapped the read model in);
+    /// the lane restarts from the new checkpoint.
+    #[error("the checkpoint of '{projection}' moved from {expected} to {actual:?} under this worker; resuming from the new one")]
+    CheckpointMoved {
+        projection: String,
+        expected: Position,
+        actual: Option<Position>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+impl From<deadpool_postgres::PoolError> for EngineError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        EngineError::Unavailable(e.to_string())
+    }
+}
+
+impl EngineError {
+    pub(crate) fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
+        move |source| EngineError::Database { context, source }
+    }
+
+    /// Worth retrying after a pause (connection trouble), as opposed to a logic error.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Database { source, .. } => {
+                source.is_closed() || source.as_db_error().is_none()
+            }
+            EngineError::Unavailable(_) | EngineError::CheckpointMoved { .. } => true,
+            EngineError::Store(e) => e.is_retryable(),
+            EngineError::Projection { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,31 @@
+//! Prometheus figures for projections (through the `metrics` facade).
+
+use crate::status::ProjectionStatus;
+
+/// Publishes lag gauges for every projection and partition.
+pub(crate) fn publish(statuses: &[ProjectionStatus]) {
+    for status in statuses {
+        let name = status.name.clone();
+        metrics::gauge!("tidemark_projection_lag_events", "projection" => name.clone())
+            .set(status.lag_events() as f64);
+        metrics::gauge!("tidemark_projection_lag_seconds", "projection" => name.clone())
+            .set(status.lag_seconds());
+        metrics::gauge!("tidemark_projection_events_per_second", "projection" => name.clone())
+            .set(status.events_per_second());
+        metrics::gauge!("tidemark_projection_parked", "projection" => name.clone())
+            .set(status.parked as f64);
+        metrics::gauge!("tidemark_head_position").set(status.head as f64);
+        for partition in &status.partitions {
+            let labels = [
+                ("projection", name.clone()),
+                ("partition", partition.partition.to_string()),
+            ];
+            metrics::gauge!("tidemark_projection_checkpoint", &labels)
+                .set(partition.checkpoint as f64);
+            metrics::gauge!("tidemark_projection_partition_lag_events", &labels)
+                .set(partition.lag_events as f64);
+            metrics::gauge!("tidemark_projection_partition_lag_seconds", &labels)
+                .set(partition.lag_seconds);
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! What an application writes: a [`Projection`] (a fold into Postgres tables) or a
+//! [`Handler`] (a side effect elsewhere), and the context each is given.
+
+use crate::error::ProjectionError;
+use async_trait::async_trait;
+use tidemark_store::{LogFilter, RecordedEvent};
+
+/// What to do when an event still fails after its retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Park the event in the dead-letter table and go on with the next one.
+    #[default]
+    ParkAndContinue,
+    /// Park the event and stop this partition until an operator intervenes.
+    ParkAndStop,
+}
+
+/// Which events a projection reads. Empty lists mean "all".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventSelector {
+    pub categories: Vec<String>,
+    pub event_types: Vec<String>,
+}
+
+impl EventSelector {
+    pub fn all() -> Self {
+        EventSelector::default()
+    }
+
+    pub fn categories<I: IntoIterator<Item = S>, S: Into<String>>(categories: I) -> Self {
+        EventSelector {
+            categories: categories.into_iter().map(Into::into).collect(),
+            event_types: vec![],
+        }
+    }
+
+    pub fn event_types<I: IntoIterator<Item = S>, S: Into<String>>(types: I) -> Self {
+        EventSelector {
+            categories: vec![],
+            event_types: types.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    pub(crate) fn log_filter(&self, partition: Option<i16>) -> LogFilter {
+        LogFilter {
+            categories: self.categories.clone(),
+            event_types: self.event_types.clone(),
+            partition,
+        }
+    }
+}
+
+/// Where a projection writes: an open transaction and the schema of the target read model
+/// (the live one, a shadow being rebuilt, or an as-of copy). Always qualify table names
+/// with [`ApplyContext::table`] so the same code writes to whichever target is running.
+pub struct ApplyContext<'a> {
+    pub tx: &'a deadpool_postgres::Transaction<'a>,
+    pub schema: &'a str,
+}
+
+impl ApplyContext<'_> {
+    /// `"schema"."name"`, quoted, for use in SQL.
+    pub fn table(&self, name: &str) -> String {
+        format!("{}.{}", quote_ident(self.schema), quote_ident(name))
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A read model kept in Postgres, built by folding events.
+///
+/// The engine calls `apply` with a batch of events in position order (per stream, in version
+/// order) inside the transaction that also advances the projection's checkpoint: the read
+/// model is exactly-once. `apply` must not commit, and should not have side effects outside
+/// the transaction (use a [`Handler`] for those).
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Unique, stable name (also names the checkpoint and the default schema).
+    fn name(&self) -> &str;
+
+    /// Bump to rebuild the read model from the start on the next engine start.
+    fn version(&self) -> i32 {
+        1
+    }
+
+    /// Which events to receive.
+    fn selector(&self) -> EventSelector {
+        EventSelector::all()
+    }
+
+    /// The schema holding the live read model; readers query `schema.table`.
+    fn schema(&self) -> String {
+        format!(
+            "rm_{}",
+            self.name()
+                .to_lowercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        )
+    }
+
+    /// Worker pool this projection runs in (see scale-out); `default` unless pinned.
+    fn pool(&self) -> &str {
+        "default"
+    }
+
+    fn failure_policy(&self) -> FailurePolicy {
+        FailurePolicy::default()
+    }
+
+    /// Creates the read-model tables in `ctx.schema` (which exists and is empty).
+    async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError>;
+
+    /// Applies a batch of events.
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError>;
+
+    /// Clears state kept outside `ctx.schema` before a rebuild. The engine already drops and
+    /// recreates the schema itself, so most projections keep the default.
+    async fn reset(&self, _ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+}
+
+/// A side effect outside Postgres (calling another service, sending mail). At-least-once:
+/// an event is handled, then recorded in `handler_dedup` with the checkpoint; a crash in
+/// between handles it again, so `handle` should be idempotent on `event.event_id`. Once
+/// recorded, a retried event is skipped.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    fn name(&self) -> &str;
+
+    fn selector(&self) -> EventSelector {
+        EventSelector::all()
+    }
+
+    fn pool(&self) -> &str {
+        "default"
+    }
+
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), ProjectionError>;
+}
+
+/// Runs a [`Handler`] with the projection machinery: the dedup rows are its read model.
+pub(crate) struct HandlerProjection<H>(pub H);
+
+#[async_trait]
+impl<H: Handler> Projection for HandlerProjection<H> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn selector(&self) -> EventSelector {
+        self.0.selector()
+    }
+
+    fn pool(&self) -> &str {
+        self.0.pool()
+    }
+
+    async fn setup(&self, _ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let seen = ctx
+            .tx
+            .prepare_cached("SELECT 1 FROM handler_dedup WHERE handler = $1 AND event_id = $2")
+            .await?;
+        let record = ctx
+            .tx
+            .prepare_cached("INSERT INTO handler_dedup (handler, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .await?;
+        for event in events {
+            if ctx
+                .tx
+                .query_opt(&seen, &[&self.0.name(), &event.event_id])
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            self.0.handle(event).await?;
+            ctx.tx
+                .execute(&record, &[&self.0.name(), &event.event_id])
+                .await?;
+        }
+        Ok(())
+    }
+}

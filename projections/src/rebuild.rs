@@ -1,0 +1,513 @@
+//! Rebuild, replay and as-of builds. Each builds a separate copy of the read model with a
+//! lane that reads every partition in log order:
+//!
+//! - rebuild (from 0) and replay (from P) build into `<schema>__shadow` while the live read
+//!   model keeps serving; once the shadow is near the head, one transaction locks the live
+//!   checkpoints (pausing live lanes between batches), applies the last events, swaps the
+//!   schemas by renaming, moves the live checkpoints to the swap position, and drops the old
+//!   read model;
+//! - as-of P builds `<schema>__asof_<label>` from the log up to P and leaves it there.
+
+use crate::engine::{create_schema, ProjectionEngine};
+use crate::error::{EngineError, Result};
+use crate::fence::Fence;
+use crate::lane::{Lane, LaneExit, LaneProgress, LaneSpec, ALL_PARTITIONS};
+use crate::projection::{quote_ident, ApplyContext, Projection};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tidemark_store::{EventStore, Position};
+use tokio::sync::watch;
+
+/// A progress update for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub done: i64,
+    pub total: i64,
+    pub position: Position,
+    /// Events per second since the start.
+    pub rate: f64,
+}
+
+impl Progress {
+    pub fn eta(&self) -> Option<Duration> {
+        (self.rate > 0.0)
+            .then(|| Duration::from_secs_f64((self.total - self.done).max(0) as f64 / self.rate))
+    }
+}
+
+/// Called about twice a second while a build runs.
+pub type ProgressCallback = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// What a finished build did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildReport {
+    pub projection: String,
+    /// Schema holding the result (the live schema after a swap).
+    pub schema: String,
+    pub events_applied: i64,
+    /// The read model reflects the log up to here.
+    pub position: Position,
+    pub took: Duration,
+}
+
+struct Tracker {
+    id: i64,
+    started: Instant,
+    state: Mutex<Progress>,
+}
+
+impl Tracker {
+    fn snapshot(&self) -> Progress {
+        let mut p = *self.state.lock().unwrap_or_else(|e| e.into_inner());
+        p.rate = p.done as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        p
+    }
+}
+
+const SHADOW: &str = "shadow";
+
+impl ProjectionEngine {
+    /// Rebuilds `name` from position 0 into a shadow read model and swaps it in.
+    pub async fn rebuild(
+        &self,
+        name: &str,
+        on_progress: Option<ProgressCallback>,
+    ) -> Result<BuildReport> {
+        let projection = self.projection(name)?.clone();
+        self.rebuild_into_shadow(&projection, 0, "rebuild", on_progress)
+            .await
+    }
+
+    /// Rebuilds `name` from the events after `from` only (a replay), then swaps it in.
+    pub async fn replay_from(
+        &self,
+        name: &str,
+        from: Position,
+        on_progress: Option<ProgressCallback>,
+    ) -> Result<BuildReport> {
+        let projection = self.projection(name)?.clone();
+        self.rebuild_into_shadow(&projection, from, "replay", on_progress)
+            .await
+    }
+
+    /// Builds `name` over the log up to `position` into the schema `<schema>__asof_<label>`,
+    /// which stays for inspection (rebuilding the same label replaces it).
+    pub async fn build_as_of(
+        &self,
+        name: &str,
+        position: Position,
+        label: &str,
+        on_progress: Option<ProgressCallback>,
+    ) -> Result<BuildReport> {
+        if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(EngineError::Invalid(format!(
+                "the as-of label '{label}' must be non-empty letters, digits or '_'"
+            )));
+        }
+        let projection = self.projection(name)?.clone();
+        let target = format!("as_of:{label}");
+        let schema = format!("{}__asof_{label}", projection.schema());
+        let started = Instant::now();
+        let _guard = self.build_lock(&projection, &target).await?;
+        let tracker = self
+            .begin_build(&projection, &target, &schema, "as_of", 0, Some(position))
+            .await?;
+        let result = self
+            .run_build_lane(
+                &projection,
+                &target,
+                &schema,
+                Some(position),
+                &tracker,
+                on_progress,
+            )
+            .await;
+        self.finish_build(&tracker, result.as_ref().err()).await;
+        result?;
+        Ok(BuildReport {
+            projection: projection.name().to_string(),
+            schema,
+            events_applied: tracker.snapshot().done,
+            position,
+            took: started.elapsed(),
+        })
+    }
+
+    pub(crate) async fn rebuild_into_shadow(
+        &self,
+        projection: &Arc<dyn Projection>,
+        from: Position,
+        kind: &str,
+        on_progress: Option<ProgressCallback>,
+    ) -> Result<BuildReport> {
+        let started = Instant::now();
+        let live_schema = projection.schema();
+        let shadow_schema = format!("{live_schema}__shadow");
+        let _guard = self.build_lock(projection, SHADOW).await?;
+        let tracker = self
+            .begin_build(projection, SHADOW, &shadow_schema, kind, from, None)
+            .await?;
+        let result = async {
+            // Catch up in rounds until the remaining gap is small enough to close while the
+            // live lanes wait.
+            loop {
+                let head = self.store().head_position().await?;
+                self.run_build_lane(
+                    projection,
+                    SHADOW,
+                    &shadow_schema,
+                    Some(head),
+                    &tracker,
+                    on_progress.clone(),
+                )
+                .await?;
+                let now = self.store().head_position().await?;
+                if now - head <= self.config().batch_size as i64 {
+                    break;
+                }
+            }
+            self.swap_in(projection, &shadow_schema, &tracker).await
+        }
+        .await;
+        self.finish_build(&tracker, result.as_ref().err()).await;
+        let position = result?;
+        Ok(BuildReport {
+            projection: projection.name().to_string(),
+            schema: live_schema,
+            events_applied: tracker.snapshot().done,
+            position,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Only one build per (projection, target) at a time, across processes: a session
+    /// advisory lock held on a dedicated connection for the build's duration.
+    async fn build_lock(
+        &self,
+        projection: &Arc<dyn Projection>,
+        target: &str,
+    ) -> Result<deadpool_postgres::ClientWrapper> {
+        let client = self.store().pool().get().await?;
+        let key = format!("tidemark.build.{}.{}", projection.name(), target);
+        let got: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&key],
+            )
+            .await
+            .map_err(EngineError::db("taking the build lock"))?
+            .get(0);
+        if !got {
+            return Err(EngineError::Invalid(format!(
+                "a build of '{}' into '{target}' is already running",
+                projection.name()
+            )));
+        }
+        // Detached from the pool: the connection closes when the build ends, releasing the
+        // lock even if the build is aborted half-way.
+        Ok(deadpool_postgres::Object::take(client))
+    }
+
+    async fn begin_build(
+        &self,
+        projection: &Arc<dyn Projection>,
+        target: &str,
+        schema: &str,
+        kind: &str,
+        from: Position,
+        to: Option<Position>,
+    ) -> Result<Tracker> {
+        let mut client = self.store().pool().get().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(EngineError::db("starting a build"))?;
+        create_schema(&tx, projection.as_ref(), schema).await?;
+        tx.execute(
+            "DELETE FROM projection_checkpoints WHERE projection = $1 AND target = $2",
+            &[&projection.name(), &target],
+        )
+        .await
+        .map_err(EngineError::db("clearing build checkpoints"))?;
+        tx.execute(
+            "INSERT INTO projection_checkpoints (projection, target, partition, position) VALUES ($1, $2, $3, $4)",
+            &[&projection.name(), &target, &ALL_PARTITIONS, &from],
+        )
+        .await
+        .map_err(EngineError::db("starting build checkpoints"))?;
+        let upto = match to {
+            Some(to) => to,
+            None => self.store().head_position().await?,
+        };
+        let total = count_matching(&tx, projection.as_ref(), from, upto).await?;
+        // A build of this target that was interrupted (its process died) is over.
+        tx.execute(
+            "UPDATE projection_rebuilds SET status = 'failed', error = 'interrupted', finished_at = now()
+              WHERE projection = $1 AND target = $2 AND status = 'running'",
+            &[&projection.name(), &target],
+        )
+        .await
+        .map_err(EngineError::db("closing an interrupted build"))?;
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO projection_rebuilds (projection, target, kind, from_position, to_position, events_total, position)
+                 VALUES ($1, $2, $3, $4, $5, $6, $4) RETURNING id",
+                &[&projection.name(), &target, &kind, &from, &to, &total],
+            )
+            .await
+            .map_err(EngineError::db("recording a build"))?
+            .get(0);
+        tx.commit()
+            .await
+            .map_err(EngineError::db("starting a build"))?;
+        Ok(Tracker {
+            id,
+            started: Instant::now(),
+            state: Mutex::new(Progress {
+                done: 0,
+                total,
+                position: from,
+                rate: 0.0,
+            }),
+        })
+    }
+
+    /// Runs the all-partitions lane of a build up to `until`, reporting progress.
+    async fn run_build_lane(
+        &self,
+        projection: &Arc<dyn Projection>,
+        target: &str,
+        schema: &str,
+        until: Option<Position>,
+        tracker: &Tracker,
+        on_progress: Option<ProgressCallback>,
+    ) -> Result<()> {
+        let tracker_state = Arc::new(Mutex::new(
+            *tracker.state.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
+        let shared = tracker_state.clone();
+        let (progress, _progress_rx) = watch::channel(LaneProgress::default());
+        let lane = Lane {
+            spec: LaneSpec {
+                projection: projection.clone(),
+                target: target.to_string(),
+                schema: schema.to_string(),
+                partition: None,
+                until,
+            },
+            store: self.store().clone(),
+            config: self.config().clone(),
+            fence: Fence::default(),
+            progress,
+            on_commit: Some(Arc::new(move |applied, position| {
+                let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
+                state.done += applied as i64;
+                state.position = position;
+                state.total = state.total.max(state.done);
+            })),
+        };
+        let stop = self.shutdown_token().child_token();
+        let reporter_stop = stop.child_token();
+        let reporter = {
+            let store = self.store().clone();
+            let state = tracker_state.clone();
+            let id = tracker.id;
+            let started = tracker.started;
+            let on_progress = on_progress.clone();
+            let reporter_stop = reporter_stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    let stopping = tokio::select! {
+                        _ = reporter_stop.cancelled() => true,
+                        _ = tick.tick() => false,
+                    };
+                    let mut p = *state.lock().unwrap_or_else(|e| e.into_inner());
+                    p.rate = p.done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    record_progress(&store, id, &p).await;
+                    if let Some(callback) = &on_progress {
+                        callback(p);
+                    }
+                    if stopping {
+                        return;
+                    }
+                }
+            })
+        };
+        let exit = lane.run(stop).await;
+        reporter_stop.cancel();
+        let _ = reporter.await;
+        *tracker.state.lock().unwrap_or_else(|e| e.into_inner()) =
+            *tracker_state.lock().unwrap_or_else(|e| e.into_inner());
+        match exit? {
+            LaneExit::ReachedEnd => Ok(()),
+            LaneExit::Shutdown => Err(EngineError::ShuttingDown),
+            LaneExit::Stopped | LaneExit::Fenced => Err(EngineError::Invalid(format!(
+                "the build of '{}' stopped on a poison event; see its dead letters",
+                projection.name()
+            ))),
+        }
+    }
+
+    /// Applies the last events to the shadow and swaps it in, atomically. Returns the
+    /// position the live read model now reflects.
+    async fn swap_in(
+        &self,
+        projection: &Arc<dyn Projection>,
+        shadow_schema: &str,
+        tracker: &Tracker,
+    ) -> Result<Position> {
+        let name = projection.name();
+        let live_schema = projection.schema();
+        let retired = format!("{live_schema}__retired");
+        let mut client = self.store().pool().get().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(EngineError::db("starting the swap"))?;
+        tx.query_one(
+            "SELECT 1 FROM projections WHERE name = $1 FOR UPDATE",
+            &[&name],
+        )
+        .await
+        .map_err(EngineError::db("locking the projection for the swap"))?;
+        // Live lanes lock their checkpoint first in every batch: holding these locks waits
+        // for batches in flight and keeps new ones out until we commit.
+        tx.execute(
+            "SELECT 1 FROM projection_checkpoints WHERE projection = $1 AND target = 'live' FOR UPDATE",
+            &[&name],
+        )
+        .await
+        .map_err(EngineError::db("pausing the live lanes"))?;
+        let shadow_checkpoint: Position = tx
+            .query_one(
+                "SELECT position FROM projection_checkpoints WHERE projection = $1 AND target = $2 AND partition = $3",
+                &[&name, &SHADOW, &ALL_PARTITIONS],
+            )
+            .await
+            .map_err(EngineError::db("reading the shadow checkpoint"))?
+            .get(0);
+        let head: Position = tx
+            .query_one("SELECT position FROM store_head", &[])
+            .await
+            .map_err(EngineError::db("reading the head for the swap"))?
+            .get(0);
+        let filter = projection.selector().log_filter(None);
+        let mut after = shadow_checkpoint;
+        let ctx = ApplyContext {
+            tx: &tx,
+            schema: shadow_schema,
+        };
+        loop {
+            let events: Vec<_> = self
+                .store()
+                .read_log(after, &filter, self.config().batch_size)
+                .await?
+                .into_iter()
+                .filter(|e| e.position <= head)
+                .collect();
+            let Some(last) = events.last() else { break };
+            after = last.position;
+            projection
+                .apply(&ctx, &events)
+                .await
+                .map_err(|source| EngineError::Projection {
+                    projection: name.to_string(),
+                    phase: "applying the last events before the swap",
+                    position: after,
+                    source,
+                })?;
+            tracker.state.lock().unwrap_or_else(|e| e.into_inner()).done += events.len() as i64;
+        }
+        tx.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {retired} CASCADE;
+             ALTER SCHEMA {live} RENAME TO {retired};
+             ALTER SCHEMA {shadow} RENAME TO {live};
+             DROP SCHEMA {retired} CASCADE;",
+            retired = quote_ident(&retired),
+            live = quote_ident(&live_schema),
+            shadow = quote_ident(shadow_schema),
+        ))
+        .await
+        .map_err(EngineError::db("swapping the read models"))?;
+        tx.execute(
+            "INSERT INTO projection_checkpoints (projection, target, partition, position)
+             SELECT $1, 'live', p, $3 FROM generate_series(0, $2 - 1) AS p
+             ON CONFLICT (projection, target, partition) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+            &[&name, &i32::from(self.store().partitions()), &head],
+        )
+        .await
+        .map_err(EngineError::db("moving the live checkpoints"))?;
+        tx.execute(
+            "DELETE FROM projection_checkpoints WHERE projection = $1 AND target = $2",
+            &[&name, &SHADOW],
+        )
+        .await
+        .map_err(EngineError::db("removing the shadow checkpoint"))?;
+        tx.execute(
+            "UPDATE projections SET version = $2, status = 'running', updated_at = now() WHERE name = $1",
+            &[&name, &projection.version()],
+        )
+        .await
+        .map_err(EngineError::db("recording the new version"))?;
+        tx.commit()
+            .await
+            .map_err(EngineError::db("committing the swap"))?;
+        tracing::info!(
+            projection = name,
+            position = head,
+            "rebuilt read model swapped in"
+        );
+        Ok(head)
+    }
+
+    async fn finish_build(&self, tracker: &Tracker, error: Option<&EngineError>) {
+        let progress = tracker.snapshot();
+        record_progress(self.store(), tracker.id, &progress).await;
+        let (status, message) = match error {
+            None => ("done", None),
+            Some(e) => ("failed", Some(e.to_string())),
+        };
+        if let Ok(client) = self.store().pool().get().await {
+            let _ = client
+                .execute(
+                    "UPDATE projection_rebuilds SET status = $2, error = $3, finished_at = now(), updated_at = now()
+                      WHERE id = $1",
+                    &[&tracker.id, &status, &message],
+                )
+                .await;
+        }
+    }
+}
+
+async fn record_progress(store: &EventStore, id: i64, p: &Progress) {
+    let Ok(client) = store.pool().get().await else {
+        return;
+    };
+    let _ = client
+        .execute(
+            "UPDATE projection_rebuilds SET events_done = $2, events_total = $3, position = $4, rate = $5,
+                    updated_at = now() WHERE id = $1",
+            &[&id, &p.done, &p.total, &p.position, &p.rate],
+        )
+        .await;
+}
+
+async fn count_matching(
+    tx: &deadpool_postgres::Transaction<'_>,
+    projection: &dyn Projection,
+    after: Position,
+    upto: Position,
+) -> Result<i64> {
+    let selector = projection.selector();
+    let row = tx
+        .query_one(
+            "SELECT count(*) FROM events WHERE position > $1 AND position <= $2
+                AND (cardinality($3::text[]) = 0 OR category = ANY($3))
+                AND (cardinality($4::text[]) = 0 OR event_type = ANY($4))",
+            &[&after, &upto, &selector.categories, &selector.event_types],
+        )
+        .await
+        .map_err(EngineError::db("counting events to build"))?;
+    Ok(row.get(0))
+}

@@ -1,0 +1,266 @@
+//! Status and lag of projections, computed from the database so any process (the CLI, the
+//! API of another node) sees the same figures.
+
+use crate::error::{EngineError, Result};
+use crate::projection::Projection;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use tidemark_store::{EventStore, Position};
+
+/// Lag of one partition of a projection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionLag {
+    pub partition: i16,
+    pub checkpoint: Position,
+    /// Matching events after the checkpoint (capped at 1,000,000).
+    pub lag_events: i64,
+    /// Age of the oldest unprocessed matching event; 0 when caught up.
+    pub lag_seconds: f64,
+    pub events_per_second: f64,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// A rebuild, replay or as-of build, running or finished.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuildProgress {
+    pub id: i64,
+    pub kind: String,
+    pub target: String,
+    pub from_position: Position,
+    pub to_position: Option<Position>,
+    pub events_done: i64,
+    pub events_total: i64,
+    pub position: Position,
+    pub rate: f64,
+    /// Seconds left at the current rate, when running.
+    pub eta_seconds: Option<f64>,
+    pub status: String,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Everything an operator wants to know about one projection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectionStatus {
+    pub name: String,
+    pub version: i32,
+    /// Version of the live read model in the database (differs while a bump rebuilds).
+    pub live_version: Option<i32>,
+    pub status: String,
+    pub schema: String,
+    pub head: Position,
+    pub partitions: Vec<PartitionLag>,
+    pub parked: i64,
+    pub last_rebuild: Option<RebuildProgress>,
+}
+
+impl ProjectionStatus {
+    pub fn lag_events(&self) -> i64 {
+        self.partitions.iter().map(|p| p.lag_events).sum()
+    }
+
+    pub fn lag_seconds(&self) -> f64 {
+        self.partitions
+            .iter()
+            .map(|p| p.lag_seconds)
+            .fold(0.0, f64::max)
+    }
+
+    pub fn events_per_second(&self) -> f64 {
+        self.partitions.iter().map(|p| p.events_per_second).sum()
+    }
+
+    /// Lowest checkpoint over partitions.
+    pub fn min_checkpoint(&self) -> Position {
+        self.partitions
+            .iter()
+            .map(|p| p.checkpoint)
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+const LAG_SQL: &str = "
+SELECT p.partition::smallint, coalesce(c.position, 0), coalesce(c.events_per_second, 0), c.updated_at,
+       (SELECT count(*) FROM (SELECT 1 FROM events e
+          WHERE e.partition = p.partition AND e.position > coalesce(c.position, 0) AND e.position <= $5
+            AND (cardinality($3::text[]) = 0 OR e.category = ANY($3))
+            AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4))
+          LIMIT 1000000) AS pending),
+       (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM events e
+          WHERE e.partition = p.partition AND e.position > coalesce(c.position, 0) AND e.position <= $5
+            AND (cardinality($3::text[]) = 0 OR e.category = ANY($3))
+            AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4))
+          ORDER BY e.position LIMIT 1)
+  FROM generate_series(0, $2 - 1) AS p(partition)
+  LEFT JOIN projection_checkpoints c
+         ON c.projection = $1 AND c.target = 'live' AND c.partition = p.partition
+ ORDER BY p.partition";
+
+/// Per-partition lag of `projection`'s live read model, counting events up to `upto`.
+pub(crate) async fn partition_lag(
+    store: &EventStore,
+    projection: &dyn Projection,
+    upto: Position,
+) -> Result<Vec<PartitionLag>> {
+    let client = store.pool().get().await?;
+    let selector = projection.selector();
+    let statement = client
+        .prepare_cached(LAG_SQL)
+        .await
+        .map_err(EngineError::db("preparing the lag query"))?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &projection.name(),
+                &i32::from(store.partitions()),
+                &selector.categories,
+                &selector.event_types,
+                &upto,
+            ],
+        )
+        .await
+        .map_err(EngineError::db("computing lag"))?;
+    Ok(rows
+        .iter()
+        .map(|r| PartitionLag {
+            partition: r.get(0),
+            checkpoint: r.get(1),
+            events_per_second: r.get(2),
+            updated_at: r.get(3),
+            lag_events: r.get(4),
+            lag_seconds: r.get::<_, Option<f64>>(5).unwrap_or(0.0).max(0.0),
+        })
+        .collect())
+}
+
+pub(crate) async fn projection_status(
+    store: &EventStore,
+    projection: &Arc<dyn Projection>,
+) -> Result<ProjectionStatus> {
+    let head = store.head_position().await?;
+    let partitions = partition_lag(store, projection.as_ref(), head).await?;
+    let client = store.pool().get().await?;
+    let row = client
+        .query_opt(
+            "SELECT version, status FROM projections WHERE name = $1",
+            &[&projection.name()],
+        )
+        .await
+        .map_err(EngineError::db("reading a projection"))?;
+    let parked: i64 = client
+        .query_one(
+            "SELECT count(*) FROM projection_dead_letters WHERE projection = $1 AND replayed_at IS NULL",
+            &[&projection.name()],
+        )
+        .await
+        .map_err(EngineError::db("counting parked events"))?
+        .get(0);
+    let last_rebuild = rebuilds(store, projection.name(), 1)
+        .await?
+        .into_iter()
+        .next();
+    let (live_version, status) = match row {
+        Some(r) => (Some(r.get::<_, i32>(0)), r.get::<_, String>(1)),
+        None => (None, "not started".to_string()),
+    };
+    let status = match &last_rebuild {
+        Some(r) if r.status == "running" && r.kind != "as_of" => "rebuilding".to_string(),
+        _ => status,
+    };
+    Ok(ProjectionStatus {
+        name: projection.name().to_string(),
+        version: projection.version(),
+        live_version,
+        status,
+        schema: projection.schema(),
+        head,
+        partitions,
+        parked,
+        last_rebuild,
+    })
+}
+
+/// The latest `limit` rebuilds of `projection`, newest first.
+pub async fn rebuilds(
+    store: &EventStore,
+    projection: &str,
+    limit: i64,
+) -> Result<Vec<RebuildProgress>> {
+    let client = store.pool().get().await?;
+    let rows = client
+        .query(
+            "SELECT id, kind, target, from_position, to_position, events_done, events_total, position, rate,
+                    status, error, started_at, finished_at
+               FROM projection_rebuilds WHERE projection = $1 ORDER BY id DESC LIMIT $2",
+            &[&projection, &limit],
+        )
+        .await
+        .map_err(EngineError::db("reading rebuild progress"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let done: i64 = r.get(5);
+            let total: i64 = r.get(6);
+            let rate: f64 = r.get(8);
+            let status: String = r.get(9);
+            RebuildProgress {
+                id: r.get(0),
+                kind: r.get(1),
+                target: r.get(2),
+                from_position: r.get(3),
+                to_position: r.get(4),
+                events_done: done,
+                events_total: total,
+                position: r.get(7),
+                rate,
+                eta_seconds: (status == "running" && rate > 0.0)
+                    .then(|| (total - done).max(0) as f64 / rate),
+                status,
+                error: r.get(10),
+                started_at: r.get(11),
+                finished_at: r.get(12),
+            }
+        })
+        .collect())
+}
+
+/// Number of partitions of `projection`'s live read model that have not yet applied every
+/// matching event up to `position`. 0 means a reader of the read model sees `position`.
+pub(crate) async fn partitions_behind(
+    store: &EventStore,
+    projection: &dyn Projection,
+    position: Position,
+) -> Result<i64> {
+    let client = store.pool().get().await?;
+    let selector = projection.selector();
+    let statement = client
+        .prepare_cached(
+            "SELECT count(*) FROM generate_series(0, $2 - 1) AS p(partition)
+               LEFT JOIN projection_checkpoints c
+                      ON c.projection = $1 AND c.target = 'live' AND c.partition = p.partition
+              WHERE EXISTS (SELECT 1 FROM events e
+                             WHERE e.partition = p.partition AND e.position > coalesce(c.position, 0)
+                               AND e.position <= $5
+                               AND (cardinality($3::text[]) = 0 OR e.category = ANY($3))
+                               AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4)))",
+        )
+        .await
+        .map_err(EngineError::db("preparing the position wait"))?;
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &projection.name(),
+                &i32::from(store.partitions()),
+                &selector.categories,
+                &selector.event_types,
+                &position,
+            ],
+        )
+        .await
+        .map_err(EngineError::db("checking projection progress"))?;
+    Ok(row.get(0))
+}
