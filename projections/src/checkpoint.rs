@@ -34,31 +34,15 @@ pub(crate) async fn lock_and_check(
     fence: &Fence,
     expected: Position,
 ) -> Result<bool> {
-    if let Some(lease) = fence.lease {
-        let statement = tx
-            .prepare_cached(
-                "SELECT 1 FROM projection_leases
-                  WHERE projection = $1 AND partition = $2 AND owner = $3 AND epoch = $4
-                    AND expires_at > now()
-                  FOR SHARE",
-            )
-            .await
-            .map_err(EngineError::db("preparing the lease check"))?;
-        let held = tx
-            .query_opt(
-                &statement,
-                &[
-                    &spec.projection.name(),
-                    &spec.checkpoint_partition(),
-                    &lease.owner,
-                    &lease.epoch,
-                ],
-            )
-            .await
-            .map_err(EngineError::db("checking the lease"))?
-            .is_some();
-        if !held {
-            fence.mark_lost();
+    if fence.lease.is_some() {
+        // A worker paused inside this transaction (SIGSTOP, a stall) must not keep its locks
+        // forever: the server ends the session once it has idled past the limit.
+        tx.batch_execute(&format!(
+            "SET LOCAL idle_in_transaction_session_timeout = {LEASED_TRANSACTION_IDLE_LIMIT_MS}"
+        ))
+        .await
+        .map_err(EngineError::db("limiting idle time"))?;
+        if !lease_still_held(tx, spec, fence).await? {
             return Ok(false);
         }
     }
@@ -90,6 +74,55 @@ pub(crate) async fn lock_and_check(
         });
     }
     Ok(true)
+}
+
+/// Longest a leased batch transaction may sit idle before the server ends it.
+const LEASED_TRANSACTION_IDLE_LIMIT_MS: u64 = 5_000;
+
+/// Does this lane still hold its lease (owner, epoch, not expired by the clock now)? Checked
+/// first and again just before COMMIT, so a lane that lost its lease while paused cannot
+/// commit. Marks the fence lost when not. Lanes without a lease always pass.
+pub(crate) async fn lease_still_held(
+    tx: &deadpool_postgres::Transaction<'_>,
+    spec: &LaneSpec,
+    fence: &Fence,
+) -> Result<bool> {
+    let Some(lease) = fence.lease else {
+        return Ok(true);
+    };
+    let statement = tx
+        .prepare_cached(
+            "SELECT 1 FROM projection_leases
+              WHERE projection = $1 AND partition = $2 AND owner = $3 AND epoch = $4
+                AND expires_at > clock_timestamp()
+              FOR KEY SHARE",
+        )
+        .await
+        .map_err(EngineError::db("preparing the lease check"))?;
+    let held = tx
+        .query_opt(
+            &statement,
+            &[
+                &spec.projection.name(),
+                &spec.checkpoint_partition(),
+                &lease.owner,
+                &lease.epoch,
+            ],
+        )
+        .await
+        .map_err(EngineError::db("checking the lease"))?
+        .is_some();
+    if !held {
+        fence.mark_lost();
+        metrics::counter!("tidemark_projection_fenced_total", "projection" => spec.projection.name().to_string()).increment(1);
+        tracing::warn!(
+            projection = spec.projection.name(),
+            partition = spec.checkpoint_partition(),
+            epoch = lease.epoch,
+            "lease lost; refusing to commit"
+        );
+    }
+    Ok(held)
 }
 
 /// Moves the (locked) checkpoint to `position`.

@@ -15,6 +15,20 @@ pub struct EngineConfig {
     pub retry_max: Duration,
     /// Only projections pinned to this pool run here (`default` runs unpinned ones).
     pub pool: String,
+    /// How long a partition lease lasts without renewal; renewed every third of it.
+    pub lease_ttl: Duration,
+    /// A worker whose heartbeat is older than this is dead.
+    pub worker_timeout: Duration,
+    /// Partitions of one projection applied at once in this process: at least
+    /// `min_concurrency`, one more per lagging partition, at most `max_concurrency`.
+    pub min_concurrency: usize,
+    pub max_concurrency: usize,
+    /// The scaling signal asks for enough workers to clear the backlog within this time.
+    pub drain_target: Duration,
+    /// Events/s one worker is assumed to process until it has measured itself.
+    pub assumed_worker_rate: f64,
+    /// Address of this process's API, recorded in the worker registry.
+    pub address: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -26,6 +40,13 @@ impl Default for EngineConfig {
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
             pool: "default".into(),
+            lease_ttl: Duration::from_secs(10),
+            worker_timeout: Duration::from_secs(10),
+            min_concurrency: 2,
+            max_concurrency: 8,
+            drain_target: Duration::from_secs(60),
+            assumed_worker_rate: 1000.0,
+            address: None,
         }
     }
 }

@@ -8,12 +8,15 @@ use crate::fence::Fence;
 use crate::lane::{Backoff, Lane, LaneExit, LaneProgress, LaneSpec, LIVE};
 use crate::projection::{quote_ident, ApplyContext, Projection};
 use crate::registry::Registry;
+use crate::scaling::{AdaptiveLimit, ScalingSignal};
 use crate::status::{self, ProjectionStatus};
+use crate::workers::{WorkerIdentity, WorkerInfo};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tidemark_store::{EventStore, Position};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,10 +34,27 @@ pub(crate) struct EngineInner {
     pub tasks: TaskTracker,
     /// Progress of the live lanes running in this process, by (projection, partition).
     pub lanes: Mutex<HashMap<(String, i16), watch::Receiver<LaneProgress>>>,
+    /// This process in the worker registry.
+    pub identity: WorkerIdentity,
+    /// Projections whose live lanes may run (registered, not rebuilding for a version bump).
+    pub active: Mutex<Vec<Arc<dyn Projection>>>,
+    /// Bounds the partitions of each projection applying at once, so a slow projection
+    /// limits only itself.
+    pub limits: Mutex<HashMap<String, Arc<AdaptiveLimit>>>,
+    /// Events applied by live lanes of this process (for the processing rate).
+    pub processed: Arc<AtomicU64>,
+    pub scaling: watch::Sender<ScalingSignal>,
+    /// Wakes the lease coordinator (a projection became active).
+    pub rebalance: Notify,
 }
 
 impl ProjectionEngine {
     pub fn new(store: EventStore, registry: Registry, config: EngineConfig) -> Self {
+        let identity = WorkerIdentity::this_process(&config.pool, config.address.clone());
+        let (scaling, _) = watch::channel(ScalingSignal {
+            pool: config.pool.clone(),
+            ..ScalingSignal::default()
+        });
         ProjectionEngine {
             inner: Arc::new(EngineInner {
                 store,
@@ -43,8 +63,80 @@ impl ProjectionEngine {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 lanes: Mutex::new(HashMap::new()),
+                identity,
+                active: Mutex::new(Vec::new()),
+                limits: Mutex::new(HashMap::new()),
+                processed: Arc::new(AtomicU64::new(0)),
+                scaling,
+                rebalance: Notify::new(),
             }),
         }
+    }
+
+    /// This process's id in the worker registry.
+    pub fn worker_id(&self) -> uuid::Uuid {
+        self.inner.identity.id
+    }
+
+    /// The latest scaling figures of this engine's pool.
+    pub fn scaling_signal(&self) -> ScalingSignal {
+        self.inner.scaling.borrow().clone()
+    }
+
+    /// Every registered worker with the leases it holds.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        crate::workers::list(&self.inner.store, self.inner.config.worker_timeout).await
+    }
+
+    /// The concurrency limit of one projection's lanes in this process.
+    pub(crate) fn limit_of(&self, projection: &str) -> Arc<AdaptiveLimit> {
+        let mut limits = self.inner.limits.lock().unwrap_or_else(|e| e.into_inner());
+        limits
+            .entry(projection.to_string())
+            .or_insert_with(|| {
+                Arc::new(AdaptiveLimit::new(
+                    self.inner.config.min_concurrency,
+                    self.inner.config.max_concurrency,
+                ))
+            })
+            .clone()
+    }
+
+    /// Partitions applying at once over all projections of this process (current limits).
+    pub(crate) fn total_concurrency(&self) -> usize {
+        let limits = self.inner.limits.lock().unwrap_or_else(|e| e.into_inner());
+        limits.values().map(|l| l.current()).sum()
+    }
+
+    pub(crate) fn active_projections(&self) -> Vec<Arc<dyn Projection>> {
+        self.inner
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Lets the coordinator run lanes of `projection` (after creating its lease rows).
+    async fn activate(&self, projection: &Arc<dyn Projection>) -> Result<()> {
+        let client = self.inner.store.pool().get().await?;
+        client
+            .execute(
+                "INSERT INTO projection_leases (projection, partition)
+                 SELECT $1, p FROM generate_series(0, $2 - 1) AS p ON CONFLICT DO NOTHING",
+                &[
+                    &projection.name(),
+                    &i32::from(self.inner.store.partitions()),
+                ],
+            )
+            .await
+            .map_err(EngineError::db("creating partition leases"))?;
+        self.inner
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(projection.clone());
+        self.inner.rebalance.notify_one();
+        Ok(())
     }
 
     pub fn store(&self) -> &EventStore {
@@ -81,9 +173,10 @@ impl ProjectionEngine {
     /// version is rebuilt in the background while the old read model keeps serving) and starts
     /// one lane per partition. Returns once the lanes are started.
     pub async fn start(&self) -> Result<()> {
+        crate::workers::register(&self.inner.store, &self.inner.identity).await?;
         for projection in self.local_projections() {
             match self.register(&projection).await? {
-                Registration::Current => self.start_live_lanes(&projection),
+                Registration::Current => self.activate(&projection).await?,
                 Registration::VersionChanged { live } => {
                     tracing::info!(
                         projection = projection.name(),
@@ -93,8 +186,13 @@ impl ProjectionEngine {
                     );
                     let engine = self.clone();
                     self.inner.tasks.spawn(async move {
-                        match engine.rebuild_into_shadow(&projection, 0, "rebuild", None).await {
-                            Ok(_) => engine.start_live_lanes(&projection),
+                        let rebuilt = engine.rebuild_into_shadow(&projection, 0, "rebuild", None).await;
+                        match rebuilt.and(Ok(())) {
+                            Ok(()) => {
+                                if let Err(error) = engine.activate(&projection).await {
+                                    tracing::error!(projection = projection.name(), %error, "could not start the rebuilt projection");
+                                }
+                            }
                             Err(EngineError::ShuttingDown) => {}
                             Err(error) => tracing::error!(projection = projection.name(), %error, "version rebuild failed; the old read model keeps serving"),
                         }
@@ -102,6 +200,8 @@ impl ProjectionEngine {
                 }
             }
         }
+        let coordinator = crate::lease::Coordinator::new(self.clone());
+        self.inner.tasks.spawn(coordinator.run());
         Ok(())
     }
 
@@ -141,29 +241,19 @@ impl ProjectionEngine {
         })
     }
 
-    fn start_live_lanes(&self, projection: &Arc<dyn Projection>) {
-        for partition in 0..self.inner.store.partitions() as i16 {
-            self.spawn_lane(
-                projection.clone(),
-                partition,
-                Fence::default(),
-                self.inner.shutdown.child_token(),
-            );
-        }
-    }
-
-    /// Spawns a supervised live lane. Returns its progress watch.
+    /// Spawns a supervised live lane; it ends when `stop` is cancelled or it is fenced.
     pub(crate) fn spawn_lane(
         &self,
         projection: Arc<dyn Projection>,
         partition: i16,
         fence: Fence,
         stop: CancellationToken,
-    ) -> watch::Receiver<LaneProgress> {
+    ) -> tokio::task::JoinHandle<()> {
         let (progress, progress_rx) = watch::channel(LaneProgress::default());
         let name = projection.name().to_string();
         self.lanes_mut()
-            .insert((name.clone(), partition), progress_rx.clone());
+            .insert((name.clone(), partition), progress_rx);
+        let processed = self.inner.processed.clone();
         let lane = Lane {
             spec: LaneSpec {
                 schema: projection.schema(),
@@ -176,14 +266,16 @@ impl ProjectionEngine {
             config: self.inner.config.clone(),
             fence,
             progress,
-            on_commit: None,
+            on_commit: Some(Arc::new(move |applied, _| {
+                processed.fetch_add(applied as u64, Ordering::Relaxed);
+            })),
+            permits: Some(self.limit_of(&name).semaphore()),
         };
         let engine = self.clone();
         self.inner.tasks.spawn(async move {
             engine.supervise(lane, stop).await;
             engine.lanes_mut().remove(&(name, partition));
-        });
-        progress_rx
+        })
     }
 
     /// Keeps a lane running: restarts it after errors and panics, pauses it while its

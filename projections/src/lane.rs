@@ -93,6 +93,8 @@ pub(crate) struct Lane {
     pub progress: watch::Sender<LaneProgress>,
     /// Called after each committed batch with the number of events applied.
     pub on_commit: Option<Arc<dyn Fn(usize, Position) + Send + Sync>>,
+    /// A permit is held while a batch is applied (bounds partitions applying at once).
+    pub permits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Lane {
@@ -276,6 +278,16 @@ impl Lane {
         let Some(last) = events.last() else {
             return Ok(Commit::Done);
         };
+        let _permit = match &self.permits {
+            Some(permits) => Some(
+                permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| EngineError::ShuttingDown)?,
+            ),
+            None => None,
+        };
         let mut client = self.store.pool().get().await?;
         let tx = client
             .transaction()
@@ -299,6 +311,9 @@ impl Lane {
                 source,
             })?;
         crate::checkpoint::advance(&tx, &self.spec, last.position).await?;
+        if !crate::checkpoint::lease_still_held(&tx, &self.spec, &self.fence).await? {
+            return Ok(Commit::Fenced);
+        }
         tx.commit()
             .await
             .map_err(EngineError::db("committing a projection batch"))?;

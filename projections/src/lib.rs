@@ -14,6 +14,10 @@
 //! - `checkpoint` and `fence`: the checkpoint row locked and checked at the start of every
 //!   batch; the lease check that fences a worker that lost its partition.
 //! - [`rebuild`]: shadow builds swapped in atomically, replays from a position, as-of builds.
+//! - `lease` and [`workers`]: the worker registry and the coordinator that heartbeats,
+//!   claims a fair share of partition leases, renews them, and rebalances when workers come
+//!   and go. Every live lane runs under a lease.
+//! - [`scaling`]: adaptive concurrency inside a process and the `desired_workers` signal.
 //! - [`dead_letter`], [`status`], `metrics`: parked events, lag, Prometheus gauges.
 //!
 //! Projections know nothing of HTTP or GraphQL.
@@ -25,11 +29,14 @@ pub mod engine;
 pub mod error;
 mod fence;
 mod lane;
+mod lease;
 mod metrics;
 pub mod projection;
 pub mod rebuild;
 pub mod registry;
+pub mod scaling;
 pub mod status;
+pub mod workers;
 
 pub use config::EngineConfig;
 pub use dead_letter::DeadLetter;
@@ -42,5 +49,7 @@ pub use projection::{
 };
 pub use rebuild::{BuildReport, Progress, ProgressCallback};
 pub use registry::Registry;
+pub use scaling::ScalingSignal;
 pub use status::{PartitionLag, ProjectionStatus, RebuildProgress};
 pub use tidemark_store::{EventStore, Position, RecordedEvent};
+pub use workers::{WorkerIdentity, WorkerInfo};

@@ -299,6 +299,7 @@ impl ProjectionEngine {
             config: self.config().clone(),
             fence: Fence::default(),
             progress,
+            permits: None,
             on_commit: Some(Arc::new(move |applied, position| {
                 let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
                 state.done += applied as i64;

@@ -22,7 +22,7 @@
 
 mod append;
 pub mod config;
-// pub mod embedded; (lands with the launcher)
+pub mod embedded;
 pub mod error;
 pub mod hashing;
 pub mod migrate;

@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "projections",
         sql: include_str!("../../migrations/0002_projections.sql"),
     },
+    Migration {
+        version: 3,
+        name: "scale_out",
+        sql: include_str!("../../migrations/0003_scale_out.sql"),
+    },
 ];
 
 /// Advisory lock key shared by every Tidemark process ("tidemark" in ASCII).

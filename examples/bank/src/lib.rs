@@ -1,1 +1,10 @@
-//! Example bank application.
+//! # A small bank on Tidemark
+//!
+//! - [`projections`]: the read models — balances per account (a per-stream fold), totals
+//!   per category and event type (a cross-stream aggregate) — and a side-effect handler
+//!   that alerts on large withdrawals.
+//!
+//! Streams are `account-<id>`; events are `AccountOpened`, `MoneyDeposited` and
+//! `MoneyWithdrawn` with an integer `amount` in cents.
+
+pub mod projections;

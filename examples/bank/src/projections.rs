@@ -1,0 +1,215 @@
+//! Read models of the bank and a side-effect handler.
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use tidemark_projections::{
+    ApplyContext, EventSelector, Handler, Projection, ProjectionError, RecordedEvent,
+};
+
+/// Balance per account: a per-stream fold. `version` is the last stream version applied, so
+/// readers can tell how fresh a row is.
+pub struct AccountBalances;
+
+#[async_trait]
+impl Projection for AccountBalances {
+    fn name(&self) -> &str {
+        "account_balances"
+    }
+
+    fn selector(&self) -> EventSelector {
+        EventSelector::categories(["account"])
+    }
+
+    async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
+        let sql = format!(
+            "CREATE TABLE {} (account_id text PRIMARY KEY, owner text, balance bigint NOT NULL DEFAULT 0,
+                              version bigint NOT NULL, events bigint NOT NULL DEFAULT 0)",
+            ctx.table("balances")
+        );
+        ctx.tx.batch_execute(&sql).await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let upsert = ctx
+            .tx
+            .prepare_cached(&format!(
+                "INSERT INTO {} AS b (account_id, owner, balance, version, events) VALUES ($1, $2, $3, $4, 1)
+                 ON CONFLICT (account_id) DO UPDATE
+                    SET owner = coalesce(EXCLUDED.owner, b.owner), balance = b.balance + EXCLUDED.balance,
+                        version = EXCLUDED.version, events = b.events + 1",
+                ctx.table("balances")
+            ))
+            .await?;
+        for event in events {
+            let amount = event
+                .payload
+                .get("amount")
+                .and_then(|a| a.as_i64())
+                .unwrap_or(0);
+            let (delta, owner) = match event.event_type.as_str() {
+                "AccountOpened" => (0, event.payload.get("owner").and_then(|o| o.as_str())),
+                "MoneyDeposited" => (amount, None),
+                "MoneyWithdrawn" => (-amount, None),
+                _ => continue,
+            };
+            ctx.tx
+                .execute(
+                    &upsert,
+                    &[&event.stream_id, &owner, &delta, &event.stream_version],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Event counts and amount sums per (category, event type): a cross-stream aggregate.
+pub struct CategoryTotals;
+
+#[async_trait]
+impl Projection for CategoryTotals {
+    fn name(&self) -> &str {
+        "category_totals"
+    }
+
+    async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
+        let sql = format!(
+            "CREATE TABLE {} (category text, event_type text, events bigint NOT NULL, amount bigint NOT NULL,
+                              PRIMARY KEY (category, event_type))",
+            ctx.table("totals")
+        );
+        ctx.tx.batch_execute(&sql).await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        // Fold the batch in memory first: one row write per key instead of per event.
+        let mut sums: std::collections::BTreeMap<(&str, &str), (i64, i64)> = Default::default();
+        for event in events {
+            let amount = event
+                .payload
+                .get("amount")
+                .and_then(|a| a.as_i64())
+                .unwrap_or(0);
+            let entry = sums
+                .entry((event.category(), event.event_type.as_str()))
+                .or_default();
+            entry.0 += 1;
+            entry.1 += amount;
+        }
+        let upsert = ctx
+            .tx
+            .prepare_cached(&format!(
+                "INSERT INTO {} AS t VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (category, event_type) DO UPDATE
+                    SET events = t.events + EXCLUDED.events, amount = t.amount + EXCLUDED.amount",
+                ctx.table("totals")
+            ))
+            .await?;
+        for ((category, event_type), (count, amount)) in sums {
+            ctx.tx
+                .execute(&upsert, &[&category, &event_type, &count, &amount])
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Where alerts go: in production another service; in tests, a recorder.
+#[async_trait]
+pub trait AlertSink: Send + Sync + 'static {
+    /// Must tolerate the same `alert_id` twice (delivery is at-least-once).
+    async fn send(&self, alert_id: String, account: &str, amount: i64) -> Result<(), String>;
+}
+
+/// Alerts on withdrawals of at least `threshold` cents: a side effect outside Postgres.
+pub struct LargeWithdrawalAlerts {
+    pub threshold: i64,
+    pub sink: Arc<dyn AlertSink>,
+}
+
+#[async_trait]
+impl Handler for LargeWithdrawalAlerts {
+    fn name(&self) -> &str {
+        "large_withdrawal_alerts"
+    }
+
+    fn selector(&self) -> EventSelector {
+        EventSelector::event_types(["MoneyWithdrawn"])
+    }
+
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        let amount = event
+            .payload
+            .get("amount")
+            .and_then(|a| a.as_i64())
+            .unwrap_or(0);
+        if amount < self.threshold {
+            return Ok(());
+        }
+        self.sink
+            .send(event.event_id.to_string(), &event.stream_id, amount)
+            .await
+            .map_err(ProjectionError::transient)
+    }
+}
+
+/// Fresh folds of the log, for tests and audits: what the read models must equal.
+pub mod fold {
+    use std::collections::BTreeMap;
+    use tidemark_projections::RecordedEvent;
+
+    /// account id -> (balance, last version, event count), over account events.
+    pub fn balances<'a>(
+        events: impl IntoIterator<Item = &'a RecordedEvent>,
+    ) -> BTreeMap<String, (i64, i64, i64)> {
+        let mut out: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+        for event in events.into_iter().filter(|e| e.category() == "account") {
+            let amount = event
+                .payload
+                .get("amount")
+                .and_then(|a| a.as_i64())
+                .unwrap_or(0);
+            let delta = match event.event_type.as_str() {
+                "MoneyDeposited" => amount,
+                "MoneyWithdrawn" => -amount,
+                "AccountOpened" => 0,
+                _ => continue,
+            };
+            let entry = out.entry(event.stream_id.clone()).or_default();
+            entry.0 += delta;
+            entry.1 = event.stream_version;
+            entry.2 += 1;
+        }
+        out
+    }
+
+    /// (category, event type) -> (count, amount sum).
+    pub fn totals<'a>(
+        events: impl IntoIterator<Item = &'a RecordedEvent>,
+    ) -> BTreeMap<(String, String), (i64, i64)> {
+        let mut out: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+        for event in events {
+            let amount = event
+                .payload
+                .get("amount")
+                .and_then(|a| a.as_i64())
+                .unwrap_or(0);
+            let entry = out
+                .entry((event.category().to_string(), event.event_type.clone()))
+                .or_default();
+            entry.0 += 1;
+            entry.1 += amount;
+        }
+        out
+    }
+}
