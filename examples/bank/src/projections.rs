@@ -124,6 +124,67 @@ impl Projection for CategoryTotals {
     }
 }
 
+/// Orders with their status, customer and account: the read model behind order queries.
+pub struct OrdersByStatus;
+
+#[async_trait]
+impl Projection for OrdersByStatus {
+    fn name(&self) -> &str {
+        "orders"
+    }
+
+    fn selector(&self) -> EventSelector {
+        EventSelector::categories(["order"])
+    }
+
+    async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
+        let sql = format!(
+            "CREATE TABLE {} (order_id text PRIMARY KEY, customer_id text NOT NULL, account_id text NOT NULL,
+                              amount bigint NOT NULL, status text NOT NULL, updated_position bigint NOT NULL);
+             CREATE INDEX ON {} (status)",
+            ctx.table("orders"),
+            ctx.table("orders")
+        );
+        ctx.tx.batch_execute(&sql).await?;
+        Ok(())
+    }
+
+    async fn apply(&self, ctx: &ApplyContext<'_>, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let table = ctx.table("orders");
+        for event in events {
+            let order_id = event.stream_id.strip_prefix("order-").unwrap_or(&event.stream_id);
+            let p = &event.payload;
+            let text = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            match event.event_type.as_str() {
+                "OrderPlaced" => {
+                    let amount = p.get("amount").and_then(|a| a.as_i64()).unwrap_or(0);
+                    ctx.tx
+                        .execute(
+                            &format!("INSERT INTO {table} VALUES ($1, $2, $3, $4, 'placed', $5) ON CONFLICT (order_id) DO NOTHING"),
+                            &[&order_id, &text("customer_id"), &text("account_id"), &amount, &event.position],
+                        )
+                        .await?;
+                }
+                "OrderPaid" | "OrderShipped" | "OrderCancelled" => {
+                    let status = match event.event_type.as_str() {
+                        "OrderPaid" => "paid",
+                        "OrderShipped" => "shipped",
+                        _ => "cancelled",
+                    };
+                    ctx.tx
+                        .execute(
+                            &format!("UPDATE {table} SET status = $2, updated_position = $3 WHERE order_id = $1"),
+                            &[&order_id, &status, &event.position],
+                        )
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where alerts go: in production another service; in tests, a recorder.
 #[async_trait]
 pub trait AlertSink: Send + Sync + 'static {
