@@ -1,1 +1,46 @@
-//! Tidemark API.
+//! # tidemark-api
+//!
+//! The GraphQL API, the server around it and the `tidemark` command line. Read in this
+//! order:
+//!
+//! - [`app`]: what an application brings — [`TidemarkApp`], built with
+//!   `TidemarkApp::builder().projection(..).handler(..).graphql_query(Q).graphql_mutation(M)`
+//!   — and what its resolvers get: [`Tidemark`] (store, engine, command bus).
+//! - [`schema`]: the built-in queries, mutations and subscriptions
+//!   ([`schema::query`], [`schema::mutation`], [`schema::subscription`], their types in
+//!   [`schema::types`], the `@waitFor` directive in [`schema::directive`]), merged with the
+//!   application's; `api/schema.graphql` is its SDL.
+//! - [`error`]: [`ApiError`] and the stable `extensions.code`s; the one place store and
+//!   engine errors are mapped, and the pass that codes every error of every response.
+//! - [`auth`]: API keys, roles (read < append < admin) and the per-field [`RoleGuard`].
+//! - [`http`]: routes — `POST /graphql`, WebSocket subscriptions on `GET /graphql`,
+//!   GraphiQL at `/`, `/health`, `/ready`, `/metrics` — and limits on bodies and sockets.
+//! - [`startup`]: [`Application`]: build (bind, connect, migrate, start projections), then
+//!   `run_until_stopped(shutdown)` with an ordered graceful shutdown.
+//! - [`config`], [`database`], [`telemetry`]: settings with defaults, the database (URL or
+//!   embedded), logs and the Prometheus recorder.
+//! - [`cli`]: `tidemark serve | migrate | projections | events | keys`, reusable by
+//!   application binaries through [`cli::run`].
+//!
+//! The API knows the store and the engine; neither knows the API.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod database;
+pub mod error;
+pub mod http;
+pub mod schema;
+pub mod startup;
+pub mod telemetry;
+
+pub use app::{Tidemark, TidemarkApp, TidemarkAppBuilder};
+pub use auth::{Principal, Role, RoleGuard};
+pub use config::{ApiLimits, DatabaseConfig, ServerConfig};
+pub use error::{ApiError, ErrorCode};
+pub use startup::Application;
+
+/// The async-graphql this crate is built with. Applications deriving GraphQL objects also
+/// depend on `async-graphql` themselves (its macros name the crate), at the same version.
+pub use async_graphql;

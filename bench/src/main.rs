@@ -1,1 +1,765 @@
-fn main() {}
+//! # tidemark-bench
+//!
+//! The benchmark suite of issue #3: every Tidemark figure is measured beside a raw
+//! tokio-postgres baseline in the same run, on the same database, and reported as a ratio.
+//!
+//! ```text
+//! cargo run --release -p tidemark-bench -- [--quick|--full] [--database-url URL] [--out FILE]
+//! ```
+//!
+//! Without `--database-url` (or `DATABASE_URL`) it starts an embedded PostgreSQL cluster in
+//! a temporary directory. Either way it works in a scratch database `tidemark_bench_<random>`
+//! that it drops at the end, and each phase runs in a fresh schema of it, so every
+//! measurement starts from an empty log.
+//!
+//! Code map, in reading order:
+//! - `main.rs` (this file): the command line, the plan of each mode, and the phases in order.
+//! - [`env`]: the server, the scratch database, per-phase schemas, machine and server facts.
+//! - [`embedded`]: starting the store's embedded PostgreSQL for the run.
+//! - [`harness`]: the measurement window, latency percentiles, payloads, RSS, progress bars.
+//! - [`raw`]: the baselines in plain tokio-postgres, and COPY vs UNNEST.
+//! - [`workloads`]: the same work through `EventStore`: appends, scans, subscriptions,
+//!   delivery latency, overload.
+//! - [`probe`]: a `metrics` recorder for the store's group-commit histograms.
+//! - [`report`]: the results and their Markdown tables.
+
+mod embedded;
+mod env;
+mod harness;
+mod probe;
+mod raw;
+mod report;
+mod workloads;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use env::Database;
+use harness::{group, Latencies, Progress};
+use raw::InsertShape;
+use report::{AtClients, CopyVsUnnest, DeliveryFigures, HotStream, Knob, Rate, Report, Scan};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tidemark_store::PipelineConfig;
+
+/// Benchmarks Tidemark against raw PostgreSQL on the same server, in one run.
+#[derive(Debug, Parser)]
+#[command(name = "tidemark-bench", version)]
+struct Args {
+    /// Smoke run for CI: every phase, briefly (well under a minute).
+    #[arg(long, conflicts_with = "full")]
+    quick: bool,
+    /// The figures for BENCHMARKS.md (a few minutes). The default.
+    #[arg(long)]
+    full: bool,
+    /// PostgreSQL server to use (a scratch database is created and dropped in it).
+    /// Without it, an embedded cluster is started from the installed binaries.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Where to write the Markdown results.
+    #[arg(long, default_value = "BENCHMARKS-results.md")]
+    out: PathBuf,
+    /// Extra settings for the benchmark's sessions, e.g. to see the writer's plans:
+    /// `-c session_preload_libraries=auto_explain -c auto_explain.log_min_duration=5ms`.
+    #[arg(long, env = "TIDEMARK_BENCH_PG_OPTIONS", default_value = "")]
+    pg_options: String,
+    /// Run only these groups of phases (comma-separated), e.g. `--only append,knobs`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Group>,
+}
+
+/// Groups of phases, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Group {
+    /// Raw inserts and Tidemark appends (single events, 100-event batches), the hot stream.
+    Append,
+    /// Raw scan, `read_log`, `subscribe` catch-up.
+    Scan,
+    /// Append-to-subscriber latency at a fixed rate.
+    Delivery,
+    /// Memory under 10x overload.
+    Overload,
+    /// COPY BINARY vs UNNEST.
+    Copy,
+    /// Pipeline settings.
+    Knobs,
+}
+
+/// What a mode runs, and for how long.
+struct Plan {
+    mode: &'static str,
+    warmup: Duration,
+    measure: Duration,
+    /// Raw/Tidemark pairs per concurrency level (their mean is reported).
+    rounds: usize,
+    /// Events each phase's log (and raw table) holds before it is measured.
+    seed_events: u64,
+    /// Concurrency levels of single-row inserts and single-event appends.
+    clients: Vec<usize>,
+    batch_clients: Vec<usize>,
+    hot_callers: Vec<usize>,
+    copy_sizes: Vec<usize>,
+    /// Per size and method, split into `copy_rounds` alternating slices.
+    copy_time: Duration,
+    copy_rounds: u32,
+    scan_events: u64,
+    scan_repeats: usize,
+    delivery_rate: u32,
+    delivery_events: u64,
+    overload_time: Duration,
+    knob_warmup: Duration,
+    knob_measure: Duration,
+    wait_values: Vec<Duration>,
+    wait_callers: Vec<usize>,
+    queue_depths: Vec<usize>,
+    queue_callers: usize,
+}
+
+impl Plan {
+    fn quick() -> Plan {
+        Plan {
+            mode: "quick",
+            warmup: Duration::from_millis(150),
+            measure: Duration::from_millis(500),
+            rounds: 1,
+            seed_events: 5_000,
+            clients: vec![1, 8, 64, 256],
+            batch_clients: vec![1, 8],
+            hot_callers: vec![8],
+            copy_sizes: vec![100],
+            copy_time: Duration::from_millis(600),
+            copy_rounds: 2,
+            scan_events: 15_000,
+            scan_repeats: 1,
+            delivery_rate: 1000,
+            delivery_events: 1_500,
+            overload_time: Duration::from_secs(3),
+            knob_warmup: Duration::from_millis(150),
+            knob_measure: Duration::from_millis(400),
+            wait_values: vec![Duration::ZERO, Duration::from_millis(1)],
+            wait_callers: vec![64],
+            queue_depths: vec![64, 4096],
+            queue_callers: 1024,
+        }
+    }
+
+    fn full() -> Plan {
+        Plan {
+            mode: "full",
+            warmup: Duration::from_millis(500),
+            measure: Duration::from_secs(3),
+            rounds: 2,
+            seed_events: 20_000,
+            clients: vec![1, 8, 64, 256],
+            batch_clients: vec![1, 8],
+            hot_callers: vec![1, 8, 64],
+            copy_sizes: vec![1, 10, 64, 256, 512, 1000, 5000],
+            copy_time: Duration::from_secs(2),
+            copy_rounds: 4,
+            scan_events: 200_000,
+            scan_repeats: 3,
+            delivery_rate: 1000,
+            delivery_events: 10_000,
+            overload_time: Duration::from_secs(10),
+            knob_warmup: Duration::from_millis(500),
+            knob_measure: Duration::from_millis(2500),
+            wait_values: vec![
+                Duration::ZERO,
+                Duration::from_micros(200),
+                Duration::from_millis(1),
+            ],
+            wait_callers: vec![1, 8, 64],
+            queue_depths: vec![64, 1024, 4096],
+            queue_callers: 1024,
+        }
+    }
+
+    /// Progress steps of `group`.
+    fn phases(&self, group: Group) -> u64 {
+        let n = match group {
+            Group::Append => {
+                (self.clients.len() + self.batch_clients.len()) * 2 * self.rounds
+                    + 1 // the cold store
+                    + self.hot_callers.len()
+            }
+            Group::Scan => 1 + 4, // populate, raw, two read_log, subscribe
+            Group::Delivery | Group::Overload => 1,
+            Group::Copy => self.copy_sizes.len(),
+            Group::Knobs => {
+                self.wait_values.len() * self.wait_callers.len() + self.queue_depths.len()
+            }
+        };
+        n as u64
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    probe::install();
+    let plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    let database = match &args.database_url {
+        Some(url) => Database::from_url(url, &args.pg_options).await?,
+        None => Database::embedded(&args.pg_options).await?,
+    };
+    eprintln!(
+        "tidemark-bench: {} run on {} ({}), scratch database {}",
+        plan.mode,
+        database.info.origin,
+        database.info.version,
+        database.scratch_name()
+    );
+    let started = Instant::now();
+    let result = tokio::select! {
+        result = run(&plan, &database, &args) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let name = database.scratch_name().to_string();
+    if let Err(error) = database.drop_scratch().await {
+        eprintln!("tidemark-bench: could not drop the scratch database {name}: {error:#}");
+    }
+    let mut report = result?;
+    report.duration_secs = started.elapsed().as_secs_f64();
+    let markdown = report.to_markdown();
+    println!("{markdown}");
+    std::fs::write(&args.out, &markdown)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("tidemark-bench: results written to {}", args.out.display());
+    Ok(())
+}
+
+async fn run(plan: &Plan, db: &Database, args: &Args) -> Result<Report> {
+    let groups: Vec<Group> = if args.only.is_empty() {
+        <Group as clap::ValueEnum>::value_variants().to_vec()
+    } else {
+        args.only.clone()
+    };
+    let progress = Progress::new(groups.iter().map(|&g| plan.phases(g)).sum());
+    let defaults = PipelineConfig::default();
+    let mut report = Report {
+        mode: plan.mode.into(),
+        command: format!(
+            "cargo run --release -p tidemark-bench -- --{}{}",
+            plan.mode,
+            if args.database_url.is_some() {
+                " --database-url <URL>"
+            } else {
+                ""
+            }
+        ),
+        started_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        machine: Some(env::MachineInfo::detect()),
+        server: Some(db.info.clone()),
+        pipeline_defaults: format!(
+            "max_batch_requests={}, max_batch_events={}, max_batch_wait={:?}, queue_depth={}, enqueue_deadline={:?}",
+            defaults.max_batch_requests,
+            defaults.max_batch_events,
+            defaults.max_batch_wait,
+            defaults.queue_depth,
+            defaults.enqueue_deadline
+        ),
+        delivery_rate: plan.delivery_rate,
+        ..Report::default()
+    };
+
+    if !args.only.is_empty() {
+        report.command.push_str(&format!(
+            " --only {}",
+            args.only
+                .iter()
+                .map(|g| format!("{g:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    for group in <Group as clap::ValueEnum>::value_variants() {
+        if !groups.contains(group) {
+            continue;
+        }
+        let r = &mut report;
+        match group {
+            Group::Append => appends(plan, db, &progress, r).await?,
+            Group::Scan => scans(plan, db, &progress, r).await?,
+            Group::Delivery => delivery(plan, db, &progress, r).await?,
+            Group::Overload => overload(plan, db, &progress, r).await?,
+            Group::Copy => copy_vs_unnest(plan, db, &progress, r).await?,
+            Group::Knobs => knobs(plan, db, &progress, r).await?,
+        }
+    }
+    progress.finish();
+    Ok(report)
+}
+
+/// Raw inserts and Tidemark appends at each concurrency, interleaved (raw, Tidemark, raw,
+/// Tidemark, ...) so that a drift in the machine's speed hits both alike. Raw concurrency
+/// is capped by the server's free connections.
+async fn appends(
+    plan: &Plan,
+    db: &Database,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    let runs = plan
+        .clients
+        .iter()
+        .map(|&c| (1, c))
+        .chain(plan.batch_clients.iter().map(|&c| (100, c)));
+    for (events, requested) in runs {
+        let shape = if events == 1 {
+            InsertShape::SingleRow
+        } else {
+            InsertShape::Unnest(events)
+        };
+        let free = db.free_connections().await?.max(1) as usize;
+        let clients = requested.min(free);
+        if clients < requested {
+            report.notes.push(format!(
+                "Raw inserts at {requested} clients were capped at {clients}: the server allows \
+                 max_connections = {} and {free} were free; Tidemark at {requested} callers is \
+                 compared with the capped run.",
+                db.info.max_connections
+            ));
+        }
+        let raw_label = format!("raw INSERT {events} row(s)/tx, {clients} clients");
+        let label = format!("Tidemark append {events} event(s), {requested} callers");
+        let (mut raw_rates, mut raw_latencies) = (Vec::new(), Latencies::default());
+        let (mut rates, mut latencies) = (Vec::new(), Latencies::default());
+        let mut batches = Vec::new();
+        for round in 1..=plan.rounds {
+            progress.begin(&format!("{raw_label} (round {round}/{})", plan.rounds));
+            let run = raw_insert(db, shape, clients, plan, progress, &raw_label).await?;
+            raw_rates.push(run.rows_per_sec);
+            raw_latencies.extend(run.latencies);
+            progress.done(&format!("{raw_label}: {} rows/s", group(run.rows_per_sec)));
+
+            progress.begin(&format!("{label} (round {round}/{})", plan.rounds));
+            let (run, batch) = tidemark_append(
+                db,
+                events,
+                requested,
+                plan.seed_events,
+                plan,
+                progress,
+                &label,
+            )
+            .await?;
+            rates.push(run.events_per_sec);
+            latencies.extend(run.latencies);
+            batches.push(batch);
+            progress.done(&format!(
+                "{label}: {} events/s; {:.1} appends per transaction, {:.2} ms each",
+                group(run.events_per_sec),
+                batch.mean_requests,
+                batch.mean_millis
+            ));
+        }
+        let raw_entry = AtClients {
+            requested,
+            clients,
+            rate: Rate::new(mean(&raw_rates), raw_latencies),
+            batches: None,
+        };
+        let entry = AtClients {
+            requested,
+            clients: requested,
+            rate: Rate::new(mean(&rates), latencies),
+            batches: Some(probe::Batches::mean(&batches)),
+        };
+        if events == 1 {
+            report.raw_single.push(raw_entry);
+            report.appends.push(entry);
+        } else {
+            report.raw_batch.push(raw_entry);
+            report.batch_appends.push(entry);
+        }
+    }
+    // The same 64-caller run on a store created a moment ago, without statistics.
+    let label = "Tidemark append 1 event, 64 callers, new store without statistics";
+    progress.begin(label);
+    let (run, batches) = tidemark_append(db, 1, 64, 0, plan, progress, label).await?;
+    progress.done(&format!(
+        "{label}: {} events/s; {:.1} appends per transaction, {:.2} ms each",
+        group(run.events_per_sec),
+        batches.mean_requests,
+        batches.mean_millis
+    ));
+    report.cold_appends = Some(AtClients {
+        requested: 64,
+        clients: 64,
+        rate: Rate::new(run.events_per_sec, run.latencies),
+        batches: Some(batches),
+    });
+
+    for &callers in &plan.hot_callers {
+        let label = format!("Tidemark hot stream (Exact), {callers} callers");
+        progress.begin(&label);
+        let schema = db.fresh_schema("hot").await?;
+        let store =
+            workloads::open_store(&schema, PipelineConfig::default(), plan.seed_events).await?;
+        let run = workloads::hot_stream_load(
+            &store,
+            callers,
+            plan.warmup,
+            plan.measure,
+            progress,
+            &label,
+        )
+        .await;
+        store.shutdown().await;
+        drop(store);
+        db.drop_schema(schema).await?;
+        let run = run?;
+        progress.done(&format!(
+            "{label}: {} events/s, {:.1} conflicts per success",
+            group(run.events_per_sec),
+            run.conflicts_per_success
+        ));
+        report.hot.push(HotStream {
+            callers,
+            per_sec: run.events_per_sec,
+            conflicts_per_success: run.conflicts_per_success,
+        });
+    }
+    Ok(())
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+/// One raw insert run in a fresh schema.
+async fn raw_insert(
+    db: &Database,
+    shape: InsertShape,
+    clients: usize,
+    plan: &Plan,
+    progress: &Progress,
+    label: &str,
+) -> Result<raw::InsertRun> {
+    let schema = db.fresh_schema("raw").await?;
+    raw::create_table(&schema, plan.seed_events).await?;
+    let run = raw::insert_load(
+        &schema,
+        shape,
+        clients,
+        plan.warmup,
+        plan.measure,
+        progress,
+        label,
+    )
+    .await;
+    db.drop_schema(schema).await?;
+    run
+}
+
+/// One Tidemark append run on a new store in a fresh schema.
+async fn tidemark_append(
+    db: &Database,
+    events: usize,
+    callers: usize,
+    seed: u64,
+    plan: &Plan,
+    progress: &Progress,
+    label: &str,
+) -> Result<(workloads::AppendRun, probe::Batches)> {
+    let schema = db.fresh_schema("append").await?;
+    let store = workloads::open_store(&schema, PipelineConfig::default(), seed).await?;
+    probe::take();
+    let run = workloads::append_load(
+        &store,
+        callers,
+        events,
+        plan.warmup,
+        plan.measure,
+        progress,
+        label,
+    )
+    .await;
+    let batches = probe::take();
+    store.shutdown().await;
+    drop(store);
+    db.drop_schema(schema).await?;
+    Ok((run?, batches))
+}
+
+/// Writes a log, then reads it raw, with `read_log` and with `subscribe` (best of N each).
+async fn scans(plan: &Plan, db: &Database, progress: &Progress, report: &mut Report) -> Result<()> {
+    progress.begin("writing the log for the scans");
+    let schema = db.fresh_schema("scan").await?;
+    let store = workloads::open_store(&schema, PipelineConfig::default(), plan.seed_events).await?;
+    let result = async {
+        workloads::populate(&store, plan.scan_events, progress).await?;
+        // The scans read the seed events too.
+        let total = plan.scan_events + plan.seed_events;
+        progress.done(&format!(
+            "wrote {} events to scan",
+            group(plan.scan_events as f64)
+        ));
+
+        let best = |runs: Vec<(u64, Duration)>| -> Result<(u64, f64)> {
+            let events = runs.first().map_or(0, |r| r.0);
+            if events != total || runs.iter().any(|r| r.0 != events) {
+                anyhow::bail!("a scan read {events} events; the log holds {}", total);
+            }
+            let fastest = runs.iter().map(|r| r.1).min().unwrap_or_default();
+            Ok((events, events as f64 / fastest.as_secs_f64().max(1e-9)))
+        };
+
+        progress.begin("raw scan");
+        let mut runs = Vec::new();
+        for _ in 0..plan.scan_repeats {
+            runs.push(raw::scan_log(&schema).await?);
+        }
+        let (events, per_sec) = best(runs)?;
+        progress.done(&format!("raw scan: {} events/s", group(per_sec)));
+        report.raw_scan = Some(Scan {
+            label: "raw scan".into(),
+            events,
+            per_sec,
+        });
+
+        for (label, page) in [
+            (report::SCAN_READ_LOG, 1000),
+            (report::SCAN_READ_LOG_BIG, 10_000),
+        ] {
+            progress.begin(label);
+            let mut runs = Vec::new();
+            for _ in 0..plan.scan_repeats {
+                runs.push(workloads::scan_read_log(&store, page).await?);
+            }
+            let (events, per_sec) = best(runs)?;
+            progress.done(&format!("{label}: {} events/s", group(per_sec)));
+            report.scans.push(Scan {
+                label: label.into(),
+                events,
+                per_sec,
+            });
+        }
+
+        progress.begin(report::SCAN_SUBSCRIBE);
+        let mut runs = Vec::new();
+        for _ in 0..plan.scan_repeats {
+            runs.push(workloads::scan_subscribe(&store, total).await?);
+        }
+        let (events, per_sec) = best(runs)?;
+        progress.done(&format!(
+            "{}: {} events/s",
+            report::SCAN_SUBSCRIBE,
+            group(per_sec)
+        ));
+        report.scans.push(Scan {
+            label: report::SCAN_SUBSCRIBE.into(),
+            events,
+            per_sec,
+        });
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    store.shutdown().await;
+    drop(store);
+    db.drop_schema(schema).await?;
+    result
+}
+
+/// Delivery latency at a fixed append rate, to an in-process and a NOTIFY-woken subscriber.
+async fn delivery(
+    plan: &Plan,
+    db: &Database,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    let label = format!("delivery latency at {} ev/s", plan.delivery_rate);
+    progress.begin(&label);
+    let schema = db.fresh_schema("delivery").await?;
+    let store = workloads::open_store(&schema, PipelineConfig::default(), plan.seed_events).await?;
+    let other = workloads::open_store(&schema, PipelineConfig::default(), 0).await?;
+    let skip = plan.delivery_events / 10;
+    let result = workloads::delivery_latency(
+        &store,
+        &other,
+        plan.delivery_rate,
+        plan.delivery_events,
+        skip,
+        progress,
+    )
+    .await;
+    store.shutdown().await;
+    other.shutdown().await;
+    drop((store, other));
+    db.drop_schema(schema).await?;
+    let (local, remote) = result?;
+    let mut line = label.clone();
+    for (name, delivery) in [
+        ("same store handle (in-process wake-up)", local),
+        ("second store handle (NOTIFY wake-up)", remote),
+    ] {
+        let mut latencies = delivery.latencies;
+        let figures = DeliveryFigures {
+            label: name.into(),
+            samples: latencies.len(),
+            p50_ms: latencies.percentile_ms(50.0).unwrap_or_default(),
+            p99_ms: latencies.percentile_ms(99.0).unwrap_or_default(),
+            max_ms: latencies.max_ms().unwrap_or_default(),
+        };
+        line.push_str(&format!(
+            "; {name}: p50 {:.2} ms, p99 {:.2} ms",
+            figures.p50_ms, figures.p99_ms
+        ));
+        report.delivery.push(figures);
+    }
+    progress.done(&line);
+    Ok(())
+}
+
+/// Ten times as many callers as the pipeline can hold, with the default queue.
+async fn overload(
+    plan: &Plan,
+    db: &Database,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    let config = PipelineConfig::default();
+    let callers = 10 * (config.queue_depth + config.max_batch_requests);
+    let label = format!("overload: {callers} callers");
+    progress.begin(&label);
+    let schema = db.fresh_schema("overload").await?;
+    let store = workloads::open_store(&schema, config.clone(), plan.seed_events).await?;
+    let run = workloads::overload(
+        &store,
+        callers,
+        config.queue_depth,
+        plan.overload_time,
+        progress,
+    )
+    .await;
+    store.shutdown().await;
+    drop(store);
+    db.drop_schema(schema).await?;
+    let run = run?;
+    progress.done(&format!(
+        "{label}: {} ok, {} overloaded, RSS {} at queue full, {} at end",
+        group(run.ok as f64),
+        group(run.overloaded as f64),
+        run.rss_at_full.map_or("—".into(), harness::mib),
+        harness::mib(run.rss_end)
+    ));
+    report.overload = Some(run);
+    Ok(())
+}
+
+/// Raw COPY BINARY vs UNNEST at the batch sizes the writer sees, alternating slices.
+async fn copy_vs_unnest(
+    plan: &Plan,
+    db: &Database,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    for &rows in &plan.copy_sizes {
+        let label = format!("COPY vs UNNEST, {rows} rows per batch");
+        progress.begin(&label);
+        let schema = db.fresh_schema("copy").await?;
+        raw::create_table(&schema, plan.seed_events).await?;
+        let slice = plan.copy_time / plan.copy_rounds;
+        let warmup = (slice / 5).min(Duration::from_millis(300));
+        let mut sums = [(0.0f64, 0.0f64); 2];
+        for _ in 0..plan.copy_rounds {
+            for (i, shape) in [InsertShape::Unnest(rows), InsertShape::Copy(rows)]
+                .into_iter()
+                .enumerate()
+            {
+                let run =
+                    raw::insert_load(&schema, shape, 1, warmup, slice, progress, &label).await?;
+                sums[i].0 += run.rows_per_sec;
+                sums[i].1 += run.statement_micros.unwrap_or_default();
+            }
+        }
+        db.drop_schema(schema).await?;
+        let n = f64::from(plan.copy_rounds);
+        let entry = CopyVsUnnest {
+            rows,
+            unnest_rows_per_sec: sums[0].0 / n,
+            copy_rows_per_sec: sums[1].0 / n,
+            unnest_statement_us: sums[0].1 / n,
+            copy_statement_us: sums[1].1 / n,
+        };
+        progress.done(&format!(
+            "{label}: UNNEST {} rows/s ({:.0} µs/stmt), COPY {} rows/s ({:.0} µs/stmt)",
+            group(entry.unnest_rows_per_sec),
+            entry.unnest_statement_us,
+            group(entry.copy_rows_per_sec),
+            entry.copy_statement_us
+        ));
+        report.copy_vs_unnest.push(entry);
+    }
+    Ok(())
+}
+
+/// `max_batch_wait` and `queue_depth`, each varied alone from the defaults.
+async fn knobs(plan: &Plan, db: &Database, progress: &Progress, report: &mut Report) -> Result<()> {
+    let defaults = PipelineConfig::default();
+    let mut runs = Vec::new();
+    for &callers in &plan.wait_callers {
+        for &wait in &plan.wait_values {
+            runs.push((
+                format!("max_batch_wait = {wait:?}"),
+                PipelineConfig {
+                    max_batch_wait: wait,
+                    ..defaults.clone()
+                },
+                callers,
+                wait == defaults.max_batch_wait,
+            ));
+        }
+    }
+    for &depth in &plan.queue_depths {
+        runs.push((
+            format!("queue_depth = {depth}"),
+            PipelineConfig {
+                queue_depth: depth,
+                ..defaults.clone()
+            },
+            plan.queue_callers,
+            depth == defaults.queue_depth,
+        ));
+    }
+    for (setting, config, callers, default) in runs {
+        let label = format!("{setting}, {callers} callers");
+        progress.begin(&label);
+        let schema = db.fresh_schema("knob").await?;
+        let store = workloads::open_store(&schema, config, plan.seed_events).await?;
+        probe::take();
+        let run = workloads::append_load(
+            &store,
+            callers,
+            1,
+            plan.knob_warmup,
+            plan.knob_measure,
+            progress,
+            &label,
+        )
+        .await;
+        store.shutdown().await;
+        drop(store);
+        db.drop_schema(schema).await?;
+        let run = run?;
+        let rate = Rate::new(run.events_per_sec, run.latencies);
+        let batches = probe::take();
+        progress.done(&format!(
+            "{label}: {} events/s; {:.1} appends per transaction, {:.2} ms each",
+            group(rate.per_sec),
+            batches.mean_requests,
+            batches.mean_millis
+        ));
+        report.knobs.push(Knob {
+            setting,
+            callers,
+            rate,
+            batches,
+            default,
+        });
+    }
+    Ok(())
+}

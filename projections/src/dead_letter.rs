@@ -157,6 +157,31 @@ pub(crate) async fn replay(
         if !still_parked {
             continue;
         }
+        // A partition stopped on this event (`ParkAndStop`) still has its checkpoint just
+        // before it and would apply it again on resuming: move that checkpoint past the event
+        // in this transaction. Locking it also orders the replay with the partition's batches.
+        let checkpoint: Option<Position> = tx
+            .query_opt(
+                "SELECT position FROM projection_checkpoints
+                  WHERE projection = $1 AND target = 'live' AND partition = $2
+                  FOR UPDATE",
+                &[&projection.name(), &letter.partition],
+            )
+            .await
+            .map_err(EngineError::db("locking a checkpoint for a replay"))?
+            .map(|r| r.get(0));
+        let stopped_here = match checkpoint {
+            Some(checkpoint) if checkpoint < letter.position => store
+                .read_log(
+                    checkpoint,
+                    &projection.selector().log_filter(Some(letter.partition)),
+                    1,
+                )
+                .await?
+                .first()
+                .is_some_and(|next| next.event_id == letter.event_id),
+            _ => false,
+        };
         let ctx = ApplyContext { tx: &tx, schema };
         projection
             .apply(&ctx, std::slice::from_ref(&event))
@@ -173,6 +198,17 @@ pub(crate) async fn replay(
         )
         .await
         .map_err(EngineError::db("marking a parked event replayed"))?;
+        if stopped_here {
+            tx.execute(
+                "UPDATE projection_checkpoints SET position = $3, updated_at = now()
+                  WHERE projection = $1 AND target = 'live' AND partition = $2",
+                &[&projection.name(), &letter.partition, &letter.position],
+            )
+            .await
+            .map_err(EngineError::db(
+                "moving a stopped checkpoint past a replayed event",
+            ))?;
+        }
         tx.execute(
             "UPDATE projections SET status = 'running', updated_at = now() WHERE name = $1 AND status = 'stopped'",
             &[&projection.name()],

@@ -284,9 +284,14 @@ impl ProjectionEngine {
         let lane = Arc::new(lane);
         let mut backoff = Backoff::new(self.inner.config.retry_base, self.inner.config.retry_max);
         loop {
+            let checkpoint_before = lane.progress.borrow().checkpoint;
             let running = lane.clone();
             let token = stop.clone();
             let outcome = tokio::spawn(async move { running.run(token).await }).await;
+            if lane.progress.borrow().checkpoint > checkpoint_before {
+                // It made progress before failing: a new incident, not a repeat.
+                backoff = Backoff::new(self.inner.config.retry_base, self.inner.config.retry_max);
+            }
             match outcome {
                 Ok(Ok(LaneExit::Shutdown | LaneExit::ReachedEnd | LaneExit::Fenced)) => return,
                 Ok(Ok(LaneExit::Stopped)) => {

@@ -14,7 +14,7 @@ pub enum ProjectionError {
     Transient(String),
     /// A database error from the projection's own SQL. Retried as a failure unless the
     /// connection was lost (then transient).
-    #[error("database: {0}")]
+    #[error("database: {}", describe_db_error(.0))]
     Database(#[from] tokio_postgres::Error),
 }
 
@@ -31,7 +31,7 @@ impl ProjectionError {
     pub fn is_transient(&self) -> bool {
         match self {
             ProjectionError::Transient(_) => true,
-            ProjectionError::Database(e) => e.is_closed() || e.as_db_error().is_none(),
+            ProjectionError::Database(e) => is_transient_db_error(e),
             ProjectionError::Failed(_) => false,
         }
     }
@@ -53,7 +53,7 @@ pub enum EngineError {
         #[source]
         source: ProjectionError,
     },
-    #[error("database error while {context}: {source}")]
+    #[error("database error while {context}: {}", describe_db_error(.source))]
     Database {
         context: &'static str,
         #[source]
@@ -91,9 +91,7 @@ impl EngineError {
     /// Worth retrying after a pause (connection trouble), as opposed to a logic error.
     pub fn is_transient(&self) -> bool {
         match self {
-            EngineError::Database { source, .. } => {
-                source.is_closed() || source.as_db_error().is_none()
-            }
+            EngineError::Database { source, .. } => is_transient_db_error(source),
             EngineError::Unavailable(_) | EngineError::CheckpointMoved { .. } => true,
             EngineError::Store(e) => e.is_retryable(),
             EngineError::Projection { source, .. } => source.is_transient(),
@@ -103,3 +101,35 @@ impl EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Lost the connection or hit a passing conflict, rather than a problem with the SQL or the
+/// data: no server error at all (closed, I/O), the server ending the session (terminated by
+/// an administrator, shutting down, idle in a transaction too long, connection exceptions),
+/// or a serialization failure or deadlock. A terminated backend answers with a FATAL server
+/// error before closing, so `is_closed()` alone misses it.
+fn is_transient_db_error(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    let Some(db) = e.as_db_error() else {
+        return true;
+    };
+    let code = db.code();
+    code.code().starts_with("08")
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ]
+        .contains(code)
+}
+
+/// The server's message and SQLSTATE when there is one: `tokio_postgres::Error` displays
+/// only "db error", which says nothing in a log or a dead letter.
+fn describe_db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db, db.code().code()),
+        None => e.to_string(),
+    }
+}

@@ -102,10 +102,18 @@ impl Lane {
     /// Connection trouble is retried here with backoff; it never ends the lane.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<LaneExit> {
         let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
+        let mut checkpoint_at_last_failure = None;
         loop {
             match self.run_once(&shutdown).await {
                 Ok(exit) => return Ok(exit),
                 Err(error) if error.is_transient() => {
+                    // Progress since the previous failure: this is a new incident, so
+                    // start again from the shortest pause.
+                    let checkpoint = self.progress.borrow().checkpoint;
+                    if checkpoint_at_last_failure.is_some_and(|at| checkpoint > at) {
+                        backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
+                    }
+                    checkpoint_at_last_failure = Some(checkpoint);
                     tracing::warn!(lane = %self.spec.describe(), %error, "lane interrupted; resuming from its checkpoint");
                     metrics::counter!("tidemark_projection_errors_total", "projection" => self.spec.projection.name().to_string(), "kind" => "transient").increment(1);
                     tokio::select! {

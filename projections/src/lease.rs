@@ -124,12 +124,20 @@ impl Coordinator {
                 .collect();
             if mine.len() > share {
                 // Give back the highest-numbered excess partitions, each after its lane
-                // has committed the batch in hand.
+                // has committed the batch in hand. That wait happens off this loop: a lane
+                // may be inside a long batch or waiting on a lock, and heartbeats and
+                // renewals must not wait for it (the lease stays renewed until released).
                 for partition in mine.iter().rev().take(mine.len() - share) {
                     if let Some(lane) = self.owned.remove(&(name.clone(), *partition)) {
                         lane.stop.cancel();
-                        let _ = lane.handle.await;
-                        self.release(&name, *partition, lane.token).await?;
+                        let store = store.clone();
+                        let (name, partition) = (name.clone(), *partition);
+                        engine.inner.tasks.spawn(async move {
+                            let _ = lane.handle.await;
+                            if let Err(error) = release(&store, &name, partition, lane.token).await {
+                                tracing::warn!(projection = %name, partition, %error, "could not release a lease; it will expire");
+                            }
+                        });
                     }
                 }
             } else if mine.len() < share {
@@ -185,7 +193,12 @@ impl Coordinator {
         ttl: Duration,
     ) -> Result<Vec<(i16, i64)>> {
         let client = self.engine.store().pool().get().await?;
-        // SKIP LOCKED: two workers claiming at once take different partitions.
+        // SKIP LOCKED: two workers claiming at once take different partitions. NO KEY UPDATE,
+        // not UPDATE: an open batch transaction of the previous owner holds KEY SHARE on the
+        // row (its lease check); FOR UPDATE would conflict with it and skip the partition
+        // until that transaction ends (for a paused owner: until the server ends its
+        // session), whereas this claims it at expiry and the old owner's check before
+        // COMMIT then sees the new epoch and refuses.
         let rows = client
             .query(
                 "UPDATE projection_leases l
@@ -193,7 +206,7 @@ impl Coordinator {
                   WHERE (l.projection, l.partition) IN (
                         SELECT projection, partition FROM projection_leases
                          WHERE projection = $1 AND (owner IS NULL OR expires_at <= now())
-                         ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED)
+                         ORDER BY partition LIMIT $3 FOR NO KEY UPDATE SKIP LOCKED)
                  RETURNING l.partition, l.epoch",
                 &[&projection, &me, &(count as i64), &ttl.as_secs_f64()],
             )
@@ -207,16 +220,7 @@ impl Coordinator {
     }
 
     async fn release(&self, projection: &str, partition: i16, token: LeaseToken) -> Result<()> {
-        let client = self.engine.store().pool().get().await?;
-        client
-            .execute(
-                "UPDATE projection_leases SET owner = NULL, expires_at = '-infinity'
-                  WHERE projection = $1 AND partition = $2 AND owner = $3 AND epoch = $4",
-                &[&projection, &partition, &token.owner, &token.epoch],
-            )
-            .await
-            .map_err(EngineError::db("releasing a lease"))?;
-        Ok(())
+        release(self.engine.store(), projection, partition, token).await
     }
 
     /// Recomputes the adaptive concurrency and the `desired_workers` signal.
@@ -298,6 +302,26 @@ impl Coordinator {
             .set(lag_events as f64);
         engine.inner.scaling.send_replace(signal);
     }
+}
+
+/// Gives a lease back (if it is still ours under `token`) so another worker can claim it at
+/// once.
+async fn release(
+    store: &tidemark_store::EventStore,
+    projection: &str,
+    partition: i16,
+    token: LeaseToken,
+) -> Result<()> {
+    let client = store.pool().get().await?;
+    client
+        .execute(
+            "UPDATE projection_leases SET owner = NULL, expires_at = '-infinity'
+              WHERE projection = $1 AND partition = $2 AND owner = $3 AND epoch = $4",
+            &[&projection, &partition, &token.owner, &token.epoch],
+        )
+        .await
+        .map_err(EngineError::db("releasing a lease"))?;
+    Ok(())
 }
 
 fn ewma(previous: f64, instant: f64) -> f64 {

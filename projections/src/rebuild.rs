@@ -66,6 +66,9 @@ impl Tracker {
 
 const SHADOW: &str = "shadow";
 
+/// Catch-up rounds before the swap closes the remaining gap itself.
+const MAX_CATCH_UP_ROUNDS: usize = 4;
+
 impl ProjectionEngine {
     /// Rebuilds `name` from position 0 into a shadow read model and swaps it in.
     pub async fn rebuild(
@@ -149,8 +152,9 @@ impl ProjectionEngine {
             .await?;
         let result = async {
             // Catch up in rounds until the remaining gap is small enough to close while the
-            // live lanes wait.
-            loop {
+            // live lanes wait. If appends outpace the build, stop chasing after a few rounds:
+            // the swap applies whatever is left while the live lanes wait.
+            for _round in 0..MAX_CATCH_UP_ROUNDS {
                 let head = self.store().head_position().await?;
                 self.run_build_lane(
                     projection,
@@ -366,20 +370,22 @@ impl ProjectionEngine {
             .transaction()
             .await
             .map_err(EngineError::db("starting the swap"))?;
+        // Live lanes lock their checkpoint first in every batch: holding these locks waits
+        // for batches in flight and keeps new ones out until we commit. Lock order is
+        // checkpoints, then the projection row — the same order as parking an event.
+        tx.execute(
+            "SELECT 1 FROM projection_checkpoints WHERE projection = $1 AND target = 'live'
+              ORDER BY partition FOR UPDATE",
+            &[&name],
+        )
+        .await
+        .map_err(EngineError::db("pausing the live lanes"))?;
         tx.query_one(
             "SELECT 1 FROM projections WHERE name = $1 FOR UPDATE",
             &[&name],
         )
         .await
         .map_err(EngineError::db("locking the projection for the swap"))?;
-        // Live lanes lock their checkpoint first in every batch: holding these locks waits
-        // for batches in flight and keeps new ones out until we commit.
-        tx.execute(
-            "SELECT 1 FROM projection_checkpoints WHERE projection = $1 AND target = 'live' FOR UPDATE",
-            &[&name],
-        )
-        .await
-        .map_err(EngineError::db("pausing the live lanes"))?;
         let shadow_checkpoint: Position = tx
             .query_one(
                 "SELECT position FROM projection_checkpoints WHERE projection = $1 AND target = $2 AND partition = $3",

@@ -17,9 +17,12 @@
 //! - [`migrate`]: applies `migrations/*.sql` once, under an advisory lock, checksummed.
 //! - [`embedded`]: runs a private PostgreSQL cluster from the installed binaries.
 //! - [`config`]: limits and pipeline settings with their defaults.
+//! - [`aggregate`]: the write side: an [`aggregate::Aggregate`] folds and decides; the
+//!   [`aggregate::CommandBus`] loads, decides and appends with `Exact(version)`, retrying on conflict.
 //!
 //! The store knows nothing of projections or GraphQL.
 
+pub mod aggregate;
 mod append;
 pub mod config;
 pub mod embedded;

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "scale_out",
         sql: include_str!("../../migrations/0003_scale_out.sql"),
     },
+    Migration {
+        version: 4,
+        name: "api_keys",
+        sql: include_str!("../../migrations/0004_api_keys.sql"),
+    },
 ];
 
 /// Advisory lock key shared by every Tidemark process ("tidemark" in ASCII).

@@ -27,11 +27,12 @@ pub enum ExpectedVersion {
 
 impl ExpectedVersion {
     /// The version the first appended event will get if the expectation holds,
-    /// when it can be known before looking at the stream.
+    /// when it can be known before looking at the stream. `None` for `Exact(i64::MAX)`,
+    /// which no stream can satisfy.
     pub(crate) fn first_new_version(self) -> Option<StreamVersion> {
         match self {
             ExpectedVersion::NoStream => Some(0),
-            ExpectedVersion::Exact(v) => Some(v + 1),
+            ExpectedVersion::Exact(v) => v.checked_add(1),
             ExpectedVersion::Any | ExpectedVersion::StreamExists => None,
         }
     }

@@ -137,8 +137,12 @@ async fn next_page(state: &mut PageState) -> Result<Page> {
 }
 
 async fn wait_for_head(head: &mut watch::Receiver<Position>, poll_interval: Duration) {
-    // A closed watch (store dropped) degrades to polling.
-    let _ = tokio::time::timeout(poll_interval, head.changed()).await;
+    let woken = tokio::time::timeout(poll_interval, head.changed()).await;
+    if let Ok(Err(_closed)) = woken {
+        // A closed watch (the store shut down) returns at once and would never wake us
+        // again: degrade to polling instead of spinning on the database.
+        tokio::time::sleep(poll_interval).await;
+    }
 }
 
 /// Keeps `head` up to date from NOTIFY on a dedicated connection, reconnecting on failure.

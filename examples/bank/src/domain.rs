@@ -51,14 +51,26 @@ pub enum BankError {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum CustomerEvent {
-    CustomerRegistered { customer_id: String, name: String, email: String },
-    EmailChanged { email: String },
+    CustomerRegistered {
+        customer_id: String,
+        name: String,
+        email: String,
+    },
+    EmailChanged {
+        email: String,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub enum CustomerCommand {
-    Register { customer_id: String, name: String, email: String },
-    ChangeEmail { email: String },
+    Register {
+        customer_id: String,
+        name: String,
+        email: String,
+    },
+    ChangeEmail {
+        email: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -68,7 +80,9 @@ pub struct Customer {
 }
 
 fn check_email(email: &str) -> Result<(), BankError> {
-    let plausible = email.split_once('@').is_some_and(|(user, domain)| !user.is_empty() && domain.contains('.'));
+    let plausible = email
+        .split_once('@')
+        .is_some_and(|(user, domain)| !user.is_empty() && domain.contains('.'));
     if plausible {
         Ok(())
     } else {
@@ -84,7 +98,9 @@ impl Aggregate for Customer {
 
     fn apply(&mut self, event: CustomerEvent) {
         match event {
-            CustomerEvent::CustomerRegistered { customer_id, email, .. } => {
+            CustomerEvent::CustomerRegistered {
+                customer_id, email, ..
+            } => {
                 self.id = Some(customer_id);
                 self.email = email;
             }
@@ -94,7 +110,11 @@ impl Aggregate for Customer {
 
     fn handle(&self, command: &CustomerCommand) -> Result<Vec<CustomerEvent>, BankError> {
         match command {
-            CustomerCommand::Register { customer_id, name, email } => {
+            CustomerCommand::Register {
+                customer_id,
+                name,
+                email,
+            } => {
                 if self.id.is_some() {
                     return Err(BankError::CustomerExists(customer_id.clone()));
                 }
@@ -113,7 +133,9 @@ impl Aggregate for Customer {
                 if *email == self.email {
                     return Ok(vec![]);
                 }
-                Ok(vec![CustomerEvent::EmailChanged { email: email.clone() }])
+                Ok(vec![CustomerEvent::EmailChanged {
+                    email: email.clone(),
+                }])
             }
         }
     }
@@ -123,8 +145,12 @@ impl Aggregate for Customer {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum AccountEvent {
-    AccountOpened { owner: String },
-    MoneyDeposited { amount: i64 },
+    AccountOpened {
+        owner: String,
+    },
+    MoneyDeposited {
+        amount: i64,
+    },
     MoneyWithdrawn {
         amount: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,11 +161,21 @@ pub enum AccountEvent {
 
 #[derive(Debug, Clone)]
 pub enum AccountCommand {
-    Open { account_id: String, owner: String },
-    Deposit { amount: i64 },
-    Withdraw { amount: i64 },
+    Open {
+        account_id: String,
+        owner: String,
+    },
+    Deposit {
+        amount: i64,
+    },
+    Withdraw {
+        amount: i64,
+    },
     /// Withdraws `amount` for `order_id`, once.
-    PayOrder { order_id: String, amount: i64 },
+    PayOrder {
+        order_id: String,
+        amount: i64,
+    },
     Close,
 }
 
@@ -165,7 +201,10 @@ impl Account {
             return Err(BankError::NonPositiveAmount(amount));
         }
         if amount > self.balance {
-            return Err(BankError::InsufficientFunds { balance: self.balance, amount });
+            return Err(BankError::InsufficientFunds {
+                balance: self.balance,
+                amount,
+            });
         }
         Ok(())
     }
@@ -198,7 +237,9 @@ impl Aggregate for Account {
                 if self.id.is_some() {
                     return Err(BankError::AccountExists(account_id.clone()));
                 }
-                Ok(vec![AccountEvent::AccountOpened { owner: owner.clone() }])
+                Ok(vec![AccountEvent::AccountOpened {
+                    owner: owner.clone(),
+                }])
             }
             AccountCommand::Deposit { amount } => {
                 self.usable(&this)?;
@@ -210,7 +251,10 @@ impl Aggregate for Account {
             AccountCommand::Withdraw { amount } => {
                 self.usable(&this)?;
                 self.withdrawable(*amount)?;
-                Ok(vec![AccountEvent::MoneyWithdrawn { amount: *amount, order_id: None }])
+                Ok(vec![AccountEvent::MoneyWithdrawn {
+                    amount: *amount,
+                    order_id: None,
+                }])
             }
             AccountCommand::PayOrder { order_id, amount } => {
                 self.usable(&this)?;
@@ -218,7 +262,10 @@ impl Aggregate for Account {
                     return Ok(vec![]);
                 }
                 self.withdrawable(*amount)?;
-                Ok(vec![AccountEvent::MoneyWithdrawn { amount: *amount, order_id: Some(order_id.clone()) }])
+                Ok(vec![AccountEvent::MoneyWithdrawn {
+                    amount: *amount,
+                    order_id: Some(order_id.clone()),
+                }])
             }
             AccountCommand::Close => {
                 self.usable(&this)?;
@@ -235,15 +282,27 @@ impl Aggregate for Account {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum OrderEvent {
-    OrderPlaced { order_id: String, customer_id: String, account_id: String, amount: i64 },
-    OrderPaid { amount: i64 },
+    OrderPlaced {
+        order_id: String,
+        customer_id: String,
+        account_id: String,
+        amount: i64,
+    },
+    OrderPaid {
+        amount: i64,
+    },
     OrderShipped {},
     OrderCancelled {},
 }
 
 #[derive(Debug, Clone)]
 pub enum OrderCommand {
-    Place { order_id: String, customer_id: String, account_id: String, amount: i64 },
+    Place {
+        order_id: String,
+        customer_id: String,
+        account_id: String,
+        amount: i64,
+    },
     MarkPaid,
     Ship,
     Cancel,
@@ -267,7 +326,12 @@ impl Aggregate for Order {
 
     fn apply(&mut self, event: OrderEvent) {
         match event {
-            OrderEvent::OrderPlaced { order_id, account_id, amount, .. } => {
+            OrderEvent::OrderPlaced {
+                order_id,
+                account_id,
+                amount,
+                ..
+            } => {
                 self.id = Some(order_id);
                 self.account_id = account_id;
                 self.amount = amount;
@@ -289,7 +353,12 @@ impl Aggregate for Order {
             }
         }
         match command {
-            OrderCommand::Place { order_id, customer_id, account_id, amount } => {
+            OrderCommand::Place {
+                order_id,
+                customer_id,
+                account_id,
+                amount,
+            } => {
                 if self.id.is_some() {
                     return Err(BankError::OrderExists(order_id.clone()));
                 }
@@ -304,7 +373,9 @@ impl Aggregate for Order {
                 }])
             }
             OrderCommand::MarkPaid if self.paid => Ok(vec![]),
-            OrderCommand::MarkPaid => Ok(vec![OrderEvent::OrderPaid { amount: self.amount }]),
+            OrderCommand::MarkPaid => Ok(vec![OrderEvent::OrderPaid {
+                amount: self.amount,
+            }]),
             OrderCommand::Ship if !self.paid => Err(BankError::NotPaid(id)),
             OrderCommand::Ship if self.shipped => Ok(vec![]),
             OrderCommand::Ship => Ok(vec![OrderEvent::OrderShipped {}]),
@@ -316,20 +387,31 @@ impl Aggregate for Order {
 
 /// Pays order `order_id` from its account: withdraw once (no overdraft), then mark paid.
 /// Safe to call again after a crash or timeout: both steps are idempotent.
-pub async fn pay_order(bus: &CommandBus, order_id: &str) -> Result<CommandOutcome, CommandError<BankError>> {
+pub async fn pay_order(
+    bus: &CommandBus,
+    order_id: &str,
+) -> Result<CommandOutcome, CommandError<BankError>> {
     let (order, _) = bus.load::<Order>(order_id).await?;
     if order.id.is_none() {
-        return Err(CommandError::Rejected(BankError::UnknownOrder(order_id.to_string())));
+        return Err(CommandError::Rejected(BankError::UnknownOrder(
+            order_id.to_string(),
+        )));
     }
     if order.cancelled {
-        return Err(CommandError::Rejected(BankError::OrderCancelled(order_id.to_string())));
+        return Err(CommandError::Rejected(BankError::OrderCancelled(
+            order_id.to_string(),
+        )));
     }
     bus.execute::<Account>(
         &order.account_id,
-        &AccountCommand::PayOrder { order_id: order_id.to_string(), amount: order.amount },
+        &AccountCommand::PayOrder {
+            order_id: order_id.to_string(),
+            amount: order.amount,
+        },
     )
     .await?;
-    bus.execute::<Order>(order_id, &OrderCommand::MarkPaid).await
+    bus.execute::<Order>(order_id, &OrderCommand::MarkPaid)
+        .await
 }
 
 #[cfg(test)]
@@ -347,24 +429,42 @@ mod tests {
     #[test]
     fn an_account_cannot_be_overdrawn() {
         let account: Account = given(vec![
-            AccountEvent::AccountOpened { owner: "ann".into() },
+            AccountEvent::AccountOpened {
+                owner: "ann".into(),
+            },
             AccountEvent::MoneyDeposited { amount: 100 },
         ]);
         assert_eq!(
             account.handle(&AccountCommand::Withdraw { amount: 101 }),
-            Err(BankError::InsufficientFunds { balance: 100, amount: 101 })
+            Err(BankError::InsufficientFunds {
+                balance: 100,
+                amount: 101
+            })
         );
-        assert!(account.handle(&AccountCommand::Withdraw { amount: 100 }).is_ok());
+        assert!(account
+            .handle(&AccountCommand::Withdraw { amount: 100 })
+            .is_ok());
     }
 
     #[test]
     fn an_order_is_paid_from_an_account_once() {
         let account: Account = given(vec![
-            AccountEvent::AccountOpened { owner: "ann".into() },
+            AccountEvent::AccountOpened {
+                owner: "ann".into(),
+            },
             AccountEvent::MoneyDeposited { amount: 100 },
-            AccountEvent::MoneyWithdrawn { amount: 10, order_id: Some("o1".into()) },
+            AccountEvent::MoneyWithdrawn {
+                amount: 10,
+                order_id: Some("o1".into()),
+            },
         ]);
-        assert_eq!(account.handle(&AccountCommand::PayOrder { order_id: "o1".into(), amount: 10 }), Ok(vec![]));
+        assert_eq!(
+            account.handle(&AccountCommand::PayOrder {
+                order_id: "o1".into(),
+                amount: 10
+            }),
+            Ok(vec![])
+        );
     }
 
     #[test]
@@ -375,25 +475,48 @@ mod tests {
             account_id: "a".into(),
             amount: 5,
         }]);
-        assert_eq!(order.handle(&OrderCommand::Ship), Err(BankError::NotPaid("o1".into())));
+        assert_eq!(
+            order.handle(&OrderCommand::Ship),
+            Err(BankError::NotPaid("o1".into()))
+        );
     }
 
     #[test]
     fn a_closed_account_takes_no_deposits_and_needs_zero_balance_to_close() {
         let open: Account = given(vec![
-            AccountEvent::AccountOpened { owner: "ann".into() },
+            AccountEvent::AccountOpened {
+                owner: "ann".into(),
+            },
             AccountEvent::MoneyDeposited { amount: 1 },
         ]);
-        assert_eq!(open.handle(&AccountCommand::Close), Err(BankError::BalanceNotZero(1)));
-        let closed: Account = given(vec![AccountEvent::AccountOpened { owner: "ann".into() }, AccountEvent::AccountClosed {}]);
-        assert!(matches!(closed.handle(&AccountCommand::Deposit { amount: 1 }), Err(BankError::AccountClosed(_))));
+        assert_eq!(
+            open.handle(&AccountCommand::Close),
+            Err(BankError::BalanceNotZero(1))
+        );
+        let closed: Account = given(vec![
+            AccountEvent::AccountOpened {
+                owner: "ann".into(),
+            },
+            AccountEvent::AccountClosed {},
+        ]);
+        assert!(matches!(
+            closed.handle(&AccountCommand::Deposit { amount: 1 }),
+            Err(BankError::AccountClosed(_))
+        ));
     }
 
     #[test]
     fn customers_need_a_plausible_email() {
         let nobody = Customer::default();
-        let register = |email: &str| CustomerCommand::Register { customer_id: "c1".into(), name: "Ann".into(), email: email.into() };
+        let register = |email: &str| CustomerCommand::Register {
+            customer_id: "c1".into(),
+            name: "Ann".into(),
+            email: email.into(),
+        };
         assert!(nobody.handle(&register("ann@example.com")).is_ok());
-        assert_eq!(nobody.handle(&register("ann")), Err(BankError::InvalidEmail("ann".into())));
+        assert_eq!(
+            nobody.handle(&register("ann")),
+            Err(BankError::InvalidEmail("ann".into()))
+        );
     }
 }

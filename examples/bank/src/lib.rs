@@ -1,6 +1,8 @@
 //! # A small bank on Tidemark
 //!
 //! - [`domain`]: the write side — customers, accounts and orders with their invariants.
+//! - [`graphql`]: the commands as mutations and the read models as queries, merged with
+//!   Tidemark's built-in schema by [`app`].
 //! - [`projections`]: the read models — balances per account (a per-stream fold), totals
 //!   per category and event type (a cross-stream aggregate) — and a side-effect handler
 //!   that alerts on large withdrawals.
@@ -9,4 +11,43 @@
 //! `MoneyWithdrawn` with an integer `amount` in cents.
 
 pub mod domain;
+pub mod graphql;
 pub mod projections;
+
+use projections::{
+    AccountBalances, AlertSink, CategoryTotals, LargeWithdrawalAlerts, OrdersByStatus,
+};
+use std::sync::Arc;
+use tidemark_api::TidemarkApp;
+
+/// Large withdrawals alert from this amount (cents) on.
+pub const LARGE_WITHDRAWAL: i64 = 100_000;
+
+/// The bank as a Tidemark application: its read models, its alert handler and its GraphQL
+/// objects. `alerts` receives large-withdrawal alerts (another service in production).
+pub fn app(alerts: Arc<dyn AlertSink>) -> TidemarkApp {
+    TidemarkApp::builder()
+        .name("bank")
+        .projection(AccountBalances)
+        .projection(CategoryTotals)
+        .projection(OrdersByStatus)
+        .handler(LargeWithdrawalAlerts {
+            threshold: LARGE_WITHDRAWAL,
+            sink: alerts,
+        })
+        .graphql_query(graphql::BankQuery)
+        .graphql_mutation(graphql::BankMutation)
+        .build()
+}
+
+/// An [`AlertSink`] that logs alerts: what the example binary uses instead of a real
+/// notification service.
+pub struct LogAlerts;
+
+#[async_trait::async_trait]
+impl AlertSink for LogAlerts {
+    async fn send(&self, alert_id: String, account: &str, amount: i64) -> Result<(), String> {
+        tracing::warn!(alert_id, account, amount, "large withdrawal");
+        Ok(())
+    }
+}

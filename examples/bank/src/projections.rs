@@ -149,12 +149,24 @@ impl Projection for OrdersByStatus {
         Ok(())
     }
 
-    async fn apply(&self, ctx: &ApplyContext<'_>, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
         let table = ctx.table("orders");
         for event in events {
-            let order_id = event.stream_id.strip_prefix("order-").unwrap_or(&event.stream_id);
+            let order_id = event
+                .stream_id
+                .strip_prefix("order-")
+                .unwrap_or(&event.stream_id);
             let p = &event.payload;
-            let text = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            let text = |k: &str| {
+                p.get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
             match event.event_type.as_str() {
                 "OrderPlaced" => {
                     let amount = p.get("amount").and_then(|a| a.as_i64()).unwrap_or(0);

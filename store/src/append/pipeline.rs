@@ -26,11 +26,16 @@ pub(crate) struct Pending {
 pub(crate) struct AppendQueue {
     sender: mpsc::Sender<Pending>,
     config: PipelineConfig,
+    shutdown: CancellationToken,
 }
 
 impl AppendQueue {
     /// Enqueues `prepared` and waits for the writer's answer.
     pub async fn submit(&self, prepared: PreparedAppend) -> Result<AppendOutcome> {
+        if self.shutdown.is_cancelled() {
+            // Refused at once, even while the writer is still busy draining.
+            return Err(StoreError::ShuttingDown);
+        }
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             prepared,
@@ -66,7 +71,8 @@ impl AppendQueue {
 
     /// Requests waiting in the queue right now.
     pub fn depth(&self) -> usize {
-        self.config.queue_depth - self.sender.capacity()
+        // The channel's real size: a configured depth of 0 is rounded up to 1.
+        self.sender.max_capacity() - self.sender.capacity()
     }
 }
 
@@ -85,8 +91,15 @@ pub(crate) fn start(
         head,
         receiver,
     };
-    let handle = tokio::spawn(writer.run(shutdown));
-    (AppendQueue { sender, config }, handle)
+    let handle = tokio::spawn(writer.run(shutdown.clone()));
+    (
+        AppendQueue {
+            sender,
+            config,
+            shutdown,
+        },
+        handle,
+    )
 }
 
 struct Writer {
@@ -100,6 +113,11 @@ impl Writer {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut batch: Vec<Pending> = Vec::with_capacity(self.config.max_batch_requests);
         loop {
+            if shutdown.is_cancelled() {
+                // Refuse new requests (and release callers waiting for room) even when the
+                // queue never runs empty; what is already queued is still drained below.
+                self.receiver.close();
+            }
             let first = tokio::select! {
                 biased;
                 next = self.receiver.recv() => next,

@@ -30,13 +30,14 @@ pub(crate) fn prepare(
     let mut hashes = Vec::with_capacity(request.events.len());
     for (index, event) in request.events.iter().enumerate() {
         let hash = content_hash(&request.stream_id, event);
-        let id = match (event.event_id, first_version) {
+        // The version this event gets if the expectation holds; `None` past i64::MAX,
+        // where no stream can be (the append then fails its version check).
+        let version = first_version.and_then(|first| first.checked_add(index as i64));
+        let id = match (event.event_id, version) {
             (Some(id), _) => id,
             // A blind retry of an Exact/NoStream append derives the same ids and is
             // recognised as a duplicate instead of failing on the version check.
-            (None, Some(first)) => {
-                derived_event_id(&request.stream_id, first + index as i64, &hash)
-            }
+            (None, Some(version)) => derived_event_id(&request.stream_id, version, &hash),
             (None, None) => Uuid::now_v7(),
         };
         event_ids.push(id);

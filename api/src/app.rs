@@ -1,0 +1,356 @@
+//! What an application brings ([`TidemarkApp`]: projections, handlers, GraphQL objects) and
+//! what its resolvers get at run time ([`Tidemark`]: the store, the engine, the command bus).
+//!
+//! ```ignore
+//! #[derive(Default, Clone)]
+//! struct BankQuery;
+//! #[async_graphql::Object]
+//! impl BankQuery {
+//!     #[graphql(guard = "RoleGuard(Role::Read)")]
+//!     async fn balance(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<i64> {
+//!         let tidemark = Tidemark::from_ctx(ctx)?;
+//!         /* query the read model through tidemark.store().pool() */
+//!     }
+//! }
+//!
+//! let app = TidemarkApp::builder()
+//!     .name("bank")
+//!     .projection(AccountBalances)
+//!     .graphql_query(BankQuery)
+//!     .graphql_mutation(BankMutation)
+//!     .build();
+//! tidemark_api::cli::run(app)
+//! ```
+//!
+//! The application's types are merged into the root `Query`, `Mutation` and `Subscription`
+//! beside the built-in fields; field names must not clash. Dependencies of the
+//! application's resolvers (clients of other services...) go in the fields of its
+//! Query/Mutation structs, which are cloned into the schema.
+
+use crate::config::ApiLimits;
+use crate::error::ApiError;
+use crate::schema::{self, ApiSchema, SchemaSettings};
+use async_graphql::{Context, EmptyMutation, EmptySubscription, ObjectType, SubscriptionType};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_projections::{Handler, Projection, ProjectionEngine, Registry};
+use tidemark_store::aggregate::CommandBus;
+use tidemark_store::{EventStore, Position};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+type SchemaFactory = dyn Fn(SchemaSettings) -> ApiSchema + Send + Sync;
+
+/// An application: its projections and handlers and its GraphQL objects. Build one with
+/// [`TidemarkApp::builder`]; run it with [`crate::cli::run`] or [`crate::Application`].
+#[derive(Clone)]
+pub struct TidemarkApp {
+    inner: Arc<AppInner>,
+}
+
+struct AppInner {
+    name: String,
+    registry: Registry,
+    schema: Box<SchemaFactory>,
+}
+
+impl TidemarkApp {
+    /// A builder with no projections and only the built-in GraphQL schema.
+    pub fn builder() -> TidemarkAppBuilder {
+        TidemarkAppBuilder {
+            name: "tidemark".into(),
+            registry: Registry::new(),
+            query: EmptyMutation,
+            mutation: EmptyMutation,
+            subscription: EmptySubscription,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The projections and handlers this application runs.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The application's merged schema in SDL.
+    pub fn sdl(&self) -> String {
+        self.schema(SchemaSettings::default()).sdl()
+    }
+
+    pub(crate) fn schema(&self, settings: SchemaSettings) -> ApiSchema {
+        (self.inner.schema)(settings)
+    }
+}
+
+impl std::fmt::Debug for TidemarkApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TidemarkApp")
+            .field("name", &self.inner.name)
+            .field("projections", &self.inner.registry.names())
+            .finish()
+    }
+}
+
+/// Collects an application's parts. `Q`, `M` and `S` are its GraphQL query, mutation and
+/// subscription objects (none by default).
+pub struct TidemarkAppBuilder<Q = EmptyMutation, M = EmptyMutation, S = EmptySubscription> {
+    name: String,
+    registry: Registry,
+    query: Q,
+    mutation: M,
+    subscription: S,
+}
+
+impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
+    /// The application's name (shown by the CLI and in logs).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Adds a projection (a read model in Postgres).
+    pub fn projection(mut self, projection: impl Projection) -> Self {
+        self.registry = self.registry.projection(projection);
+        self
+    }
+
+    /// Adds a side-effect handler.
+    pub fn handler(mut self, handler: impl Handler) -> Self {
+        self.registry = self.registry.handler(handler);
+        self
+    }
+
+    /// Uses a whole registry (replacing projections added so far).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// The application's queries, merged into the root `Query`.
+    pub fn graphql_query<Q2: ObjectType + Clone + 'static>(
+        self,
+        query: Q2,
+    ) -> TidemarkAppBuilder<Q2, M, S> {
+        TidemarkAppBuilder {
+            name: self.name,
+            registry: self.registry,
+            query,
+            mutation: self.mutation,
+            subscription: self.subscription,
+        }
+    }
+
+    /// The application's mutations (its commands), merged into the root `Mutation`.
+    pub fn graphql_mutation<M2: ObjectType + Clone + 'static>(
+        self,
+        mutation: M2,
+    ) -> TidemarkAppBuilder<Q, M2, S> {
+        TidemarkAppBuilder {
+            name: self.name,
+            registry: self.registry,
+            query: self.query,
+            mutation,
+            subscription: self.subscription,
+        }
+    }
+
+    /// The application's subscriptions, merged into the root `Subscription`.
+    pub fn graphql_subscription<S2: SubscriptionType + Clone + 'static>(
+        self,
+        subscription: S2,
+    ) -> TidemarkAppBuilder<Q, M, S2> {
+        TidemarkAppBuilder {
+            name: self.name,
+            registry: self.registry,
+            query: self.query,
+            mutation: self.mutation,
+            subscription,
+        }
+    }
+}
+
+impl<Q, M, S> TidemarkAppBuilder<Q, M, S>
+where
+    Q: ObjectType + Clone + 'static,
+    M: ObjectType + Clone + 'static,
+    S: SubscriptionType + Clone + 'static,
+{
+    pub fn build(self) -> TidemarkApp {
+        let (query, mutation, subscription) = (self.query, self.mutation, self.subscription);
+        TidemarkApp {
+            inner: Arc::new(AppInner {
+                name: self.name,
+                registry: self.registry,
+                schema: Box::new(move |settings| {
+                    schema::build(
+                        query.clone(),
+                        mutation.clone(),
+                        subscription.clone(),
+                        settings,
+                    )
+                }),
+            }),
+        }
+    }
+}
+
+/// The running server's handles, available to every resolver:
+/// `let tidemark = Tidemark::from_ctx(ctx)?;`. Cheap to clone.
+#[derive(Clone)]
+pub struct Tidemark {
+    inner: Arc<TidemarkInner>,
+}
+
+struct TidemarkInner {
+    store: EventStore,
+    engine: ProjectionEngine,
+    commands: CommandBus,
+    limits: ApiLimits,
+    background: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Tidemark {
+    pub(crate) fn new(store: EventStore, engine: ProjectionEngine, limits: ApiLimits) -> Self {
+        Tidemark {
+            inner: Arc::new(TidemarkInner {
+                commands: CommandBus::new(store.clone()),
+                store,
+                engine,
+                limits,
+                background: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The handle in a resolver's context.
+    pub fn from_ctx<'a>(ctx: &Context<'a>) -> Result<&'a Tidemark, ApiError> {
+        ctx.data_opt::<Tidemark>()
+            .ok_or_else(|| ApiError::internal("the schema was built without a Tidemark handle"))
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.inner.store
+    }
+
+    pub fn engine(&self) -> &ProjectionEngine {
+        &self.inner.engine
+    }
+
+    /// Runs commands on aggregates (`commands().execute::<Account>(id, &command)`).
+    pub fn commands(&self) -> &CommandBus {
+        &self.inner.commands
+    }
+
+    pub fn limits(&self) -> &ApiLimits {
+        &self.inner.limits
+    }
+
+    /// Waits until `projection` reflects every event up to `position` (read-your-writes
+    /// in an application resolver). `TIMEOUT` when it does not within `timeout`.
+    pub async fn wait_for(
+        &self,
+        projection: &str,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        if self
+            .wait_for_position(projection, position, timeout)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                crate::error::ErrorCode::Timeout,
+                format!("projection '{projection}' did not reach position {position} in time; retry shortly"),
+            )
+            .with("projection", projection)
+            .with("position", position)
+            .with("retryAfterMs", crate::error::RETRY_AFTER_MS))
+        }
+    }
+
+    /// Whether `projection` reflects every event up to `position` within `timeout`
+    /// (bounded by the configured maximum). A position past the head of the log is not
+    /// reached until the log gets there and the projection applies it.
+    pub async fn wait_for_position(
+        &self,
+        projection: &str,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<bool, ApiError> {
+        let deadline = tokio::time::Instant::now() + timeout.min(self.inner.limits.max_wait);
+        self.engine().projection(projection)?;
+        let mut head = self.store().head_watch();
+        while *head.borrow_and_update() < position {
+            // The watch may lag the database briefly; ask the database before giving up.
+            if self.store().head_position().await? >= position {
+                break;
+            }
+            let tick = tokio::time::sleep(Duration::from_millis(50));
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(false),
+                _ = head.changed() => {}
+                _ = tick => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        Ok(self
+            .engine()
+            .wait_for_position(projection, position, left)
+            .await?)
+    }
+
+    /// Cancelled when the server starts shutting down (subscriptions end on it).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    pub(crate) fn page_size(&self, first: i32) -> Result<usize, ApiError> {
+        schema::query::clamp_page(first, self.inner.limits.max_page_size)
+    }
+
+    pub(crate) fn wait_timeout(&self, timeout_ms: i32) -> Result<Duration, ApiError> {
+        schema::query::clamp_wait(timeout_ms, self.inner.limits.max_wait)
+    }
+
+    /// Refuses a second build of `name` while one is running (in any process).
+    pub(crate) async fn refuse_if_building(&self, name: &str) -> Result<(), ApiError> {
+        let status = self.engine().projection_status(name).await?;
+        match status.last_rebuild {
+            Some(build) if build.status == "running" && build.kind != "as_of" => {
+                Err(ApiError::bad_input(
+                    "name",
+                    format!("a {} of '{name}' is already running", build.kind),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs work that outlives the request (rebuilds); shutdown waits for it.
+    pub(crate) fn spawn_background(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.inner.background.spawn(work);
+    }
+
+    /// Ends subscriptions (the first step of shutdown).
+    pub(crate) fn stop_subscriptions(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Waits (up to `timeout`) for background builds, which end once the engine stops.
+    pub(crate) async fn wait_background(&self, timeout: Duration) {
+        self.inner.background.close();
+        if tokio::time::timeout(timeout, self.inner.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background builds did not stop in time");
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The `tidemark` command line. An application binary reuses all of it with its own
+//! projections and GraphQL objects:
+//!
+//! ```ignore
+//! fn main() -> anyhow::Result<()> {
+//!     tidemark_api::cli::run(TidemarkApp::builder().projection(MyProjection).build())
+//! }
+//! ```
+//!
+//! Every flag has an environment fallback (`TIDEMARK_*`, `DATABASE_URL`). Without
+//! `DATABASE_URL` each command uses the embedded PostgreSQL in `--data-dir`.
+
+mod events;
+mod keys;
+mod projections;
+
+use crate::auth::ConfiguredKey;
+use crate::config::{ApiLimits, DatabaseConfig, ServerConfig};
+use crate::database::Database;
+use crate::startup::{shutdown_signal, Application};
+use crate::TidemarkApp;
+use anyhow::anyhow;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tidemark_store::StoreConfig;
+
+/// Tidemark: an event store on PostgreSQL with projections and a GraphQL API.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the events live. Without a URL, an embedded PostgreSQL runs in `--data-dir`.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection string, e.g. postgresql://user:pass@host:5432/db. Without it,
+    /// Tidemark starts its own PostgreSQL from the installed server binaries.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Data directory of the embedded PostgreSQL (used when no database URL is given).
+    #[arg(
+        long,
+        env = "TIDEMARK_DATA_DIR",
+        default_value = "./.tidemark/pg",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+}
+
+impl DatabaseArgs {
+    pub fn config(&self) -> DatabaseConfig {
+        match &self.database_url {
+            Some(url) if !url.trim().is_empty() => DatabaseConfig::Url(url.clone()),
+            _ => DatabaseConfig::Embedded {
+                data_dir: self.data_dir.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: GraphQL API (GraphiQL at /), projections, /health, /ready, /metrics.
+    Serve(Box<ServeArgs>),
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Inspect and operate projections: status, rebuilds, replays, parked events.
+    Projections {
+        #[command(subcommand)]
+        command: projections::ProjectionsCommand,
+    },
+    /// Read the event log.
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
+    },
+    /// Manage API keys (stored hashed; a new key is shown once).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+}
+
+/// `tidemark serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Use 0.0.0.0:8080 to accept connections from other machines.
+    #[arg(long, env = "TIDEMARK_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Run WITHOUT authentication (every caller is admin), for local development only.
+    /// Refused unless --listen is a loopback address.
+    #[arg(long, env = "TIDEMARK_INSECURE_DEV")]
+    pub insecure_dev: bool,
+
+    /// API keys besides those in the database: comma-separated `role:key` or
+    /// `role:blake3:<hex hash>` (roles: read, append, admin; keys of 16+ characters).
+    #[arg(long, env = "TIDEMARK_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// Projection worker pool this process runs; `default` runs every projection not
+    /// pinned to another pool.
+    #[arg(long, env = "TIDEMARK_POOL", default_value = "default")]
+    pub pool: String,
+
+    /// Do not run projections in this process (an API-only node).
+    #[arg(long, env = "TIDEMARK_NO_PROJECTIONS")]
+    pub no_projections: bool,
+
+    /// Database connections, shared by the API, the append writer and the projections.
+    #[arg(long, env = "TIDEMARK_MAX_CONNECTIONS", default_value_t = 32)]
+    pub max_connections: usize,
+
+    /// Partitions of a new store (fixed once the store exists).
+    #[arg(long, env = "TIDEMARK_PARTITIONS", default_value_t = 16)]
+    pub partitions: u16,
+
+    /// Largest HTTP request body, in bytes (larger: PAYLOAD_TOO_LARGE).
+    #[arg(long, env = "TIDEMARK_MAX_BODY_BYTES", default_value_t = ApiLimits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+
+    /// Most events in one append.
+    #[arg(long, env = "TIDEMARK_MAX_EVENTS_PER_APPEND", default_value_t = ApiLimits::default().max_events_per_append)]
+    pub max_events_per_append: usize,
+
+    /// Largest event (data + metadata as JSON), in bytes.
+    #[arg(long, env = "TIDEMARK_MAX_EVENT_BYTES", default_value_t = ApiLimits::default().max_event_bytes)]
+    pub max_event_bytes: usize,
+
+    /// Deepest GraphQL query accepted.
+    #[arg(long, env = "TIDEMARK_MAX_QUERY_DEPTH", default_value_t = ApiLimits::default().max_query_depth)]
+    pub max_query_depth: usize,
+
+    /// Most complex GraphQL query accepted (roughly: the number of fields selected).
+    #[arg(long, env = "TIDEMARK_MAX_QUERY_COMPLEXITY", default_value_t = ApiLimits::default().max_query_complexity)]
+    pub max_query_complexity: usize,
+
+    /// Most events one page may return (`first`).
+    #[arg(long, env = "TIDEMARK_MAX_PAGE_SIZE", default_value_t = ApiLimits::default().max_page_size)]
+    pub max_page_size: usize,
+
+    /// Open WebSocket (subscription) connections at once.
+    #[arg(long, env = "TIDEMARK_MAX_WS_CONNECTIONS", default_value_t = ApiLimits::default().max_ws_connections)]
+    pub max_ws_connections: usize,
+
+    /// Longest a request may run, in milliseconds.
+    #[arg(long, env = "TIDEMARK_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
+    /// How long shutdown waits for in-flight requests, in milliseconds.
+    #[arg(long, env = "TIDEMARK_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl ServeArgs {
+    /// The server configuration these flags describe.
+    pub fn server_config(&self, database: DatabaseConfig) -> anyhow::Result<ServerConfig> {
+        let api_keys = match &self.api_keys {
+            Some(text) => ConfiguredKey::parse_list(text).map_err(|e| anyhow!(e))?,
+            None => Vec::new(),
+        };
+        Ok(ServerConfig {
+            listen: self.listen,
+            database,
+            max_connections: self.max_connections,
+            partitions: self.partitions,
+            worker_pool: self.pool.clone(),
+            run_projections: !self.no_projections,
+            insecure_dev: self.insecure_dev,
+            api_keys,
+            limits: ApiLimits {
+                max_body_bytes: self.max_body_bytes,
+                max_events_per_append: self.max_events_per_append,
+                max_event_bytes: self.max_event_bytes,
+                max_query_depth: self.max_query_depth,
+                max_query_complexity: self.max_query_complexity,
+                max_page_size: self.max_page_size,
+                max_ws_connections: self.max_ws_connections,
+                request_timeout: Duration::from_millis(self.request_timeout_ms),
+                ..ApiLimits::default()
+            },
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+        })
+    }
+}
+
+/// For `fn main() -> ExitCode`: runs [`run`] and prints an error as one line (`error: ...`)
+/// on stderr, without a backtrace.
+pub fn main(app: TidemarkApp) -> std::process::ExitCode {
+    match run(app) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses the command line and runs the command for `app`. Errors come back as one line.
+pub fn run(app: TidemarkApp) -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    run_with(cli, app)
+}
+
+/// Runs an already parsed command line (for binaries that parse their own first).
+pub fn run_with(cli: Cli, app: TidemarkApp) -> anyhow::Result<()> {
+    crate::telemetry::init_tracing("info");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(dispatch(cli, app))
+        // One sentence, not a chain of "Caused by".
+        .map_err(|error| anyhow!("{error:#}"))
+}
+
+async fn dispatch(cli: Cli, app: TidemarkApp) -> anyhow::Result<()> {
+    let database = cli.database.config();
+    match cli.command {
+        Command::Serve(args) => serve(*args, database, app).await,
+        Command::Migrate => migrate(&database).await,
+        Command::Projections { command } => {
+            with_store(&database, |store| projections::run(command, store, app)).await
+        }
+        Command::Events { command } => {
+            with_store(&database, |store| events::run(command, store)).await
+        }
+        Command::Keys { command } => with_store(&database, |store| keys::run(command, store)).await,
+    }
+}
+
+async fn serve(args: ServeArgs, database: DatabaseConfig, app: TidemarkApp) -> anyhow::Result<()> {
+    let config = args.server_config(database)?;
+    let application = Application::build(config, app).await?;
+    println!(
+        "Tidemark is listening on http://{0}/ (GraphiQL: http://{0}/, GraphQL: http://{0}/graphql)",
+        application.address()
+    );
+    application.run_until_stopped(shutdown_signal()).await
+}
+
+async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
+    let db = Database::open(database).await?;
+    let result = async {
+        let (mut client, connection) = db.pg_config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+            anyhow!("cannot connect to the database ({e}); check DATABASE_URL and that PostgreSQL is running")
+        })?;
+        let driver = tokio::spawn(connection);
+        let report = tidemark_store::migrate::run(&mut client).await;
+        drop(client);
+        let _ = driver.await;
+        let report = report?;
+        println!(
+            "migrations applied: {:?}; already there: {:?}",
+            report.applied, report.already_applied
+        );
+        Ok(())
+    }
+    .await;
+    db.stop().await;
+    result
+}
+
+/// Opens the store (migrating), runs `work`, and always shuts down what it started.
+async fn with_store<F, Fut>(database: &DatabaseConfig, work: F) -> anyhow::Result<()>
+where
+    F: FnOnce(tidemark_store::EventStore) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let db = Database::open(database).await?;
+    let store = match db.open_store(8, StoreConfig::default()).await {
+        Ok(store) => store,
+        Err(error) => {
+            db.stop().await;
+            return Err(error);
+        }
+    };
+    let result = work(store.clone()).await;
+    store.shutdown().await;
+    db.stop().await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_flags_become_a_server_config() {
+        let cli = Cli::try_parse_from([
+            "tidemark",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-body-bytes",
+            "1000",
+            "--api-keys",
+            "admin:0123456789abcdef",
+            "--database-url",
+            "postgresql://u:p@h/d",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let config = args.server_config(cli.database.config()).unwrap();
+        assert_eq!(config.limits.max_body_bytes, 1000);
+        assert_eq!(config.api_keys.len(), 1);
+        assert_eq!(
+            config.database,
+            DatabaseConfig::Url("postgresql://u:p@h/d".into())
+        );
+        assert!(!config.describe().contains(":p@"));
+    }
+}

@@ -1,0 +1,212 @@
+//! What the server needs to start: where to listen, which database, limits and auth.
+//! Plain structs with defaults; the CLI fills them from flags and `TIDEMARK_*` variables,
+//! tests fill them directly.
+
+use crate::auth::ConfiguredKey;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the events live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseConfig {
+    /// An existing PostgreSQL server (`DATABASE_URL`).
+    Url(String),
+    /// A private cluster started from the installed PostgreSQL binaries, kept in `data_dir`
+    /// (database `tidemark`).
+    Embedded { data_dir: PathBuf },
+}
+
+impl DatabaseConfig {
+    /// For logs: the URL without its password, or the data directory.
+    pub fn describe(&self) -> String {
+        match self {
+            DatabaseConfig::Url(url) => redact_url(url),
+            DatabaseConfig::Embedded { data_dir } => {
+                format!("embedded PostgreSQL in {}", data_dir.display())
+            }
+        }
+    }
+}
+
+/// `postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`; key=value strings
+/// lose their `password=` value.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+        return url.to_string();
+    }
+    url.split_whitespace()
+        .map(|part| {
+            if part.to_ascii_lowercase().starts_with("password=") {
+                "password=***".to_string()
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Limits on what one request may ask for. Every field has a command-line flag.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Largest HTTP request body.
+    pub max_body_bytes: usize,
+    /// Most events in one `appendEvents`.
+    pub max_events_per_append: usize,
+    /// Largest event (data + metadata as JSON).
+    pub max_event_bytes: usize,
+    /// Deepest query (introspection, as GraphiQL sends it, needs about 13).
+    pub max_query_depth: usize,
+    /// Most complex query (each field counts 1, plus its children).
+    pub max_query_complexity: usize,
+    /// Most events one query page may return (`first`).
+    pub max_page_size: usize,
+    /// Open WebSocket connections at once.
+    pub max_ws_connections: usize,
+    /// Longest a request may run.
+    pub request_timeout: Duration,
+    /// Longest read-your-writes wait a client may ask for.
+    pub max_wait: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_events_per_append: 1000,
+            max_event_bytes: 1024 * 1024,
+            max_query_depth: 16,
+            max_query_complexity: 2000,
+            max_page_size: 1000,
+            max_ws_connections: 1000,
+            request_timeout: Duration::from_secs(30),
+            max_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything [`crate::Application::build`] needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind; port 0 picks a free port (see `Application::port`).
+    pub listen: SocketAddr,
+    pub database: DatabaseConfig,
+    /// Database connections (shared by the API, the append writer and projections).
+    pub max_connections: usize,
+    /// Partitions of a new store (ignored for an existing one).
+    pub partitions: u16,
+    /// Projection worker pool this process runs (`default` runs unpinned projections).
+    pub worker_pool: String,
+    /// Run projections in this process.
+    pub run_projections: bool,
+    /// Run without authentication. Only allowed when `listen` is a loopback address.
+    pub insecure_dev: bool,
+    /// Keys from configuration, besides those in the database.
+    pub api_keys: Vec<ConfiguredKey>,
+    pub limits: ApiLimits,
+    /// How long shutdown waits for in-flight requests before closing them.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: DatabaseConfig::Embedded {
+                data_dir: PathBuf::from("./.tidemark/pg"),
+            },
+            max_connections: 32,
+            partitions: 16,
+            worker_pool: "default".into(),
+            run_projections: true,
+            insecure_dev: false,
+            api_keys: Vec::new(),
+            limits: ApiLimits::default(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The effective configuration as one log line, without secrets.
+    pub fn describe(&self) -> String {
+        let l = &self.limits;
+        format!(
+            "listen={} database={} max_connections={} partitions={} worker_pool={} projections={} \
+             auth={} configured_keys={} max_body_bytes={} max_events_per_append={} \
+             max_event_bytes={} max_query_depth={} max_query_complexity={} max_page_size={} \
+             max_ws_connections={} request_timeout={:?} shutdown_timeout={:?}",
+            self.listen,
+            self.database.describe(),
+            self.max_connections,
+            self.partitions,
+            self.worker_pool,
+            if self.run_projections { "on" } else { "off" },
+            if self.insecure_dev {
+                "OFF (insecure-dev)"
+            } else {
+                "api-keys"
+            },
+            self.api_keys.len(),
+            l.max_body_bytes,
+            l.max_events_per_append,
+            l.max_event_bytes,
+            l.max_query_depth,
+            l.max_query_complexity,
+            l.max_page_size,
+            l.max_ws_connections,
+            l.request_timeout,
+            self.shutdown_timeout,
+        )
+    }
+
+    /// Refuses combinations that must not run, with a sentence saying why.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.insecure_dev && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "--insecure-dev turns authentication off, so it is only allowed on a loopback \
+                 address (127.0.0.1 or [::1]); {} is not one. Listen on 127.0.0.1, or create an \
+                 API key with `tidemark keys create --role admin` and drop --insecure-dev",
+                self.listen
+            ));
+        }
+        if self.limits.max_events_per_append == 0 || self.limits.max_page_size == 0 {
+            return Err("the limits on events per append and page size must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(
+            redact_url("postgresql://bob:s3cret@db:5432/x"),
+            "postgresql://bob:***@db:5432/x"
+        );
+        assert_eq!(
+            redact_url("host=db password=s3cret user=bob"),
+            "host=db password=*** user=bob"
+        );
+    }
+
+    #[test]
+    fn insecure_dev_is_refused_off_loopback() {
+        let mut config = ServerConfig {
+            insecure_dev: true,
+            ..ServerConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        config.listen = "0.0.0.0:8080".parse().unwrap();
+        assert!(config.validate().unwrap_err().contains("loopback"));
+    }
+}

@@ -1,0 +1,81 @@
+//! Connecting to the database named by the configuration: an existing server
+//! (`DATABASE_URL`) or an embedded cluster started here and stopped on exit.
+
+use crate::config::DatabaseConfig;
+use anyhow::anyhow;
+use tidemark_store::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use tidemark_store::{build_pool, EventStore, StoreConfig};
+
+/// The database the embedded cluster serves.
+pub const EMBEDDED_DATABASE: &str = "tidemark";
+
+/// A database to use, and the embedded server behind it, if any.
+#[derive(Debug)]
+pub struct Database {
+    pub pg_config: tokio_postgres::Config,
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Parses the URL, or starts the embedded cluster (creating it on first use).
+    pub async fn open(config: &DatabaseConfig) -> anyhow::Result<Database> {
+        match config {
+            DatabaseConfig::Url(url) => {
+                let pg_config = url.parse::<tokio_postgres::Config>().map_err(|error| {
+                    anyhow!("DATABASE_URL is not a valid PostgreSQL connection string ({error})")
+                })?;
+                Ok(Database {
+                    pg_config,
+                    embedded: None,
+                })
+            }
+            DatabaseConfig::Embedded { data_dir } => {
+                tracing::info!(
+                    data_dir = %data_dir.display(),
+                    "no DATABASE_URL: starting an embedded PostgreSQL"
+                );
+                // The launcher's errors are single sentences saying what to do.
+                let server = EmbeddedPostgres::start(EmbeddedOptions {
+                    data_dir: data_dir.clone(),
+                    ..EmbeddedOptions::default()
+                })
+                .await
+                .map_err(|error| anyhow!("{error}"))?;
+                server
+                    .ensure_database(EMBEDDED_DATABASE)
+                    .await
+                    .map_err(|error| anyhow!("{error}"))?;
+                tracing::info!(
+                    data_dir = %server.data_dir().display(),
+                    url = %server.url(EMBEDDED_DATABASE),
+                    "embedded PostgreSQL is running"
+                );
+                Ok(Database {
+                    pg_config: server.connection_config(EMBEDDED_DATABASE),
+                    embedded: Some(server),
+                })
+            }
+        }
+    }
+
+    /// Opens the event store on this database (applying migrations when `config.migrate`).
+    pub async fn open_store(
+        &self,
+        max_connections: usize,
+        config: StoreConfig,
+    ) -> anyhow::Result<EventStore> {
+        let pool = build_pool(self.pg_config.clone(), max_connections.max(2))?;
+        EventStore::open_with_pool(pool, self.pg_config.clone(), config)
+            .await
+            .map_err(|error| anyhow!("{error}"))
+    }
+
+    /// Stops the embedded server, if this started one.
+    pub async fn stop(self) {
+        if let Some(server) = self.embedded {
+            if let Err(error) = server.stop().await {
+                tracing::warn!(%error, "the embedded PostgreSQL did not stop cleanly");
+            }
+        }
+    }
+}

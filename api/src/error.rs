@@ -1,0 +1,440 @@
+//! Errors of the API: one [`ApiError`] type, the one place where store and engine errors
+//! become stable GraphQL error codes, and the pass that gives every error in a response a
+//! code ([`normalize`]).
+//!
+//! Resolvers return `async_graphql::Result` and use `?` on [`StoreError`], [`EngineError`],
+//! [`CommandError`] or [`ApiError`]: async-graphql keeps the original error as the source,
+//! and [`normalize`] turns it into a message and `extensions.code` here. Errors without a
+//! code and without a source are async-graphql's own (parse, validation, argument coercion,
+//! depth and complexity limits): they are the client's input, `BAD_INPUT`. Errors with a
+//! source this module does not know are `INTERNAL`: their text is logged, never shown.
+
+use async_graphql::{ErrorExtensionValues, ServerError, Value};
+use std::fmt;
+use tidemark_projections::EngineError;
+use tidemark_store::aggregate::CommandError;
+use tidemark_store::{StoreError, ValidationError};
+
+/// The stable codes clients program against (`extensions.code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The stream was not at the expected version; `extensions.actualVersion` says where it
+    /// is (`null`: no stream). Reload, decide again, retry.
+    WrongExpectedVersion,
+    /// An event id was reused for different content. Use a new id.
+    EventIdConflict,
+    /// The server is busy (or shutting down); retry after `extensions.retryAfterMs`.
+    Overloaded,
+    /// The request is malformed or a value is invalid; `extensions.field` names it when known.
+    BadInput,
+    /// The request body or an event is larger than allowed; `extensions.limitBytes`.
+    PayloadTooLarge,
+    /// No API key, or an unknown or revoked one.
+    Unauthenticated,
+    /// The API key's role does not allow this field.
+    Forbidden,
+    /// The named thing (a projection, ...) does not exist.
+    NotFound,
+    /// A command was refused by a business rule of the application. Nothing was written.
+    Rejected,
+    /// A wait (read-your-writes) did not complete in time; retry later.
+    Timeout,
+    /// Something failed on the server; details are in its log, not in the response.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::WrongExpectedVersion => "WRONG_EXPECTED_VERSION",
+            ErrorCode::EventIdConflict => "EVENT_ID_CONFLICT",
+            ErrorCode::Overloaded => "OVERLOADED",
+            ErrorCode::BadInput => "BAD_INPUT",
+            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::Rejected => "REJECTED",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Advice given with `OVERLOADED`.
+pub const RETRY_AFTER_MS: u64 = 250;
+
+/// An error as a client sees it: a code, a sentence, and extension fields. `internal` is
+/// the detail kept for the log when the code is `INTERNAL`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub extensions: Vec<(&'static str, Value)>,
+    internal: Option<String>,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            extensions: Vec::new(),
+            internal: None,
+        }
+    }
+
+    /// Adds an extension field.
+    pub fn with(mut self, name: &'static str, value: impl Into<Value>) -> Self {
+        self.extensions.push((name, value.into()));
+        self
+    }
+
+    /// `BAD_INPUT` about `field` (a GraphQL argument or input field, e.g. `events.0.type`).
+    pub fn bad_input(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::BadInput, message).with("field", field.into())
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn rejected(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Rejected, message)
+    }
+
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Overloaded, message).with("retryAfterMs", RETRY_AFTER_MS)
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Unauthenticated, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Forbidden, message)
+    }
+
+    /// `INTERNAL`: the client sees a generic sentence; `detail` goes to the log.
+    pub fn internal(detail: impl fmt::Display) -> Self {
+        ApiError {
+            code: ErrorCode::Internal,
+            message: "internal error; the server log has the details".into(),
+            extensions: Vec::new(),
+            internal: Some(detail.to_string()),
+        }
+    }
+
+    /// The detail of an `INTERNAL` error, for the log.
+    pub fn internal_detail(&self) -> Option<&str> {
+        self.internal.as_deref()
+    }
+
+    /// The extension values of this error, `code` first.
+    pub fn extension_values(&self) -> ErrorExtensionValues {
+        let mut values = ErrorExtensionValues::default();
+        values.set("code", self.code.as_str());
+        for (name, value) in &self.extensions {
+            values.set(name, value.clone());
+        }
+        values
+    }
+
+    /// This error as a GraphQL response error (for errors raised outside resolvers).
+    pub fn into_server_error(self) -> ServerError {
+        let mut error = ServerError::new(self.message.clone(), None);
+        error.extensions = Some(self.extension_values());
+        error.source = Some(std::sync::Arc::new(self));
+        error
+    }
+
+    /// The one mapping from store errors to API errors.
+    pub fn from_store(error: &StoreError) -> ApiError {
+        match error {
+            StoreError::Invalid(invalid) => from_validation(invalid),
+            StoreError::WrongExpectedVersion {
+                stream_id,
+                expected,
+                actual,
+            } => ApiError::new(ErrorCode::WrongExpectedVersion, error.to_string())
+                .with("streamId", stream_id.as_str())
+                .with("expectedVersion", crate::schema::types::expected_to_string(*expected))
+                .with("actualVersion", actual.map_or(Value::Null, Value::from)),
+            StoreError::EventIdConflict {
+                event_id,
+                existing_position,
+            } => ApiError::new(ErrorCode::EventIdConflict, error.to_string())
+                .with("eventId", event_id.to_string())
+                .with("existingPosition", *existing_position),
+            StoreError::Overloaded { .. } => ApiError::overloaded(error.to_string()),
+            StoreError::ShuttingDown => ApiError::overloaded(
+                "the server is shutting down and accepts no more appends; retry on another node or after the restart",
+            ),
+            StoreError::Unavailable(_) => ApiError::overloaded(
+                "the database is unavailable right now; retry shortly",
+            )
+            .with_internal(error),
+            StoreError::Database { .. }
+            | StoreError::Migration(_)
+            | StoreError::Config(_)
+            | StoreError::Embedded(_) => ApiError::internal(error),
+        }
+    }
+
+    /// The one mapping from projection-engine errors to API errors.
+    pub fn from_engine(error: &EngineError) -> ApiError {
+        match error {
+            EngineError::UnknownProjection(name) => {
+                ApiError::not_found(format!("no projection named '{name}' is registered"))
+                    .with("projection", name.as_str())
+            }
+            EngineError::Invalid(message) => ApiError::new(ErrorCode::BadInput, message.clone()),
+            EngineError::Store(store) => ApiError::from_store(store),
+            EngineError::Unavailable(_) => {
+                ApiError::overloaded("the database is unavailable right now; retry shortly")
+                    .with_internal(error)
+            }
+            EngineError::ShuttingDown => ApiError::overloaded(
+                "the projection engine is shutting down; retry after the restart",
+            ),
+            EngineError::Projection { .. }
+            | EngineError::Database { .. }
+            | EngineError::CheckpointMoved { .. } => ApiError::internal(error),
+        }
+    }
+
+    /// Maps a command bus error: a refused command is `REJECTED` with the aggregate's
+    /// message; store errors map as above.
+    pub fn from_command<E: fmt::Display>(error: &CommandError<E>) -> ApiError {
+        match error {
+            CommandError::Rejected(reason) => ApiError::rejected(reason.to_string()),
+            CommandError::Store(store) => ApiError::from_store(store),
+            CommandError::Decode { .. } | CommandError::Encode(_) => ApiError::internal(error),
+        }
+    }
+
+    fn with_internal(mut self, detail: impl fmt::Display) -> Self {
+        self.internal = Some(detail.to_string());
+        self
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::from_store(&error)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        ApiError::from_engine(&error)
+    }
+}
+
+impl<E: fmt::Display> From<CommandError<E>> for ApiError {
+    fn from(error: CommandError<E>) -> Self {
+        ApiError::from_command(&error)
+    }
+}
+
+/// Store validation errors name their field in prose; clients get the GraphQL name.
+fn from_validation(error: &ValidationError) -> ApiError {
+    let message = error.to_string();
+    let field = match error {
+        ValidationError::Empty { field }
+        | ValidationError::TooLong { field, .. }
+        | ValidationError::ControlCharacter { field, .. } => match *field {
+            "stream id" => "streamId".to_string(),
+            "event type" => "events.type".to_string(),
+            other => other.to_string(),
+        },
+        ValidationError::NotAnObject {
+            field, event_index, ..
+        }
+        | ValidationError::NulInJson { field, event_index } => {
+            let field = if *field == "payload" { "data" } else { field };
+            format!("events.{event_index}.{field}")
+        }
+        ValidationError::PayloadTooLarge {
+            event_index,
+            size,
+            max,
+        } => {
+            return ApiError::new(ErrorCode::PayloadTooLarge, message)
+                .with("field", format!("events.{event_index}"))
+                .with("sizeBytes", *size as u64)
+                .with("limitBytes", *max as u64);
+        }
+        ValidationError::NoEvents => "events".to_string(),
+        ValidationError::TooManyEvents { count, max } => {
+            return ApiError::bad_input("events", message)
+                .with("count", *count as u64)
+                .with("limit", *max as u64);
+        }
+        ValidationError::DuplicateIdInAppend { .. } => "events.eventId".to_string(),
+        ValidationError::NegativeVersion(_) => "expectedVersion".to_string(),
+        ValidationError::Other(_) => return ApiError::new(ErrorCode::BadInput, message),
+    };
+    ApiError::bad_input(field, message)
+}
+
+/// What [`normalize`] found out about an error, for logs and metrics.
+#[derive(Debug, Clone)]
+pub struct Normalized {
+    pub code: String,
+    /// Set for `INTERNAL` errors: what to log.
+    pub internal: Option<String>,
+}
+
+/// Gives `error` its code and client-facing message. Pure: the caller logs and counts.
+pub fn normalize(error: &mut ServerError) -> Normalized {
+    let mapped = if let Some(api) = error.source::<ApiError>() {
+        Some(api.clone())
+    } else if let Some(store) = error.source::<StoreError>() {
+        Some(ApiError::from_store(store))
+    } else {
+        error.source::<EngineError>().map(ApiError::from_engine)
+    };
+    if let Some(api) = mapped {
+        let mut values = error.extensions.take().unwrap_or_default();
+        values.set("code", api.code.as_str());
+        for (name, value) in &api.extensions {
+            values.set(name, value.clone());
+        }
+        error.extensions = Some(values);
+        error.message = api.message.clone();
+        return Normalized {
+            code: api.code.as_str().to_string(),
+            internal: api.internal,
+        };
+    }
+    if let Some(Value::String(code)) = error.extensions.as_ref().and_then(|e| e.get("code")) {
+        return Normalized {
+            code: code.clone(),
+            internal: None,
+        };
+    }
+    let (code, internal) = if error.source.is_some() {
+        // An error type we do not know (e.g. an application resolver's `?` on a database
+        // error): its text may hold internals.
+        let detail = std::mem::replace(
+            &mut error.message,
+            "internal error; the server log has the details".into(),
+        );
+        (ErrorCode::Internal, Some(detail))
+    } else {
+        (ErrorCode::BadInput, None)
+    };
+    let mut values = error.extensions.take().unwrap_or_default();
+    values.set("code", code.as_str());
+    if code == ErrorCode::BadInput && values.get("field").is_none() {
+        if let Some(field) = field_of(&error.message) {
+            values.set("field", field);
+        }
+    }
+    error.extensions = Some(values);
+    Normalized {
+        code: code.as_str().to_string(),
+        internal,
+    }
+}
+
+/// The argument or field an async-graphql message is about, e.g. `Invalid value for
+/// argument "events.0.eventId"` or `Unknown field "nope" on type "Query"`.
+fn field_of(message: &str) -> Option<String> {
+    for marker in ["argument \"", "field \""] {
+        if let Some(start) = message.find(marker) {
+            let rest = &message[start + marker.len()..];
+            if let Some(end) = rest.find('"') {
+                return Some(rest[..end].to_string());
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(error: &ServerError) -> String {
+        match error.extensions.as_ref().and_then(|e| e.get("code")) {
+            Some(Value::String(code)) => code.clone(),
+            other => panic!("no code: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn store_errors_map_to_stable_codes() {
+        let cases = [
+            (
+                StoreError::WrongExpectedVersion {
+                    stream_id: "s".into(),
+                    expected: tidemark_store::ExpectedVersion::Exact(1),
+                    actual: Some(3),
+                },
+                "WRONG_EXPECTED_VERSION",
+            ),
+            (StoreError::Overloaded { waited_ms: 5 }, "OVERLOADED"),
+            (
+                StoreError::Invalid(ValidationError::TooManyEvents { count: 3, max: 2 }),
+                "BAD_INPUT",
+            ),
+            (
+                StoreError::Invalid(ValidationError::PayloadTooLarge {
+                    event_index: 0,
+                    size: 10,
+                    max: 5,
+                }),
+                "PAYLOAD_TOO_LARGE",
+            ),
+            (StoreError::Migration("secret detail".into()), "INTERNAL"),
+        ];
+        for (store, code) in cases {
+            let mut error: ServerError =
+                async_graphql::Error::from(store).into_server_error(Default::default());
+            let normalized = normalize(&mut error);
+            assert_eq!(code_of(&error), code);
+            assert_eq!(normalized.code, code);
+            assert!(!error.message.contains("secret"), "{}", error.message);
+        }
+    }
+
+    #[test]
+    fn errors_without_source_are_bad_input_with_the_field() {
+        let mut error = ServerError::new(
+            "Invalid value for argument \"streamId\", expected type \"String\"",
+            None,
+        );
+        normalize(&mut error);
+        assert_eq!(code_of(&error), "BAD_INPUT");
+        assert_eq!(
+            error.extensions.unwrap().get("field"),
+            Some(&Value::from("streamId"))
+        );
+    }
+
+    #[test]
+    fn unknown_sources_are_internal_and_hidden() {
+        let mut error = async_graphql::Error::from(std::io::Error::other("password=hunter2"))
+            .into_server_error(Default::default());
+        let normalized = normalize(&mut error);
+        assert_eq!(code_of(&error), "INTERNAL");
+        assert!(!error.message.contains("hunter2"));
+        assert!(normalized.internal.unwrap().contains("hunter2"));
+    }
+}

@@ -1,0 +1,307 @@
+//! The HTTP surface: routes, the GraphQL endpoint over HTTP and WebSocket, health,
+//! readiness, metrics, and the JSON errors for requests that never reach GraphQL (bodies
+//! that are too large or not JSON, unknown routes).
+//!
+//! | route            | what                                                          |
+//! |------------------|---------------------------------------------------------------|
+//! | `GET /`          | GraphiQL                                                      |
+//! | `POST /graphql`  | queries and mutations (JSON body, batches allowed)            |
+//! | `GET /graphql`   | subscriptions over WebSocket (graphql-transport-ws, graphql-ws) |
+//! | `GET /health`    | liveness: the process answers                                 |
+//! | `GET /ready`     | readiness: database reachable, migrations applied, engine up  |
+//! | `GET /metrics`   | Prometheus text                                               |
+
+use crate::auth::{Authenticator, Principal};
+use crate::config::ApiLimits;
+use crate::error::{ApiError, ErrorCode};
+use crate::schema::ApiSchema;
+use crate::Tidemark;
+use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::{BatchRequest, Data, Executor};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub schema: ApiSchema,
+    pub auth: Authenticator,
+    pub tidemark: Tidemark,
+    pub limits: ApiLimits,
+    pub ws_permits: Arc<Semaphore>,
+    pub engine_running: bool,
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/", get(graphiql))
+        .route("/graphql", get(graphql_ws).post(graphql_http))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .route_layer(middleware::from_fn(track))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// A GraphQL-shaped error body (`{"errors": [...]}`) for failures outside GraphQL.
+fn error_response(status: StatusCode, error: ApiError) -> Response {
+    metrics::counter!("tidemark_api_errors_total", "code" => error.code.as_str()).increment(1);
+    let body = json!({ "errors": [error.into_server_error()] });
+    (status, Json(body)).into_response()
+}
+
+async fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql")
+            .title("Tidemark GraphiQL")
+            .finish(),
+    )
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+}
+
+async fn graphql_http(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let limit = state.limits.max_body_bytes;
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the request body is larger than the limit of {limit} bytes"),
+                )
+                .with("limitBytes", limit as u64),
+            );
+        }
+        Err(rejection) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ApiError::bad_input(
+                    "body",
+                    format!("could not read the request body: {}", rejection.body_text()),
+                ),
+            )
+        }
+    };
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(batch) => batch,
+        Err(error) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ApiError::bad_input(
+                    "body",
+                    format!(
+                        "the request body is not a GraphQL request in JSON ({error}); send \
+                         {{\"query\": \"...\", \"variables\": {{...}}}} with Content-Type: application/json"
+                    ),
+                ),
+            )
+        }
+    };
+    let principal = state.auth.authenticate(authorization(&headers)).await;
+    let batch = batch.data(principal);
+    match tokio::time::timeout(
+        state.limits.request_timeout,
+        state.schema.execute_batch(batch),
+    )
+    .await
+    {
+        Ok(response) => Json(response).into_response(),
+        Err(_) => error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the request took longer than {} ms and was abandoned; an append in it may \
+                     or may not have been written, so retry it with the same event ids",
+                    state.limits.request_timeout.as_millis()
+                ),
+            ),
+        ),
+    }
+}
+
+async fn graphql_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    protocol: Result<GraphQLProtocol, StatusCode>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::bad_input(
+                "method",
+                "GET /graphql is for subscriptions over WebSocket (graphql-transport-ws); send \
+                 queries and mutations with POST",
+            ),
+        );
+    };
+    let Ok(protocol) = protocol else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            ApiError::bad_input(
+                "Sec-WebSocket-Protocol",
+                "ask for the graphql-transport-ws (or graphql-ws) subprotocol",
+            ),
+        );
+    };
+    let Ok(permit) = state.ws_permits.clone().try_acquire_owned() else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::overloaded(format!(
+                "too many WebSocket connections (the limit is {}); retry later",
+                state.limits.max_ws_connections
+            )),
+        );
+    };
+    let header_principal = state.auth.authenticate(authorization(&headers)).await;
+    let auth = state.auth.clone();
+    let schema = state.schema.clone();
+    let stop = state.tidemark.shutdown_token();
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            let _permit = permit;
+            metrics::gauge!("tidemark_ws_connections").increment(1.0);
+            let connection = GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    // A key in the init payload wins over the upgrade request's header.
+                    let principal = match key_in_payload(&payload) {
+                        Some(value) if value.contains(' ') => auth.authenticate(Some(&value)).await,
+                        Some(key) => auth.authenticate_key(&key).await,
+                        None => header_principal,
+                    };
+                    let mut data = Data::default();
+                    data.insert(principal);
+                    Ok(data)
+                })
+                .serve();
+            tokio::select! {
+                _ = connection => {}
+                _ = stop.cancelled() => {}
+            }
+            metrics::gauge!("tidemark_ws_connections").decrement(1.0);
+        })
+}
+
+/// The key a WebSocket client sent in `connection_init`: `{"Authorization": "Bearer k"}`,
+/// `{"headers": {"Authorization": ...}}` or `{"apiKey": "k"}`.
+fn key_in_payload(payload: &serde_json::Value) -> Option<String> {
+    let find = |object: &serde_json::Value| -> Option<String> {
+        let map = object.as_object()?;
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization") || k.as_str() == "apiKey")
+            .and_then(|(_, v)| v.as_str().map(str::to_string))
+    };
+    find(payload).or_else(|| payload.get("headers").and_then(find))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let store = state.tidemark.store();
+    let check = async {
+        let client = store.pool().get().await.map_err(|e| e.to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| e.to_string())?;
+        tidemark_store::migrate::is_up_to_date(&client)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let (database, migrations) = match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Ok(Ok(up_to_date)) => (true, up_to_date),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness check: database unreachable");
+            (false, false)
+        }
+        Err(_) => (false, false),
+    };
+    let engine = state.engine_running && !state.tidemark.engine().shutdown_token().is_cancelled();
+    let is_ready = database && migrations && engine;
+    let status = if is_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if is_ready { "ready" } else { "not ready" },
+        "checks": { "database": database, "migrations": migrations, "engine": engine },
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    metrics::gauge!("tidemark_append_queue_depth").set(state.tidemark.store().queue_depth() as f64);
+    let Some(handle) = crate::telemetry::prometheus() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "# another metrics recorder is installed in this process\n",
+        )
+            .into_response();
+    };
+    handle.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        ApiError::not_found("no such route; GraphQL is at /graphql, GraphiQL at /"),
+    )
+}
+
+/// Counts requests by route, method and status, and times them.
+async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("tidemark_http_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
+    metrics::histogram!("tidemark_http_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The principal of a request, for application code that needs the caller's identity.
+pub fn principal<'a>(ctx: &async_graphql::Context<'a>) -> &'a Principal {
+    ctx.data_opt::<Principal>().unwrap_or(&Principal::Anonymous)
+}

@@ -1,0 +1,228 @@
+//! The GraphQL schema: the built-in queries, mutations and subscriptions merged with the
+//! application's, and [`ApiSchema`], the schema behind one non-generic handle that gives
+//! every error in every response a stable code (see [`crate::error::normalize`]).
+
+pub mod directive;
+pub mod mutation;
+pub mod query;
+pub mod subscription;
+pub mod types;
+
+use crate::config::ApiLimits;
+use crate::error::{normalize, ApiError};
+use crate::Tidemark;
+use async_graphql::{
+    Data, Executor, MergedObject, MergedSubscription, ObjectType, Request, Response, Schema,
+    SubscriptionType,
+};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+pub use mutation::BuiltinMutation;
+pub use query::BuiltinQuery;
+pub use subscription::BuiltinSubscription;
+
+/// The root query: built-in fields and the application's.
+#[derive(MergedObject, Default, Clone)]
+#[graphql(name = "Query")]
+pub struct Query<Q: ObjectType + 'static>(pub BuiltinQuery, pub Q);
+
+/// The root mutation: built-in fields and the application's.
+#[derive(MergedObject, Default, Clone)]
+#[graphql(name = "Mutation")]
+pub struct Mutation<M: ObjectType + 'static>(pub BuiltinMutation, pub M);
+
+/// The root subscription: built-in fields and the application's.
+#[derive(MergedSubscription, Default, Clone)]
+#[graphql(name = "Subscription")]
+pub struct Subscription<S: SubscriptionType + 'static>(pub BuiltinSubscription, pub S);
+
+/// What a schema is built with.
+#[derive(Clone, Default)]
+pub(crate) struct SchemaSettings {
+    pub limits: ApiLimits,
+    /// The runtime handles; `None` for a schema that is only printed (SDL).
+    pub tidemark: Option<Tidemark>,
+}
+
+/// Builds the merged schema for an application's GraphQL objects.
+pub(crate) fn build<Q, M, S>(
+    query: Q,
+    mutation: M,
+    subscription: S,
+    settings: SchemaSettings,
+) -> ApiSchema
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    let mut builder = Schema::build(
+        Query(BuiltinQuery, query),
+        Mutation(BuiltinMutation, mutation),
+        Subscription(BuiltinSubscription, subscription),
+    )
+    .limit_depth(settings.limits.max_query_depth)
+    .limit_complexity(settings.limits.max_query_complexity)
+    .directive(directive::wait_for);
+    if let Some(tidemark) = settings.tidemark {
+        builder = builder.data(tidemark);
+    }
+    ApiSchema {
+        inner: Arc::new(builder.finish()),
+    }
+}
+
+/// A built schema, whatever the application's types. Cheap to clone. Every response it
+/// produces has gone through [`finish`]: each error has a code, internals are logged.
+#[derive(Clone)]
+pub struct ApiSchema {
+    inner: Arc<dyn DynSchema>,
+}
+
+impl ApiSchema {
+    /// The schema in SDL.
+    pub fn sdl(&self) -> String {
+        self.inner.sdl()
+    }
+}
+
+trait DynSchema: Send + Sync {
+    fn execute(&self, request: Request) -> BoxFuture<'static, Response>;
+    fn execute_stream(
+        &self,
+        request: Request,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, Response>;
+    fn sdl(&self) -> String;
+}
+
+impl<Q, M, S> DynSchema for Schema<Q, M, S>
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    fn execute(&self, request: Request) -> BoxFuture<'static, Response> {
+        let schema = self.clone();
+        async move { Schema::execute(&schema, request).await }.boxed()
+    }
+
+    fn execute_stream(
+        &self,
+        request: Request,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, Response> {
+        Executor::execute_stream(self, request, session_data)
+    }
+
+    fn sdl(&self) -> String {
+        Schema::sdl(self)
+    }
+}
+
+impl Executor for ApiSchema {
+    async fn execute(&self, request: Request) -> Response {
+        // A panicking resolver (application code included) must not take the connection
+        // down: it becomes an INTERNAL error.
+        let response = match AssertUnwindSafe(self.inner.execute(request))
+            .catch_unwind()
+            .await
+        {
+            Ok(response) => response,
+            Err(_) => Response::from_errors(vec![
+                ApiError::internal("a resolver panicked").into_server_error()
+            ]),
+        };
+        finish(response)
+    }
+
+    fn execute_stream(
+        &self,
+        request: Request,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, Response> {
+        AssertUnwindSafe(self.inner.execute_stream(request, session_data))
+            .catch_unwind()
+            .map(|item| match item {
+                Ok(response) => finish(response),
+                Err(_) => finish(Response::from_errors(vec![ApiError::internal(
+                    "a subscription panicked",
+                )
+                .into_server_error()])),
+            })
+            .boxed()
+    }
+}
+
+/// Codes every error, logs internal ones, counts them.
+pub(crate) fn finish(mut response: Response) -> Response {
+    for error in &mut response.errors {
+        let normalized = normalize(error);
+        metrics::counter!("tidemark_api_errors_total", "code" => normalized.code.clone())
+            .increment(1);
+        if let Some(detail) = normalized.internal {
+            tracing::error!(path = ?error.path, error = %detail, "internal error in a GraphQL request");
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::TidemarkApp;
+
+    /// `api/schema.graphql` is the SDL of the built-in schema, committed so changes to the
+    /// API show up in review. Regenerate with `TIDEMARK_UPDATE_SCHEMA=1 cargo test -p tidemark-api`.
+    #[test]
+    fn schema_file_matches_the_code() {
+        let sdl = TidemarkApp::builder().build().sdl();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql");
+        if std::env::var_os("TIDEMARK_UPDATE_SCHEMA").is_some() {
+            std::fs::write(&path, &sdl).expect("write api/schema.graphql");
+            return;
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == sdl,
+            "api/schema.graphql differs from the schema in the code; if the change is intended, \
+             regenerate it with `TIDEMARK_UPDATE_SCHEMA=1 cargo test -p tidemark-api` and commit it"
+        );
+    }
+
+    /// GraphiQL's introspection query must pass the default depth and complexity limits.
+    #[tokio::test]
+    async fn introspection_fits_the_default_limits() {
+        let schema = TidemarkApp::builder().build().schema(Default::default());
+        let response = async_graphql::Executor::execute(&schema, INTROSPECTION.into()).await;
+        assert!(response.errors.is_empty(), "{:?}", response.errors);
+    }
+
+    const INTROSPECTION: &str = r#"
+    query IntrospectionQuery {
+      __schema {
+        queryType { name } mutationType { name } subscriptionType { name }
+        types { ...FullType }
+        directives { name description locations args { ...InputValue } }
+      }
+    }
+    fragment FullType on __Type {
+      kind name description
+      fields(includeDeprecated: true) {
+        name description args { ...InputValue } type { ...TypeRef } isDeprecated deprecationReason
+      }
+      inputFields { ...InputValue }
+      interfaces { ...TypeRef }
+      enumValues(includeDeprecated: true) { name description isDeprecated deprecationReason }
+      possibleTypes { ...TypeRef }
+    }
+    fragment InputValue on __InputValue { name description type { ...TypeRef } defaultValue }
+    fragment TypeRef on __Type {
+      kind name
+      ofType { kind name ofType { kind name ofType { kind name ofType { kind name
+        ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } }
+    }"#;
+}

@@ -1,0 +1,515 @@
+//! GraphQL types of the built-in schema: events in and out, pages, projection status.
+
+use async_graphql::{
+    ComplexObject, Enum, InputObject, InputValueError, InputValueResult, Json, Object, Scalar,
+    ScalarType, SimpleObject, Value,
+};
+use chrono::{DateTime, Utc};
+use tidemark_projections::{
+    DeadLetter, PartitionLag, ProjectionStatus, RebuildProgress, WorkerInfo,
+};
+use tidemark_store::{AppendOutcome, ExpectedVersion, RecordedEvent};
+use uuid::Uuid;
+
+/// What the client believes about the stream before appending: `"any"`, `"no_stream"`,
+/// `"stream_exists"`, or the exact version of the stream's last event as a number (`3`, or
+/// `"3"`). A mismatch fails with `WRONG_EXPECTED_VERSION` and writes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedVersionInput(pub ExpectedVersion);
+
+/// What the client believes about the stream before appending: `"any"`, `"no_stream"`,
+/// `"stream_exists"`, or the exact version of the stream's last event as a number (`3`, or
+/// `"3"`). A mismatch fails with `WRONG_EXPECTED_VERSION` and writes nothing.
+#[Scalar(name = "ExpectedVersion")]
+impl ScalarType for ExpectedVersionInput {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        let parsed = match &value {
+            Value::Number(n) => n.as_i64().map(ExpectedVersion::Exact),
+            Value::String(s) => parse_expected(s),
+            _ => None,
+        };
+        match parsed {
+            Some(ExpectedVersion::Exact(v)) if v < 0 => Err(InputValueError::custom(
+                "expectedVersion must not be negative; versions start at 0",
+            )),
+            Some(expected) => Ok(ExpectedVersionInput(expected)),
+            None => Err(InputValueError::custom(
+                "expectedVersion must be \"any\", \"no_stream\", \"stream_exists\" or a version number",
+            )),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        match self.0 {
+            ExpectedVersion::Exact(v) => Value::from(v),
+            other => Value::from(expected_to_string(other)),
+        }
+    }
+}
+
+fn parse_expected(text: &str) -> Option<ExpectedVersion> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "any" => Some(ExpectedVersion::Any),
+        "no_stream" => Some(ExpectedVersion::NoStream),
+        "stream_exists" => Some(ExpectedVersion::StreamExists),
+        number => number.parse().ok().map(ExpectedVersion::Exact),
+    }
+}
+
+/// The wire form of an expectation (`"any"`, ..., or the number as a string).
+pub fn expected_to_string(expected: ExpectedVersion) -> String {
+    match expected {
+        ExpectedVersion::Any => "any".into(),
+        ExpectedVersion::NoStream => "no_stream".into(),
+        ExpectedVersion::StreamExists => "stream_exists".into(),
+        ExpectedVersion::Exact(v) => v.to_string(),
+    }
+}
+
+/// One event to append.
+#[derive(Debug, Clone, InputObject)]
+pub struct EventInput {
+    /// Optional client-chosen id. Without one, an append with an exact or `no_stream`
+    /// expectation gets an id derived from its content and position (so a blind retry is
+    /// idempotent), any other append a fresh UUIDv7.
+    pub event_id: Option<Uuid>,
+    /// The event type, e.g. `MoneyDeposited`.
+    #[graphql(name = "type")]
+    pub event_type: String,
+    /// The payload: a JSON object.
+    pub data: Json<serde_json::Value>,
+    /// Metadata: a JSON object (correlation and causation ids, actor...). Default `{}`.
+    pub metadata: Option<Json<serde_json::Value>>,
+    /// Version of the payload's schema, for upcasting. Default 1.
+    #[graphql(default = 1)]
+    pub schema_version: i32,
+}
+
+/// An event as stored in the log.
+pub struct Event(pub RecordedEvent);
+
+/// An event as stored in the log.
+#[Object]
+impl Event {
+    /// Global position: dense, in commit order, starting at 1. Use it as a cursor.
+    async fn position(&self) -> i64 {
+        self.0.position
+    }
+    async fn stream_id(&self) -> &str {
+        &self.0.stream_id
+    }
+    /// Version within the stream, from 0.
+    async fn stream_version(&self) -> i64 {
+        self.0.stream_version
+    }
+    /// The stream's category: its id up to the first `-`.
+    async fn category(&self) -> &str {
+        self.0.category()
+    }
+    async fn partition(&self) -> i16 {
+        self.0.partition
+    }
+    async fn event_id(&self) -> Uuid {
+        self.0.event_id
+    }
+    #[graphql(name = "type")]
+    async fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+    async fn schema_version(&self) -> i32 {
+        self.0.schema_version
+    }
+    async fn data(&self) -> Json<&serde_json::Value> {
+        Json(&self.0.payload)
+    }
+    async fn metadata(&self) -> Json<&serde_json::Value> {
+        Json(&self.0.metadata)
+    }
+    /// blake3 of the canonical content, hexadecimal.
+    async fn content_hash(&self) -> String {
+        hex(&self.0.content_hash)
+    }
+    async fn recorded_at(&self) -> DateTime<Utc> {
+        self.0.recorded_at
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where to continue.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct PageInfo {
+    /// The cursor of the last event of this page: its position (log reads) or stream
+    /// version (stream reads). Pass it as `after` to get the next page. Null when empty.
+    pub end_cursor: Option<i64>,
+    /// Whether more events were there when this page was read.
+    pub has_next_page: bool,
+}
+
+/// A page of events from the log.
+#[derive(SimpleObject)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    pub page_info: PageInfo,
+}
+
+/// A page of one stream's events.
+#[derive(SimpleObject)]
+pub struct StreamPage {
+    pub stream_id: String,
+    /// The stream's last version now; null when the stream has no events.
+    pub version: Option<i64>,
+    pub events: Vec<Event>,
+    pub page_info: PageInfo,
+}
+
+/// Where one appended event landed.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct AppendedEvent {
+    pub event_id: Uuid,
+    pub position: i64,
+    pub stream_version: i64,
+    /// The event was already stored (an idempotent retry or content dedup); the position
+    /// and version are the original's.
+    pub duplicate: bool,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct AppendResult {
+    pub stream_id: String,
+    /// The stream's last version after the append.
+    pub stream_version: i64,
+    /// Position of the last event: wait for this one to read your writes.
+    pub last_position: i64,
+    /// How many events were already stored.
+    pub duplicates: i32,
+    pub events: Vec<AppendedEvent>,
+}
+
+impl From<AppendOutcome> for AppendResult {
+    fn from(outcome: AppendOutcome) -> Self {
+        AppendResult {
+            last_position: outcome.last_position(),
+            duplicates: outcome.events.iter().filter(|e| e.duplicate).count() as i32,
+            stream_id: outcome.stream_id,
+            stream_version: outcome.stream_version,
+            events: outcome
+                .events
+                .into_iter()
+                .map(|e| AppendedEvent {
+                    event_id: e.event_id,
+                    position: e.position,
+                    stream_version: e.stream_version,
+                    duplicate: e.duplicate,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One partition of a projection.
+pub struct PartitionStatus(pub PartitionLag);
+
+/// One partition of a projection: its checkpoint and lag.
+#[Object]
+impl PartitionStatus {
+    async fn partition(&self) -> i16 {
+        self.0.partition
+    }
+    /// Every matching event up to here is applied.
+    async fn checkpoint(&self) -> i64 {
+        self.0.checkpoint
+    }
+    /// Matching events after the checkpoint (capped at 1,000,000).
+    async fn lag_events(&self) -> i64 {
+        self.0.lag_events
+    }
+    /// Age of the oldest unapplied event; 0 when caught up.
+    async fn lag_seconds(&self) -> f64 {
+        self.0.lag_seconds
+    }
+    async fn events_per_second(&self) -> f64 {
+        self.0.events_per_second
+    }
+    async fn updated_at(&self) -> Option<DateTime<Utc>> {
+        self.0.updated_at
+    }
+}
+
+/// A rebuild, replay or as-of build, running or finished.
+pub struct Build(pub RebuildProgress);
+
+/// A rebuild, replay or as-of build, running or finished.
+#[Object]
+impl Build {
+    async fn id(&self) -> i64 {
+        self.0.id
+    }
+    /// `rebuild`, `replay` or `as_of`.
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+    async fn target(&self) -> &str {
+        &self.0.target
+    }
+    async fn from_position(&self) -> i64 {
+        self.0.from_position
+    }
+    async fn to_position(&self) -> Option<i64> {
+        self.0.to_position
+    }
+    async fn events_done(&self) -> i64 {
+        self.0.events_done
+    }
+    async fn events_total(&self) -> i64 {
+        self.0.events_total
+    }
+    /// Done / total, from 0 to 1.
+    async fn fraction(&self) -> f64 {
+        if self.0.events_total <= 0 {
+            if self.0.status == "done" {
+                1.0
+            } else {
+                0.0
+            }
+        } else {
+            (self.0.events_done as f64 / self.0.events_total as f64).min(1.0)
+        }
+    }
+    async fn position(&self) -> i64 {
+        self.0.position
+    }
+    /// Events per second.
+    async fn rate(&self) -> f64 {
+        self.0.rate
+    }
+    async fn eta_seconds(&self) -> Option<f64> {
+        self.0.eta_seconds
+    }
+    /// `running`, `done` or `failed`.
+    async fn status(&self) -> &str {
+        &self.0.status
+    }
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    async fn started_at(&self) -> DateTime<Utc> {
+        self.0.started_at
+    }
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.0.finished_at
+    }
+}
+
+/// An event a projection could not apply, parked after its retries.
+pub struct ParkedEvent(pub DeadLetter);
+
+/// An event a projection could not apply, parked after its retries (a dead letter).
+#[Object]
+impl ParkedEvent {
+    /// Pass to `replayParked(ids:)`.
+    async fn id(&self) -> i64 {
+        self.0.id
+    }
+    async fn projection(&self) -> &str {
+        &self.0.projection
+    }
+    async fn partition(&self) -> i16 {
+        self.0.partition
+    }
+    async fn position(&self) -> i64 {
+        self.0.position
+    }
+    async fn event_id(&self) -> Uuid {
+        self.0.event_id
+    }
+    async fn error(&self) -> &str {
+        &self.0.error
+    }
+    async fn attempts(&self) -> i32 {
+        self.0.attempts
+    }
+    async fn parked_at(&self) -> DateTime<Utc> {
+        self.0.parked_at
+    }
+    async fn replayed_at(&self) -> Option<DateTime<Utc>> {
+        self.0.replayed_at
+    }
+}
+
+/// A projection: its version, state, checkpoints, lag and builds.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct Projection {
+    pub name: String,
+    /// Version in the code.
+    pub version: i32,
+    /// Version of the serving read model (differs while a version bump rebuilds).
+    pub live_version: Option<i32>,
+    /// `running`, `rebuilding`, `stopped` or `not started`.
+    pub status: String,
+    /// Schema of the serving read model.
+    pub schema: String,
+    /// Head of the log when this was read.
+    pub head: i64,
+    /// Lowest checkpoint over partitions.
+    pub checkpoint: i64,
+    pub lag_events: i64,
+    pub lag_seconds: f64,
+    pub events_per_second: f64,
+    /// Parked events not yet replayed.
+    pub parked: i64,
+    #[graphql(skip)]
+    pub inner: ProjectionStatus,
+}
+
+#[ComplexObject]
+impl Projection {
+    async fn partitions(&self) -> Vec<PartitionStatus> {
+        self.inner
+            .partitions
+            .iter()
+            .cloned()
+            .map(PartitionStatus)
+            .collect()
+    }
+
+    /// The latest rebuild, replay or as-of build.
+    async fn last_build(&self) -> Option<Build> {
+        self.inner.last_rebuild.clone().map(Build)
+    }
+
+    /// Parked events (dead letters) of this projection.
+    async fn dead_letters(
+        &self,
+        ctx: &async_graphql::Context<'_>,
+        #[graphql(default = false)] include_replayed: bool,
+    ) -> async_graphql::Result<Vec<ParkedEvent>> {
+        let tidemark = crate::Tidemark::from_ctx(ctx)?;
+        Ok(tidemark
+            .engine()
+            .dead_letters(Some(&self.name), include_replayed)
+            .await?
+            .into_iter()
+            .map(ParkedEvent)
+            .collect())
+    }
+}
+
+impl From<ProjectionStatus> for Projection {
+    fn from(status: ProjectionStatus) -> Self {
+        Projection {
+            name: status.name.clone(),
+            version: status.version,
+            live_version: status.live_version,
+            status: status.status.clone(),
+            schema: status.schema.clone(),
+            head: status.head,
+            checkpoint: status.min_checkpoint(),
+            lag_events: status.lag_events(),
+            lag_seconds: status.lag_seconds(),
+            events_per_second: status.events_per_second(),
+            parked: status.parked,
+            inner: status,
+        }
+    }
+}
+
+/// A process in the worker registry: it runs projections (and usually serves the API).
+pub struct Worker {
+    pub info: WorkerInfo,
+    /// Whether this is the process that answered.
+    pub current: bool,
+}
+
+#[Object]
+impl Worker {
+    async fn id(&self) -> Uuid {
+        self.info.id
+    }
+    async fn host(&self) -> &str {
+        &self.info.host
+    }
+    async fn pid(&self) -> i32 {
+        self.info.pid
+    }
+    /// Where its API listens, if it serves one.
+    async fn address(&self) -> Option<&str> {
+        self.info.address.as_deref()
+    }
+    /// The projection worker pool it runs.
+    async fn pool(&self) -> &str {
+        &self.info.pool
+    }
+    /// Tidemark version.
+    async fn version(&self) -> &str {
+        &self.info.version
+    }
+    async fn started_at(&self) -> DateTime<Utc> {
+        self.info.started_at
+    }
+    async fn heartbeat_at(&self) -> DateTime<Utc> {
+        self.info.heartbeat_at
+    }
+    async fn stopped_at(&self) -> Option<DateTime<Utc>> {
+        self.info.stopped_at
+    }
+    /// Heartbeat within the timeout and not stopped.
+    async fn alive(&self) -> bool {
+        self.info.alive
+    }
+    async fn concurrency(&self) -> i32 {
+        self.info.concurrency
+    }
+    /// `projection#partition` of every lease it holds.
+    async fn leases(&self) -> &[String] {
+        &self.info.leases
+    }
+    /// Whether this is the process that answered.
+    async fn current(&self) -> bool {
+        self.current
+    }
+}
+
+/// The answer of `waitFor`.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct WaitResult {
+    /// The projection's read model reflects every event up to `position`.
+    pub reached: bool,
+    pub projection: String,
+    pub position: i64,
+}
+
+/// Which build to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum BuildKind {
+    /// From position 0.
+    Rebuild,
+    /// From a position (`from`).
+    Replay,
+    /// Up to a position, into a separate schema.
+    AsOf,
+}
+
+/// A build started in the background; follow it with `projections` or the
+/// `projectionProgress` subscription.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct BuildStarted {
+    pub projection: String,
+    pub kind: BuildKind,
+    pub from_position: i64,
+    pub to_position: Option<i64>,
+    /// Schema the result lands in (the live schema after a rebuild or replay swaps in).
+    pub schema: String,
+}
+
+/// The answer of `replayParked`.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct ReplayResult {
+    pub projection: String,
+    /// Parked events applied now.
+    pub replayed: i32,
+}

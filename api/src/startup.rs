@@ -1,0 +1,232 @@
+//! [`Application`]: builds everything a server needs (listener, database, store, engine,
+//! schema, router), then runs until a shutdown future completes. `main` and the end-to-end
+//! tests start the server the same way:
+//!
+//! ```ignore
+//! let app = Application::build(config, TidemarkApp::builder().build()).await?;
+//! let port = app.port(); // with `listen` on port 0, the port picked
+//! app.run_until_stopped(shutdown_signal()).await?;
+//! ```
+//!
+//! Shutdown, in order: stop accepting connections and end subscriptions; let in-flight
+//! requests finish (up to `shutdown_timeout`); stop the projection engine (each lane commits
+//! the batch in hand and its checkpoint); wait for background builds; drain the store's
+//! append queue; stop the embedded PostgreSQL.
+
+use crate::auth::Authenticator;
+use crate::config::ServerConfig;
+use crate::database::Database;
+use crate::http::{self, AppState};
+use crate::schema::SchemaSettings;
+use crate::{Tidemark, TidemarkApp};
+use anyhow::{anyhow, Context as _};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_projections::{EngineConfig, ProjectionEngine};
+use tidemark_store::{EventStore, Limits, StoreConfig};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// A server ready to run: bound, connected, projections started.
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    router: axum::Router,
+    tidemark: Tidemark,
+    database: Database,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Binds `config.listen`, opens the database (embedded or `DATABASE_URL`), applies
+    /// migrations, starts the projections of `app` and builds the router. Fails with one
+    /// clear sentence when any of that is impossible.
+    pub async fn build(config: ServerConfig, app: TidemarkApp) -> anyhow::Result<Application> {
+        config.validate().map_err(|message| anyhow!(message))?;
+        crate::telemetry::prometheus();
+        tracing::info!(app = app.name(), config = %config.describe(), "starting");
+        if !config.insecure_dev && config.api_keys.is_empty() {
+            tracing::info!(
+                "authentication is on: requests need an API key from `tidemark keys create` or TIDEMARK_API_KEYS"
+            );
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let address = listener.local_addr()?;
+
+        let database = Database::open(&config.database).await?;
+        let limits = config.limits.clone();
+        let store_config = StoreConfig {
+            partitions: config.partitions,
+            limits: Limits {
+                max_event_bytes: limits.max_event_bytes,
+                max_events_per_append: limits.max_events_per_append,
+                ..Limits::default()
+            },
+            ..StoreConfig::default()
+        };
+        let store = match database
+            .open_store(config.max_connections, store_config)
+            .await
+        {
+            Ok(store) => store,
+            Err(error) => {
+                database.stop().await;
+                return Err(error);
+            }
+        };
+        let engine = ProjectionEngine::new(
+            store.clone(),
+            app.registry().clone(),
+            EngineConfig {
+                pool: config.worker_pool.clone(),
+                address: Some(address.to_string()),
+                ..EngineConfig::default()
+            },
+        );
+        if config.run_projections {
+            if let Err(error) = engine.start().await {
+                store.shutdown().await;
+                database.stop().await;
+                return Err(anyhow!("cannot start the projections: {error}"));
+            }
+            engine.spawn_metrics_reporter(Duration::from_secs(5));
+        }
+
+        let tidemark = Tidemark::new(store.clone(), engine, limits.clone());
+        let schema = app.schema(SchemaSettings {
+            limits: limits.clone(),
+            tidemark: Some(tidemark.clone()),
+        });
+        let auth = Authenticator::new(
+            config.insecure_dev,
+            &config.api_keys,
+            Some(store.pool().clone()),
+        );
+        if config.insecure_dev {
+            tracing::warn!("--insecure-dev: authentication is OFF; every caller is admin");
+        }
+        let router = http::router(AppState {
+            schema,
+            auth,
+            tidemark: tidemark.clone(),
+            ws_permits: Arc::new(Semaphore::new(limits.max_ws_connections)),
+            limits,
+            engine_running: config.run_projections,
+        });
+        Ok(Application {
+            listener,
+            address,
+            router,
+            tidemark,
+            database,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The runtime handles (store, engine, command bus).
+    pub fn tidemark(&self) -> &Tidemark {
+        &self.tidemark
+    }
+
+    pub fn store(&self) -> &EventStore {
+        self.tidemark.store()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down in order (see the module docs).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            address,
+            router,
+            tidemark,
+            database,
+            shutdown_timeout,
+        } = self;
+        tracing::info!(%address, "listening; GraphiQL at http://{address}/");
+        let stopping = tokio_util::sync::CancellationToken::new();
+        let signal = {
+            let stopping = stopping.clone();
+            let tidemark = tidemark.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new connections; draining in-flight requests");
+                // Subscriptions and WebSockets would otherwise keep the drain waiting.
+                tidemark.stop_subscriptions();
+                stopping.cancel();
+            }
+        };
+        let server = axum::serve(listener, router).with_graceful_shutdown(signal);
+        let mut server = tokio::spawn(async move { server.await });
+        let served = tokio::select! {
+            result = &mut server => Some(result),
+            _ = stopping.cancelled() => None,
+        };
+        let served = match served {
+            Some(result) => result,
+            None => match tokio::time::timeout(shutdown_timeout, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(
+                        ?shutdown_timeout,
+                        "in-flight requests did not finish in time; closing them"
+                    );
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            },
+        };
+        tidemark.stop_subscriptions();
+        tracing::info!("stopping projections (committing checkpoints)");
+        tidemark.engine().shutdown().await;
+        tidemark.wait_background(shutdown_timeout).await;
+        tracing::info!("draining the append queue");
+        tidemark.store().shutdown().await;
+        // Close idle connections before the embedded server goes, so none dies mid-way.
+        tidemark.store().pool().close();
+        database.stop().await;
+        tracing::info!("stopped");
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(anyhow!("the server failed: {error}")),
+            Err(join) => Err(anyhow!("the server task failed: {join}")),
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,597 @@
+//! The results of one run and their Markdown rendering: the main table (every Tidemark
+//! figure beside its baseline from the same run), the issue's goals, COPY vs UNNEST, the
+//! pipeline knobs, and memory under overload.
+
+use crate::env::{MachineInfo, ServerInfo};
+use crate::harness::{group, mib, Latencies};
+use crate::probe::Batches;
+use crate::workloads::OverloadRun;
+use std::fmt::Write as _;
+
+/// A throughput figure with its latency percentiles (per operation).
+#[derive(Debug, Clone, Default)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl Rate {
+    pub fn new(per_sec: f64, mut latencies: Latencies) -> Rate {
+        Rate {
+            per_sec,
+            p50_ms: latencies.percentile_ms(50.0),
+            p99_ms: latencies.percentile_ms(99.0),
+        }
+    }
+
+    fn latency(&self) -> String {
+        match (self.p50_ms, self.p99_ms) {
+            (Some(p50), Some(p99)) => format!("{} / {} ms", ms(p50), ms(p99)),
+            _ => "—".into(),
+        }
+    }
+}
+
+/// A run at a number of clients; `requested` differs from `clients` when the server's
+/// connection limit capped it.
+#[derive(Debug, Clone)]
+pub struct AtClients {
+    pub requested: usize,
+    pub clients: usize,
+    pub rate: Rate,
+    /// Group-commit figures, for Tidemark appends.
+    pub batches: Option<Batches>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HotStream {
+    pub callers: usize,
+    pub per_sec: f64,
+    pub conflicts_per_success: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub label: String,
+    pub events: u64,
+    pub per_sec: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryFigures {
+    pub label: String,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CopyVsUnnest {
+    pub rows: usize,
+    pub unnest_rows_per_sec: f64,
+    pub copy_rows_per_sec: f64,
+    pub unnest_statement_us: f64,
+    pub copy_statement_us: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Knob {
+    pub setting: String,
+    pub callers: usize,
+    pub rate: Rate,
+    pub batches: Batches,
+    pub default: bool,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub mode: String,
+    pub command: String,
+    pub started_at: String,
+    pub duration_secs: f64,
+    pub machine: Option<MachineInfo>,
+    pub server: Option<ServerInfo>,
+    pub pipeline_defaults: String,
+    pub raw_single: Vec<AtClients>,
+    pub raw_batch: Vec<AtClients>,
+    pub raw_scan: Option<Scan>,
+    pub appends: Vec<AtClients>,
+    /// 64 single-event callers on a store created a moment ago (no table statistics).
+    pub cold_appends: Option<AtClients>,
+    pub batch_appends: Vec<AtClients>,
+    pub hot: Vec<HotStream>,
+    pub scans: Vec<Scan>,
+    pub delivery: Vec<DeliveryFigures>,
+    pub delivery_rate: u32,
+    pub overload: Option<OverloadRun>,
+    pub copy_vs_unnest: Vec<CopyVsUnnest>,
+    pub knobs: Vec<Knob>,
+    pub notes: Vec<String>,
+}
+
+fn ms(value: f64) -> String {
+    if value < 10.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+fn ratio(value: f64, baseline: f64) -> String {
+    if baseline > 0.0 {
+        format!("{:.2}×", value / baseline)
+    } else {
+        "—".into()
+    }
+}
+
+/// Writes one table row.
+fn row<S: AsRef<str>, const N: usize>(out: &mut String, cells: [S; N]) {
+    out.push('|');
+    for cell in cells {
+        out.push(' ');
+        out.push_str(cell.as_ref());
+        out.push_str(" |");
+    }
+    out.push('\n');
+}
+
+fn per_tx(batches: &Batches) -> String {
+    format!(
+        "{:.1} appends, {} ms",
+        batches.mean_requests,
+        ms(batches.mean_millis)
+    )
+}
+
+fn clients(run: &AtClients) -> String {
+    if run.requested == run.clients {
+        run.clients.to_string()
+    } else {
+        format!("{} (capped from {})", run.clients, run.requested)
+    }
+}
+
+impl Report {
+    /// Raw single-row insert at the run closest to `clients` (same or capped).
+    fn raw_single_at(&self, requested: usize) -> Option<&AtClients> {
+        self.raw_single.iter().find(|r| r.requested == requested)
+    }
+
+    fn raw_batch_at(&self, requested: usize) -> Option<&AtClients> {
+        self.raw_batch.iter().find(|r| r.requested == requested)
+    }
+
+    fn raw_batch_best(&self) -> Option<&AtClients> {
+        self.raw_batch
+            .iter()
+            .max_by(|a, b| a.rate.per_sec.total_cmp(&b.rate.per_sec))
+    }
+
+    fn tidemark_at(&self, callers: usize) -> Option<&AtClients> {
+        self.appends.iter().find(|r| r.requested == callers)
+    }
+
+    fn scan(&self, label: &str) -> Option<&Scan> {
+        self.scans.iter().find(|s| s.label == label)
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        self.header(&mut out);
+        self.main_table(&mut out);
+        self.goals(&mut out);
+        self.copy_table(&mut out);
+        self.knob_table(&mut out);
+        self.overload_table(&mut out);
+        if !self.notes.is_empty() {
+            out.push_str("\n### Notes\n\n");
+            for note in &self.notes {
+                let _ = writeln!(out, "- {note}");
+            }
+        }
+        out
+    }
+
+    fn header(&self, out: &mut String) {
+        let _ = writeln!(out, "## Tidemark benchmark results ({} run)\n", self.mode);
+        let _ = writeln!(out, "- Command: `{}`", self.command);
+        let _ = writeln!(
+            out,
+            "- Started: {}; took {:.0} s",
+            self.started_at, self.duration_secs
+        );
+        if let Some(m) = &self.machine {
+            let _ = writeln!(
+                out,
+                "- Machine: {} cores ({}), {} RAM; the benchmark client and PostgreSQL share it",
+                m.cores, m.cpu, m.memory
+            );
+        }
+        if let Some(s) = &self.server {
+            let _ = writeln!(out, "- Server: {} ({})", s.version, s.origin);
+            let _ = writeln!(
+                out,
+                "- Settings: shared_buffers={}, synchronous_commit={}, fsync={}, wal_level={}, max_connections={}",
+                s.shared_buffers, s.synchronous_commit, s.fsync, s.wal_level, s.max_connections
+            );
+        }
+        let _ = writeln!(out, "- Store pipeline defaults: {}", self.pipeline_defaults);
+        out.push('\n');
+    }
+
+    fn main_table(&self, out: &mut String) {
+        out.push_str("### Results\n\n");
+        row(
+            out,
+            [
+                "Measurement",
+                "Clients",
+                "Result",
+                "p50 / p99 per op",
+                "Per transaction",
+                "Baseline (same run)",
+                "Ratio",
+            ],
+        );
+        out.push_str("|---|---:|---:|---:|---:|---|---:|\n");
+        let none = || "—".to_string();
+        for r in &self.raw_single {
+            row(
+                out,
+                [
+                    "Raw INSERT, 1 row/tx".into(),
+                    clients(r),
+                    format!("{} rows/s", group(r.rate.per_sec)),
+                    r.rate.latency(),
+                    "1 row".into(),
+                    none(),
+                    none(),
+                ],
+            );
+        }
+        for r in &self.raw_batch {
+            row(
+                out,
+                [
+                    "Raw INSERT, 100 rows/tx (UNNEST)".into(),
+                    clients(r),
+                    format!("{} rows/s", group(r.rate.per_sec)),
+                    r.rate.latency(),
+                    "100 rows".into(),
+                    none(),
+                    none(),
+                ],
+            );
+        }
+        if let Some(scan) = &self.raw_scan {
+            row(
+                out,
+                [
+                    format!("Raw SELECT scan of {} events", group(scan.events as f64)),
+                    "1".into(),
+                    format!("{} events/s", group(scan.per_sec)),
+                    none(),
+                    none(),
+                    none(),
+                    none(),
+                ],
+            );
+        }
+        let best_batch = self.raw_batch_best();
+        for r in &self.appends {
+            let single = self.raw_single_at(r.requested);
+            let (baseline, ratios) = match (single, best_batch) {
+                (Some(s), Some(b)) => (
+                    format!(
+                        "raw 1-row @{}: {}/s; raw 100-row best (@{}): {}/s",
+                        s.clients,
+                        group(s.rate.per_sec),
+                        b.clients,
+                        group(b.rate.per_sec)
+                    ),
+                    format!(
+                        "{} ; {}",
+                        ratio(r.rate.per_sec, s.rate.per_sec),
+                        ratio(r.rate.per_sec, b.rate.per_sec)
+                    ),
+                ),
+                _ => (none(), none()),
+            };
+            row(
+                out,
+                [
+                    "Tidemark `append`, 1 event, random streams".into(),
+                    r.clients.to_string(),
+                    format!("{} events/s", group(r.rate.per_sec)),
+                    r.rate.latency(),
+                    r.batches.as_ref().map_or_else(none, per_tx),
+                    baseline,
+                    ratios,
+                ],
+            );
+        }
+        if let Some(r) = &self.cold_appends {
+            let seeded = self.tidemark_at(r.requested);
+            row(
+                out,
+                [
+                    "Tidemark `append`, 1 event, on a new store without table statistics".into(),
+                    r.clients.to_string(),
+                    format!("{} events/s", group(r.rate.per_sec)),
+                    r.rate.latency(),
+                    r.batches.as_ref().map_or_else(none, per_tx),
+                    seeded.map_or_else(none, |s| {
+                        format!("same on the seeded store: {}/s", group(s.rate.per_sec))
+                    }),
+                    seeded.map_or_else(none, |s| ratio(r.rate.per_sec, s.rate.per_sec)),
+                ],
+            );
+        }
+        for r in &self.batch_appends {
+            let raw = self.raw_batch_at(r.requested);
+            row(
+                out,
+                [
+                    "Tidemark `append`, 100 events per append".into(),
+                    r.clients.to_string(),
+                    format!("{} events/s", group(r.rate.per_sec)),
+                    r.rate.latency(),
+                    r.batches.as_ref().map_or_else(none, per_tx),
+                    raw.map_or_else(none, |b| {
+                        format!("raw 100-row @{}: {}/s", b.clients, group(b.rate.per_sec))
+                    }),
+                    raw.map_or_else(none, |b| ratio(r.rate.per_sec, b.rate.per_sec)),
+                ],
+            );
+        }
+        let raw_one = self.raw_single_at(1);
+        for h in &self.hot {
+            row(
+                out,
+                [
+                    format!(
+                        "Tidemark hot stream, `Exact` + retry ({:.1} conflicts per success)",
+                        h.conflicts_per_success
+                    ),
+                    h.callers.to_string(),
+                    format!("{} events/s", group(h.per_sec)),
+                    none(),
+                    none(),
+                    raw_one.map_or_else(none, |b| {
+                        format!("raw 1-row @1: {}/s", group(b.rate.per_sec))
+                    }),
+                    raw_one.map_or_else(none, |b| ratio(h.per_sec, b.rate.per_sec)),
+                ],
+            );
+        }
+        for s in &self.scans {
+            row(
+                out,
+                [
+                    s.label.clone(),
+                    "1".into(),
+                    format!("{} events/s", group(s.per_sec)),
+                    none(),
+                    none(),
+                    self.raw_scan
+                        .as_ref()
+                        .map_or_else(none, |r| format!("raw scan: {}/s", group(r.per_sec))),
+                    self.raw_scan
+                        .as_ref()
+                        .map_or_else(none, |r| ratio(s.per_sec, r.per_sec)),
+                ],
+            );
+        }
+        for d in &self.delivery {
+            row(
+                out,
+                [
+                    format!("Append→subscriber delivery, {}", d.label),
+                    format!("1 appender @ {} ev/s", group(f64::from(self.delivery_rate))),
+                    format!(
+                        "max {} ms ({} events)",
+                        ms(d.max_ms),
+                        group(d.samples as f64)
+                    ),
+                    format!("{} / {} ms", ms(d.p50_ms), ms(d.p99_ms)),
+                    none(),
+                    none(),
+                    none(),
+                ],
+            );
+        }
+        if let Some(o) = &self.overload {
+            row(
+                out,
+                [
+                    "Peak RSS under 10× overload".into(),
+                    format!("{} callers", group(o.callers as f64)),
+                    format!(
+                        "{} at queue full → {} at end (peak {})",
+                        o.rss_at_full.map_or_else(|| "queue never full".into(), mib),
+                        mib(o.rss_end),
+                        mib(o.rss_peak)
+                    ),
+                    none(),
+                    none(),
+                    format!("RSS idle: {}", mib(o.rss_idle)),
+                    none(),
+                ],
+            );
+        }
+        out.push('\n');
+    }
+
+    fn goals(&self, out: &mut String) {
+        out.push_str("### Goals (issue #3)\n\n");
+        out.push_str("| Goal | Target | Reached | Met |\n|---|---|---|---|\n");
+        let yes = |ok: bool| if ok { "yes" } else { "**no**" };
+        if let (Some(t), Some(s)) = (self.tidemark_at(64), self.raw_single_at(64)) {
+            let x = t.rate.per_sec / s.rate.per_sec;
+            let _ = writeln!(
+                out,
+                "| 64 single-event appenders vs raw 1-row insert @{} | ≥ 3× | {x:.2}× ({} vs {}/s) | {} |",
+                s.clients,
+                group(t.rate.per_sec),
+                group(s.rate.per_sec),
+                yes(x >= 3.0)
+            );
+        }
+        if let (Some(t), Some(b)) = (self.tidemark_at(64), self.raw_batch_best()) {
+            let x = t.rate.per_sec / b.rate.per_sec;
+            let _ = writeln!(
+                out,
+                "| 64 single-event appenders vs raw 100-row batches (best, @{}) | ≥ 50 % | {:.0} % ({} vs {}/s) | {} |",
+                b.clients,
+                x * 100.0,
+                group(t.rate.per_sec),
+                group(b.rate.per_sec),
+                yes(x >= 0.5)
+            );
+        }
+        if let Some(raw) = &self.raw_scan {
+            for label in [SCAN_READ_LOG, SCAN_SUBSCRIBE] {
+                if let Some(s) = self.scan(label) {
+                    let x = s.per_sec / raw.per_sec;
+                    let _ = writeln!(
+                        out,
+                        "| {label} vs raw scan | ≥ 70 % | {:.0} % | {} |",
+                        x * 100.0,
+                        yes(x >= 0.7)
+                    );
+                }
+            }
+        }
+        for d in &self.delivery {
+            let _ = writeln!(
+                out,
+                "| Delivery p99 at {} ev/s, {} | ≤ 50 ms | {} ms | {} |",
+                group(f64::from(self.delivery_rate)),
+                d.label,
+                ms(d.p99_ms),
+                yes(d.p99_ms <= 50.0)
+            );
+        }
+        if let Some(o) = &self.overload {
+            match (o.rss_at_full, o.rss_saturated) {
+                (Some(at_full), Some(saturated)) => {
+                    let growth = o.rss_end as i64 - saturated as i64;
+                    let bounded = growth <= (saturated / 10) as i64;
+                    let _ = writeln!(
+                        out,
+                        "| Memory bounded under 10× overload | no growth after the queue is full | {} when the queue filled, {} once every caller was waiting, {} at the end ({:+.1} MiB) | {} |",
+                        mib(at_full),
+                        mib(saturated),
+                        mib(o.rss_end),
+                        growth as f64 / (1024.0 * 1024.0),
+                        yes(bounded)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        out,
+                        "| Memory bounded under 10× overload | no growth after the queue is full | the queue never filled with every caller waiting | **no** |"
+                    );
+                }
+            }
+        }
+        out.push('\n');
+    }
+
+    fn copy_table(&self, out: &mut String) {
+        if self.copy_vs_unnest.is_empty() {
+            return;
+        }
+        out.push_str("### Batch insert: `COPY FROM STDIN BINARY` vs `INSERT ... SELECT FROM unnest(...)`\n\n");
+        out.push_str("One connection, one transaction per batch (BEGIN, insert, COMMIT), into the raw copy of `events`.\n\n");
+        out.push_str("| Rows per batch | UNNEST rows/s | COPY rows/s | COPY / UNNEST | UNNEST statement | COPY statement |\n");
+        out.push_str("|---:|---:|---:|---:|---:|---:|\n");
+        for c in &self.copy_vs_unnest {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} µs | {} µs |",
+                c.rows,
+                group(c.unnest_rows_per_sec),
+                group(c.copy_rows_per_sec),
+                ratio(c.copy_rows_per_sec, c.unnest_rows_per_sec),
+                group(c.unnest_statement_us),
+                group(c.copy_statement_us)
+            );
+        }
+        out.push('\n');
+    }
+
+    fn knob_table(&self, out: &mut String) {
+        if self.knobs.is_empty() {
+            return;
+        }
+        out.push_str("### Pipeline settings (single-event appends, random streams)\n\n");
+        out.push_str(
+            "| Setting | Callers | events/s | p50 / p99 per append | Per transaction |\n|---|---:|---:|---:|---:|\n",
+        );
+        for k in &self.knobs {
+            let _ = writeln!(
+                out,
+                "| {}{} | {} | {} | {} | {} |",
+                k.setting,
+                if k.default { " (default)" } else { "" },
+                k.callers,
+                group(k.rate.per_sec),
+                k.rate.latency(),
+                per_tx(&k.batches)
+            );
+        }
+        out.push('\n');
+    }
+
+    fn overload_table(&self, out: &mut String) {
+        let Some(o) = &self.overload else { return };
+        out.push_str("### Memory under overload\n\n");
+        row(
+            out,
+            [
+                "Callers",
+                "Appends ok",
+                "Overloaded",
+                "ok events/s (saturated)",
+                "RSS idle",
+                "RSS callers ready",
+                "RSS queue first full",
+                "RSS all callers waiting",
+                "RSS half-way",
+                "RSS peak",
+                "RSS at end",
+            ],
+        );
+        out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        let at = |rss: Option<u64>, after: Option<std::time::Duration>| match (rss, after) {
+            (Some(rss), Some(after)) => format!("{} (at {:.2} s)", mib(rss), after.as_secs_f64()),
+            _ => "never".into(),
+        };
+        row(
+            out,
+            [
+                group(o.callers as f64),
+                group(o.ok as f64),
+                group(o.overloaded as f64),
+                group(o.ok_events_per_sec),
+                mib(o.rss_idle),
+                mib(o.rss_ready),
+                at(o.rss_at_full, o.full_after),
+                at(o.rss_saturated, o.saturated_after),
+                mib(o.rss_half),
+                mib(o.rss_peak),
+                mib(o.rss_end),
+            ],
+        );
+        out.push('\n');
+    }
+}
+
+pub const SCAN_READ_LOG: &str = "`read_log`, pages of 1,000";
+pub const SCAN_READ_LOG_BIG: &str = "`read_log`, pages of 10,000";
+pub const SCAN_SUBSCRIBE: &str = "`subscribe` catch-up from 0";

@@ -1,0 +1,370 @@
+//! The bank's GraphQL objects, merged with Tidemark's built-in schema: commands as
+//! mutations (each returns the position to wait for) and read models as queries.
+//!
+//! Read-your-writes: a mutation returns `position`; a following query can put
+//! `@waitFor(projection: "account_balances", position: <it>)` on the field it reads.
+
+use crate::domain::{
+    self, Account, AccountCommand, Customer, CustomerCommand, Order, OrderCommand,
+};
+use async_graphql::{Context, Object, Result, SimpleObject};
+use tidemark_api::{ApiError, Role, RoleGuard, Tidemark};
+use tidemark_store::aggregate::CommandOutcome;
+use tidemark_store::StoreError;
+
+/// What a command did.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct CommandResult {
+    pub stream_id: String,
+    /// The stream's version after the command.
+    pub stream_version: Option<i64>,
+    /// Global position of the last event written (0 when nothing changed): pass it to
+    /// `@waitFor` to read your own write.
+    pub position: i64,
+    /// Whether the command wrote events (false when it changed nothing).
+    pub changed: bool,
+}
+
+impl From<CommandOutcome> for CommandResult {
+    fn from(outcome: CommandOutcome) -> Self {
+        CommandResult {
+            position: outcome.position(),
+            changed: outcome.append.as_ref().is_some_and(|a| !a.all_duplicates()),
+            stream_id: outcome.stream_id,
+            stream_version: outcome.stream_version,
+        }
+    }
+}
+
+/// An account as the `account_balances` read model has it.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct AccountView {
+    pub id: String,
+    pub owner: Option<String>,
+    /// In cents.
+    pub balance: i64,
+    /// Version of the last event applied to this row.
+    pub version: i64,
+}
+
+/// An order as the `orders` read model has it.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct OrderView {
+    pub id: String,
+    pub customer_id: String,
+    pub account_id: String,
+    pub amount: i64,
+    /// placed | paid | shipped | cancelled
+    pub status: String,
+}
+
+/// Events and amounts per category and type, over every stream (`category_totals`).
+#[derive(SimpleObject, Debug, Clone)]
+pub struct CategoryTotal {
+    pub category: String,
+    pub event_type: String,
+    pub events: i64,
+    pub amount: i64,
+}
+
+/// A connection for reading read models.
+async fn read_client(ctx: &Context<'_>) -> Result<deadpool_postgres::Object> {
+    let pool = Tidemark::from_ctx(ctx)?.store().pool();
+    Ok(pool
+        .get()
+        .await
+        .map_err(|e| ApiError::from(StoreError::from(e)))?)
+}
+
+fn positive_limit(first: i32) -> Result<i64> {
+    if !(1..=1000).contains(&first) {
+        return Err(ApiError::bad_input("first", "first must be between 1 and 1000").into());
+    }
+    Ok(i64::from(first))
+}
+
+/// Queries of the bank's read models.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BankQuery;
+
+#[Object]
+impl BankQuery {
+    /// One account's balance.
+    #[graphql(guard = "RoleGuard(Role::Read)")]
+    async fn account(&self, ctx: &Context<'_>, id: String) -> Result<Option<AccountView>> {
+        let client = read_client(ctx).await?;
+        let row = client
+            .query_opt(
+                "SELECT account_id, owner, balance, version FROM rm_account_balances.balances WHERE account_id = $1",
+                &[&Account::stream_id_of(&id)],
+            )
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(row.map(|r| AccountView {
+            id: id.clone(),
+            owner: r.get(1),
+            balance: r.get(2),
+            version: r.get(3),
+        }))
+    }
+
+    /// Accounts, largest balance first.
+    #[graphql(guard = "RoleGuard(Role::Read)")]
+    async fn accounts(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 50)] first: i32,
+    ) -> Result<Vec<AccountView>> {
+        let limit = positive_limit(first)?;
+        let client = read_client(ctx).await?;
+        let rows = client
+            .query(
+                "SELECT account_id, owner, balance, version FROM rm_account_balances.balances
+                  ORDER BY balance DESC, account_id LIMIT $1",
+                &[&limit],
+            )
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(rows
+            .iter()
+            .map(|r| AccountView {
+                id: r
+                    .get::<_, String>(0)
+                    .trim_start_matches("account-")
+                    .to_string(),
+                owner: r.get(1),
+                balance: r.get(2),
+                version: r.get(3),
+            })
+            .collect())
+    }
+
+    /// One order.
+    #[graphql(guard = "RoleGuard(Role::Read)")]
+    async fn order(&self, ctx: &Context<'_>, id: String) -> Result<Option<OrderView>> {
+        Ok(self
+            .orders_where(ctx, Some(id), None, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Orders, newest change first, optionally only those with `status`.
+    #[graphql(guard = "RoleGuard(Role::Read)")]
+    async fn orders(
+        &self,
+        ctx: &Context<'_>,
+        status: Option<String>,
+        #[graphql(default = 50)] first: i32,
+    ) -> Result<Vec<OrderView>> {
+        self.orders_where(ctx, None, status, positive_limit(first)?)
+            .await
+    }
+
+    /// Event counts and amount sums per category and event type, across all streams.
+    #[graphql(guard = "RoleGuard(Role::Read)")]
+    async fn category_totals(&self, ctx: &Context<'_>) -> Result<Vec<CategoryTotal>> {
+        let client = read_client(ctx).await?;
+        let rows = client
+            .query(
+                "SELECT category, event_type, events, amount FROM rm_category_totals.totals ORDER BY category, event_type",
+                &[],
+            )
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(rows
+            .iter()
+            .map(|r| CategoryTotal {
+                category: r.get(0),
+                event_type: r.get(1),
+                events: r.get(2),
+                amount: r.get(3),
+            })
+            .collect())
+    }
+}
+
+impl BankQuery {
+    async fn orders_where(
+        &self,
+        ctx: &Context<'_>,
+        id: Option<String>,
+        status: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<OrderView>> {
+        let client = read_client(ctx).await?;
+        let rows = client
+            .query(
+                "SELECT order_id, customer_id, account_id, amount, status FROM rm_orders.orders
+                  WHERE ($1::text IS NULL OR order_id = $1) AND ($2::text IS NULL OR status = $2)
+                  ORDER BY updated_position DESC LIMIT $3",
+                &[&id, &status, &limit],
+            )
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(rows
+            .iter()
+            .map(|r| OrderView {
+                id: r.get(0),
+                customer_id: r.get(1),
+                account_id: r.get(2),
+                amount: r.get(3),
+                status: r.get(4),
+            })
+            .collect())
+    }
+}
+
+/// The bank's commands. Each refuses what breaks a rule with code `REJECTED` and a sentence.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BankMutation;
+
+#[Object]
+impl BankMutation {
+    /// Registers a customer (once; the email must look like one).
+    #[graphql(guard = "RoleGuard(Role::Append)")]
+    async fn register_customer(
+        &self,
+        ctx: &Context<'_>,
+        customer_id: String,
+        name: String,
+        email: String,
+    ) -> Result<CommandResult> {
+        let command = CustomerCommand::Register {
+            customer_id: customer_id.clone(),
+            name,
+            email,
+        };
+        run::<Customer>(ctx, &customer_id, &command).await
+    }
+
+    /// Opens an account for `owner`.
+    #[graphql(guard = "RoleGuard(Role::Append)")]
+    async fn open_account(
+        &self,
+        ctx: &Context<'_>,
+        account_id: String,
+        owner: String,
+    ) -> Result<CommandResult> {
+        let command = AccountCommand::Open {
+            account_id: account_id.clone(),
+            owner,
+        };
+        run::<Account>(ctx, &account_id, &command).await
+    }
+
+    /// Deposits `amount` cents.
+    #[graphql(guard = "RoleGuard(Role::Append)")]
+    async fn deposit(
+        &self,
+        ctx: &Context<'_>,
+        account_id: String,
+        amount: i64,
+    ) -> Result<CommandResult> {
+        run::<Account>(ctx, &account_id, &AccountCommand::Deposit { amount }).await
+    }
+
+    /// Withdraws `amount` cents; never below zero.
+    #[graphql(guard = "RoleGuard(Role::Append)")]
+    async fn withdraw(
+        &self,
+        ctx: &Context<'_>,
+        account_id: String,
+        amount: i64,
+    ) -> Result<CommandResult> {
+        run::<Account>(ctx, &account_id, &AccountCommand::Withdraw { amount }).await
+    }
+
+    /// Closes an account with a zero balance.
+    #[graphql(guard = "RoleGuard(Role::Append)")]
+    async fn close_account(&self, ctx: &Context<'_>, account_id: String) -> Result<CommandResult> {
+        run::<Account>(ctx, &account_id, &AccountCommand::Close).await
+    }
+
+    /// Places an order for a registered customer, to be paid from an open account.
+    #[graphql(guard = "RoleGuard(Role::Append)")]
+    async fn place_order(
+        &self,
+        ctx: &Context<'_>,
+        order_id: String,
+        customer_id: String,
+        account_id: String,
+        amount: i64,
+    ) -> Result<CommandResult> {
+        let bus = Tidemark::from_ctx(ctx)?.commands();
+        let (customer, _) = bus
+            .load::<Customer>(&customer_id)
+            .await
+            .map_err(ApiError::from)?;
+        if customer.id.is_none() {
+            return Err(ApiError::rejected(
+                domain::BankError::UnknownCustomer(customer_id).to_string(),
+            )
+            .into());
+        }
+        let (account, _) = bus
+            .load::<Account>(&account_id)
+            .await
+            .map_err(ApiError::from)?;
+        if account.id.is_none() || account.closed {
+            return Err(ApiError::rejected(
+                domain::BankError::UnknownAccount(account_id).to_string(),
+            )
+            .into());
+        }
+        let command = OrderCommand::Place {
+            order_id: order_id.clone(),
+            customer_id,
+            account_id,
+            amount,
+        };
+        run::<Order>(ctx, &order_id, &command).await
+    }
+
+    /// Pays an order from its account (no overdraft; safe to retry).
+    #[graphql(guard = "RoleGuard(Role::Append)")]
+    async fn pay_order(&self, ctx: &Context<'_>, order_id: String) -> Result<CommandResult> {
+        let bus = Tidemark::from_ctx(ctx)?.commands();
+        Ok(domain::pay_order(bus, &order_id)
+            .await
+            .map_err(ApiError::from)?
+            .into())
+    }
+
+    /// Ships a paid order.
+    #[graphql(guard = "RoleGuard(Role::Append)")]
+    async fn ship_order(&self, ctx: &Context<'_>, order_id: String) -> Result<CommandResult> {
+        run::<Order>(ctx, &order_id, &OrderCommand::Ship).await
+    }
+
+    /// Cancels an order that has not shipped.
+    #[graphql(guard = "RoleGuard(Role::Append)")]
+    async fn cancel_order(&self, ctx: &Context<'_>, order_id: String) -> Result<CommandResult> {
+        run::<Order>(ctx, &order_id, &OrderCommand::Cancel).await
+    }
+}
+
+async fn run<A>(ctx: &Context<'_>, id: &str, command: &A::Command) -> Result<CommandResult>
+where
+    A: tidemark_store::aggregate::Aggregate,
+{
+    if id.is_empty() || id.len() > 100 || id.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_input("id", "ids must be 1 to 100 printable characters").into());
+    }
+    let bus = Tidemark::from_ctx(ctx)?.commands();
+    Ok(bus
+        .execute::<A>(id, command)
+        .await
+        .map_err(ApiError::from)?
+        .into())
+}
+
+trait StreamIdOf {
+    fn stream_id_of(id: &str) -> String;
+}
+
+impl<A: tidemark_store::aggregate::Aggregate> StreamIdOf for A {
+    fn stream_id_of(id: &str) -> String {
+        A::stream_id(id)
+    }
+}

@@ -1,0 +1,10 @@
+//! The bank example as a Tidemark server: `cargo run -p tidemark-example-bank -- serve`.
+//! Every `tidemark` command works here too (`migrate`, `projections`, `events`, `keys`).
+
+use std::sync::Arc;
+
+fn main() -> anyhow::Result<()> {
+    tidemark_api::cli::run(tidemark_example_bank::app(Arc::new(
+        tidemark_example_bank::LogAlerts,
+    )))
+}
