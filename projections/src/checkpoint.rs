@@ -38,7 +38,8 @@ pub(crate) async fn lock_and_check(
         // A worker paused inside this transaction (SIGSTOP, a stall) must not keep its locks
         // forever: the server ends the session once it has idled past the limit.
         tx.batch_execute(&format!(
-            "SET LOCAL idle_in_transaction_session_timeout = {LEASED_TRANSACTION_IDLE_LIMIT_MS}"
+            "SET LOCAL idle_in_transaction_session_timeout = {}",
+            fence.idle_limit.as_millis().max(1)
         ))
         .await
         .map_err(EngineError::db("limiting idle time"))?;
@@ -75,9 +76,6 @@ pub(crate) async fn lock_and_check(
     }
     Ok(true)
 }
-
-/// Longest a leased batch transaction may sit idle before the server ends it.
-const LEASED_TRANSACTION_IDLE_LIMIT_MS: u64 = 5_000;
 
 /// Does this lane still hold its lease (owner, epoch, not expired by the clock now)? Checked
 /// first and again just before COMMIT, so a lane that lost its lease while paused cannot

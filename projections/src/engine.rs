@@ -173,7 +173,7 @@ impl ProjectionEngine {
     /// version is rebuilt in the background while the old read model keeps serving) and starts
     /// one lane per partition. Returns once the lanes are started.
     pub async fn start(&self) -> Result<()> {
-        crate::workers::register(&self.inner.store, &self.inner.identity).await?;
+        crate::workers::register(self.inner.store.pool(), &self.inner.identity).await?;
         for projection in self.local_projections() {
             match self.register(&projection).await? {
                 Registration::Current => self.activate(&projection).await?,
@@ -251,6 +251,7 @@ impl ProjectionEngine {
     ) -> tokio::task::JoinHandle<()> {
         let (progress, progress_rx) = watch::channel(LaneProgress::default());
         let name = projection.name().to_string();
+        let own_progress = progress_rx.clone();
         self.lanes_mut()
             .insert((name.clone(), partition), progress_rx);
         let processed = self.inner.processed.clone();
@@ -274,7 +275,15 @@ impl ProjectionEngine {
         let engine = self.clone();
         self.inner.tasks.spawn(async move {
             engine.supervise(lane, stop).await;
-            engine.lanes_mut().remove(&(name, partition));
+            // A newer lane of the same partition (re-claimed while this one was ending)
+            // keeps its entry.
+            let mut lanes = engine.lanes_mut();
+            if lanes
+                .get(&(name.clone(), partition))
+                .is_some_and(|current| current.same_channel(&own_progress))
+            {
+                lanes.remove(&(name, partition));
+            }
         })
     }
 

@@ -16,13 +16,17 @@ pub struct LeaseToken {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Fence {
     pub lease: Option<LeaseToken>,
+    /// How long a batch transaction under this lease may sit idle before the server ends
+    /// it: the lease's time to live, after which someone else may own the partition.
+    pub idle_limit: std::time::Duration,
     lost: Arc<AtomicBool>,
 }
 
 impl Fence {
-    pub fn with_lease(lease: LeaseToken) -> Self {
+    pub fn with_lease(lease: LeaseToken, idle_limit: std::time::Duration) -> Self {
         Fence {
             lease: Some(lease),
+            idle_limit,
             lost: Arc::default(),
         }
     }

@@ -9,6 +9,7 @@ use crate::engine::ProjectionEngine;
 use crate::error::{EngineError, Result};
 use crate::fence::{Fence, LeaseToken};
 use crate::scaling::{desired_workers, Demand, ScalingSignal};
+use deadpool_postgres::Pool;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tidemark_store::Position;
@@ -23,6 +24,9 @@ struct OwnedLane {
 
 pub(crate) struct Coordinator {
     engine: ProjectionEngine,
+    /// The coordinator's own connections: lanes blocked on locks can exhaust the shared
+    /// pool, and heartbeats and renewals must not wait behind them.
+    pool: Pool,
     owned: BTreeMap<(String, i16), OwnedLane>,
     last_head: Option<(Position, Instant)>,
     last_processed: Option<(u64, Instant)>,
@@ -33,8 +37,11 @@ pub(crate) struct Coordinator {
 
 impl Coordinator {
     pub fn new(engine: ProjectionEngine) -> Self {
+        let pool = tidemark_store::build_pool(engine.store().pg_config().clone(), 2)
+            .unwrap_or_else(|_| engine.store().pool().clone());
         Coordinator {
             engine,
+            pool,
             owned: BTreeMap::new(),
             last_head: None,
             last_processed: None,
@@ -67,7 +74,7 @@ impl Coordinator {
             let _ = lane.handle.await;
             let _ = self.release(&projection, partition, lane.token).await;
         }
-        let _ = crate::workers::deregister(self.engine.store(), &self.engine.inner.identity).await;
+        let _ = crate::workers::deregister(&self.pool, &self.engine.inner.identity).await;
     }
 
     async fn tick(&mut self) -> Result<()> {
@@ -76,7 +83,7 @@ impl Coordinator {
         let config = engine.config().clone();
         let me = engine.inner.identity.id;
         let live = crate::workers::heartbeat(
-            store,
+            &self.pool,
             &engine.inner.identity,
             config.worker_timeout,
             engine.total_concurrency() as i32,
@@ -130,11 +137,11 @@ impl Coordinator {
                 for partition in mine.iter().rev().take(mine.len() - share) {
                     if let Some(lane) = self.owned.remove(&(name.clone(), *partition)) {
                         lane.stop.cancel();
-                        let store = store.clone();
+                        let pool = self.pool.clone();
                         let (name, partition) = (name.clone(), *partition);
                         engine.inner.tasks.spawn(async move {
                             let _ = lane.handle.await;
-                            if let Err(error) = release(&store, &name, partition, lane.token).await {
+                            if let Err(error) = release(&pool, &name, partition, lane.token).await {
                                 tracing::warn!(projection = %name, partition, %error, "could not release a lease; it will expire");
                             }
                         });
@@ -150,7 +157,7 @@ impl Coordinator {
                     let handle = engine.spawn_lane(
                         projection.clone(),
                         partition,
-                        Fence::with_lease(token),
+                        Fence::with_lease(token, config.lease_ttl),
                         stop.clone(),
                     );
                     self.owned.insert(
@@ -169,7 +176,7 @@ impl Coordinator {
     }
 
     async fn renew(&self, me: Uuid, ttl: Duration) -> Result<HashMap<(String, i16), i64>> {
-        let client = self.engine.store().pool().get().await?;
+        let client = self.pool.get().await?;
         let rows = client
             .query(
                 "UPDATE projection_leases SET expires_at = now() + make_interval(secs => $2)
@@ -192,7 +199,7 @@ impl Coordinator {
         count: usize,
         ttl: Duration,
     ) -> Result<Vec<(i16, i64)>> {
-        let client = self.engine.store().pool().get().await?;
+        let client = self.pool.get().await?;
         // SKIP LOCKED: two workers claiming at once take different partitions. NO KEY UPDATE,
         // not UPDATE: an open batch transaction of the previous owner holds KEY SHARE on the
         // row (its lease check); FOR UPDATE would conflict with it and skip the partition
@@ -220,7 +227,7 @@ impl Coordinator {
     }
 
     async fn release(&self, projection: &str, partition: i16, token: LeaseToken) -> Result<()> {
-        release(self.engine.store(), projection, partition, token).await
+        release(&self.pool, projection, partition, token).await
     }
 
     /// Recomputes the adaptive concurrency and the `desired_workers` signal.
@@ -306,13 +313,8 @@ impl Coordinator {
 
 /// Gives a lease back (if it is still ours under `token`) so another worker can claim it at
 /// once.
-async fn release(
-    store: &tidemark_store::EventStore,
-    projection: &str,
-    partition: i16,
-    token: LeaseToken,
-) -> Result<()> {
-    let client = store.pool().get().await?;
+async fn release(pool: &Pool, projection: &str, partition: i16, token: LeaseToken) -> Result<()> {
+    let client = pool.get().await?;
     client
         .execute(
             "UPDATE projection_leases SET owner = NULL, expires_at = '-infinity'

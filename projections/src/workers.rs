@@ -4,6 +4,7 @@
 
 use crate::error::{EngineError, Result};
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
 use std::time::Duration;
 use tidemark_store::EventStore;
 use uuid::Uuid;
@@ -57,8 +58,8 @@ impl WorkerIdentity {
     }
 }
 
-pub(crate) async fn register(store: &EventStore, me: &WorkerIdentity) -> Result<()> {
-    let client = store.pool().get().await?;
+pub(crate) async fn register(pool: &Pool, me: &WorkerIdentity) -> Result<()> {
+    let client = pool.get().await?;
     client
         .execute(
             "INSERT INTO workers (id, host, pid, address, pool, version) VALUES ($1, $2, $3, $4, $5, $6)
@@ -72,12 +73,12 @@ pub(crate) async fn register(store: &EventStore, me: &WorkerIdentity) -> Result<
 
 /// Heartbeats and returns the ids of the live workers of `pool`, sorted.
 pub(crate) async fn heartbeat(
-    store: &EventStore,
+    pool: &Pool,
     me: &WorkerIdentity,
     timeout: Duration,
     concurrency: i32,
 ) -> Result<Vec<Uuid>> {
-    let client = store.pool().get().await?;
+    let client = pool.get().await?;
     let updated = client
         .execute(
             "UPDATE workers SET heartbeat_at = now(), stopped_at = NULL, concurrency = $2 WHERE id = $1",
@@ -86,10 +87,9 @@ pub(crate) async fn heartbeat(
         .await
         .map_err(EngineError::db("heartbeating"))?;
     if updated == 0 {
-        drop(client);
-        register(store, me).await?;
+        // Our entry is gone (cleaned up by an operator): register again.
+        register(pool, me).await?;
     }
-    let client = store.pool().get().await?;
     let rows = client
         .query(
             "SELECT id FROM workers
@@ -102,8 +102,8 @@ pub(crate) async fn heartbeat(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-pub(crate) async fn deregister(store: &EventStore, me: &WorkerIdentity) -> Result<()> {
-    let client = store.pool().get().await?;
+pub(crate) async fn deregister(pool: &Pool, me: &WorkerIdentity) -> Result<()> {
+    let client = pool.get().await?;
     client
         .execute(
             "UPDATE workers SET stopped_at = now() WHERE id = $1",
