@@ -90,7 +90,8 @@ pub async fn run(client: &mut Client) -> Result<MigrationReport> {
     Ok(report)
 }
 
-async fn apply_pending(client: &mut Client) -> Result<MigrationReport> {
+/// Versions recorded in the database, each checked against this build's file.
+async fn applied_versions(client: &Client) -> Result<Vec<i32>> {
     let rows = client
         .query(
             "SELECT version, name, checksum FROM tidemark_migrations ORDER BY version",
@@ -98,7 +99,7 @@ async fn apply_pending(client: &mut Client) -> Result<MigrationReport> {
         )
         .await
         .map_err(StoreError::db("reading applied migrations"))?;
-    let mut report = MigrationReport::default();
+    let mut applied = Vec::with_capacity(rows.len());
     for row in &rows {
         let version: i32 = row.get(0);
         let name: String = row.get(1);
@@ -117,8 +118,42 @@ async fn apply_pending(client: &mut Client) -> Result<MigrationReport> {
                 known.name
             )));
         }
-        report.already_applied.push(version);
+        applied.push(version);
     }
+    Ok(applied)
+}
+
+/// Checks, without changing anything, that the database has exactly this build's
+/// migrations with matching checksums (for processes started with migrations disabled).
+pub async fn verify(client: &Client) -> Result<()> {
+    let applied = match applied_versions(client).await {
+        Err(StoreError::Database { source, .. })
+            if source.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+        {
+            Vec::new()
+        }
+        other => other?,
+    };
+    let pending: Vec<String> = MIGRATIONS
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| format!("{} ({})", m.version, m.name))
+        .collect();
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Migration(format!(
+            "the database lacks migrations {}; run `tidemark migrate`",
+            pending.join(", ")
+        )))
+    }
+}
+
+async fn apply_pending(client: &mut Client) -> Result<MigrationReport> {
+    let mut report = MigrationReport {
+        already_applied: applied_versions(client).await?,
+        ..MigrationReport::default()
+    };
     for migration in MIGRATIONS {
         if report.already_applied.contains(&migration.version) {
             continue;

@@ -82,10 +82,8 @@ impl EventStore {
         })?;
         if config.migrate {
             migrate::run(&mut client).await?;
-        } else if !migrate::is_up_to_date(&client).await? {
-            return Err(StoreError::Migration(
-                "the database is not migrated to this version; run `tidemark migrate`".into(),
-            ));
+        } else {
+            migrate::verify(&client).await?;
         }
         let partitions = i32::from(config.partitions.max(1));
         client

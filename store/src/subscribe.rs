@@ -65,6 +65,11 @@ pub(crate) fn subscribe_pages(
     options: SubscribeOptions,
 ) -> impl Stream<Item = Result<Page>> + Send + 'static {
     let head = store.head_watch();
+    // A page size of 0 would never come back "short" and would re-query forever.
+    let options = SubscribeOptions {
+        page_size: options.page_size.max(1),
+        ..options
+    };
     let state = PageState {
         store,
         options,

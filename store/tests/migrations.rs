@@ -141,6 +141,17 @@ async fn a_tampered_migration_checksum_makes_open_fail_with_a_migration_error() 
         message.contains("migration 1"),
         "the message names the migration: {message}"
     );
+    // A process that does not migrate (e.g. a worker started after `tidemark migrate`)
+    // checks the recorded history just the same.
+    let without_migrating = StoreConfig {
+        migrate: false,
+        ..StoreConfig::default()
+    };
+    let message = open_fails_with_migration_error(&db, without_migrating).await;
+    assert!(
+        message.contains("migration 1"),
+        "the message names the migration: {message}"
+    );
 }
 
 #[tokio::test]
