@@ -41,6 +41,7 @@ pub(crate) struct AppState {
     pub tidemark: Tidemark,
     pub limits: ApiLimits,
     pub ws_permits: Arc<Semaphore>,
+    /// Whether this process runs projections (`--no-projections` turns them off).
     pub engine_running: bool,
 }
 
@@ -247,7 +248,8 @@ async fn ready(State(state): State<AppState>) -> Response {
         }
         Err(_) => (false, false),
     };
-    let engine = state.engine_running && !state.tidemark.engine().shutdown_token().is_cancelled();
+    // An API-only node (projections off) has no engine to wait for.
+    let engine = !state.engine_running || !state.tidemark.engine().shutdown_token().is_cancelled();
     let is_ready = database && migrations && engine;
     let status = if is_ready {
         StatusCode::OK
@@ -257,6 +259,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     let body = json!({
         "status": if is_ready { "ready" } else { "not ready" },
         "checks": { "database": database, "migrations": migrations, "engine": engine },
+        "projections": if state.engine_running { "on" } else { "off" },
     });
     (status, Json(body)).into_response()
 }

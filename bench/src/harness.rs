@@ -157,6 +157,7 @@ pub fn rss_bytes() -> Option<u64> {
 /// The progress display: one bar over all phases and one line for the running phase.
 /// When stderr is not a terminal the bars are hidden and each result is printed as a line.
 pub struct Progress {
+    started: Instant,
     multi: MultiProgress,
     overall: ProgressBar,
     phase: ProgressBar,
@@ -178,6 +179,7 @@ impl Progress {
         );
         phase.enable_steady_tick(Duration::from_millis(120));
         Progress {
+            started: Instant::now(),
             multi,
             overall,
             phase,
@@ -203,10 +205,11 @@ impl Progress {
     }
 
     pub fn log(&self, line: &str) {
+        let line = format!("[{:6.1}s] {line}", self.started.elapsed().as_secs_f64());
         if self.multi.is_hidden() {
             eprintln!("{line}");
         } else {
-            let _ = self.multi.println(line);
+            let _ = self.multi.println(&line);
         }
     }
 
