@@ -284,25 +284,13 @@ impl Tidemark {
         position: Position,
         timeout: Duration,
     ) -> Result<bool, ApiError> {
-        let deadline = tokio::time::Instant::now() + timeout.min(self.inner.limits.max_wait);
-        self.engine().projection(projection)?;
-        let mut head = self.store().head_watch();
-        while *head.borrow_and_update() < position {
-            // The watch may lag the database briefly; ask the database before giving up.
-            if self.store().head_position().await? >= position {
-                break;
-            }
-            let tick = tokio::time::sleep(Duration::from_millis(50));
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return Ok(false),
-                _ = head.changed() => {}
-                _ = tick => {}
-            }
-        }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         Ok(self
             .engine()
-            .wait_for_position(projection, position, left)
+            .wait_for_position(
+                projection,
+                position,
+                timeout.min(self.inner.limits.max_wait),
+            )
             .await?)
     }
 

@@ -13,6 +13,7 @@
 mod events;
 mod keys;
 mod projections;
+mod workers;
 
 use crate::auth::ConfiguredKey;
 use crate::config::{ApiLimits, DatabaseConfig, ServerConfig};
@@ -82,6 +83,13 @@ pub enum Command {
         #[command(subcommand)]
         command: events::EventsCommand,
     },
+    /// List the worker processes (alive and recently gone) with the partitions each holds,
+    /// and the desired number of workers per pool.
+    Workers {
+        /// A worker whose last heartbeat is older than this (ms) is shown as dead.
+        #[arg(long, env = "TIDEMARK_WORKER_TIMEOUT_MS", default_value_t = 10_000)]
+        worker_timeout_ms: u64,
+    },
     /// Manage API keys (stored hashed; a new key is shown once).
     Keys {
         #[command(subcommand)]
@@ -110,6 +118,15 @@ pub struct ServeArgs {
     /// pinned to another pool.
     #[arg(long, env = "TIDEMARK_POOL", default_value = "default")]
     pub pool: String,
+
+    /// How long a partition lease lasts without renewal, in milliseconds. A killed worker's
+    /// partitions are taken over after at most this plus a third of it.
+    #[arg(long, env = "TIDEMARK_LEASE_TTL_MS", default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
+
+    /// A worker whose heartbeat is older than this (ms) is dead; its share is redistributed.
+    #[arg(long, env = "TIDEMARK_WORKER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub worker_timeout_ms: u64,
 
     /// Do not run projections in this process (an API-only node).
     #[arg(long, env = "TIDEMARK_NO_PROJECTIONS")]
@@ -173,6 +190,8 @@ impl ServeArgs {
             max_connections: self.max_connections,
             partitions: self.partitions,
             worker_pool: self.pool.clone(),
+            lease_ttl: Duration::from_millis(self.lease_ttl_ms.max(300)),
+            worker_timeout: Duration::from_millis(self.worker_timeout_ms.max(300)),
             run_projections: !self.no_projections,
             insecure_dev: self.insecure_dev,
             api_keys,
@@ -234,6 +253,10 @@ async fn dispatch(cli: Cli, app: TidemarkApp) -> anyhow::Result<()> {
             with_store(&database, |store| events::run(command, store)).await
         }
         Command::Keys { command } => with_store(&database, |store| keys::run(command, store)).await,
+        Command::Workers { worker_timeout_ms } => {
+            let timeout = Duration::from_millis(worker_timeout_ms);
+            with_store(&database, |store| workers::run(store, timeout)).await
+        }
     }
 }
 

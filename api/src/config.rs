@@ -103,6 +103,9 @@ pub struct ServerConfig {
     pub partitions: u16,
     /// Projection worker pool this process runs (`default` runs unpinned projections).
     pub worker_pool: String,
+    /// Partition lease time to live and worker heartbeat timeout (see docs/scaling-out.md).
+    pub lease_ttl: Duration,
+    pub worker_timeout: Duration,
     /// Run projections in this process.
     pub run_projections: bool,
     /// Run without authentication. Only allowed when `listen` is a loopback address.
@@ -124,6 +127,8 @@ impl Default for ServerConfig {
             max_connections: 32,
             partitions: 16,
             worker_pool: "default".into(),
+            lease_ttl: Duration::from_secs(10),
+            worker_timeout: Duration::from_secs(10),
             run_projections: true,
             insecure_dev: false,
             api_keys: Vec::new(),

@@ -84,6 +84,8 @@ impl Application {
             EngineConfig {
                 pool: config.worker_pool.clone(),
                 address: Some(address.to_string()),
+                lease_ttl: config.lease_ttl,
+                worker_timeout: config.worker_timeout,
                 ..EngineConfig::default()
             },
         );

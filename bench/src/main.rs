@@ -60,7 +60,12 @@ struct Args {
     out: PathBuf,
     /// Extra settings for the benchmark's sessions, e.g. to see the writer's plans:
     /// `-c session_preload_libraries=auto_explain -c auto_explain.log_min_duration=5ms`.
-    #[arg(long, env = "TIDEMARK_BENCH_PG_OPTIONS", default_value = "")]
+    #[arg(
+        long,
+        env = "TIDEMARK_BENCH_PG_OPTIONS",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
     pg_options: String,
     /// Run only these groups of phases (comma-separated), e.g. `--only append,knobs`.
     #[arg(long, value_enum, value_delimiter = ',')]

@@ -108,6 +108,11 @@ impl ProjectionEngine {
         limits.values().map(|l| l.current()).sum()
     }
 
+    /// `desired_workers` per pool, from the live workers' latest heartbeats.
+    pub async fn pool_scaling(&self) -> Result<Vec<crate::workers::PoolScaling>> {
+        crate::workers::pool_scaling(&self.inner.store, self.inner.config.worker_timeout).await
+    }
+
     pub(crate) fn active_projections(&self) -> Vec<Arc<dyn Projection>> {
         self.inner
             .active
@@ -369,7 +374,8 @@ impl ProjectionEngine {
     }
 
     /// Waits until the live read model of `name` reflects every event up to `position`
-    /// (whichever process runs it). Returns `false` on timeout.
+    /// (whichever process runs it). Returns `false` on timeout, including when the log has
+    /// not reached `position` yet.
     pub async fn wait_for_position(
         &self,
         name: &str,
@@ -378,6 +384,19 @@ impl ProjectionEngine {
     ) -> Result<bool> {
         let projection = self.projection(name)?.clone();
         let deadline = tokio::time::Instant::now() + timeout;
+        // A position past the head is not reached until the log gets there: wait for the
+        // head first (the watch may lag the database, so ask the database before waiting).
+        let mut head = self.inner.store.head_watch();
+        while *head.borrow_and_update() < position {
+            if self.inner.store.head_position().await? >= position {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(false),
+                _ = head.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
         let mut pause = Duration::from_millis(2);
         loop {
             if status::partitions_behind(&self.inner.store, projection.as_ref(), position).await?

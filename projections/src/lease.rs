@@ -82,11 +82,12 @@ impl Coordinator {
         let store = engine.store();
         let config = engine.config().clone();
         let me = engine.inner.identity.id;
+        let signal = engine.scaling_signal();
         let live = crate::workers::heartbeat(
             &self.pool,
             &engine.inner.identity,
             config.worker_timeout,
-            engine.total_concurrency() as i32,
+            &signal,
         )
         .await?;
         let rank = live.iter().position(|id| *id == me).unwrap_or(live.len());

@@ -52,4 +52,4 @@ pub use registry::Registry;
 pub use scaling::ScalingSignal;
 pub use status::{PartitionLag, ProjectionStatus, RebuildProgress};
 pub use tidemark_store::{EventStore, Position, RecordedEvent};
-pub use workers::{WorkerIdentity, WorkerInfo};
+pub use workers::{PoolScaling, WorkerIdentity, WorkerInfo};

@@ -3,6 +3,7 @@
 //! claimed by live workers.
 
 use crate::error::{EngineError, Result};
+use crate::scaling::ScalingSignal;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use std::time::Duration;
@@ -24,8 +25,45 @@ pub struct WorkerInfo {
     /// Heartbeat within the timeout and not stopped.
     pub alive: bool,
     pub concurrency: i32,
+    /// The `desired_workers` it last computed for its pool.
+    pub desired_workers: i32,
+    /// Unprocessed events over its pool's projections, as it last measured.
+    pub lag_events: i64,
     /// `projection#partition` of every lease it holds.
     pub leases: Vec<String>,
+}
+
+/// The scaling figures of one pool, from its live workers' latest heartbeats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolScaling {
+    pub pool: String,
+    pub live_workers: i64,
+    /// The highest `desired_workers` reported by a live worker of the pool.
+    pub desired_workers: i32,
+    pub lag_events: i64,
+}
+
+/// `desired_workers` per pool, for autoscalers and operators.
+pub async fn pool_scaling(store: &EventStore, timeout: Duration) -> Result<Vec<PoolScaling>> {
+    let client = store.pool().get().await?;
+    let rows = client
+        .query(
+            "SELECT pool, count(*), max(desired_workers), max(lag_events) FROM workers
+              WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $1)
+              GROUP BY pool ORDER BY pool",
+            &[&timeout.as_secs_f64()],
+        )
+        .await
+        .map_err(EngineError::db("reading pool scaling"))?;
+    Ok(rows
+        .iter()
+        .map(|r| PoolScaling {
+            pool: r.get(0),
+            live_workers: r.get(1),
+            desired_workers: r.get(2),
+            lag_events: r.get(3),
+        })
+        .collect())
 }
 
 /// What a worker says about itself when it registers.
@@ -76,13 +114,20 @@ pub(crate) async fn heartbeat(
     pool: &Pool,
     me: &WorkerIdentity,
     timeout: Duration,
-    concurrency: i32,
+    signal: &ScalingSignal,
 ) -> Result<Vec<Uuid>> {
     let client = pool.get().await?;
     let updated = client
         .execute(
-            "UPDATE workers SET heartbeat_at = now(), stopped_at = NULL, concurrency = $2 WHERE id = $1",
-            &[&me.id, &concurrency],
+            "UPDATE workers SET heartbeat_at = now(), stopped_at = NULL, concurrency = $2,
+                    desired_workers = $3, lag_events = $4
+              WHERE id = $1",
+            &[
+                &me.id,
+                &(signal.concurrency as i32),
+                &(signal.desired_workers.max(1) as i32),
+                &signal.lag_events,
+            ],
         )
         .await
         .map_err(EngineError::db("heartbeating"))?;
@@ -121,7 +166,7 @@ pub async fn list(store: &EventStore, timeout: Duration) -> Result<Vec<WorkerInf
         .query(
             "SELECT w.id, w.host, w.pid, w.address, w.pool, w.version, w.started_at, w.heartbeat_at, w.stopped_at,
                     (w.stopped_at IS NULL AND w.heartbeat_at > now() - make_interval(secs => $1)),
-                    w.concurrency,
+                    w.concurrency, w.desired_workers, w.lag_events,
                     coalesce(array_agg(l.projection || '#' || l.partition ORDER BY l.projection, l.partition)
                              FILTER (WHERE l.projection IS NOT NULL), '{}')
                FROM workers w
@@ -146,7 +191,9 @@ pub async fn list(store: &EventStore, timeout: Duration) -> Result<Vec<WorkerInf
             stopped_at: r.get(8),
             alive: r.get(9),
             concurrency: r.get(10),
-            leases: r.get(11),
+            desired_workers: r.get(11),
+            lag_events: r.get(12),
+            leases: r.get(13),
         })
         .collect())
 }

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "api_keys",
         sql: include_str!("../../migrations/0004_api_keys.sql"),
     },
+    Migration {
+        version: 5,
+        name: "worker_scaling",
+        sql: include_str!("../../migrations/0005_worker_scaling.sql"),
+    },
 ];
 
 /// Advisory lock key shared by every Tidemark process ("tidemark" in ASCII).
@@ -191,18 +196,11 @@ async fn apply_pending(client: &mut Client) -> Result<MigrationReport> {
     Ok(report)
 }
 
-/// True when every migration of this build is applied (for readiness checks).
+/// True when the database has exactly this build's migrations (for readiness checks).
 pub async fn is_up_to_date(client: &Client) -> Result<bool> {
-    let latest = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
-    let row = client
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM tidemark_migrations",
-            &[],
-        )
-        .await;
-    match row {
-        Ok(row) => Ok(row.get::<_, i32>(0) >= latest),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(false),
-        Err(e) => Err(StoreError::db("checking migrations")(e)),
+    match verify(client).await {
+        Ok(()) => Ok(true),
+        Err(StoreError::Migration(_)) => Ok(false),
+        Err(other) => Err(other),
     }
 }

@@ -220,7 +220,7 @@ async fn expected_versions_and_duplicates_are_reported() {
 }
 
 #[tokio::test]
-async fn health_ready_metrics_and_graphiql_answer() {
+async fn health_ready_metrics_graphiql_workers_and_scaling_answer() {
     let app = spawn_app().await;
     assert_eq!(app.get("/health").await.0, 200);
     let (status, body) = app.get("/ready").await;
@@ -246,4 +246,22 @@ async fn health_ready_metrics_and_graphiql_answer() {
         .graphql("{ workers { id current } }", json!({}), Some(READ_KEY))
         .await;
     assert_eq!(body["data"]["workers"][0]["current"], true);
+    // Every live worker publishes its pool's scaling signal with its heartbeat.
+    let pools = eventually("the default pool's scaling signal", || async {
+        let body = app
+            .graphql(
+                "{ scaling { pool liveWorkers desiredWorkers lagEvents } }",
+                json!({}),
+                Some(READ_KEY),
+            )
+            .await;
+        let pools = body["data"]["scaling"].as_array()?.clone();
+        (!pools.is_empty()).then_some(pools)
+    })
+    .await;
+    assert_eq!(pools[0]["pool"], "default");
+    assert_eq!(pools[0]["liveWorkers"], 1);
+    assert!(pools[0]["desiredWorkers"].as_i64() >= Some(1), "{pools:?}");
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(metrics.contains("tidemark_desired_workers"), "{metrics}");
 }

@@ -1,6 +1,8 @@
 //! Built-in queries: the log, streams, projections, workers, read-your-writes waits.
 
-use super::types::{Event, EventPage, PageInfo, Projection, StreamPage, WaitResult, Worker};
+use super::types::{
+    Event, EventPage, PageInfo, PoolScaling, Projection, StreamPage, WaitResult, Worker,
+};
 use crate::auth::{Role, RoleGuard};
 use crate::error::ApiError;
 use crate::Tidemark;
@@ -167,6 +169,19 @@ impl BuiltinQuery {
                 current: info.id == me,
                 info,
             })
+            .collect())
+    }
+
+    /// `desiredWorkers` per worker pool, from the live workers' latest heartbeats: wire it to
+    /// an autoscaler (the same figure is the `tidemark_desired_workers` Prometheus gauge).
+    #[graphql(guard = "RoleGuard(Role::Read)")]
+    async fn scaling(&self, ctx: &Context<'_>) -> Result<Vec<PoolScaling>> {
+        let engine = Tidemark::from_ctx(ctx)?.engine();
+        Ok(engine
+            .pool_scaling()
+            .await?
+            .into_iter()
+            .map(Into::into)
             .collect())
     }
 

@@ -461,8 +461,17 @@ impl Worker {
     async fn alive(&self) -> bool {
         self.info.alive
     }
+    /// Partitions it applies at once (its adaptive limit, summed over projections).
     async fn concurrency(&self) -> i32 {
         self.info.concurrency
+    }
+    /// The `desired_workers` it last computed for its pool.
+    async fn desired_workers(&self) -> i32 {
+        self.info.desired_workers
+    }
+    /// Unprocessed events over its pool's projections, as it last measured.
+    async fn lag_events(&self) -> i64 {
+        self.info.lag_events
     }
     /// `projection#partition` of every lease it holds.
     async fn leases(&self) -> &[String] {
@@ -471,6 +480,29 @@ impl Worker {
     /// Whether this is the process that answered.
     async fn current(&self) -> bool {
         self.current
+    }
+}
+
+/// The scaling signal of one worker pool: the input for an external autoscaler
+/// (see docs/scaling-out.md for the formula).
+#[derive(Debug, Clone, SimpleObject)]
+pub struct PoolScaling {
+    pub pool: String,
+    /// Workers of the pool with a recent heartbeat.
+    pub live_workers: i64,
+    /// How many workers the pool should have to keep up with appends and clear its backlog.
+    pub desired_workers: i32,
+    pub lag_events: i64,
+}
+
+impl From<tidemark_projections::PoolScaling> for PoolScaling {
+    fn from(p: tidemark_projections::PoolScaling) -> Self {
+        PoolScaling {
+            pool: p.pool,
+            live_workers: p.live_workers,
+            desired_workers: p.desired_workers,
+            lag_events: p.lag_events,
+        }
     }
 }
 
