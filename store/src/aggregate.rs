@@ -111,11 +111,11 @@ pub struct CommandBus {
 }
 
 impl CommandBus {
-    /// A bus that tries each command up to 3 times when the stream moves under it.
+    /// A bus that tries each command up to 5 times when the stream moves under it.
     pub fn new(store: EventStore) -> Self {
         CommandBus {
             store,
-            max_attempts: 3,
+            max_attempts: 5,
             page_size: 1000,
         }
     }
@@ -223,11 +223,23 @@ impl CommandBus {
                 Err(StoreError::WrongExpectedVersion { .. }) if attempt < self.max_attempts => {
                     tracing::debug!(stream_id, attempt, "stream moved under a command; retrying");
                     metrics::counter!("tidemark_command_retries_total").increment(1);
+                    // Writers that collided would collide again in lockstep: spread them.
+                    tokio::time::sleep(retry_pause(attempt)).await;
                 }
                 Err(error) => return Err(CommandError::Store(error)),
             }
         }
     }
+}
+
+/// A random pause in `[0, 2^attempt ms]` (full jitter), at most 64 ms.
+fn retry_pause(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let ceiling_ms = 1u64 << attempt.min(6);
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    std::time::Duration::from_micros(random % (ceiling_ms * 1000 + 1))
 }
 
 /// Splits an externally tagged enum value into (event type, payload object).

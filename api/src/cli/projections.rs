@@ -69,7 +69,7 @@ pub async fn run(
                     s.name,
                     s.version,
                     s.status,
-                    s.min_checkpoint(),
+                    s.caught_up_to(),
                     s.lag_events(),
                     s.lag_seconds(),
                     s.parked
@@ -139,7 +139,7 @@ fn print_status(s: &ProjectionStatus) {
         s.status,
         s.schema,
         s.head,
-        s.min_checkpoint(),
+        s.caught_up_to(),
         s.lag_events(),
         s.lag_seconds(),
         s.events_per_second(),

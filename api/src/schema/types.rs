@@ -355,7 +355,8 @@ pub struct Projection {
     pub schema: String,
     /// Head of the log when this was read.
     pub head: i64,
-    /// Lowest checkpoint over partitions.
+    /// Every matching event up to this position is applied (the lowest checkpoint of the
+    /// partitions that still have events to apply; the head when none has).
     pub checkpoint: i64,
     pub lag_events: i64,
     pub lag_seconds: f64,
@@ -408,7 +409,7 @@ impl From<ProjectionStatus> for Projection {
             status: status.status.clone(),
             schema: status.schema.clone(),
             head: status.head,
-            checkpoint: status.min_checkpoint(),
+            checkpoint: status.caught_up_to(),
             lag_events: status.lag_events(),
             lag_seconds: status.lag_seconds(),
             events_per_second: status.events_per_second(),

@@ -47,6 +47,40 @@ pub enum BankError {
     AlreadyShipped(String),
 }
 
+impl BankError {
+    /// Names aggregate `id` in a refusal about the aggregate itself. An aggregate does not
+    /// know its own id (only the first command carries it, and a stream that does not
+    /// exist has no events), so `handle` leaves it empty and [`execute`] fills it in.
+    pub fn naming(self, id: &str) -> BankError {
+        let id = id.to_string();
+        match self {
+            BankError::UnknownCustomer(_) => BankError::UnknownCustomer(id),
+            BankError::UnknownAccount(_) => BankError::UnknownAccount(id),
+            BankError::AccountClosed(_) => BankError::AccountClosed(id),
+            BankError::UnknownOrder(_) => BankError::UnknownOrder(id),
+            other => other,
+        }
+    }
+}
+
+/// Runs `command` on the aggregate `id` through `bus`, naming `id` in its refusals (see
+/// [`BankError::naming`]). Every command of the bank goes through here.
+pub async fn execute<A>(
+    bus: &CommandBus,
+    id: &str,
+    command: &A::Command,
+) -> Result<CommandOutcome, CommandError<BankError>>
+where
+    A: Aggregate<Error = BankError>,
+{
+    bus.execute::<A>(id, command)
+        .await
+        .map_err(|error| match error {
+            CommandError::Rejected(reason) => CommandError::Rejected(reason.naming(id)),
+            other => other,
+        })
+}
+
 // ---------------------------------------------------------------- customer
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -127,7 +161,7 @@ impl Aggregate for Customer {
             }
             CustomerCommand::ChangeEmail { email } => {
                 if self.id.is_none() {
-                    return Err(BankError::UnknownCustomer("this customer".into()));
+                    return Err(BankError::UnknownCustomer(String::new()));
                 }
                 check_email(email)?;
                 if *email == self.email {
@@ -181,17 +215,19 @@ pub enum AccountCommand {
 
 #[derive(Debug, Default)]
 pub struct Account {
-    pub id: Option<String>,
+    /// Set once the account is opened.
+    pub owner: Option<String>,
     pub balance: i64,
     pub closed: bool,
     pub paid_orders: BTreeSet<String>,
 }
 
 impl Account {
-    fn usable(&self, id: &str) -> Result<(), BankError> {
-        match (&self.id, self.closed) {
-            (None, _) => Err(BankError::UnknownAccount(id.to_string())),
-            (Some(_), true) => Err(BankError::AccountClosed(id.to_string())),
+    /// Money moves only on an open account. (The refusal's id is filled in by [`execute`].)
+    fn usable(&self) -> Result<(), BankError> {
+        match (&self.owner, self.closed) {
+            (None, _) => Err(BankError::UnknownAccount(String::new())),
+            (Some(_), true) => Err(BankError::AccountClosed(String::new())),
             (Some(_), false) => Ok(()),
         }
     }
@@ -218,7 +254,7 @@ impl Aggregate for Account {
 
     fn apply(&mut self, event: AccountEvent) {
         match event {
-            AccountEvent::AccountOpened { owner } => self.id = Some(owner),
+            AccountEvent::AccountOpened { owner } => self.owner = Some(owner),
             AccountEvent::MoneyDeposited { amount } => self.balance += amount,
             AccountEvent::MoneyWithdrawn { amount, order_id } => {
                 self.balance -= amount;
@@ -231,10 +267,9 @@ impl Aggregate for Account {
     }
 
     fn handle(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, BankError> {
-        let this = self.id.clone().unwrap_or_default();
         match command {
             AccountCommand::Open { account_id, owner } => {
-                if self.id.is_some() {
+                if self.owner.is_some() {
                     return Err(BankError::AccountExists(account_id.clone()));
                 }
                 Ok(vec![AccountEvent::AccountOpened {
@@ -242,14 +277,14 @@ impl Aggregate for Account {
                 }])
             }
             AccountCommand::Deposit { amount } => {
-                self.usable(&this)?;
+                self.usable()?;
                 if *amount <= 0 {
                     return Err(BankError::NonPositiveAmount(*amount));
                 }
                 Ok(vec![AccountEvent::MoneyDeposited { amount: *amount }])
             }
             AccountCommand::Withdraw { amount } => {
-                self.usable(&this)?;
+                self.usable()?;
                 self.withdrawable(*amount)?;
                 Ok(vec![AccountEvent::MoneyWithdrawn {
                     amount: *amount,
@@ -257,7 +292,7 @@ impl Aggregate for Account {
                 }])
             }
             AccountCommand::PayOrder { order_id, amount } => {
-                self.usable(&this)?;
+                self.usable()?;
                 if self.paid_orders.contains(order_id) {
                     return Ok(vec![]);
                 }
@@ -268,7 +303,7 @@ impl Aggregate for Account {
                 }])
             }
             AccountCommand::Close => {
-                self.usable(&this)?;
+                self.usable()?;
                 if self.balance != 0 {
                     return Err(BankError::BalanceNotZero(self.balance));
                 }
@@ -402,7 +437,8 @@ pub async fn pay_order(
             order_id.to_string(),
         )));
     }
-    bus.execute::<Account>(
+    execute::<Account>(
+        bus,
         &order.account_id,
         &AccountCommand::PayOrder {
             order_id: order_id.to_string(),
@@ -410,8 +446,7 @@ pub async fn pay_order(
         },
     )
     .await?;
-    bus.execute::<Order>(order_id, &OrderCommand::MarkPaid)
-        .await
+    execute::<Order>(bus, order_id, &OrderCommand::MarkPaid).await
 }
 
 #[cfg(test)]
@@ -503,6 +538,26 @@ mod tests {
             closed.handle(&AccountCommand::Deposit { amount: 1 }),
             Err(BankError::AccountClosed(_))
         ));
+    }
+
+    #[test]
+    fn refusals_about_the_aggregate_itself_name_it() {
+        let nothing = Account::default();
+        let refused = nothing
+            .handle(&AccountCommand::Deposit { amount: 1 })
+            .unwrap_err();
+        assert_eq!(
+            refused.naming("a-1").to_string(),
+            "account a-1 does not exist"
+        );
+        let closed: Account = given(vec![
+            AccountEvent::AccountOpened {
+                owner: "ann".into(),
+            },
+            AccountEvent::AccountClosed {},
+        ]);
+        let refused = closed.handle(&AccountCommand::Close).unwrap_err();
+        assert_eq!(refused.naming("a-1").to_string(), "account a-1 is closed");
     }
 
     #[test]

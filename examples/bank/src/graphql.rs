@@ -306,9 +306,15 @@ impl BankMutation {
             .load::<Account>(&account_id)
             .await
             .map_err(ApiError::from)?;
-        if account.id.is_none() || account.closed {
+        if account.owner.is_none() {
             return Err(ApiError::rejected(
                 domain::BankError::UnknownAccount(account_id).to_string(),
+            )
+            .into());
+        }
+        if account.closed {
+            return Err(ApiError::rejected(
+                domain::BankError::AccountClosed(account_id).to_string(),
             )
             .into());
         }
@@ -346,14 +352,13 @@ impl BankMutation {
 
 async fn run<A>(ctx: &Context<'_>, id: &str, command: &A::Command) -> Result<CommandResult>
 where
-    A: tidemark_store::aggregate::Aggregate,
+    A: tidemark_store::aggregate::Aggregate<Error = domain::BankError>,
 {
     if id.is_empty() || id.len() > 100 || id.chars().any(|c| c.is_control()) {
         return Err(ApiError::bad_input("id", "ids must be 1 to 100 printable characters").into());
     }
     let bus = Tidemark::from_ctx(ctx)?.commands();
-    Ok(bus
-        .execute::<A>(id, command)
+    Ok(domain::execute::<A>(bus, id, command)
         .await
         .map_err(ApiError::from)?
         .into())

@@ -331,3 +331,34 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+impl TestApp {
+    /// [`TestApp::graphql`], asserting the answer has no errors; returns its `data`.
+    pub async fn graphql_data(&self, query: &str, variables: Value, key: Option<&str>) -> Value {
+        let body = self.graphql(query, variables, key).await;
+        assert_no_errors(&body);
+        body["data"].clone()
+    }
+
+    /// Every event of the log, in position order, read from the store itself (not through
+    /// the API): what read models and answers are checked against.
+    pub async fn all_events(&self) -> Vec<tidemark_store::RecordedEvent> {
+        let filter = tidemark_store::LogFilter::default();
+        let mut events = Vec::new();
+        loop {
+            let after = events
+                .last()
+                .map_or(0, |e: &tidemark_store::RecordedEvent| e.position);
+            let page = self
+                .tidemark
+                .store()
+                .read_log(after, &filter, 1000)
+                .await
+                .expect("the log can be read");
+            if page.is_empty() {
+                return events;
+            }
+            events.extend(page);
+        }
+    }
+}
