@@ -67,55 +67,35 @@ pub(crate) async fn write_batch(
         .await
         .map_err(StoreError::db("starting an append transaction"))?;
 
-    let lock_head = tx
-        .prepare_cached("SELECT position FROM store_head FOR UPDATE")
-        .await
-        .map_err(StoreError::db("preparing the head lock"))?;
-    let head: Position = tx
-        .query_one(&lock_head, &[])
-        .await
-        .map_err(StoreError::db("locking the store head"))?
-        .get(0);
+    // Reads: lock the head row, then read the stream heads and what is already stored under
+    // this batch's ids (and content). The statements are pipelined — sent together, executed
+    // by the server in order — so the reads after the lock see every commit before it, for
+    // one round trip instead of one each.
+    let (lock_head, select_streams, select_ids, select_content) = futures::try_join!(
+        tx.prepare_cached("SELECT position FROM store_head FOR UPDATE"),
+        tx.prepare_cached("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1)"),
+        tx.prepare_cached(
+            "SELECT event_id, content_hash, position, stream_version FROM events WHERE event_id = ANY($1)",
+        ),
+        tx.prepare_cached(
+            "SELECT DISTINCT ON (e.stream_id, e.content_hash)
+                    e.event_id, e.content_hash, e.position, e.stream_version, e.stream_id
+               FROM events e
+               JOIN unnest($1::text[], $2::bytea[]) AS k(stream_id, content_hash)
+                 ON e.stream_id = k.stream_id AND e.content_hash = k.content_hash
+              ORDER BY e.stream_id, e.content_hash, e.position",
+        ),
+    )
+    .map_err(StoreError::db("preparing the append statements"))?;
 
-    // Current stream heads.
     let mut stream_ids: Vec<&str> = batch.iter().map(|p| p.request.stream_id.as_str()).collect();
     stream_ids.sort_unstable();
     stream_ids.dedup();
-    let select_streams = tx
-        .prepare_cached("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1)")
-        .await
-        .map_err(StoreError::db("preparing the stream head query"))?;
-    let mut stream_heads: HashMap<String, StreamVersion> = tx
-        .query(&select_streams, &[&stream_ids])
-        .await
-        .map_err(StoreError::db("reading stream heads"))?
-        .into_iter()
-        .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)))
-        .collect();
-
-    // Events already stored under the ids of this batch.
     let all_ids: Vec<Uuid> = batch
         .iter()
         .flat_map(|p| p.event_ids.iter().copied())
         .collect();
-    let select_ids = tx
-        .prepare_cached(
-            "SELECT event_id, content_hash, position, stream_version FROM events WHERE event_id = ANY($1)",
-        )
-        .await
-        .map_err(StoreError::db("preparing the event id lookup"))?;
-    let mut by_id: HashMap<Uuid, Stored> = HashMap::new();
-    for row in tx
-        .query(&select_ids, &[&all_ids])
-        .await
-        .map_err(StoreError::db("looking up event ids"))?
-    {
-        let stored = stored_from_row(&row);
-        by_id.insert(stored.event_id, stored);
-    }
-
     // Identical content already in the stream, for requests that ask for content dedup.
-    let mut by_content: HashMap<(String, [u8; 32]), Stored> = HashMap::new();
     let (dedup_streams, dedup_hashes): (Vec<&str>, Vec<&[u8]>) = batch
         .iter()
         .filter(|p| p.request.content_dedup)
@@ -125,26 +105,40 @@ pub(crate) async fn write_batch(
                 .map(move |h| (p.request.stream_id.as_str(), &h[..]))
         })
         .unzip();
-    if !dedup_streams.is_empty() {
-        let select_content = tx
-            .prepare_cached(
-                "SELECT DISTINCT ON (e.stream_id, e.content_hash)
-                        e.event_id, e.content_hash, e.position, e.stream_version, e.stream_id
-                   FROM events e
-                   JOIN unnest($1::text[], $2::bytea[]) AS k(stream_id, content_hash)
-                     ON e.stream_id = k.stream_id AND e.content_hash = k.content_hash
-                  ORDER BY e.stream_id, e.content_hash, e.position",
-            )
-            .await
-            .map_err(StoreError::db("preparing the content dedup lookup"))?;
-        for row in tx
-            .query(&select_content, &[&dedup_streams, &dedup_hashes])
-            .await
-            .map_err(StoreError::db("looking up identical events"))?
-        {
-            let stored = stored_from_row(&row);
-            by_content.insert((row.get::<_, String>(4), stored.hash), stored);
+    let content_rows = async {
+        if dedup_streams.is_empty() {
+            Ok(Vec::new())
+        } else {
+            tx.query(&select_content, &[&dedup_streams, &dedup_hashes])
+                .await
         }
+    };
+    let stream_params: [&(dyn ToSql + Sync); 1] = [&stream_ids];
+    let id_params: [&(dyn ToSql + Sync); 1] = [&all_ids];
+    let (head_row, stream_rows, id_rows, content_rows) = futures::try_join!(
+        tx.query_one(&lock_head, &[]),
+        tx.query(&select_streams, &stream_params),
+        tx.query(&select_ids, &id_params),
+        content_rows,
+    )
+    .map_err(StoreError::db(
+        "locking the store head and reading stream heads",
+    ))?;
+
+    let head: Position = head_row.get(0);
+    let mut stream_heads: HashMap<String, StreamVersion> = stream_rows
+        .into_iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)))
+        .collect();
+    let mut by_id: HashMap<Uuid, Stored> = HashMap::new();
+    for row in &id_rows {
+        let stored = stored_from_row(row);
+        by_id.insert(stored.event_id, stored);
+    }
+    let mut by_content: HashMap<(String, [u8; 32]), Stored> = HashMap::new();
+    for row in &content_rows {
+        let stored = stored_from_row(row);
+        by_content.insert((row.get::<_, String>(4), stored.hash), stored);
     }
 
     let mut next_position = head;
@@ -179,15 +173,22 @@ pub(crate) async fn write_batch(
         });
     }
 
-    let insert_events = tx
-        .prepare_cached(
+    let (insert_events, upsert_streams, advance_head, notify) = futures::try_join!(
+        tx.prepare_cached(
             "INSERT INTO events (position, stream_id, stream_version, partition, event_id, event_type,
                                  schema_version, payload, metadata, content_hash)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::smallint[], $5::uuid[],
                                   $6::text[], $7::int[], $8::jsonb[], $9::jsonb[], $10::bytea[])",
-        )
-        .await
-        .map_err(StoreError::db("preparing the event insert"))?;
+        ),
+        tx.prepare_cached(
+            "INSERT INTO streams (stream_id, version)
+             SELECT * FROM unnest($1::text[], $2::bigint[])
+             ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version, updated_at = now()",
+        ),
+        tx.prepare_cached("UPDATE store_head SET position = $1"),
+        tx.prepare_cached("SELECT pg_notify($1, $2)"),
+    )
+    .map_err(StoreError::db("preparing the append writes"))?;
     let params: [&(dyn ToSql + Sync); 10] = [
         &columns.position,
         &columns.stream_id,
@@ -200,38 +201,32 @@ pub(crate) async fn write_batch(
         &columns.metadata,
         &columns.content_hash,
     ];
-    tx.execute(&insert_events, &params)
-        .await
-        .map_err(StoreError::db("inserting events"))?;
-
     let (streams, versions): (Vec<&str>, Vec<i64>) = touched_streams.into_iter().unzip();
-    let upsert_streams = tx
-        .prepare_cached(
-            "INSERT INTO streams (stream_id, version)
-             SELECT * FROM unnest($1::text[], $2::bigint[])
-             ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version, updated_at = now()",
-        )
-        .await
-        .map_err(StoreError::db("preparing the stream head update"))?;
-    tx.execute(&upsert_streams, &[&streams, &versions])
-        .await
-        .map_err(StoreError::db("updating stream heads"))?;
-
-    let advance_head = tx
-        .prepare_cached("UPDATE store_head SET position = $1")
-        .await
-        .map_err(StoreError::db("preparing the head update"))?;
-    tx.execute(&advance_head, &[&next_position])
-        .await
-        .map_err(StoreError::db("advancing the store head"))?;
-    // Delivered to listeners only when the transaction commits.
-    let notify = tx
-        .prepare_cached("SELECT pg_notify($1, $2)")
-        .await
-        .map_err(StoreError::db("preparing the notification"))?;
-    tx.execute(&notify, &[&NOTIFY_CHANNEL, &next_position.to_string()])
-        .await
-        .map_err(StoreError::db("notifying listeners"))?;
+    let head_text = next_position.to_string();
+    // Writes, pipelined like the reads (one round trip). The notification is delivered to
+    // listeners only when the transaction commits.
+    futures::try_join!(
+        async {
+            tx.execute(&insert_events, &params)
+                .await
+                .map_err(StoreError::db("inserting events"))
+        },
+        async {
+            tx.execute(&upsert_streams, &[&streams, &versions])
+                .await
+                .map_err(StoreError::db("updating stream heads"))
+        },
+        async {
+            tx.execute(&advance_head, &[&next_position])
+                .await
+                .map_err(StoreError::db("advancing the store head"))
+        },
+        async {
+            tx.execute(&notify, &[&NOTIFY_CHANNEL, &head_text])
+                .await
+                .map_err(StoreError::db("notifying listeners"))
+        },
+    )?;
     tx.commit()
         .await
         .map_err(StoreError::db("committing appended events"))?;
