@@ -1,0 +1,335 @@
+//! The embedded PostgreSQL launcher: persistent data, clear errors, clean stops.
+//! Each test runs its own throwaway cluster from the installed binaries.
+
+use std::time::Duration;
+
+use tidemark_store::embedded::{find_binaries, EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
+use tokio_postgres::NoTls;
+
+async fn connect(config: tokio_postgres::Config) -> tokio_postgres::Client {
+    let (client, connection) = config.connect(NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+#[test]
+fn an_empty_binaries_directory_gives_one_clear_error() {
+    let empty = tempfile::tempdir().expect("launcher step");
+    let error = find_binaries(Some(empty.path())).expect_err("must fail");
+    assert!(
+        matches!(error, EmbeddedError::BinariesNotFound { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("install"),
+        "says what to install: {message}"
+    );
+    assert!(
+        message.contains("DATABASE_URL"),
+        "says which variable to set: {message}"
+    );
+}
+
+#[test]
+fn the_default_search_finds_the_installed_binaries() {
+    let dir = find_binaries(None).expect("the PostgreSQL server package is installed");
+    assert!(
+        dir.join("initdb").is_file() && dir.join("postgres").is_file(),
+        "{}",
+        dir.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_keeps_its_data_across_a_restart() {
+    let temp = tempfile::tempdir().expect("launcher step");
+    let data_dir = temp.path().join("nested/dirs/pg");
+    let options = EmbeddedOptions {
+        data_dir: data_dir.clone(),
+        fsync: false,
+        ..Default::default()
+    };
+
+    let started = std::time::Instant::now();
+    let pg = EmbeddedPostgres::start(options.clone())
+        .await
+        .expect("launcher step");
+    println!(
+        "first start (with initdb): {:?}, url {}",
+        started.elapsed(),
+        pg.url("app")
+    );
+    pg.ensure_database("app").await.expect("launcher step");
+    pg.ensure_database("app").await.expect("launcher step");
+    let client = connect(pg.connection_config("app")).await;
+    client
+        .batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')")
+        .await
+        .expect("launcher step");
+    drop(client);
+    // The URL form works too.
+    let from_url: tokio_postgres::Config = pg.url("app").parse().expect("launcher step");
+    let client = connect(from_url).await;
+    let owner: String = client
+        .query_one("SELECT current_user", &[])
+        .await
+        .expect("launcher step")
+        .get(0);
+    assert_eq!(owner, "postgres");
+    drop(client);
+    let pid = pg.pid().expect("launcher step");
+    pg.stop().await.expect("launcher step");
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err());
+
+    let started = std::time::Instant::now();
+    let pg = EmbeddedPostgres::start(options)
+        .await
+        .expect("launcher step");
+    println!("restart: {:?}", started.elapsed());
+    let client = connect(pg.connection_config("app")).await;
+    let value: String = client
+        .query_one("SELECT v FROM t", &[])
+        .await
+        .expect("launcher step")
+        .get(0);
+    assert_eq!(value, "kept");
+    drop(client);
+    pg.stop().await.expect("launcher step");
+}
+
+#[tokio::test]
+async fn a_data_dir_too_deep_for_a_socket_path_falls_back_to_loopback_tcp() {
+    let temp = tempfile::tempdir().expect("launcher step");
+    let data_dir = temp.path().join("a".repeat(60)).join("b".repeat(40));
+    let options = EmbeddedOptions {
+        data_dir,
+        fsync: false,
+        ..Default::default()
+    };
+    let pg = EmbeddedPostgres::start(options)
+        .await
+        .expect("launcher step");
+    assert!(pg.socket_dir().is_none());
+    assert_ne!(pg.port(), 5432);
+    println!("url {}", pg.url("postgres"));
+    let client = connect(pg.url("postgres").parse().expect("launcher step")).await;
+    client
+        .batch_execute("SELECT 1")
+        .await
+        .expect("launcher step");
+    drop(client);
+    pg.stop().await.expect("launcher step");
+}
+
+#[tokio::test]
+async fn a_stale_pid_file_is_removed_a_second_server_is_refused_and_drop_stops_the_server() {
+    let temp = tempfile::tempdir().expect("launcher step");
+    let options = EmbeddedOptions {
+        data_dir: temp.path().join("pg"),
+        fsync: false,
+        ..Default::default()
+    };
+    let pg = EmbeddedPostgres::start(options.clone())
+        .await
+        .expect("launcher step");
+    let pid = pg.pid().expect("launcher step") as i32;
+    // Simulate a killed server: SIGKILL leaves postmaster.pid behind.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("launcher step");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let orphaned backends notice; write a pid file naming a dead pid.
+    std::fs::write(temp.path().join("pg/postmaster.pid"), "999999\n").expect("launcher step");
+    drop(pg);
+    let pg = EmbeddedPostgres::start(options.clone())
+        .await
+        .expect("launcher step");
+    let pid = pg.pid().expect("launcher step") as i32;
+    // A second server on the same directory is refused (after a grace period).
+    let error = EmbeddedPostgres::start(EmbeddedOptions {
+        startup_timeout: Duration::from_secs(1),
+        ..options.clone()
+    })
+    .await
+    .expect_err("must fail");
+    println!("{error}");
+    assert!(
+        matches!(error, EmbeddedError::AlreadyRunning { .. }),
+        "{error:?}"
+    );
+    drop(pg);
+    for _ in 0..100 {
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("drop did not stop the server");
+}
+
+#[tokio::test]
+async fn a_directory_that_is_not_a_cluster_is_refused_and_a_failed_start_shows_the_log() {
+    let temp = tempfile::tempdir().expect("launcher step");
+    std::fs::write(temp.path().join("something"), "x").expect("launcher step");
+    let error = EmbeddedPostgres::start(EmbeddedOptions {
+        data_dir: temp.path().to_path_buf(),
+        ..Default::default()
+    })
+    .await
+    .expect_err("must fail");
+    println!("{error}");
+    assert!(matches!(error, EmbeddedError::NotACluster { .. }));
+
+    let options = EmbeddedOptions {
+        data_dir: temp.path().join("pg"),
+        fsync: false,
+        settings: vec![("shared_buffers".into(), "nonsense".into())],
+        ..Default::default()
+    };
+    let error = EmbeddedPostgres::start(options)
+        .await
+        .expect_err("must fail");
+    println!("{error}");
+    assert!(matches!(error, EmbeddedError::StartFailed { .. }));
+    assert!(error.to_string().contains("shared_buffers"));
+}
+
+#[tokio::test]
+async fn a_cluster_of_another_major_version_is_refused() {
+    let temp = tempfile::tempdir().expect("launcher step");
+    std::fs::write(temp.path().join("PG_VERSION"), "14\n").expect("launcher step");
+    let error = EmbeddedPostgres::start(EmbeddedOptions {
+        data_dir: temp.path().to_path_buf(),
+        ..Default::default()
+    })
+    .await
+    .expect_err("must fail");
+    println!("{error}");
+    assert!(
+        matches!(error, EmbeddedError::VersionMismatch { .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_data_dir_the_postgres_user_cannot_reach_is_reported() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let temp = tempfile::tempdir().expect("launcher step");
+    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o700))
+        .expect("launcher step");
+    let error = EmbeddedPostgres::start(EmbeddedOptions {
+        data_dir: temp.path().join("pg"),
+        ..Default::default()
+    })
+    .await
+    .expect_err("must fail");
+    println!("{error}");
+    assert!(
+        matches!(error, EmbeddedError::DataDirUnreachable { .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ensure_database_tolerates_concurrent_callers() {
+    let temp = tempfile::tempdir().expect("launcher step");
+    let options = EmbeddedOptions {
+        data_dir: temp.path().join("pg"),
+        fsync: false,
+        ..Default::default()
+    };
+    let pg = std::sync::Arc::new(
+        EmbeddedPostgres::start(options)
+            .await
+            .expect("launcher step"),
+    );
+    for round in 0..5 {
+        let name = format!("race \"{round}\"");
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let pg = pg.clone();
+                let name = name.clone();
+                tokio::spawn(async move { pg.ensure_database(&name).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("launcher step").expect("launcher step");
+        }
+        let client = connect(pg.connection_config(&name)).await;
+        client
+            .batch_execute("SELECT 1")
+            .await
+            .expect("launcher step");
+    }
+    std::sync::Arc::into_inner(pg)
+        .expect("launcher step")
+        .stop()
+        .await
+        .expect("launcher step");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_appended_through_the_store_are_there_after_the_cluster_restarts() {
+    use serde_json::json;
+    use tidemark_store::{
+        AppendRequest, EventStore, ExpectedVersion, LogFilter, NewEvent, StoreConfig,
+    };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let options = EmbeddedOptions {
+        data_dir: temp.path().join("pg"),
+        fsync: false,
+        ..Default::default()
+    };
+    let pg = EmbeddedPostgres::start(options.clone())
+        .await
+        .expect("first start");
+    pg.ensure_database("tidemark").await.expect("database");
+    let store = EventStore::open(pg.connection_config("tidemark"), StoreConfig::default())
+        .await
+        .expect("open the store");
+    let appended = store
+        .append(AppendRequest::new(
+            "account-1",
+            ExpectedVersion::NoStream,
+            vec![
+                NewEvent::new("Opened", json!({"owner": "ann"})),
+                NewEvent::new("Deposited", json!({"amount": 5})),
+            ],
+        ))
+        .await
+        .expect("append");
+    store.shutdown().await;
+    drop(store);
+    pg.stop().await.expect("stop");
+
+    let pg = EmbeddedPostgres::start(options)
+        .await
+        .expect("restart on the same data dir");
+    let store = EventStore::open(pg.connection_config("tidemark"), StoreConfig::default())
+        .await
+        .expect("reopen the store");
+    let events = store
+        .read_log(0, &LogFilter::all(), 10)
+        .await
+        .expect("read");
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.position, e.event_id))
+            .collect::<Vec<_>>(),
+        appended
+            .events
+            .iter()
+            .map(|e| (e.position, e.event_id))
+            .collect::<Vec<_>>()
+    );
+    store.shutdown().await;
+    drop(store);
+    pg.stop().await.expect("stop again");
+}
