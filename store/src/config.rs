@@ -30,7 +30,9 @@ pub struct PipelineConfig {
     pub max_batch_requests: usize,
     /// Most events written in one transaction (a large append still goes alone).
     pub max_batch_events: usize,
-    /// How long the writer waits for more requests once it has one.
+    /// How long the writer waits for more requests once it has taken what is queued. The
+    /// default, 0, measured best (BENCHMARKS.md): requests that arrive while a batch commits
+    /// form the next batch anyway, and tokio timers round a wait up to a millisecond.
     pub max_batch_wait: Duration,
     /// Requests that may wait in the queue.
     pub queue_depth: usize,
@@ -43,7 +45,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             max_batch_requests: 512,
             max_batch_events: 5000,
-            max_batch_wait: Duration::from_micros(200),
+            max_batch_wait: Duration::ZERO,
             queue_depth: 4096,
             enqueue_deadline: Duration::from_secs(2),
         }

@@ -5,6 +5,7 @@
 
 use crate::error::{Result, StoreError};
 use crate::model::{Position, RecordedEvent, StreamVersion};
+use futures::TryStreamExt;
 use tokio_postgres::types::ToSql;
 
 /// Columns of `events` in the order [`event_from_row`] decodes them.
@@ -132,11 +133,22 @@ pub(crate) async fn read_log<C: deadpool_postgres::GenericClient>(
     if let Some(partition) = &filter.partition {
         params.push(partition);
     }
+    // Decode rows as they arrive instead of after the whole page: the client decodes while
+    // the server is still sending.
     let rows = client
-        .query(&statement, &params)
+        .query_raw(&statement, params)
         .await
         .map_err(StoreError::db("reading the log"))?;
-    Ok(rows.iter().map(event_from_row).collect())
+    let mut rows = std::pin::pin!(rows);
+    let mut events = Vec::with_capacity(limit.clamp(0, 10_000) as usize);
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(StoreError::db("reading the log"))?
+    {
+        events.push(event_from_row(&row));
+    }
+    Ok(events)
 }
 
 /// Reads up to `limit` events of one stream starting at `from` (inclusive) in `direction`.

@@ -115,7 +115,12 @@ pub(crate) async fn write_batch(
     };
     let stream_params: [&(dyn ToSql + Sync); 1] = [&stream_ids];
     let id_params: [&(dyn ToSql + Sync); 1] = [&all_ids];
-    let (head_row, stream_rows, id_rows, content_rows) = futures::try_join!(
+    // A new store's tables grow quickly after the generic plans of these lookups are cached,
+    // and a plan made for an empty table scans the whole table: plan each batch's lookups for
+    // the table as it is now (cheap next to the batch, and it rides in the same round trip).
+    let plan_for_now = tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan");
+    let ((), head_row, stream_rows, id_rows, content_rows) = futures::try_join!(
+        plan_for_now,
         tx.query_one(&lock_head, &[]),
         tx.query(&select_streams, &stream_params),
         tx.query(&select_ids, &id_params),
