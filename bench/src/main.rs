@@ -16,7 +16,7 @@
 //! concurrency alternate, so a drift in the machine's speed hits both alike.
 //!
 //! Phases come in groups (`--only append,scan,...`): `append` (raw inserts and Tidemark
-//! appends, the hot stream), `scan`, `delivery`, `overload`, `copy`, `knobs`. Results are
+//! appends, the hot stream), `scan`, `delivery`, `overload`, `copy`, `knobs`, `projections`. Results are
 //! printed as Markdown and written to `--out`; progress goes to stderr.
 //!
 //! Code map, in reading order:
@@ -28,12 +28,14 @@
 //! - [`workloads`]: the same work through `EventStore`: appends, scans, subscriptions,
 //!   delivery latency, overload.
 //! - [`probe`]: a `metrics` recorder for the store's group-commit histograms.
+//! - [`projections`]: a counting projection's catch-up and append→read-model latency.
 //! - [`report`]: the results and their Markdown tables.
 
 mod embedded;
 mod env;
 mod harness;
 mod probe;
+mod projections;
 mod raw;
 mod report;
 mod workloads;
@@ -97,6 +99,8 @@ enum Group {
     Copy,
     /// Pipeline settings.
     Knobs,
+    /// Projection catch-up over a large log, and append→read-model latency (issue #4).
+    Projections,
 }
 
 /// What a mode runs, and for how long.
@@ -127,6 +131,10 @@ struct Plan {
     wait_callers: Vec<usize>,
     queue_depths: Vec<usize>,
     queue_callers: usize,
+    /// Events in the log a projection catches up over.
+    projection_events: u64,
+    /// Events appended (at `delivery_rate`) while measuring append→read-model latency.
+    projection_latency_events: u64,
 }
 
 impl Plan {
@@ -154,6 +162,8 @@ impl Plan {
             wait_callers: vec![64],
             queue_depths: vec![64, 4096],
             queue_callers: 1024,
+            projection_events: 50_000,
+            projection_latency_events: 1_500,
         }
     }
 
@@ -185,6 +195,8 @@ impl Plan {
             wait_callers: vec![1, 64],
             queue_depths: vec![64, 1024, 4096],
             queue_callers: 1024,
+            projection_events: 1_000_000,
+            projection_latency_events: 10_000,
         }
     }
 
@@ -202,6 +214,7 @@ impl Plan {
             Group::Knobs => {
                 self.wait_values.len() * self.wait_callers.len() + self.queue_depths.len()
             }
+            Group::Projections => 4, // seed, raw scan, catch-up, latency
         };
         n as u64
     }
@@ -305,6 +318,7 @@ async fn run(plan: &Plan, db: &Database, args: &Args) -> Result<Report> {
             Group::Overload => overload(plan, db, &progress, r).await?,
             Group::Copy => copy_vs_unnest(plan, db, &progress, r).await?,
             Group::Knobs => knobs(plan, db, &progress, r).await?,
+            Group::Projections => projection_figures(plan, db, &progress, r).await?,
         }
     }
     progress.finish();
@@ -580,6 +594,74 @@ async fn scans(plan: &Plan, db: &Database, progress: &Progress, report: &mut Rep
     drop(store);
     db.drop_schema(schema).await?;
     result
+}
+
+/// A counting projection catching up over a large log beside the raw scan of the same rows,
+/// then append→read-model latency at the delivery rate.
+async fn projection_figures(
+    plan: &Plan,
+    db: &Database,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    progress.begin("writing the log for the projection catch-up");
+    let schema = db.fresh_schema("projections").await?;
+    workloads::seed_store(&schema, plan.projection_events, 16).await?;
+    progress.done(&format!(
+        "wrote {} events",
+        group(plan.projection_events as f64)
+    ));
+
+    progress.begin("raw scan of the projection's log");
+    let (scanned, took) = raw::scan_log(&schema).await?;
+    anyhow::ensure!(
+        scanned == plan.projection_events,
+        "the raw scan read {scanned} events"
+    );
+    let raw_per_sec = scanned as f64 / took.as_secs_f64();
+    progress.done(&format!("raw scan: {} events/s", group(raw_per_sec)));
+
+    progress.begin("counting projection catch-up");
+    let took = projections::catch_up(&schema, plan.projection_events).await?;
+    let per_sec = plan.projection_events as f64 / took.as_secs_f64();
+    progress.done(&format!("catch-up: {} events/s", group(per_sec)));
+    report.projection_catch_up = Some((
+        Scan {
+            label: "raw scan of the same log".into(),
+            events: scanned,
+            per_sec: raw_per_sec,
+        },
+        Scan {
+            label: "counting projection catch-up".into(),
+            events: plan.projection_events,
+            per_sec,
+        },
+    ));
+
+    progress.begin(&format!(
+        "append→read-model latency at {} ev/s",
+        plan.delivery_rate
+    ));
+    let mut latencies = projections::read_model_latency(
+        &schema,
+        plan.delivery_rate,
+        plan.projection_latency_events,
+    )
+    .await?;
+    let figures = DeliveryFigures {
+        label: "counting projection".into(),
+        samples: latencies.len(),
+        p50_ms: latencies.percentile_ms(50.0).unwrap_or(f64::NAN),
+        p99_ms: latencies.percentile_ms(99.0).unwrap_or(f64::NAN),
+        max_ms: latencies.max_ms().unwrap_or(f64::NAN),
+    };
+    progress.done(&format!(
+        "append→read model: p50 {:.2} ms, p99 {:.2} ms",
+        figures.p50_ms, figures.p99_ms
+    ));
+    report.projection_latency = Some(figures);
+    db.drop_schema(schema).await?;
+    Ok(())
 }
 
 /// Delivery latency at a fixed append rate, to an in-process and a NOTIFY-woken subscriber.

@@ -106,6 +106,10 @@ pub struct Report {
     pub scans: Vec<Scan>,
     pub delivery: Vec<DeliveryFigures>,
     pub delivery_rate: u32,
+    /// (raw scan of the projection's log, the projection's catch-up over it).
+    pub projection_catch_up: Option<(Scan, Scan)>,
+    /// Append→read-model latency at `delivery_rate`.
+    pub projection_latency: Option<DeliveryFigures>,
     pub overload: Option<OverloadRun>,
     pub copy_vs_unnest: Vec<CopyVsUnnest>,
     pub knobs: Vec<Knob>,
@@ -404,6 +408,41 @@ impl Report {
                 ],
             );
         }
+        if let Some((raw, catch_up)) = &self.projection_catch_up {
+            row(
+                out,
+                [
+                    format!(
+                        "Counting projection catch-up over {} events",
+                        group(catch_up.events as f64)
+                    ),
+                    "16 partitions".into(),
+                    format!("{} events/s", group(catch_up.per_sec)),
+                    none(),
+                    none(),
+                    format!("raw scan of the same log: {}/s", group(raw.per_sec)),
+                    ratio(catch_up.per_sec, raw.per_sec),
+                ],
+            );
+        }
+        if let Some(d) = &self.projection_latency {
+            row(
+                out,
+                [
+                    "Append→read-model latency (counting projection)".into(),
+                    format!("1 appender @ {} ev/s", group(f64::from(self.delivery_rate))),
+                    format!(
+                        "max {} ms ({} events)",
+                        ms(d.max_ms),
+                        group(d.samples as f64)
+                    ),
+                    format!("{} / {} ms", ms(d.p50_ms), ms(d.p99_ms)),
+                    none(),
+                    none(),
+                    none(),
+                ],
+            );
+        }
         if let Some(o) = &self.overload {
             row(
                 out,
@@ -474,6 +513,26 @@ impl Report {
                 d.label,
                 ms(d.p99_ms),
                 yes(d.p99_ms <= 50.0)
+            );
+        }
+        if let Some((raw, catch_up)) = &self.projection_catch_up {
+            let x = catch_up.per_sec / raw.per_sec;
+            let _ = writeln!(
+                out,
+                "| Projection catch-up vs raw scan (issue #4) | ≥ 50 % | {:.0} % ({} vs {}/s) | {} |",
+                x * 100.0,
+                group(catch_up.per_sec),
+                group(raw.per_sec),
+                yes(x >= 0.5)
+            );
+        }
+        if let Some(d) = &self.projection_latency {
+            let _ = writeln!(
+                out,
+                "| Append→read-model p99 at {} ev/s (issue #4) | ≤ 100 ms | {} ms | {} |",
+                group(f64::from(self.delivery_rate)),
+                ms(d.p99_ms),
+                yes(d.p99_ms <= 100.0)
             );
         }
         if let Some(o) = &self.overload {

@@ -28,6 +28,7 @@ pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod hashing;
+mod heads;
 pub mod migrate;
 pub mod model;
 pub mod read;

@@ -5,6 +5,7 @@ use crate::append::pipeline::{self, AppendQueue};
 use crate::append::prepare::prepare;
 use crate::config::StoreConfig;
 use crate::error::{Result, StoreError};
+use crate::heads::Heads;
 use crate::migrate;
 use crate::model::{AppendOutcome, AppendRequest, Position, RecordedEvent, StreamVersion};
 use crate::read::{self, Direction, LogFilter};
@@ -29,6 +30,8 @@ struct Inner {
     partitions: u16,
     queue: AppendQueue,
     head: watch::Receiver<Position>,
+    /// The last position written in each partition, as last announced.
+    partition_heads: watch::Receiver<Arc<[Position]>>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -109,16 +112,16 @@ impl EventStore {
         drop(client);
 
         let shutdown = CancellationToken::new();
-        let (head_tx, head_rx) = watch::channel(head_position);
+        let heads = Heads::new(head_position, stored_partitions as u16);
         let watcher = tokio::spawn(subscribe::watch_head(
             pg_config.clone(),
-            head_tx.clone(),
+            heads.clone(),
             shutdown.child_token(),
         ));
         let (queue, writer) = pipeline::start(
             pool.clone(),
             config.pipeline.clone(),
-            head_tx,
+            heads.clone(),
             shutdown.child_token(),
         );
         Ok(EventStore {
@@ -128,7 +131,8 @@ impl EventStore {
                 config,
                 partitions: stored_partitions as u16,
                 queue,
-                head: head_rx,
+                head: heads.head(),
+                partition_heads: heads.partitions(),
                 shutdown,
                 tasks: Mutex::new(vec![writer, watcher]),
             }),
@@ -212,6 +216,12 @@ impl EventStore {
     /// as the truth.
     pub fn head_watch(&self) -> watch::Receiver<Position> {
         self.inner.head.clone()
+    }
+
+    /// Like [`EventStore::head_watch`], per partition: the position of the last event
+    /// announced in each. Subscriptions to one partition wake on it.
+    pub(crate) fn partition_heads_watch(&self) -> watch::Receiver<Arc<[Position]>> {
+        self.inner.partition_heads.clone()
     }
 
     pub fn pool(&self) -> &Pool {

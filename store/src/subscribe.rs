@@ -7,10 +7,12 @@
 
 use crate::append::batch::NOTIFY_CHANNEL;
 use crate::error::Result;
+use crate::heads::Heads;
 use crate::model::{Position, RecordedEvent};
 use crate::read::LogFilter;
 use crate::store::EventStore;
 use futures::{Stream, StreamExt};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_postgres::AsyncMessage;
@@ -50,10 +52,14 @@ struct PageState {
     store: EventStore,
     options: SubscribeOptions,
     head: watch::Receiver<Position>,
+    /// Per-partition heads: a subscription to one partition waits on its own.
+    partitions: watch::Receiver<Arc<[Position]>>,
     /// The last `caught_up_to` reported, so idle polls do not repeat it.
     reported: Option<Position>,
     /// Waiting for the head to move before the next read.
     idle: bool,
+    /// The head (or the partition's head) as it was before the last read.
+    seen: Position,
     failed: bool,
 }
 
@@ -65,6 +71,7 @@ pub(crate) fn subscribe_pages(
     options: SubscribeOptions,
 ) -> impl Stream<Item = Result<Page>> + Send + 'static {
     let head = store.head_watch();
+    let partitions = store.partition_heads_watch();
     // A page size of 0 would never come back "short" and would re-query forever.
     let options = SubscribeOptions {
         page_size: options.page_size.max(1),
@@ -73,9 +80,11 @@ pub(crate) fn subscribe_pages(
     let state = PageState {
         store,
         options,
+        partitions,
         head,
         reported: None,
         idle: false,
+        seen: 0,
         failed: false,
     };
     futures::stream::unfold(state, |mut state| async move {
@@ -108,12 +117,25 @@ pub(crate) fn subscribe(
 
 async fn next_page(state: &mut PageState) -> Result<Page> {
     loop {
-        if state.idle {
-            wait_for_head(&mut state.head, state.store.poll_interval()).await;
+        if let Some(seen) = state.idle.then_some(state.seen) {
+            let poll = state.store.poll_interval();
+            match state.options.filter.partition {
+                Some(partition) => {
+                    wait_for_partition(&mut state.partitions, partition, seen, poll).await
+                }
+                None => wait_for_head(&mut state.head, poll).await,
+            }
         }
-        // Mark the current head as seen *before* reading, so an append that commits while
+        // Mark the current heads as seen *before* reading, so an append that commits while
         // we read still wakes us afterwards.
         let head_before_read = *state.head.borrow_and_update();
+        state.seen = state
+            .options
+            .filter
+            .partition
+            .map_or(head_before_read, |partition| {
+                partition_head(&state.partitions.borrow_and_update(), partition)
+            });
         let events = state
             .store
             .read_log(
@@ -150,18 +172,49 @@ async fn wait_for_head(head: &mut watch::Receiver<Position>, poll_interval: Dura
     }
 }
 
-/// Keeps `head` up to date from NOTIFY on a dedicated connection, reconnecting on failure.
+fn partition_head(heads: &[Position], partition: i16) -> Position {
+    heads
+        .get(partition as usize)
+        .copied()
+        .unwrap_or(Position::MAX)
+}
+
+/// Waits until `partition` has events after `seen`, or the poll interval passes.
+async fn wait_for_partition(
+    heads: &mut watch::Receiver<Arc<[Position]>>,
+    partition: i16,
+    seen: Position,
+    poll_interval: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + poll_interval;
+    loop {
+        if partition_head(&heads.borrow_and_update(), partition) > seen {
+            return;
+        }
+        match tokio::time::timeout_at(deadline, heads.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_closed)) => {
+                // The store shut down: degrade to polling.
+                tokio::time::sleep_until(deadline).await;
+                return;
+            }
+            Err(_elapsed) => return,
+        }
+    }
+}
+
+/// Keeps the heads up to date from NOTIFY on a dedicated connection, reconnecting on failure.
 /// Notifications are only hints: subscriptions also poll, so a lost one costs latency only.
 pub(crate) async fn watch_head(
     pg_config: tokio_postgres::Config,
-    head: watch::Sender<Position>,
+    heads: Heads,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = listen(&pg_config, &head) => result,
+            result = listen(&pg_config, &heads) => result,
         };
         if let Err(error) = result {
             tracing::warn!(%error, "head listener lost its connection; reconnecting in {:?}", backoff);
@@ -174,30 +227,19 @@ pub(crate) async fn watch_head(
     }
 }
 
-fn advance(head: &watch::Sender<Position>, position: Position) {
-    head.send_if_modified(|current| {
-        let advanced = position > *current;
-        if advanced {
-            *current = position;
-        }
-        advanced
-    });
-}
-
 async fn listen(
     pg_config: &tokio_postgres::Config,
-    head: &watch::Sender<Position>,
+    heads: &Heads,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = pg_config.connect(tokio_postgres::NoTls).await?;
-    let (notifications_tx, mut notifications) = tokio::sync::mpsc::channel::<Position>(64);
+    let driver_heads = heads.clone();
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(n)) => {
-                    if let Ok(position) = n.payload().parse::<Position>() {
-                        // Only the newest head matters; dropping a hint when full is harmless.
-                        let _ = notifications_tx.try_send(position);
+                    if let Some((head, touched)) = crate::heads::decode(n.payload()) {
+                        driver_heads.advance(head, touched.as_deref());
                     }
                 }
                 Ok(_) => {}
@@ -214,12 +256,9 @@ async fn listen(
         .query_one("SELECT position FROM store_head", &[])
         .await?
         .get(0);
-    advance(head, current);
-    while let Some(position) = notifications.recv().await {
-        advance(head, position);
-    }
-    match driver.await {
-        Ok(result) => result,
-        Err(_) => Ok(()),
-    }
+    heads.advance(current, None);
+    // `client` stays alive (and LISTENing) until the connection ends.
+    let ended = driver.await;
+    drop(client);
+    ended.unwrap_or(Ok(()))
 }

@@ -300,3 +300,57 @@ async fn an_idle_subscriber_is_woken_for_an_append_that_commits_while_it_reads()
     local_task.abort();
     remote_task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partition_subscriptions_are_woken_for_their_partition_in_process_and_by_notify() {
+    let db = TestDatabase::create().await;
+    let writer_store = open_store(&db, no_polling()).await;
+    let reader_store = open_store(&db, no_polling()).await;
+    let partition = writer_store.partition_of("target-0");
+    // Subscribe before anything is written, so every delivery needs a wake-up: polling is
+    // a minute away, far past the test's deadline.
+    let subscribe = |store: &EventStore| {
+        let options = SubscribeOptions {
+            filter: LogFilter::partition(partition),
+            page_size: 8,
+            ..SubscribeOptions::default()
+        };
+        let store = store.clone();
+        tokio::spawn(async move { take_events(&store, options, 20).await })
+    };
+    let in_process = subscribe(&writer_store);
+    let remote = subscribe(&reader_store);
+    for n in 0..20u64 {
+        // An event of another partition first, then one of ours, in separate commits.
+        let other = (0..)
+            .map(|i| format!("other-{n}-{i}"))
+            .find(|s| writer_store.partition_of(s) != partition)
+            .expect("some stream lands elsewhere");
+        append_ok(
+            &writer_store,
+            &other,
+            ExpectedVersion::Any,
+            vec![common::event("Other", n)],
+        )
+        .await;
+        append_ok(
+            &writer_store,
+            "target-0",
+            ExpectedVersion::Any,
+            vec![common::event("Ours", n)],
+        )
+        .await;
+    }
+    let log = read_all(&writer_store).await;
+    let expected: Vec<RecordedEvent> = log
+        .into_iter()
+        .filter(|e| e.partition == partition)
+        .collect();
+    for delivered in [in_process, remote] {
+        let delivered = delivered.await.expect("the subscriber task");
+        assert_eq!(
+            delivered, expected,
+            "exactly the partition's events, in order"
+        );
+    }
+}

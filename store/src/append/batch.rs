@@ -53,6 +53,8 @@ struct Columns<'a> {
 pub(crate) struct BatchResult {
     pub answers: Vec<Result<AppendOutcome>>,
     pub new_head: Option<Position>,
+    /// The last position written in each partition the batch touched.
+    pub partition_heads: Vec<(i16, Position)>,
 }
 
 /// Checks and writes `batch` in one transaction. An `Err` means the whole transaction failed
@@ -175,6 +177,7 @@ pub(crate) async fn write_batch(
         return Ok(BatchResult {
             answers,
             new_head: None,
+            partition_heads: Vec::new(),
         });
     }
 
@@ -207,7 +210,14 @@ pub(crate) async fn write_batch(
         &columns.content_hash,
     ];
     let (streams, versions): (Vec<&str>, Vec<i64>) = touched_streams.into_iter().unzip();
-    let head_text = next_position.to_string();
+    let mut partition_heads: HashMap<i16, Position> = HashMap::new();
+    for (&partition, &position) in columns.partition.iter().zip(&columns.position) {
+        let last = partition_heads.entry(partition).or_default();
+        *last = (*last).max(position);
+    }
+    let mut partition_heads: Vec<(i16, Position)> = partition_heads.into_iter().collect();
+    partition_heads.sort_unstable();
+    let head_text = crate::heads::encode(next_position, &partition_heads);
     // Writes, pipelined like the reads (one round trip). The notification is delivered to
     // listeners only when the transaction commits.
     futures::try_join!(
@@ -238,6 +248,7 @@ pub(crate) async fn write_batch(
     Ok(BatchResult {
         answers,
         new_head: Some(next_position),
+        partition_heads,
     })
 }
 

@@ -9,9 +9,10 @@ use super::batch::{write_batch, BatchResult};
 use super::prepare::PreparedAppend;
 use crate::config::PipelineConfig;
 use crate::error::{Result, StoreError};
-use crate::model::{AppendOutcome, Position};
+use crate::heads::Heads;
+use crate::model::AppendOutcome;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// A request waiting in the queue with the channel its answer goes back on.
@@ -81,14 +82,14 @@ impl AppendQueue {
 pub(crate) fn start(
     pool: deadpool_postgres::Pool,
     config: PipelineConfig,
-    head: watch::Sender<Position>,
+    heads: Heads,
     shutdown: CancellationToken,
 ) -> (AppendQueue, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = mpsc::channel(config.queue_depth.max(1));
     let writer = Writer {
         pool,
         config: config.clone(),
-        head,
+        heads,
         receiver,
     };
     let handle = tokio::spawn(writer.run(shutdown.clone()));
@@ -105,7 +106,7 @@ pub(crate) fn start(
 struct Writer {
     pool: deadpool_postgres::Pool,
     config: PipelineConfig,
-    head: watch::Sender<Position>,
+    heads: Heads,
     receiver: mpsc::Receiver<Pending>,
 }
 
@@ -198,13 +199,7 @@ impl Writer {
     fn answer(&self, batch: &mut Vec<Pending>, result: BatchResult) {
         if let Some(new_head) = result.new_head {
             // Wake in-process subscribers at once, without waiting for NOTIFY's round trip.
-            self.head.send_if_modified(|head| {
-                let advanced = new_head > *head;
-                if advanced {
-                    *head = new_head;
-                }
-                advanced
-            });
+            self.heads.advance(new_head, Some(&result.partition_heads));
         }
         for (pending, answer) in batch.drain(..).zip(result.answers) {
             record_outcome(&answer, pending.enqueued_at);
