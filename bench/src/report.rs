@@ -466,7 +466,7 @@ impl Report {
     }
 
     fn goals(&self, out: &mut String) {
-        out.push_str("### Goals (issue #3)\n\n");
+        out.push_str("### Goals (issues #3 and #4)\n\n");
         out.push_str("| Goal | Target | Reached | Met |\n|---|---|---|---|\n");
         let yes = |ok: bool| if ok { "yes" } else { "**no**" };
         if let (Some(t), Some(s)) = (self.tidemark_at(64), self.raw_single_at(64)) {

@@ -34,7 +34,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            batch_size: 500,
+            batch_size: 1000,
             fetch_ahead_pages: 4,
             max_attempts: 5,
             retry_base: Duration::from_millis(100),
@@ -42,7 +42,7 @@ impl Default for EngineConfig {
             pool: "default".into(),
             lease_ttl: Duration::from_secs(10),
             worker_timeout: Duration::from_secs(10),
-            min_concurrency: 2,
+            min_concurrency: 4,
             max_concurrency: 8,
             drain_target: Duration::from_secs(60),
             assumed_worker_rate: 1000.0,
