@@ -13,6 +13,7 @@ async fn small_limits_app() -> TestApp {
         config.limits.max_body_bytes = 64 * 1024;
         config.limits.max_event_bytes = 1024;
         config.limits.max_events_per_append = 5;
+        config.limits.max_query_complexity = 1000;
     })
     .await
 }
@@ -126,6 +127,22 @@ async fn each_kind_of_bad_input_gets_its_code_and_nothing_is_stored() {
     let error = assert_error(&body, "BAD_INPUT");
     assert!(
         error["message"].as_str().unwrap().contains("deep"),
+        "{error}"
+    );
+
+    // A query too complex: shallow, but selecting the same fields over and over under
+    // aliases (each alias counts).
+    let wide = format!(
+        "{{ {} }}",
+        (0..1200)
+            .map(|i| format!("h{i}: head"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let body = app.graphql(&wide, json!({}), Some(ADMIN_KEY)).await;
+    let error = assert_error(&body, "BAD_INPUT");
+    assert!(
+        error["message"].as_str().unwrap().contains("complex"),
         "{error}"
     );
 
