@@ -117,9 +117,16 @@ pub(crate) fn subscribe(
 
 async fn next_page(state: &mut PageState) -> Result<Page> {
     loop {
+        // Only a partition the store has gets its own wake-ups; any other filter (including
+        // a partition that does not exist, which matches nothing) waits on the head.
+        let own_partition = state
+            .options
+            .filter
+            .partition
+            .filter(|p| usize::try_from(*p).is_ok_and(|p| p < state.partitions.borrow().len()));
         if let Some(seen) = state.idle.then_some(state.seen) {
             let poll = state.store.poll_interval();
-            match state.options.filter.partition {
+            match own_partition {
                 Some(partition) => {
                     wait_for_partition(&mut state.partitions, partition, seen, poll).await
                 }
@@ -129,13 +136,9 @@ async fn next_page(state: &mut PageState) -> Result<Page> {
         // Mark the current heads as seen *before* reading, so an append that commits while
         // we read still wakes us afterwards.
         let head_before_read = *state.head.borrow_and_update();
-        state.seen = state
-            .options
-            .filter
-            .partition
-            .map_or(head_before_read, |partition| {
-                partition_head(&state.partitions.borrow_and_update(), partition)
-            });
+        state.seen = own_partition.map_or(head_before_read, |partition| {
+            partition_head(&state.partitions.borrow_and_update(), partition)
+        });
         let events = state
             .store
             .read_log(
@@ -173,10 +176,10 @@ async fn wait_for_head(head: &mut watch::Receiver<Position>, poll_interval: Dura
 }
 
 fn partition_head(heads: &[Position], partition: i16) -> Position {
-    heads
-        .get(partition as usize)
-        .copied()
-        .unwrap_or(Position::MAX)
+    usize::try_from(partition)
+        .ok()
+        .and_then(|p| heads.get(p).copied())
+        .unwrap_or_default()
 }
 
 /// Waits until `partition` has events after `seen`, or the poll interval passes.
