@@ -10,7 +10,8 @@
 //!   from a single head row locked by each append transaction, so they are dense and in
 //!   commit order.
 //! - [`read`] and [`subscribe`]: paged reads by stream or position, and catch-up-then-live
-//!   subscriptions woken by LISTEN/NOTIFY with a polling fallback.
+//!   subscriptions woken by LISTEN/NOTIFY with a polling fallback; `heads` holds the head
+//!   and per-partition heads they wake on (a partition subscription wakes only for its own).
 //! - [`hashing`]: canonical JSON, content hashes, derived event ids, partitions: the parts
 //!   of the on-disk contract that must never change.
 //! - [`validate`], [`error`]: what is refused, and why.
