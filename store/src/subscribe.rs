@@ -60,6 +60,8 @@ struct PageState {
     idle: bool,
     /// The head (or the partition's head) as it was before the last read.
     seen: Position,
+    /// The next page, already requested while history is being read.
+    prefetch: Option<Prefetch>,
     failed: bool,
 }
 
@@ -85,6 +87,7 @@ pub(crate) fn subscribe_pages(
         reported: None,
         idle: false,
         seen: 0,
+        prefetch: None,
         failed: false,
     };
     futures::stream::unfold(state, |mut state| async move {
@@ -133,25 +136,48 @@ async fn next_page(state: &mut PageState) -> Result<Page> {
                 None => wait_for_head(&mut state.head, poll).await,
             }
         }
-        // Mark the current heads as seen *before* reading, so an append that commits while
-        // we read still wakes us afterwards.
-        let head_before_read = *state.head.borrow_and_update();
-        state.seen = own_partition.map_or(head_before_read, |partition| {
-            partition_head(&state.partitions.borrow_and_update(), partition)
-        });
-        let events = state
-            .store
-            .read_log(
-                state.options.after,
-                &state.options.filter,
-                state.options.page_size,
-            )
-            .await?;
+        let (head_before_read, events) = match state.prefetch.take() {
+            // The next page, requested while the previous one was being consumed.
+            Some(prefetch) if prefetch.after == state.options.after => {
+                state.seen = prefetch.seen;
+                (prefetch.head_before_read, prefetch.events().await?)
+            }
+            _ => {
+                let (head_before_read, seen) = mark_seen(state, own_partition);
+                state.seen = seen;
+                let events = state
+                    .store
+                    .read_log(
+                        state.options.after,
+                        &state.options.filter,
+                        state.options.page_size,
+                    )
+                    .await?;
+                (head_before_read, events)
+            }
+        };
         let short = events.len() < state.options.page_size;
         if let Some(last) = events.last() {
             state.options.after = last.position;
         }
         state.idle = short;
+        if !short {
+            // More history: request the next page now, so the database works on it while
+            // the caller consumes this one.
+            let (head_before_read, seen) = mark_seen(state, own_partition);
+            let (store, after, filter, limit) = (
+                state.store.clone(),
+                state.options.after,
+                state.options.filter.clone(),
+                state.options.page_size,
+            );
+            state.prefetch = Some(Prefetch {
+                after,
+                head_before_read,
+                seen,
+                read: tokio::spawn(async move { store.read_log(after, &filter, limit).await }),
+            });
+        }
         let caught_up_to = short.then(|| head_before_read.max(state.options.after));
         if events.is_empty() && (caught_up_to.is_none() || caught_up_to == state.reported) {
             continue;
@@ -163,6 +189,44 @@ async fn next_page(state: &mut PageState) -> Result<Page> {
             events,
             caught_up_to,
         });
+    }
+}
+
+/// Marks the heads as seen *before* a read, so an append that commits while we read still
+/// wakes us afterwards. Returns the head and what this subscription waits on (the head, or
+/// its partition's head).
+fn mark_seen(state: &mut PageState, own_partition: Option<i16>) -> (Position, Position) {
+    let head = *state.head.borrow_and_update();
+    let seen = own_partition.map_or(head, |partition| {
+        partition_head(&state.partitions.borrow_and_update(), partition)
+    });
+    (head, seen)
+}
+
+/// A page read ahead of the consumer.
+struct Prefetch {
+    /// The position it reads after.
+    after: Position,
+    head_before_read: Position,
+    seen: Position,
+    read: tokio::task::JoinHandle<Result<Vec<RecordedEvent>>>,
+}
+
+impl Prefetch {
+    async fn events(mut self) -> Result<Vec<RecordedEvent>> {
+        match (&mut self.read).await {
+            Ok(result) => result,
+            Err(join_error) => Err(crate::error::StoreError::Unavailable(format!(
+                "a read-ahead of the log failed: {join_error}"
+            ))),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        // A subscription dropped mid-history does not leave its read-ahead running.
+        self.read.abort();
     }
 }
 
