@@ -509,9 +509,10 @@ async fn count_matching(
     let selector = projection.selector();
     let row = tx
         .query_one(
-            "SELECT count(*) FROM events WHERE position > $1 AND position <= $2
-                AND (cardinality($3::text[]) = 0 OR category = ANY($3))
-                AND (cardinality($4::text[]) = 0 OR event_type = ANY($4))",
+            concat!(
+                "SELECT count(*) FROM events e WHERE e.position > $1 AND e.position <= $2 AND ",
+                crate::status::selector_matches!()
+            ),
             &[&after, &upto, &selector.categories, &selector.event_types],
         )
         .await

@@ -89,22 +89,50 @@ impl ProjectionStatus {
     }
 }
 
-const LAG_SQL: &str = "
-SELECT p.partition::smallint, coalesce(c.position, 0), coalesce(c.events_per_second, 0), c.updated_at,
-       (SELECT count(*) FROM (SELECT 1 FROM events e
-          WHERE e.partition = p.partition AND e.position > coalesce(c.position, 0) AND e.position <= $5
-            AND (cardinality($3::text[]) = 0 OR e.category = ANY($3))
-            AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4))
-          LIMIT 1000000) AS pending),
-       (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM events e
-          WHERE e.partition = p.partition AND e.position > coalesce(c.position, 0) AND e.position <= $5
-            AND (cardinality($3::text[]) = 0 OR e.category = ANY($3))
-            AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4))
-          ORDER BY e.position LIMIT 1)
-  FROM generate_series(0, $2 - 1) AS p(partition)
-  LEFT JOIN projection_checkpoints c
-         ON c.projection = $1 AND c.target = 'live' AND c.partition = p.partition
- ORDER BY p.partition";
+/// SQL: events `e` matching a projection's selector (categories in `$3`, event types in
+/// `$4`; an empty list matches all). The one place the selector is spelled in SQL, so lag,
+/// waits and build totals count the same events as `EventSelector::log_filter` reads.
+macro_rules! selector_matches {
+    () => {
+        "(cardinality($3::text[]) = 0 OR e.category = ANY($3))
+         AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4))"
+    };
+}
+pub(crate) use selector_matches;
+
+/// SQL: the events of partition `p` the live read model of projection `$1` has not applied
+/// yet, up to position `$5` (with `c` its checkpoint row, if any).
+macro_rules! pending_events {
+    () => {
+        concat!(
+            "events e WHERE e.partition = p.partition AND e.position > coalesce(c.position, 0)
+               AND e.position <= $5 AND ",
+            selector_matches!()
+        )
+    };
+}
+
+/// Live checkpoints of projection `$1` for every partition `p` of the `$2` partitions.
+macro_rules! live_checkpoints {
+    () => {
+        "generate_series(0, $2 - 1) AS p(partition)
+         LEFT JOIN projection_checkpoints c
+                ON c.projection = $1 AND c.target = 'live' AND c.partition = p.partition"
+    };
+}
+
+const LAG_SQL: &str = concat!(
+    "SELECT p.partition::smallint, coalesce(c.position, 0), coalesce(c.events_per_second, 0), c.updated_at,
+            (SELECT count(*) FROM (SELECT 1 FROM ",
+    pending_events!(),
+    " LIMIT 1000000) AS pending),
+            (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM ",
+    pending_events!(),
+    " ORDER BY e.position LIMIT 1)
+       FROM ",
+    live_checkpoints!(),
+    " ORDER BY p.partition"
+);
 
 /// Per-partition lag of `projection`'s live read model, counting events up to `upto`.
 pub(crate) async fn partition_lag(
@@ -245,16 +273,13 @@ pub(crate) async fn partitions_behind(
     let client = store.pool().get().await?;
     let selector = projection.selector();
     let statement = client
-        .prepare_cached(
-            "SELECT count(*) FROM generate_series(0, $2 - 1) AS p(partition)
-               LEFT JOIN projection_checkpoints c
-                      ON c.projection = $1 AND c.target = 'live' AND c.partition = p.partition
-              WHERE EXISTS (SELECT 1 FROM events e
-                             WHERE e.partition = p.partition AND e.position > coalesce(c.position, 0)
-                               AND e.position <= $5
-                               AND (cardinality($3::text[]) = 0 OR e.category = ANY($3))
-                               AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4)))",
-        )
+        .prepare_cached(concat!(
+            "SELECT count(*) FROM ",
+            live_checkpoints!(),
+            " WHERE EXISTS (SELECT 1 FROM ",
+            pending_events!(),
+            ")"
+        ))
         .await
         .map_err(EngineError::db("preparing the position wait"))?;
     let row = client
