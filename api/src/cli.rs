@@ -274,7 +274,7 @@ async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
     let db = Database::open(database).await?;
     let result = async {
         let (mut client, connection) = db.pg_config.connect(tokio_postgres::NoTls).await.map_err(|e| {
-            anyhow!("cannot connect to the database ({e}); check DATABASE_URL and that PostgreSQL is running")
+            anyhow!("cannot connect to the database ({}); check DATABASE_URL and that PostgreSQL is running", tidemark_store::error::describe_postgres_error(&e))
         })?;
         let driver = tokio::spawn(connection);
         let report = tidemark_store::migrate::run(&mut client).await;

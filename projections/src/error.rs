@@ -79,7 +79,10 @@ pub enum EngineError {
 
 impl From<deadpool_postgres::PoolError> for EngineError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        EngineError::Unavailable(e.to_string())
+        match StoreError::from(e) {
+            StoreError::Unavailable(reason) => EngineError::Unavailable(reason),
+            other => EngineError::Store(other),
+        }
     }
 }
 
@@ -128,8 +131,5 @@ fn is_transient_db_error(e: &tokio_postgres::Error) -> bool {
 /// The server's message and SQLSTATE when there is one: `tokio_postgres::Error` displays
 /// only "db error", which says nothing in a log or a dead letter.
 fn describe_db_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db, db.code().code()),
-        None => e.to_string(),
-    }
+    tidemark_store::error::describe_postgres_error(e)
 }

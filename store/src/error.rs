@@ -81,11 +81,11 @@ pub enum StoreError {
     #[error("the store is shutting down and no longer accepts appends")]
     ShuttingDown,
 
-    /// The database refused or failed; the message says which operation.
-    #[error("database error while {context}: {source}")]
+    /// The database refused or failed; the message says which operation and carries
+    /// PostgreSQL's own words (a bare "db error" tells nobody anything).
+    #[error("database error while {context}: {}", describe_postgres_error(source))]
     Database {
         context: &'static str,
-        #[source]
         source: Arc<tokio_postgres::Error>,
     },
 
@@ -104,6 +104,31 @@ pub enum StoreError {
     /// Running an embedded PostgreSQL failed (see the message).
     #[error("embedded PostgreSQL: {0}")]
     Embedded(String),
+}
+
+/// PostgreSQL's message, SQLSTATE, detail and hint when the server answered; otherwise the
+/// client error with its causes (e.g. "error connecting to server: Connection refused").
+pub fn describe_postgres_error(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            text.push_str("; ");
+            text.push_str(detail);
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str("; hint: ");
+            text.push_str(hint);
+        }
+        return text;
+    }
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 fn describe_version(v: Option<StreamVersion>) -> String {
@@ -151,6 +176,11 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Unavailable(e.to_string())
+        match e {
+            deadpool_postgres::PoolError::Backend(source) => {
+                StoreError::Unavailable(describe_postgres_error(&source))
+            }
+            other => StoreError::Unavailable(other.to_string()),
+        }
     }
 }

@@ -3,8 +3,8 @@
 //! Each migration runs in its own transaction and is recorded with its checksum; a database
 //! whose recorded checksum differs from the file is refused (someone edited history).
 
-use crate::error::{Result, StoreError};
-use tokio_postgres::Client;
+use crate::error::{describe_postgres_error, Result, StoreError};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 /// A migration shipped with this build.
 #[derive(Debug, Clone, Copy)]
@@ -49,8 +49,16 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// Advisory lock key shared by every Tidemark process ("tidemark" in ASCII).
-const MIGRATION_LOCK_KEY: i64 = 0x7469_6465_6d61_726b;
+/// Advisory lock key shared by every Tidemark process ("tidemark" in ASCII). Public so that
+/// tests (and operators) can hold it to line several runners up.
+pub const MIGRATION_LOCK_KEY: i64 = 0x7469_6465_6d61_726b;
+
+const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS tidemark_migrations (
+     version    integer PRIMARY KEY,
+     name       text    NOT NULL,
+     checksum   bytea   NOT NULL,
+     applied_at timestamptz NOT NULL DEFAULT now()
+ )";
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,44 +67,75 @@ pub struct MigrationReport {
     pub already_applied: Vec<i32>,
 }
 
-/// Applies every pending migration. Safe to call from many processes at once: an advisory
-/// lock serialises them and each migration is applied exactly once.
+/// Applies every pending migration. Safe to call from many processes at once.
+///
+/// Each step is one transaction that first takes a transaction-scoped advisory lock, and only
+/// then creates the bookkeeping table, reads what is applied and applies the next migration.
+/// Nothing touches the catalog before the lock, so concurrent runners cannot race on
+/// `CREATE TABLE` (which fails with 23505, 42P07 or 42710 depending on timing), and a run
+/// that is cancelled or loses its connection leaves no lock behind: the lock ends with the
+/// transaction, never outliving it on a pooled connection.
 pub async fn run(client: &mut Client) -> Result<MigrationReport> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS tidemark_migrations (
-                 version    integer PRIMARY KEY,
-                 name       text    NOT NULL,
-                 checksum   bytea   NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             )",
-        )
-        .await
-        .or_else(|e| {
-            // Two processes creating the table at the same instant: one loses the race on
-            // the catalog's unique index, which is harmless.
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                Ok(())
-            } else {
-                Err(StoreError::db("creating the migrations table")(e))
-            }
-        })?;
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
-        .await
-        .map_err(StoreError::db("taking the migration lock"))?;
-    let result = apply_pending(client).await;
-    let unlock = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
-        .await
-        .map_err(StoreError::db("releasing the migration lock"));
-    let report = result?;
-    unlock?;
-    Ok(report)
+    let mut applied_here = Vec::new();
+    loop {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(StoreError::db("starting a migration"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await
+            .map_err(StoreError::db("taking the migration lock"))?;
+        tx.batch_execute(CREATE_MIGRATIONS_TABLE)
+            .await
+            .map_err(StoreError::db("creating the migrations table"))?;
+        let applied = applied_versions(&tx).await?;
+        let Some(migration) = MIGRATIONS.iter().find(|m| !applied.contains(&m.version)) else {
+            tx.commit()
+                .await
+                .map_err(StoreError::db("committing the migration check"))?;
+            // Another runner may have applied some migrations between our steps.
+            let already_applied = applied
+                .into_iter()
+                .filter(|v| !applied_here.contains(v))
+                .collect();
+            return Ok(MigrationReport {
+                applied: applied_here,
+                already_applied,
+            });
+        };
+        apply(&tx, migration).await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing a migration"))?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
+        applied_here.push(migration.version);
+    }
+}
+
+async fn apply(tx: &Transaction<'_>, migration: &Migration) -> Result<()> {
+    tx.batch_execute(migration.sql).await.map_err(|e| {
+        StoreError::Migration(format!(
+            "migration {} ({}) failed: {}",
+            migration.version,
+            migration.name,
+            describe_postgres_error(&e)
+        ))
+    })?;
+    tx.execute(
+        "INSERT INTO tidemark_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+        &[&migration.version, &migration.name, &migration.checksum()],
+    )
+    .await
+    .map_err(StoreError::db("recording a migration"))?;
+    Ok(())
 }
 
 /// Versions recorded in the database, each checked against this build's file.
-async fn applied_versions(client: &Client) -> Result<Vec<i32>> {
+async fn applied_versions(client: &impl GenericClient) -> Result<Vec<i32>> {
     let rows = client
         .query(
             "SELECT version, name, checksum FROM tidemark_migrations ORDER BY version",
@@ -152,48 +191,6 @@ pub async fn verify(client: &Client) -> Result<()> {
             pending.join(", ")
         )))
     }
-}
-
-async fn apply_pending(client: &mut Client) -> Result<MigrationReport> {
-    let mut report = MigrationReport {
-        already_applied: applied_versions(client).await?,
-        ..MigrationReport::default()
-    };
-    for migration in MIGRATIONS {
-        if report.already_applied.contains(&migration.version) {
-            continue;
-        }
-        let tx = client
-            .transaction()
-            .await
-            .map_err(StoreError::db("starting a migration"))?;
-        tx.batch_execute(migration.sql).await.map_err(|e| {
-            StoreError::Migration(format!(
-                "migration {} ({}) failed: {}",
-                migration.version,
-                migration.name,
-                e.as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| e.to_string())
-            ))
-        })?;
-        tx.execute(
-            "INSERT INTO tidemark_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-            &[&migration.version, &migration.name, &migration.checksum()],
-        )
-        .await
-        .map_err(StoreError::db("recording a migration"))?;
-        tx.commit()
-            .await
-            .map_err(StoreError::db("committing a migration"))?;
-        tracing::info!(
-            version = migration.version,
-            name = migration.name,
-            "applied migration"
-        );
-        report.applied.push(migration.version);
-    }
-    Ok(report)
 }
 
 /// True when the database has exactly this build's migrations (for readiness checks).

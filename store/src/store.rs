@@ -78,10 +78,11 @@ impl EventStore {
         pg_config: tokio_postgres::Config,
         config: StoreConfig,
     ) -> Result<EventStore> {
-        let mut client = pool.get().await.map_err(|e| {
-            StoreError::Unavailable(format!(
-                "{e}; check DATABASE_URL and that PostgreSQL is running"
-            ))
+        let mut client = pool.get().await.map_err(|e| match StoreError::from(e) {
+            StoreError::Unavailable(reason) => StoreError::Unavailable(format!(
+                "{reason}; check DATABASE_URL and that PostgreSQL is running"
+            )),
+            other => other,
         })?;
         if config.migrate {
             migrate::run(&mut client).await?;

@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{append_ok, connect, event, open_default, within_deadline};
+use common::{append_ok, connect, event, open_default, wait_until, within_deadline};
 use std::collections::BTreeMap;
-use tidemark_store::migrate::{self, MigrationReport, MIGRATIONS};
+use tidemark_store::migrate::{self, MigrationReport, MIGRATIONS, MIGRATION_LOCK_KEY};
 use tidemark_store::{EventStore, ExpectedVersion, StoreConfig, StoreError};
 use tidemark_testkit::TestDatabase;
 
@@ -33,58 +33,154 @@ fn shipped_migrations() -> Vec<(i32, String, Vec<u8>)> {
         .collect()
 }
 
+/// Sessions of this database waiting for the migration lock, seen from `observer`.
+async fn migration_lock_waiters(observer: &tokio_postgres::Client) -> i64 {
+    // An advisory lock on a bigint key shows up as classid = high half, objid = low half.
+    let key = MIGRATION_LOCK_KEY;
+    observer
+        .query_one(
+            "SELECT count(*) FROM pg_locks \
+             WHERE locktype = 'advisory' AND NOT granted \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295)",
+            &[&key],
+        )
+        .await
+        .expect("reading pg_locks")
+        .get(0)
+}
+
+async fn table_exists(client: &tokio_postgres::Client, table: &str) -> bool {
+    client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .expect("looking the table up")
+        .get(0)
+}
+
+/// The race the runners used to lose: both start on a fresh database at the same instant.
+/// A third session holds the migration lock until both runners wait for it, so they are
+/// released together every time instead of by luck of timing. While they wait, nothing may
+/// have touched the catalog yet: every statement of a run happens under the lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_migration_runners_at_once_apply_each_migration_exactly_once() {
-    // A few fresh databases: the race is on the very first statements.
-    for _ in 0..3 {
-        let db = TestDatabase::create().await;
-        let mut first = connect(&db).await;
-        let mut second = connect(&db).await;
-        let (a, b) = within_deadline(
-            "both migration runners finish",
-            futures::future::join(migrate::run(&mut first), migrate::run(&mut second)),
-        )
-        .await;
-        let reports: [MigrationReport; 2] = [
-            a.expect("the first runner succeeds"),
-            b.expect("the second runner succeeds"),
-        ];
+    let db = TestDatabase::create().await;
+    let gate = connect(&db).await;
+    gate.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .expect("holding the migration lock from a third session");
+    let observer = connect(&db).await;
 
-        let mut applied_by: BTreeMap<i32, usize> = BTreeMap::new();
-        for report in &reports {
-            for version in &report.applied {
-                *applied_by.entry(*version).or_default() += 1;
-            }
-        }
-        for migration in MIGRATIONS {
-            assert_eq!(
-                applied_by.get(&migration.version),
-                Some(&1),
-                "migration {} is applied by exactly one runner: {reports:?}",
-                migration.version
-            );
-            let seen_by_both = reports.iter().all(|r| {
-                r.applied.contains(&migration.version)
-                    || r.already_applied.contains(&migration.version)
-            });
-            assert!(
-                seen_by_both,
-                "each runner accounts for every migration: {reports:?}"
-            );
-        }
-        assert_eq!(recorded_migrations(&db).await, shipped_migrations());
+    let mut first = connect(&db).await;
+    let mut second = connect(&db).await;
+    let runners = tokio::spawn(async move {
+        let (a, b) =
+            futures::future::join(migrate::run(&mut first), migrate::run(&mut second)).await;
+        (a, b)
+    });
 
-        // The schema works.
-        let store = open_default(&db).await;
-        append_ok(
-            &store,
-            "acct-1",
-            ExpectedVersion::NoStream,
-            vec![event("Opened", 0)],
-        )
-        .await;
-        store.shutdown().await;
+    wait_until("both migration runners wait for the lock", || async {
+        migration_lock_waiters(&observer).await == 2
+    })
+    .await;
+    assert!(
+        !table_exists(&observer, "tidemark_migrations").await,
+        "a runner touched the catalog before taking the migration lock"
+    );
+    gate.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .expect("releasing the migration lock");
+
+    let (a, b) = within_deadline("both migration runners finish", runners)
+        .await
+        .expect("the runners' task does not panic");
+    let reports: [MigrationReport; 2] = [
+        a.expect("the first runner succeeds"),
+        b.expect("the second runner succeeds"),
+    ];
+
+    let mut applied_by: BTreeMap<i32, usize> = BTreeMap::new();
+    for report in &reports {
+        for version in &report.applied {
+            *applied_by.entry(*version).or_default() += 1;
+        }
     }
+    for migration in MIGRATIONS {
+        assert_eq!(
+            applied_by.get(&migration.version),
+            Some(&1),
+            "migration {} is applied by exactly one runner: {reports:?}",
+            migration.version
+        );
+        let seen_by_both = reports.iter().all(|r| {
+            r.applied.contains(&migration.version) || r.already_applied.contains(&migration.version)
+        });
+        assert!(
+            seen_by_both,
+            "each runner accounts for every migration: {reports:?}"
+        );
+    }
+    assert_eq!(recorded_migrations(&db).await, shipped_migrations());
+
+    // The schema works.
+    let store = open_default(&db).await;
+    append_ok(
+        &store,
+        "acct-1",
+        ExpectedVersion::NoStream,
+        vec![event("Opened", 0)],
+    )
+    .await;
+    store.shutdown().await;
+}
+
+/// A run that is abandoned while it waits (a cancelled start-up) leaves no lock behind on
+/// its connection: the next run on the same connection and a run elsewhere both proceed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_migration_run_leaves_no_lock_behind() {
+    let db = TestDatabase::create().await;
+    let gate = connect(&db).await;
+    gate.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .expect("holding the migration lock from a third session");
+    let observer = connect(&db).await;
+
+    let mut pooled = connect(&db).await;
+    {
+        let waiting = migrate::run(&mut pooled);
+        tokio::pin!(waiting);
+        tokio::select! {
+            _ = &mut waiting => panic!("the run cannot finish while the lock is held elsewhere"),
+            _ = wait_until("the run waits for the lock", || async {
+                migration_lock_waiters(&observer).await == 1
+            }) => {}
+        }
+        // Dropped here: the run is cancelled mid-wait.
+    }
+    gate.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .expect("releasing the migration lock");
+
+    // The abandoned statement may still complete on the server; whatever it did ends with
+    // its transaction. A run from another session is not blocked by it.
+    let mut elsewhere = connect(&db).await;
+    let report = within_deadline("a run on another connection", migrate::run(&mut elsewhere))
+        .await
+        .expect("migrating from another connection");
+    assert_eq!(
+        report.applied.len() + report.already_applied.len(),
+        MIGRATIONS.len()
+    );
+    let held: i64 = observer
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .expect("reading pg_locks")
+        .get(0);
+    assert_eq!(held, 0, "no advisory lock outlives a migration run");
 }
 
 #[tokio::test]
@@ -194,4 +290,26 @@ async fn opening_an_unmigrated_database_without_migrating_fails_with_a_migration
         vec![event("Opened", 0)],
     )
     .await;
+}
+
+/// PostgreSQL's own words reach the user: opening a database that does not exist says so,
+/// instead of the client library's bare "db error".
+#[tokio::test]
+async fn opening_a_missing_database_reports_postgres_own_message() {
+    let db = TestDatabase::create().await;
+    let mut config = db.pg_config();
+    config.dbname(format!("{}_missing", db.name()));
+    let error = match EventStore::open(config, StoreConfig::default()).await {
+        Err(error) => error,
+        Ok(_) => panic!("a database that does not exist cannot be opened"),
+    };
+    let message = error.to_string();
+    assert!(
+        matches!(error, StoreError::Unavailable(_)),
+        "nothing can be written: {error:?}"
+    );
+    assert!(
+        message.contains("does not exist") && message.contains("3D000"),
+        "the message carries PostgreSQL's reason and SQLSTATE: {message}"
+    );
 }
