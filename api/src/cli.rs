@@ -172,6 +172,15 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDEMARK_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
 
+    /// GraphQL requests over HTTP executed at once; more wait for a turn.
+    #[arg(long, env = "TIDEMARK_MAX_CONCURRENT_REQUESTS", default_value_t = ApiLimits::default().max_concurrent_requests)]
+    pub max_concurrent_requests: usize,
+
+    /// Longest a request is expected to wait (for a turn, or in the append queue) before it
+    /// is refused with OVERLOADED and a Retry-After hint, in milliseconds; 0 turns it off.
+    #[arg(long, env = "TIDEMARK_ADMISSION_BUDGET_MS", default_value_t = 1_000)]
+    pub admission_budget_ms: u64,
+
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "TIDEMARK_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,
@@ -204,6 +213,8 @@ impl ServeArgs {
                 max_page_size: self.max_page_size,
                 max_ws_connections: self.max_ws_connections,
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
+                max_concurrent_requests: self.max_concurrent_requests.max(1),
+                admission_budget: Duration::from_millis(self.admission_budget_ms),
                 ..ApiLimits::default()
             },
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),

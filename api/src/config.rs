@@ -71,6 +71,14 @@ pub struct ApiLimits {
     pub max_ws_connections: usize,
     /// Longest a request may run.
     pub request_timeout: Duration,
+    /// GraphQL requests over HTTP executed at once; more wait for a turn (see
+    /// `admission_budget`). Bounds the memory and CPU one burst of clients can take.
+    pub max_concurrent_requests: usize,
+    /// Longest a request is expected to wait before its work starts: for a turn among
+    /// `max_concurrent_requests`, or in the append queue. Past it the request is refused with
+    /// `OVERLOADED` and a retry hint (`Retry-After`), so a burst is answered quickly instead
+    /// of queueing towards the request timeout. Zero turns admission control off.
+    pub admission_budget: Duration,
     /// Longest read-your-writes wait a client may ask for.
     pub max_wait: Duration,
 }
@@ -86,6 +94,8 @@ impl Default for ApiLimits {
             max_page_size: 1000,
             max_ws_connections: 1000,
             request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 512,
+            admission_budget: Duration::from_secs(1),
             max_wait: Duration::from_secs(30),
         }
     }

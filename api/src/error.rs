@@ -180,7 +180,10 @@ impl ApiError {
             } => ApiError::new(ErrorCode::EventIdConflict, error.to_string())
                 .with("eventId", event_id.to_string())
                 .with("existingPosition", *existing_position),
-            StoreError::Overloaded { .. } => ApiError::overloaded(error.to_string()),
+            StoreError::Overloaded { retry_after_ms, .. } => {
+                ApiError::new(ErrorCode::Overloaded, error.to_string())
+                    .with("retryAfterMs", *retry_after_ms)
+            }
             StoreError::ShuttingDown => ApiError::overloaded(
                 "the server is shutting down and accepts no more appends; retry on another node or after the restart",
             ),
@@ -389,7 +392,13 @@ mod tests {
                 },
                 "WRONG_EXPECTED_VERSION",
             ),
-            (StoreError::Overloaded { waited_ms: 5 }, "OVERLOADED"),
+            (
+                StoreError::Overloaded {
+                    reason: tidemark_store::OverloadReason::QueueFull { waited_ms: 5 },
+                    retry_after_ms: 100,
+                },
+                "OVERLOADED",
+            ),
             (
                 StoreError::Invalid(ValidationError::TooManyEvents { count: 3, max: 2 }),
                 "BAD_INPUT",

@@ -41,6 +41,8 @@ pub(crate) struct AppState {
     pub tidemark: Tidemark,
     pub limits: ApiLimits,
     pub ws_permits: Arc<Semaphore>,
+    /// Turns for GraphQL requests over HTTP (`ApiLimits::max_concurrent_requests`).
+    pub request_permits: Arc<Semaphore>,
     /// Whether this process runs projections (`--no-projections` turns them off).
     pub engine_running: bool,
 }
@@ -125,6 +127,20 @@ async fn graphql_http(
             )
         }
     };
+    let Some(_turn) = take_turn(&state).await else {
+        metrics::counter!("tidemark_http_requests_shed_total").increment(1);
+        let mut response = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::overloaded(format!(
+                "the server is busy: {} requests are running and none finished within the \
+                 admission budget of {} ms; nothing was done, retry after the hint",
+                state.limits.max_concurrent_requests,
+                state.limits.admission_budget.as_millis()
+            )),
+        );
+        set_retry_after(&mut response, crate::error::RETRY_AFTER_MS);
+        return response;
+    };
     let principal = state.auth.authenticate(authorization(&headers)).await;
     let batch = batch.data(principal);
     match tokio::time::timeout(
@@ -133,7 +149,14 @@ async fn graphql_http(
     )
     .await
     {
-        Ok(response) => Json(response).into_response(),
+        Ok(response) => {
+            let retry_after = overloaded_retry_after_ms(&response);
+            let mut response = Json(response).into_response();
+            if let Some(retry_after_ms) = retry_after {
+                set_retry_after(&mut response, retry_after_ms);
+            }
+            response
+        }
         Err(_) => error_response(
             StatusCode::GATEWAY_TIMEOUT,
             ApiError::new(
@@ -146,6 +169,54 @@ async fn graphql_http(
             ),
         ),
     }
+}
+
+/// Waits for a turn to execute, at most the admission budget (forever when it is zero).
+async fn take_turn(state: &AppState) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let permits = state.request_permits.clone();
+    if let Ok(permit) = permits.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    let budget = state.limits.admission_budget;
+    if budget.is_zero() {
+        return permits.acquire_owned().await.ok();
+    }
+    tokio::time::timeout(budget, permits.acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// The longest retry hint among the `OVERLOADED` errors of a response, if any.
+fn overloaded_retry_after_ms(response: &async_graphql::BatchResponse) -> Option<u64> {
+    let responses: &[async_graphql::Response] = match response {
+        async_graphql::BatchResponse::Single(one) => std::slice::from_ref(one),
+        async_graphql::BatchResponse::Batch(many) => many,
+    };
+    responses
+        .iter()
+        .flat_map(|r| r.errors.iter())
+        .filter_map(|error| {
+            let extensions = error.extensions.as_ref()?;
+            match extensions.get("code") {
+                Some(async_graphql::Value::String(code))
+                    if code == ErrorCode::Overloaded.as_str() => {}
+                _ => return None,
+            }
+            match extensions.get("retryAfterMs") {
+                Some(async_graphql::Value::Number(ms)) => ms.as_u64(),
+                _ => Some(crate::error::RETRY_AFTER_MS),
+            }
+        })
+        .max()
+}
+
+/// `Retry-After` in whole seconds (HTTP has no finer unit), rounded up.
+fn set_retry_after(response: &mut Response, retry_after_ms: u64) {
+    let seconds = retry_after_ms.div_ceil(1000).max(1);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
 }
 
 async fn graphql_ws(

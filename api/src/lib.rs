@@ -14,7 +14,9 @@
 //!   engine errors are mapped, and the pass that codes every error of every response.
 //! - [`auth`]: API keys, roles (read < append < admin) and the per-field [`RoleGuard`].
 //! - [`http`]: routes — `POST /graphql`, WebSocket subscriptions on `GET /graphql`,
-//!   GraphiQL at `/`, `/health`, `/ready`, `/metrics` — and limits on bodies and sockets.
+//!   GraphiQL at `/`, `/health`, `/ready`, `/metrics` — limits on bodies and sockets, and
+//!   admission control (a bounded number of requests at once, refused past a wait budget).
+//! - `log_limit`: a repeated error cause is logged once per window with a count.
 //! - [`startup`]: [`Application`]: build (bind, connect, migrate, start projections), then
 //!   `run_until_stopped(shutdown)` with an ordered graceful shutdown.
 //! - [`config`], [`database`], [`telemetry`]: settings with defaults, the database (URL or
@@ -31,6 +33,7 @@ pub mod config;
 pub mod database;
 pub mod error;
 pub mod http;
+mod log_limit;
 pub mod schema;
 pub mod startup;
 pub mod telemetry;

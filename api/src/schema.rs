@@ -9,7 +9,7 @@ pub mod subscription;
 pub mod types;
 
 use crate::config::ApiLimits;
-use crate::error::{normalize, ApiError};
+use crate::error::{normalize, ApiError, ErrorCode};
 use crate::Tidemark;
 use async_graphql::{
     Data, Executor, MergedObject, MergedSubscription, ObjectType, Request, Response, Schema,
@@ -158,14 +158,32 @@ impl Executor for ApiSchema {
     }
 }
 
-/// Codes every error, logs internal ones, counts them.
+/// Causes logged by [`finish`]: each at most once per window, with the count suppressed.
+static REPEATED_CAUSES: std::sync::LazyLock<crate::log_limit::RepeatLimiter> =
+    std::sync::LazyLock::new(|| {
+        crate::log_limit::RepeatLimiter::new(std::time::Duration::from_secs(10))
+    });
+
+/// Codes every error, counts them, and logs the causes of internal errors and refusals
+/// (rate-limited per cause).
 pub(crate) fn finish(mut response: Response) -> Response {
     for error in &mut response.errors {
         let normalized = normalize(error);
         metrics::counter!("tidemark_api_errors_total", "code" => normalized.code.clone())
             .increment(1);
-        if let Some(detail) = normalized.internal {
-            tracing::error!(path = ?error.path, error = %detail, "internal error in a GraphQL request");
+        let Some(detail) = normalized.internal else {
+            continue;
+        };
+        let cause = format!("{}: {detail}", normalized.code);
+        let Some(suppressed) = REPEATED_CAUSES.admit(&cause, std::time::Instant::now()) else {
+            continue;
+        };
+        if normalized.code == ErrorCode::Internal.as_str() {
+            tracing::error!(path = ?error.path, error = %detail, suppressed, "internal error in a GraphQL request");
+        } else {
+            // A refusal (e.g. the database is unreachable): the client was told; the
+            // operator needs the cause once, not once per request.
+            tracing::warn!(code = %normalized.code, error = %detail, suppressed, "GraphQL requests refused");
         }
     }
     response

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark_projections::{EngineConfig, ProjectionEngine};
-use tidemark_store::{EventStore, Limits, StoreConfig};
+use tidemark_store::{EventStore, Limits, PipelineConfig, StoreConfig};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -65,6 +65,10 @@ impl Application {
                 max_event_bytes: limits.max_event_bytes,
                 max_events_per_append: limits.max_events_per_append,
                 ..Limits::default()
+            },
+            pipeline: PipelineConfig {
+                admission_budget: limits.admission_budget,
+                ..PipelineConfig::default()
             },
             ..StoreConfig::default()
         };
@@ -116,6 +120,7 @@ impl Application {
             auth,
             tidemark: tidemark.clone(),
             ws_permits: Arc::new(Semaphore::new(limits.max_ws_connections)),
+            request_permits: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
             limits,
             engine_running: config.run_projections,
         });

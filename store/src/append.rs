@@ -4,7 +4,9 @@
 //! - [`prepare`]: validate a request, compute content hashes and event ids (no I/O).
 //! - [`batch`]: check and write a batch of prepared appends in one transaction.
 //! - [`pipeline`]: the queue, the writer task, backpressure and draining on shutdown.
+//! - [`admission`]: refuses at once an append whose expected wait exceeds the budget.
 
+pub(crate) mod admission;
 pub(crate) mod batch;
 pub(crate) mod pipeline;
 pub(crate) mod prepare;

@@ -38,6 +38,11 @@ pub struct PipelineConfig {
     pub queue_depth: usize,
     /// How long a caller waits for room in a full queue before `Overloaded`.
     pub enqueue_deadline: Duration,
+    /// Longest an append is expected to wait in the queue: a caller whose expected wait
+    /// (requests ahead of it over the writer's measured drain rate) is longer is refused at
+    /// once with `Overloaded` and a retry hint, instead of waiting towards its timeout.
+    /// Zero turns this off.
+    pub admission_budget: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -48,6 +53,7 @@ impl Default for PipelineConfig {
             max_batch_wait: Duration::ZERO,
             queue_depth: 4096,
             enqueue_deadline: Duration::from_secs(2),
+            admission_budget: Duration::from_secs(1),
         }
     }
 }

@@ -70,12 +70,13 @@ pub enum StoreError {
         existing_position: Position,
     },
 
-    /// The append queue stayed full past the deadline. Retry after a short pause;
-    /// nothing of the append was written.
-    #[error(
-        "the store is overloaded: the append queue stayed full for {waited_ms} ms; retry shortly"
-    )]
-    Overloaded { waited_ms: u64 },
+    /// The store refused the append to keep latency bounded. Nothing of it was written;
+    /// retry after `retry_after_ms`.
+    #[error("the store is overloaded: {reason}; nothing was written, retry in about {retry_after_ms} ms")]
+    Overloaded {
+        reason: OverloadReason,
+        retry_after_ms: u64,
+    },
 
     /// The store is shutting down and accepts no new appends.
     #[error("the store is shutting down and no longer accepts appends")]
@@ -129,6 +130,19 @@ pub fn describe_postgres_error(error: &tokio_postgres::Error) -> String {
         cause = inner.source();
     }
     text
+}
+
+/// Why an append was refused as overloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OverloadReason {
+    /// The queue stayed full for the whole enqueue deadline.
+    #[error("the append queue stayed full for {waited_ms} ms")]
+    QueueFull { waited_ms: u64 },
+    /// The requests already queued would take longer than the admission budget to write.
+    #[error(
+        "an append queued now would wait about {expected_ms} ms, over the budget of {budget_ms} ms"
+    )]
+    ExpectedWait { expected_ms: u64, budget_ms: u64 },
 }
 
 fn describe_version(v: Option<StreamVersion>) -> String {

@@ -38,7 +38,7 @@ pub mod subscribe;
 pub mod validate;
 
 pub use config::{Limits, PipelineConfig, StoreConfig};
-pub use error::{Result, StoreError, ValidationError};
+pub use error::{OverloadReason, Result, StoreError, ValidationError};
 pub use model::{
     category_of, AppendOutcome, AppendRequest, AppendedEvent, ExpectedVersion, NewEvent, Position,
     RecordedEvent, StreamVersion,

@@ -16,8 +16,8 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 use tidemark_store::{
-    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, NewEvent, PipelineConfig, Position,
-    RecordedEvent, StoreConfig, StoreError, StreamVersion,
+    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, NewEvent, OverloadReason,
+    PipelineConfig, Position, RecordedEvent, StoreConfig, StoreError, StreamVersion,
 };
 use tidemark_testkit::TestDatabase;
 use tokio::task::JoinHandle;
@@ -516,8 +516,14 @@ async fn appends_beyond_a_full_queue_are_overloaded_after_the_deadline_and_write
     // They give up on their own, the writer still stalled.
     for result in results(overflow).await {
         match result {
-            Err(error @ StoreError::Overloaded { waited_ms }) => {
+            Err(
+                error @ StoreError::Overloaded {
+                    reason: OverloadReason::QueueFull { waited_ms },
+                    retry_after_ms,
+                },
+            ) => {
                 assert_eq!(waited_ms, deadline.as_millis() as u64);
+                assert!(retry_after_ms > 0, "a retry hint is given");
                 assert!(error.is_retryable(), "Overloaded is retryable");
                 assert_eq!(error.kind(), "overloaded");
             }
@@ -545,6 +551,79 @@ async fn appends_beyond_a_full_queue_are_overloaded_after_the_deadline_and_write
         streams,
         vec!["plug-1", "queued-1", "after-1"],
         "nothing an overloaded caller sent was written"
+    );
+}
+
+/// Admission control: with requests already queued, a caller whose expected wait exceeds
+/// the budget is refused at once (not after the enqueue deadline), with a retry hint, and
+/// nothing of its append is written. A budget far below one transaction's cost makes the
+/// verdict certain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_expected_to_wait_past_the_budget_is_refused_at_once_and_writes_nothing() {
+    let db = TestDatabase::create().await;
+    let config = StoreConfig {
+        pipeline: PipelineConfig {
+            admission_budget: Duration::from_nanos(1),
+            // Long enough that a caller waiting for room could never be confused with
+            // one refused by admission.
+            enqueue_deadline: Duration::from_secs(3600),
+            ..PipelineConfig::default()
+        },
+        ..StoreConfig::default()
+    };
+    let store = open_store(&db, config).await;
+    // The writer measures what a transaction costs.
+    append_ok(&store, "first-1", ExpectedVersion::Any, vec![tagged(0)]).await;
+
+    let (lock, plug) = stall_writer(&db, &store).await;
+    let queued = queue_in_order(
+        &store,
+        vec![AppendRequest::new(
+            "queued-1",
+            ExpectedVersion::Any,
+            vec![tagged(1)],
+        )],
+    )
+    .await;
+    let refused = within_deadline(
+        "the refusal comes at once, while the writer is still stalled",
+        store.append(AppendRequest::new(
+            "refused-1",
+            ExpectedVersion::Any,
+            vec![tagged(2)],
+        )),
+    )
+    .await;
+    match refused {
+        Err(
+            error @ StoreError::Overloaded {
+                reason: OverloadReason::ExpectedWait { budget_ms: 0, .. },
+                retry_after_ms,
+            },
+        ) => {
+            assert!(error.is_retryable());
+            assert!(retry_after_ms >= 100, "the hint is at least 100 ms");
+        }
+        other => panic!("expected Overloaded(ExpectedWait), got {other:?}"),
+    }
+    assert_eq!(lock.waiters().await, 1, "the writer was stalled all along");
+    lock.release().await;
+    within_deadline("the plug is answered", plug)
+        .await
+        .expect("the plug task panicked")
+        .expect("the plug append succeeds");
+    for result in results(queued).await {
+        result.expect("the admitted append commits");
+    }
+    let streams: Vec<String> = read_all(&store)
+        .await
+        .into_iter()
+        .map(|e| e.stream_id)
+        .collect();
+    assert_eq!(
+        streams,
+        vec!["first-1", "plug-1", "queued-1"],
+        "nothing of the refused append was written"
     );
 }
 

@@ -2,15 +2,19 @@
 //!
 //! While the writer waits for a commit (a WAL flush), new requests pile up in the queue; the
 //! next transaction takes all of them. Throughput therefore grows with concurrency instead of
-//! being capped at one commit per append. A full queue pushes back: callers wait up to a
-//! deadline, then get a retryable `Overloaded` error having written nothing.
+//! being capped at one commit per append. Two limits push back, each with a retryable
+//! `Overloaded` error having written nothing: a caller whose expected wait exceeds the
+//! admission budget is refused at once (see `admission`), and a caller that finds the queue
+//! full waits up to a deadline for room.
 
+use super::admission::{self, Admission, DrainRate};
 use super::batch::{write_batch, BatchResult};
 use super::prepare::PreparedAppend;
 use crate::config::PipelineConfig;
-use crate::error::{Result, StoreError};
+use crate::error::{OverloadReason, Result, StoreError};
 use crate::heads::Heads;
 use crate::model::AppendOutcome;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +31,7 @@ pub(crate) struct Pending {
 pub(crate) struct AppendQueue {
     sender: mpsc::Sender<Pending>,
     config: PipelineConfig,
+    drain_rate: Arc<DrainRate>,
     shutdown: CancellationToken,
 }
 
@@ -36,6 +41,20 @@ impl AppendQueue {
         if self.shutdown.is_cancelled() {
             // Refused at once, even while the writer is still busy draining.
             return Err(StoreError::ShuttingDown);
+        }
+        if let Admission::Refuse {
+            expected_wait,
+            retry_after,
+        } = admission::admit(&self.drain_rate, self.depth(), self.config.admission_budget)
+        {
+            metrics::counter!("tidemark_append_overloaded_total").increment(1);
+            return Err(StoreError::Overloaded {
+                reason: OverloadReason::ExpectedWait {
+                    expected_ms: expected_wait.as_millis() as u64,
+                    budget_ms: self.config.admission_budget.as_millis() as u64,
+                },
+                retry_after_ms: retry_after.as_millis() as u64,
+            });
         }
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
@@ -59,8 +78,13 @@ impl AppendQueue {
                     }
                     Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                         metrics::counter!("tidemark_append_overloaded_total").increment(1);
+                        let waited = self.config.enqueue_deadline;
                         return Err(StoreError::Overloaded {
-                            waited_ms: self.config.enqueue_deadline.as_millis() as u64,
+                            reason: OverloadReason::QueueFull {
+                                waited_ms: waited.as_millis() as u64,
+                            },
+                            retry_after_ms: admission::retry_after_full_queue(waited).as_millis()
+                                as u64,
                         });
                     }
                 }
@@ -86,17 +110,20 @@ pub(crate) fn start(
     shutdown: CancellationToken,
 ) -> (AppendQueue, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = mpsc::channel(config.queue_depth.max(1));
+    let drain_rate = Arc::new(DrainRate::new(config.max_batch_requests));
     let writer = Writer {
         pool,
         config: config.clone(),
         heads,
         receiver,
+        drain_rate: drain_rate.clone(),
     };
     let handle = tokio::spawn(writer.run(shutdown.clone()));
     (
         AppendQueue {
             sender,
             config,
+            drain_rate,
             shutdown,
         },
         handle,
@@ -108,6 +135,7 @@ struct Writer {
     config: PipelineConfig,
     heads: Heads,
     receiver: mpsc::Receiver<Pending>,
+    drain_rate: Arc<DrainRate>,
 }
 
 impl Writer {
@@ -163,7 +191,8 @@ impl Writer {
 
     async fn write(&mut self, batch: &mut Vec<Pending>) {
         let started = Instant::now();
-        metrics::histogram!("tidemark_append_batch_requests").record(batch.len() as f64);
+        let requests = batch.len();
+        metrics::histogram!("tidemark_append_batch_requests").record(requests as f64);
         let result = self.write_once(batch).await;
         match result {
             Ok(result) => self.answer(batch, result),
@@ -184,9 +213,10 @@ impl Writer {
                 fail_all(batch, &error);
             }
         }
-        metrics::histogram!("tidemark_append_batch_seconds")
-            .record(started.elapsed().as_secs_f64());
         batch.clear();
+        let elapsed = started.elapsed();
+        self.drain_rate.record_batch(requests, elapsed);
+        metrics::histogram!("tidemark_append_batch_seconds").record(elapsed.as_secs_f64());
     }
 
     async fn write_once(&self, batch: &[Pending]) -> Result<BatchResult> {
