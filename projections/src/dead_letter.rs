@@ -79,6 +79,60 @@ pub(crate) async fn park(
     Ok(Commit::Done)
 }
 
+/// Positions of this lane's parked, unreplayed events after `checkpoint`: a partition
+/// stopped by `ParkAndStop` keeps its checkpoint before the event, so a lane that resumes
+/// (after a fix and a restart) applies the event itself and must mark it resolved, or a
+/// later replay would apply it a second time. Only live lanes: a shadow's apply counts
+/// only if it is swapped in.
+pub(crate) async fn parked_ahead(
+    store: &EventStore,
+    spec: &LaneSpec,
+    checkpoint: Position,
+) -> Result<Vec<Position>> {
+    if spec.target != crate::lane::LIVE {
+        return Ok(Vec::new());
+    }
+    let client = store.pool().get().await?;
+    let rows = client
+        .query(
+            "SELECT position FROM projection_dead_letters
+              WHERE projection = $1 AND replayed_at IS NULL AND position > $2
+                AND ($3::smallint IS NULL OR partition = $3)
+              ORDER BY position",
+            &[&spec.projection.name(), &checkpoint, &spec.partition],
+        )
+        .await
+        .map_err(EngineError::db("reading parked events ahead of a lane"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// In the lane's batch transaction: marks parked events at positions the batch applied
+/// (after `from`, up to `through`) as resolved, so that a replay skips them.
+pub(crate) async fn resolve_applied(
+    tx: &deadpool_postgres::Transaction<'_>,
+    spec: &LaneSpec,
+    from: Position,
+    through: Position,
+) -> Result<u64> {
+    let resolved = tx
+        .execute(
+            "UPDATE projection_dead_letters SET replayed_at = now()
+              WHERE projection = $1 AND replayed_at IS NULL AND position > $2 AND position <= $3
+                AND ($4::smallint IS NULL OR partition = $4)",
+            &[&spec.projection.name(), &from, &through, &spec.partition],
+        )
+        .await
+        .map_err(EngineError::db("resolving parked events the lane applied"))?;
+    if resolved > 0 {
+        tracing::info!(
+            projection = spec.projection.name(),
+            resolved,
+            "parked events applied by the lane after a fix; marked resolved"
+        );
+    }
+    Ok(resolved)
+}
+
 /// Parked events of `projection` (all projections when `None`), oldest first.
 pub async fn list(
     store: &EventStore,

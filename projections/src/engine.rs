@@ -5,7 +5,7 @@
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::fence::Fence;
-use crate::lane::{Backoff, Lane, LaneExit, LaneProgress, LaneSpec, LIVE};
+use crate::lane::{Lane, LaneExit, LaneProgress, LaneSpec, LIVE};
 use crate::projection::{quote_ident, ApplyContext, Projection};
 use crate::registry::Registry;
 use crate::scaling::{AdaptiveLimit, ScalingSignal};
@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tidemark_store::backoff::Backoff;
 use tidemark_store::{EventStore, Position};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -304,7 +305,7 @@ impl ProjectionEngine {
             let outcome = tokio::spawn(async move { running.run(token).await }).await;
             if lane.progress.borrow().checkpoint > checkpoint_before {
                 // It made progress before failing: a new incident, not a repeat.
-                backoff = Backoff::new(self.inner.config.retry_base, self.inner.config.retry_max);
+                backoff.reset();
             }
             match outcome {
                 Ok(Ok(LaneExit::Shutdown | LaneExit::ReachedEnd | LaneExit::Fenced)) => return,
@@ -326,7 +327,7 @@ impl ProjectionEngine {
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
     }

@@ -105,27 +105,8 @@ impl EngineError {
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
-/// Lost the connection or hit a passing conflict, rather than a problem with the SQL or the
-/// data: no server error at all (closed, I/O), the server ending the session (terminated by
-/// an administrator, shutting down, idle in a transaction too long, connection exceptions),
-/// or a serialization failure or deadlock. A terminated backend answers with a FATAL server
-/// error before closing, so `is_closed()` alone misses it.
 fn is_transient_db_error(e: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    let Some(db) = e.as_db_error() else {
-        return true;
-    };
-    let code = db.code();
-    code.code().starts_with("08")
-        || [
-            SqlState::ADMIN_SHUTDOWN,
-            SqlState::CRASH_SHUTDOWN,
-            SqlState::CANNOT_CONNECT_NOW,
-            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-            SqlState::T_R_SERIALIZATION_FAILURE,
-            SqlState::T_R_DEADLOCK_DETECTED,
-        ]
-        .contains(code)
+    tidemark_store::error::is_transient_postgres_error(e)
 }
 
 /// The server's message and SQLSTATE when there is one: `tokio_postgres::Error` displays

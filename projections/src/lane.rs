@@ -14,6 +14,7 @@ use crate::projection::{ApplyContext, FailurePolicy, Projection};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tidemark_store::backoff::Backoff;
 use tidemark_store::{EventStore, Page, Position, RecordedEvent, SubscribeOptions};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -111,14 +112,14 @@ impl Lane {
                     // start again from the shortest pause.
                     let checkpoint = self.progress.borrow().checkpoint;
                     if checkpoint_at_last_failure.is_some_and(|at| checkpoint > at) {
-                        backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
+                        backoff.reset();
                     }
                     checkpoint_at_last_failure = Some(checkpoint);
                     tracing::warn!(lane = %self.spec.describe(), %error, "lane interrupted; resuming from its checkpoint");
                     metrics::counter!("tidemark_projection_errors_total", "projection" => self.spec.projection.name().to_string(), "kind" => "transient").increment(1);
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(LaneExit::Shutdown),
-                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
                 }
                 Err(error) => return Err(error),
@@ -135,6 +136,8 @@ impl Lane {
         if self.spec.until.is_some_and(|until| checkpoint >= until) {
             return Ok(LaneExit::ReachedEnd);
         }
+        let parked_ahead =
+            crate::dead_letter::parked_ahead(&self.store, &self.spec, checkpoint).await?;
         let (pages_tx, mut pages) = mpsc::channel(self.config.fetch_ahead_pages.max(1));
         let fetch_stop = shutdown.child_token();
         let fetcher = tokio::spawn(fetch(
@@ -176,7 +179,7 @@ impl Lane {
             if !events.is_empty() {
                 let started = Instant::now();
                 match self
-                    .apply_with_retries(checkpoint, &events, shutdown)
+                    .apply_with_retries(checkpoint, &events, &parked_ahead, shutdown)
                     .await?
                 {
                     Some(new_checkpoint) => checkpoint = new_checkpoint,
@@ -221,9 +224,10 @@ impl Lane {
         &self,
         checkpoint: Position,
         events: &[RecordedEvent],
+        parked_ahead: &[Position],
         shutdown: &CancellationToken,
     ) -> Result<Option<Position>> {
-        match self.commit(checkpoint, events).await {
+        match self.commit(checkpoint, events, parked_ahead).await {
             Ok(Commit::Done) => return Ok(events.last().map(|e| e.position)),
             Ok(Commit::Fenced) => return Ok(None),
             Err(error) if error.is_transient() => return Err(error),
@@ -236,7 +240,10 @@ impl Lane {
             let mut attempts = 0u32;
             let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
             loop {
-                match self.commit(checkpoint, std::slice::from_ref(event)).await {
+                match self
+                    .commit(checkpoint, std::slice::from_ref(event), parked_ahead)
+                    .await
+                {
                     Ok(Commit::Done) => {
                         checkpoint = event.position;
                         break;
@@ -272,7 +279,7 @@ impl Lane {
                         tracing::warn!(lane = %self.spec.describe(), position = event.position, attempts, %error, "event failed; retrying");
                         tokio::select! {
                             _ = shutdown.cancelled() => return Err(EngineError::ShuttingDown),
-                            _ = tokio::time::sleep(backoff.next()) => {}
+                            _ = tokio::time::sleep(backoff.next_delay()) => {}
                         }
                     }
                 }
@@ -281,8 +288,14 @@ impl Lane {
         Ok(Some(checkpoint))
     }
 
-    /// One transaction: lock and check the checkpoint (and lease), apply, advance, commit.
-    async fn commit(&self, checkpoint: Position, events: &[RecordedEvent]) -> Result<Commit> {
+    /// One transaction: lock and check the checkpoint (and lease), apply, advance (resolving
+    /// parked events the batch applied, see `dead_letter::parked_ahead`), commit.
+    async fn commit(
+        &self,
+        checkpoint: Position,
+        events: &[RecordedEvent],
+        parked_ahead: &[Position],
+    ) -> Result<Commit> {
         let Some(last) = events.last() else {
             return Ok(Commit::Done);
         };
@@ -319,6 +332,12 @@ impl Lane {
                 source,
             })?;
         crate::checkpoint::advance(&tx, &self.spec, last.position).await?;
+        if parked_ahead
+            .iter()
+            .any(|p| *p > checkpoint && *p <= last.position)
+        {
+            crate::dead_letter::resolve_applied(&tx, &self.spec, checkpoint, last.position).await?;
+        }
         if !crate::checkpoint::lease_still_held(&tx, &self.spec, &self.fence).await? {
             return Ok(Commit::Fenced);
         }
@@ -352,24 +371,6 @@ async fn fetch(
         if pages.send(fetched).await.is_err() || failed {
             return;
         }
-    }
-}
-
-/// Exponential backoff between `base` and `max`.
-pub(crate) struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff { next: base, max }
-    }
-
-    pub fn next(&mut self) -> Duration {
-        let current = self.next;
-        self.next = (self.next * 2).min(self.max);
-        current
     }
 }
 

@@ -107,6 +107,48 @@ pub enum StoreError {
     Embedded(String),
 }
 
+/// The one classifier of PostgreSQL errors: `true` for a lost connection or a passing
+/// conflict (worth retrying as is), `false` for a problem with the SQL or the data.
+///
+/// Transient: the connection closed or failed at the I/O level; the server ending the
+/// session (terminated by an administrator, shutting down, idle in a transaction too long,
+/// connection exceptions: a terminated backend answers with a FATAL error before closing, so
+/// `is_closed()` alone misses it); a serialization failure or deadlock. Not transient: every
+/// other server error, and client-side errors without a server answer that are not about
+/// the connection (a parameter of the wrong type, a row that does not decode): retrying
+/// those forever would only repeat them.
+pub fn is_transient_postgres_error(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    let Some(db) = error.as_db_error() else {
+        return error.is_closed() || caused_by_io(error);
+    };
+    let code = db.code();
+    code.code().starts_with("08")
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ]
+        .contains(code)
+}
+
+/// Whether an I/O error (a reset, a refused or timed-out connection) is among the causes.
+fn caused_by_io(error: &tokio_postgres::Error) -> bool {
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        if inner.is::<std::io::Error>() {
+            return true;
+        }
+        cause = inner.source();
+    }
+    // Connecting failures without an I/O source ("error connecting to server", timeouts).
+    let text = error.to_string();
+    text.contains("connect") || text.contains("timeout") || text.contains("timed out")
+}
+
 /// PostgreSQL's message, SQLSTATE, detail and hint when the server answered; otherwise the
 /// client error with its causes (e.g. "error connecting to server: Connection refused").
 pub fn describe_postgres_error(error: &tokio_postgres::Error) -> String {

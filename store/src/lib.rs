@@ -18,6 +18,7 @@
 //! - [`migrate`]: applies `migrations/*.sql` once, under an advisory lock, checksummed.
 //! - [`embedded`]: runs a private PostgreSQL cluster from the installed binaries.
 //! - [`config`]: limits and pipeline settings with their defaults.
+//! - [`backoff`]: the one exponential backoff of every reconnect and retry loop.
 //! - [`aggregate`]: the write side: an [`aggregate::Aggregate`] folds and decides; the
 //!   [`aggregate::CommandBus`] loads, decides and appends with `Exact(version)`, retrying on conflict.
 //!
@@ -25,6 +26,7 @@
 
 pub mod aggregate;
 mod append;
+pub mod backoff;
 pub mod config;
 pub mod embedded;
 pub mod error;

@@ -6,6 +6,7 @@
 //! them has no gap and no duplicate by construction.
 
 use crate::append::batch::NOTIFY_CHANNEL;
+use crate::backoff::Backoff;
 use crate::error::Result;
 use crate::heads::Heads;
 use crate::model::{Position, RecordedEvent};
@@ -272,31 +273,40 @@ async fn wait_for_partition(
 
 /// Keeps the heads up to date from NOTIFY on a dedicated connection, reconnecting on failure.
 /// Notifications are only hints: subscriptions also poll, so a lost one costs latency only.
+/// The reconnect delay starts over once a connection was listening: an outage an hour ago
+/// must not make every later reconnect wait the maximum (live delivery would fall back to
+/// polling for that long).
 pub(crate) async fn watch_head(
     pg_config: tokio_postgres::Config,
     heads: Heads,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
+        let mut listening = false;
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = listen(&pg_config, &heads) => result,
+            result = listen(&pg_config, &heads, &mut listening) => result,
         };
+        if listening {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
         if let Err(error) = result {
-            tracing::warn!(%error, "head listener lost its connection; reconnecting in {:?}", backoff);
+            tracing::warn!(error = %crate::error::describe_postgres_error(&error), "head listener lost its connection; reconnecting in {delay:?}");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
+/// Listens until the connection ends; sets `listening` once LISTEN took effect.
 async fn listen(
     pg_config: &tokio_postgres::Config,
     heads: &Heads,
+    listening: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = pg_config.connect(tokio_postgres::NoTls).await?;
     let driver_heads = heads.clone();
@@ -324,6 +334,7 @@ async fn listen(
         .await?
         .get(0);
     heads.advance(current, None);
+    *listening = true;
     // `client` stays alive (and LISTENing) until the connection ends.
     let ended = driver.await;
     drop(client);

@@ -182,6 +182,43 @@ async fn a_poison_event_is_parked_after_its_attempts_the_partition_goes_on_and_i
     store.shutdown().await;
 }
 
+/// A projection's SQL that fails in the client, without a server answer (a parameter of the
+/// wrong type), is the projection's bug, not a passing problem: it counts as an attempt and
+/// is parked like any failure, instead of being retried forever while the partition stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_projection_sql_error_without_a_server_answer_is_parked_not_retried_forever() {
+    let db = TestDatabase::create().await;
+    let store = open_store(&db).await;
+    let poisoned = deposits(&store, "account-typo", 3).await;
+    let (poison, poison_position) = poisoned[1];
+
+    let mut recorder = Recorder::new("wrong_type");
+    recorder.poison = Some(poison);
+    recorder.poison_kind = PoisonKind::WrongParameterType;
+    recorder.broken.store(true, Ordering::SeqCst);
+    let engine = ProjectionEngine::new(
+        store.clone(),
+        Registry::new().projection(recorder),
+        poison_config(),
+    );
+    engine.start().await.expect("the engine starts");
+    caught_up(&engine, "wrong_type", DEADLINE).await;
+    let parked = engine
+        .dead_letters(Some("wrong_type"), false)
+        .await
+        .expect("listing dead letters");
+    assert_eq!(parked.len(), 1, "the event is parked: {parked:?}");
+    assert_eq!(parked[0].position, poison_position);
+    assert_eq!(parked[0].attempts, 3, "parked after max_attempts attempts");
+    assert!(
+        parked[0].error.contains("type"),
+        "the dead letter says what was wrong: {}",
+        parked[0].error
+    );
+    engine.shutdown().await;
+    store.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn park_and_stop_halts_the_partition_until_the_parked_event_is_replayed() {
     let db = TestDatabase::create().await;
@@ -269,6 +306,75 @@ async fn park_and_stop_halts_the_partition_until_the_parked_event_is_replayed() 
     assert_eq!(status.parked, 0);
     engine.shutdown().await;
     assert_eq!(read_applied(&client, "rm_poison_stop").await, applied);
+    store.shutdown().await;
+}
+
+/// `ParkAndStop`, then a fix and a restart: the resumed lane applies the parked event itself
+/// (its checkpoint was still before it) and marks it resolved in the same transaction, so a
+/// later replay applies nothing: the event is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parked_event_the_lane_applies_after_a_restart_is_not_replayed_again() {
+    let db = TestDatabase::create().await;
+    let store = open_store(&db).await;
+    let poisoned = deposits(&store, "account-poisoned", 3).await;
+    let (poison, poison_position) = poisoned[1];
+
+    let start = |broken: bool| {
+        let mut recorder = Recorder::new("stop_then_fix");
+        recorder.policy = FailurePolicy::ParkAndStop;
+        recorder.poison = Some(poison);
+        recorder.broken.store(broken, Ordering::SeqCst);
+        ProjectionEngine::new(
+            store.clone(),
+            Registry::new().projection(recorder),
+            poison_config(),
+        )
+    };
+    let engine = start(true);
+    engine.start().await.expect("the engine starts");
+    wait_until("the poison event is parked", DEADLINE, || async {
+        engine
+            .dead_letters(Some("stop_then_fix"), false)
+            .await
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    engine.shutdown().await;
+
+    // The fixed build starts; the stopped partition resumes at the parked event.
+    let engine = start(false);
+    engine.start().await.expect("the fixed engine starts");
+    let client = connect(&db).await;
+    wait_until(
+        "the resumed lane applies the parked event",
+        DEADLINE,
+        || async {
+            times_applied(
+                &read_applied(&client, "rm_stop_then_fix").await,
+                poison_position,
+            ) == 1
+        },
+    )
+    .await;
+    caught_up(&engine, "stop_then_fix", DEADLINE).await;
+    assert!(
+        engine
+            .dead_letters(Some("stop_then_fix"), false)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the letter the lane applied is no longer pending"
+    );
+    assert_eq!(
+        engine.replay_parked("stop_then_fix", None).await.unwrap(),
+        0,
+        "a replay has nothing left to apply"
+    );
+    let applied = read_applied(&client, "rm_stop_then_fix").await;
+    assert_each_once_in_stream_order(&applied, &read_all(&store).await);
+    engine.shutdown().await;
     store.shutdown().await;
 }
 

@@ -300,13 +300,25 @@ pub struct Recorder {
     pub name: String,
     pub policy: tidemark_projections::FailurePolicy,
     pub selector: tidemark_projections::EventSelector,
-    /// Fails with `ProjectionError::failed` on this event while `broken` is set.
+    /// Fails on this event while `broken` is set, as `poison_kind` says.
     pub poison: Option<uuid::Uuid>,
+    pub poison_kind: PoisonKind,
     pub broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Chance per batch of a transient failure after the batch's writes.
     pub transient_rate: f64,
     pub rng: std::sync::Mutex<StdRng>,
     pub stats: std::sync::Arc<RecorderStats>,
+}
+
+/// How a [`Recorder`] fails on its poison event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PoisonKind {
+    /// `ProjectionError::failed`, the projection's own verdict.
+    #[default]
+    Failed,
+    /// Its SQL binds a parameter of the wrong type: a database error the server never
+    /// sees, which no retry can fix.
+    WrongParameterType,
 }
 
 /// What a [`Recorder`] saw.
@@ -327,6 +339,7 @@ impl Recorder {
             policy: Default::default(),
             selector: tidemark_projections::EventSelector::all(),
             poison: None,
+            poison_kind: PoisonKind::Failed,
             broken: Default::default(),
             transient_rate: 0.0,
             rng: std::sync::Mutex::new(StdRng::seed_from_u64(0)),
@@ -394,6 +407,15 @@ impl tidemark_projections::Projection for Recorder {
         for event in events {
             if self.poison == Some(event.event_id) && self.broken.load(SeqCst) {
                 self.stats.poison_attempts.fetch_add(1, SeqCst);
+                if self.poison_kind == PoisonKind::WrongParameterType {
+                    // `stream_version` is a bigint; a text parameter fails in the client.
+                    ctx.tx
+                        .execute(
+                            &insert,
+                            &[&event.stream_id, &"one", &event.position, &event.partition],
+                        )
+                        .await?;
+                }
                 return Err(tidemark_projections::ProjectionError::failed(format!(
                     "poisoned: refusing event {} of {}",
                     event.stream_version, event.stream_id
