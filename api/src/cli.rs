@@ -184,6 +184,11 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "TIDEMARK_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,
+
+    /// On shutdown, how long no request must have run before idle keep-alive connections
+    /// are closed, in milliseconds (until then answers carry `Connection: close`).
+    #[arg(long, env = "TIDEMARK_DRAIN_QUIET_MS", default_value_t = 300)]
+    pub drain_quiet_ms: u64,
 }
 
 impl ServeArgs {
@@ -218,6 +223,7 @@ impl ServeArgs {
                 ..ApiLimits::default()
             },
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            drain_quiet: Duration::from_millis(self.drain_quiet_ms),
         })
     }
 }

@@ -125,6 +125,10 @@ pub struct ServerConfig {
     pub limits: ApiLimits,
     /// How long shutdown waits for in-flight requests before closing them.
     pub shutdown_timeout: Duration,
+    /// On shutdown, how long no request must have run before idle keep-alive connections
+    /// are closed (until then every response says `Connection: close`). Bounded by half of
+    /// `shutdown_timeout`.
+    pub drain_quiet: Duration,
 }
 
 impl Default for ServerConfig {
@@ -144,6 +148,7 @@ impl Default for ServerConfig {
             api_keys: Vec::new(),
             limits: ApiLimits::default(),
             shutdown_timeout: Duration::from_secs(30),
+            drain_quiet: Duration::from_millis(300),
         }
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     pub request_permits: Arc<Semaphore>,
     /// Whether this process runs projections (`--no-projections` turns them off).
     pub engine_running: bool,
+    /// Set on shutdown (see `drain`).
+    pub drain: crate::drain::Drain,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -58,6 +60,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(track))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.drain.clone(),
+            crate::drain::track,
+        ))
         .with_state(state)
 }
 
@@ -321,7 +327,9 @@ async fn ready(State(state): State<AppState>) -> Response {
     };
     // An API-only node (projections off) has no engine to wait for.
     let engine = !state.engine_running || !state.tidemark.engine().shutdown_token().is_cancelled();
-    let is_ready = database && migrations && engine;
+    // A draining server answers what it is sent but wants no new traffic.
+    let draining = state.drain.is_draining();
+    let is_ready = database && migrations && engine && !draining;
     let status = if is_ready {
         StatusCode::OK
     } else {
@@ -329,7 +337,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     };
     let body = json!({
         "status": if is_ready { "ready" } else { "not ready" },
-        "checks": { "database": database, "migrations": migrations, "engine": engine },
+        "checks": { "database": database, "migrations": migrations, "engine": engine, "draining": draining },
         "projections": if state.engine_running { "on" } else { "off" },
     });
     (status, Json(body)).into_response()

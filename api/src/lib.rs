@@ -16,6 +16,8 @@
 //! - [`http`]: routes — `POST /graphql`, WebSocket subscriptions on `GET /graphql`,
 //!   GraphiQL at `/`, `/health`, `/ready`, `/metrics` — limits on bodies and sockets, and
 //!   admission control (a bounded number of requests at once, refused past a wait budget).
+//! - `drain`: on shutdown, responses close their connections and idle ones close only
+//!   once requests have stopped, so no request read on a keep-alive connection goes unanswered.
 //! - `log_limit`: a repeated error cause is logged once per window with a count.
 //! - [`startup`]: [`Application`]: build (bind, connect, migrate, start projections), then
 //!   `run_until_stopped(shutdown)` with an ordered graceful shutdown.
@@ -31,6 +33,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod database;
+mod drain;
 pub mod error;
 pub mod http;
 mod log_limit;

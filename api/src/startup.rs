@@ -8,8 +8,9 @@
 //! app.run_until_stopped(shutdown_signal()).await?;
 //! ```
 //!
-//! Shutdown, in order: stop accepting connections and end subscriptions; let in-flight
-//! requests finish (up to `shutdown_timeout`); stop the projection engine (each lane commits
+//! Shutdown, in order: end subscriptions and drain (every response closes its connection,
+//! `/ready` says 503) until no request has run for a moment; stop accepting connections and
+//! close idle ones; let in-flight requests finish (up to `shutdown_timeout`); stop the projection engine (each lane commits
 //! the batch in hand and its checkpoint); wait for background builds; drain the store's
 //! append queue; stop the embedded PostgreSQL.
 
@@ -37,6 +38,8 @@ pub struct Application {
     tidemark: Tidemark,
     database: Database,
     shutdown_timeout: Duration,
+    drain_quiet: Duration,
+    drain: crate::drain::Drain,
 }
 
 impl Application {
@@ -115,6 +118,7 @@ impl Application {
         if config.insecure_dev {
             tracing::warn!("--insecure-dev: authentication is OFF; every caller is admin");
         }
+        let drain = crate::drain::Drain::default();
         let router = http::router(AppState {
             schema,
             auth,
@@ -123,6 +127,7 @@ impl Application {
             request_permits: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
             limits,
             engine_running: config.run_projections,
+            drain: drain.clone(),
         });
         Ok(Application {
             listener,
@@ -131,6 +136,8 @@ impl Application {
             tidemark,
             database,
             shutdown_timeout: config.shutdown_timeout,
+            drain_quiet: config.drain_quiet,
+            drain,
         })
     }
 
@@ -164,6 +171,8 @@ impl Application {
             tidemark,
             database,
             shutdown_timeout,
+            drain_quiet,
+            drain,
         } = self;
         tracing::info!(%address, "listening; GraphiQL at http://{address}/");
         let stopping = tokio_util::sync::CancellationToken::new();
@@ -172,9 +181,14 @@ impl Application {
             let tidemark = tidemark.clone();
             async move {
                 shutdown.await;
-                tracing::info!("shutting down: no new connections; draining in-flight requests");
+                tracing::info!("shutting down: answering what arrives with Connection: close until requests stop");
                 // Subscriptions and WebSockets would otherwise keep the drain waiting.
                 tidemark.stop_subscriptions();
+                drain.start();
+                drain
+                    .wait_until_quiet(drain_quiet, shutdown_timeout / 2)
+                    .await;
+                tracing::info!("shutting down: no new connections; closing idle ones");
                 stopping.cancel();
             }
         };
