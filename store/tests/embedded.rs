@@ -384,7 +384,31 @@ async fn a_killed_postmaster_is_restarted_and_committed_data_survives() {
         .batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('committed')")
         .await
         .expect("write");
-    // An open session keeps a backend that outlives the postmaster for a moment.
+    // A backend busy computing does not notice that its postmaster died until it next
+    // waits, and keeps the old shared memory meanwhile, which blocks a new server. This one
+    // would compute for hours.
+    let busy = connect(supervised.connection_config("postgres")).await;
+    let busy_pid: i32 = busy
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("backend pid")
+        .get(0);
+    let long_query = tokio::spawn(async move {
+        busy.query_one("SELECT count(*) FROM generate_series(1, 100000000000)", &[])
+            .await
+            .map(|_| ())
+    });
+    let state_of = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| Some(stat.rsplit_once(") ")?.1.chars().next()? == 'R'))
+    };
+    for _ in 0..200 {
+        if state_of(busy_pid) == Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     kill_postmaster(first_pid);
 
     let health = wait_for_health(&supervised, "the restart", |health| {
@@ -396,6 +420,10 @@ async fn a_killed_postmaster_is_restarted_and_committed_data_survives() {
     assert!(
         client.batch_execute("SELECT 1").await.is_err(),
         "a session of the dead server cannot work on"
+    );
+    assert!(
+        long_query.await.expect("the query task").is_err(),
+        "the busy backend was ended"
     );
     let client = connect(supervised.connection_config("postgres")).await;
     let value: String = client
