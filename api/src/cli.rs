@@ -207,6 +207,7 @@ impl ServeArgs {
                 ..ApiLimits::default()
             },
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            ..ServerConfig::default()
         })
     }
 }

@@ -6,6 +6,7 @@ use crate::auth::ConfiguredKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tidemark_store::embedded::RestartPolicy;
 
 /// Where the events live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +116,8 @@ pub struct ServerConfig {
     pub limits: ApiLimits,
     /// How long shutdown waits for in-flight requests before closing them.
     pub shutdown_timeout: Duration,
+    /// How a dead embedded cluster is restarted, and when `/health` gives up on it.
+    pub embedded_restart: RestartPolicy,
 }
 
 impl Default for ServerConfig {
@@ -134,6 +137,7 @@ impl Default for ServerConfig {
             api_keys: Vec::new(),
             limits: ApiLimits::default(),
             shutdown_timeout: Duration::from_secs(30),
+            embedded_restart: RestartPolicy::default(),
         }
     }
 }

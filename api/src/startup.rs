@@ -57,7 +57,8 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr()?;
 
-        let database = Database::open(&config.database).await?;
+        let database =
+            Database::open_with(&config.database, config.embedded_restart.clone()).await?;
         let limits = config.limits.clone();
         let store_config = StoreConfig {
             partitions: config.partitions,
@@ -118,6 +119,7 @@ impl Application {
             ws_permits: Arc::new(Semaphore::new(limits.max_ws_connections)),
             limits,
             engine_running: config.run_projections,
+            embedded: database.embedded_health(),
         });
         Ok(Application {
             listener,
