@@ -207,7 +207,9 @@ pub struct EmbeddedOptions {
     /// Flush to disk. Turn off only for throwaway clusters (tests): a crash can then
     /// corrupt the cluster.
     pub fsync: bool,
-    /// How long to wait for the server to accept connections.
+    /// How long to wait for the server to accept connections. Time in crash recovery (the
+    /// server answers that it is starting up) does not count: replaying a large WAL may take
+    /// longer, and killing the server then would only start the replay over.
     pub startup_timeout: Duration,
     /// Extra server settings (`-c name=value`), applied after the built-in ones.
     pub settings: Vec<(String, String)>,
@@ -237,6 +239,9 @@ pub struct EmbeddedPostgres {
     log_file: PathBuf,
     /// `None` once stopped, or once it exited and was reaped (see [`Self::exited`]).
     server: Option<Child>,
+    /// The pid of a server we saw exit: its lock file is stale even if the pid is in use
+    /// again by then (by another postgres, even).
+    exited_pid: Option<u32>,
     /// What a restart needs to launch the same server again: same binaries, user, socket
     /// and port, so connection settings handed out earlier stay valid.
     bin_dir: PathBuf,
@@ -271,7 +276,7 @@ impl EmbeddedPostgres {
                     });
                 }
                 check_owner(&data_dir, run_as.as_ref())?;
-                clear_stale_pid_file(&data_dir).await?;
+                clear_stale_pid_file(&data_dir, None).await?;
             }
             None => init_cluster(&bin_dir, &data_dir, run_as.as_ref(), options.fsync).await?,
         }
@@ -313,6 +318,7 @@ impl EmbeddedPostgres {
                         port,
                         log_file,
                         server: Some(server),
+                        exited_pid: None,
                         bin_dir,
                         tcp,
                         run_as,
@@ -347,6 +353,7 @@ impl EmbeddedPostgres {
         )))?;
         if status.is_some() {
             self.server = None;
+            self.exited_pid = Some(pid);
         }
         Ok(status)
     }
@@ -363,7 +370,7 @@ impl EmbeddedPostgres {
             return Ok(());
         }
         end_orphaned_backends(&self.data_dir).await?;
-        clear_stale_pid_file(&self.data_dir).await?;
+        clear_stale_pid_file(&self.data_dir, self.exited_pid).await?;
         let launch = Launch {
             bin_dir: &self.bin_dir,
             data_dir: &self.data_dir,
@@ -375,6 +382,7 @@ impl EmbeddedPostgres {
             options: &self.options,
         };
         self.server = Some(launch.run().await?);
+        self.exited_pid = None;
         Ok(())
     }
 
@@ -890,8 +898,9 @@ fn create_private_dir(dir: &Path, run_as: Option<&ServerUser>) -> Result<(), Emb
 /// A live postgres on this directory gets a moment to finish shutting down (a restart right
 /// after our own parent-death signal), and is otherwise reported. So are backends the dead
 /// server left behind that do not exit in that time: the lock file is only removed once
-/// nothing uses the old server's shared memory any more.
-async fn clear_stale_pid_file(data_dir: &Path) -> Result<(), EmbeddedError> {
+/// nothing uses the old server's shared memory any more. `exited` names a server we reaped
+/// ourselves, stale whatever now runs under its pid.
+async fn clear_stale_pid_file(data_dir: &Path, exited: Option<u32>) -> Result<(), EmbeddedError> {
     let pid_file = data_dir.join("postmaster.pid");
     let deadline = Instant::now() + LEFTOVER_SERVER_TIMEOUT;
     loop {
@@ -909,7 +918,12 @@ async fn clear_stale_pid_file(data_dir: &Path) -> Result<(), EmbeddedError> {
             .next()
             .and_then(|line| line.trim().parse::<i32>().ok());
         match pid {
-            Some(pid) if pid > 0 && is_alive(pid) && is_postgres(pid) => {
+            Some(pid)
+                if pid > 0
+                    && exited.is_none_or(|exited| i64::from(exited) != i64::from(pid))
+                    && is_alive(pid)
+                    && is_postgres(pid) =>
+            {
                 if Instant::now() >= deadline {
                     return Err(EmbeddedError::AlreadyRunning {
                         pid,
@@ -1144,6 +1158,7 @@ impl Launch<'_> {
         let mut config = connection_config(self.socket_dir, self.port, SUPERUSER);
         config.connect_timeout(Duration::from_secs(2));
         let deadline = Instant::now() + self.options.startup_timeout;
+        let mut recovering = false;
         loop {
             match server.try_wait() {
                 Ok(Some(status)) => {
@@ -1163,6 +1178,16 @@ impl Launch<'_> {
                 }
                 Err(error) => error,
             };
+            // Crash recovery replays the WAL written since the last checkpoint, which can take
+            // longer than any startup timeout; the server says so while it works.
+            if last_error.code() == Some(&SqlState::CANNOT_CONNECT_NOW) {
+                if !recovering {
+                    recovering = true;
+                    tracing::info!(data_dir = %self.data_dir.display(), "PostgreSQL is starting up (recovering); waiting without a deadline");
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+                continue;
+            }
             if Instant::now() >= deadline {
                 return Err(format!(
                     "it did not accept connections within {} s; last attempt: {last_error}",
