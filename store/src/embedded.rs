@@ -348,9 +348,11 @@ impl EmbeddedPostgres {
             return Ok(None);
         };
         let pid = server.id();
-        let status = server.try_wait().map_err(EmbeddedError::io(format!(
-            "check on PostgreSQL (pid {pid})"
-        )))?;
+        // Called on every check of the supervisor: the message is built only on failure.
+        let status = server.try_wait().map_err(|source| EmbeddedError::Io {
+            action: format!("check on PostgreSQL (pid {pid})"),
+            source,
+        })?;
         if status.is_some() {
             self.server = None;
             self.exited_pid = Some(pid);
