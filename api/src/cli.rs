@@ -224,6 +224,7 @@ impl ServeArgs {
             },
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
             drain_quiet: Duration::from_millis(self.drain_quiet_ms),
+            ..ServerConfig::default()
         })
     }
 }

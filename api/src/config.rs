@@ -6,6 +6,7 @@ use crate::auth::ConfiguredKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tidemark_store::embedded::RestartPolicy;
 
 /// Where the events live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +130,8 @@ pub struct ServerConfig {
     /// are closed (until then every response says `Connection: close`). Bounded by half of
     /// `shutdown_timeout`.
     pub drain_quiet: Duration,
+    /// How a dead embedded cluster is restarted, and when `/health` gives up on it.
+    pub embedded_restart: RestartPolicy,
 }
 
 impl Default for ServerConfig {
@@ -149,6 +152,7 @@ impl Default for ServerConfig {
             limits: ApiLimits::default(),
             shutdown_timeout: Duration::from_secs(30),
             drain_quiet: Duration::from_millis(300),
+            embedded_restart: RestartPolicy::default(),
         }
     }
 }

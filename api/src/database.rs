@@ -1,24 +1,36 @@
 //! Connecting to the database named by the configuration: an existing server
-//! (`DATABASE_URL`) or an embedded cluster started here and stopped on exit.
+//! (`DATABASE_URL`) or an embedded cluster started here, restarted by a supervisor if it
+//! dies, and stopped on exit.
 
 use crate::config::DatabaseConfig;
 use anyhow::anyhow;
-use tidemark_store::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use tidemark_store::embedded::{
+    ClusterHealth, EmbeddedOptions, EmbeddedPostgres, RestartPolicy, SupervisedPostgres,
+};
 use tidemark_store::{build_pool, EventStore, StoreConfig};
 
 /// The database the embedded cluster serves.
 pub const EMBEDDED_DATABASE: &str = "tidemark";
 
-/// A database to use, and the embedded server behind it, if any.
+/// A database to use, and the supervised embedded server behind it, if any.
 #[derive(Debug)]
 pub struct Database {
     pub pg_config: tokio_postgres::Config,
-    pub embedded: Option<EmbeddedPostgres>,
+    pub embedded: Option<SupervisedPostgres>,
 }
 
 impl Database {
-    /// Parses the URL, or starts the embedded cluster (creating it on first use).
+    /// Parses the URL, or starts the embedded cluster (creating it on first use) and
+    /// supervises it with the default [`RestartPolicy`].
     pub async fn open(config: &DatabaseConfig) -> anyhow::Result<Database> {
+        Database::open_with(config, RestartPolicy::default()).await
+    }
+
+    /// [`Database::open`], restarting a dead embedded cluster as `restart` says.
+    pub async fn open_with(
+        config: &DatabaseConfig,
+        restart: RestartPolicy,
+    ) -> anyhow::Result<Database> {
         match config {
             DatabaseConfig::Url(url) => {
                 let pg_config = url.parse::<tokio_postgres::Config>().map_err(|error| {
@@ -50,6 +62,7 @@ impl Database {
                     url = %server.url(EMBEDDED_DATABASE),
                     "embedded PostgreSQL is running"
                 );
+                let server = SupervisedPostgres::spawn(server, restart);
                 Ok(Database {
                     pg_config: server.connection_config(EMBEDDED_DATABASE),
                     embedded: Some(server),
@@ -68,6 +81,11 @@ impl Database {
         EventStore::open_with_pool(pool, self.pg_config.clone(), config)
             .await
             .map_err(|error| anyhow!("{error}"))
+    }
+
+    /// The embedded cluster's supervisor reports; `None` with `DATABASE_URL`.
+    pub fn embedded_health(&self) -> Option<tokio::sync::watch::Receiver<ClusterHealth>> {
+        self.embedded.as_ref().map(SupervisedPostgres::subscribe)
     }
 
     /// Stops the embedded server, if this started one.

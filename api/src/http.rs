@@ -7,7 +7,7 @@
 //! | `GET /`          | GraphiQL                                                      |
 //! | `POST /graphql`  | queries and mutations (JSON body, batches allowed)            |
 //! | `GET /graphql`   | subscriptions over WebSocket (graphql-transport-ws, graphql-ws) |
-//! | `GET /health`    | liveness: the process answers                                 |
+//! | `GET /health`    | liveness: the process is worth keeping (503 while an embedded PostgreSQL cannot be restarted) |
 //! | `GET /ready`     | readiness: database reachable, migrations applied, engine up  |
 //! | `GET /metrics`   | Prometheus text                                               |
 
@@ -31,7 +31,8 @@ use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tidemark_store::embedded::ClusterHealth;
+use tokio::sync::{watch, Semaphore};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -47,6 +48,8 @@ pub(crate) struct AppState {
     pub engine_running: bool,
     /// Set on shutdown (see `drain`).
     pub drain: crate::drain::Drain,
+    /// The embedded cluster's supervisor reports; `None` with `DATABASE_URL`.
+    pub embedded: Option<watch::Receiver<ClusterHealth>>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -301,13 +304,51 @@ fn key_in_payload(payload: &serde_json::Value) -> Option<String> {
     find(payload).or_else(|| payload.get("headers").and_then(find))
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// Liveness. With an embedded PostgreSQL, a process whose cluster is down and cannot be
+/// restarted is not worth keeping: 503, so that a process supervisor replaces it. A cluster
+/// that is down but being restarted keeps the process alive (only `/ready` fails then).
+async fn health(State(state): State<AppState>) -> Response {
+    let Some(embedded) = state
+        .embedded
+        .as_ref()
+        .map(|reports| reports.borrow().clone())
+    else {
+        return Json(json!({ "status": "ok" })).into_response();
+    };
+    if embedded.is_healthy() {
+        Json(json!({ "status": "ok", "embeddedPostgres": embedded_json(&embedded) }))
+            .into_response()
+    } else {
+        let body = json!({
+            "status": "failing",
+            "reason": embedded.describe(),
+            "embeddedPostgres": embedded_json(&embedded),
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+fn embedded_json(health: &ClusterHealth) -> serde_json::Value {
+    json!({
+        "state": health.state.as_str(),
+        "pid": health.pid,
+        "restarts": health.restarts,
+        "restartsInARow": health.restarts_in_a_row,
+        "lastError": health.last_error,
+    })
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
     let store = state.tidemark.store();
+    let embedded = state
+        .embedded
+        .as_ref()
+        .map(|reports| reports.borrow().clone());
+    let embedded_up = embedded.as_ref().is_none_or(ClusterHealth::is_running);
     let check = async {
+        if !embedded_up {
+            return Err("the embedded PostgreSQL is down".to_string());
+        }
         let client = store.pool().get().await.map_err(|e| e.to_string())?;
         client
             .simple_query("SELECT 1")
@@ -335,11 +376,17 @@ async fn ready(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
+    let mut body = json!({
         "status": if is_ready { "ready" } else { "not ready" },
         "checks": { "database": database, "migrations": migrations, "engine": engine, "draining": draining },
         "projections": if state.engine_running { "on" } else { "off" },
     });
+    if let Some(embedded) = &embedded {
+        body["embeddedPostgres"] = embedded_json(embedded);
+        if !embedded.is_running() {
+            body["reason"] = embedded.describe().into();
+        }
+    }
     (status, Json(body)).into_response()
 }
 

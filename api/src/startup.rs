@@ -60,7 +60,8 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr()?;
 
-        let database = Database::open(&config.database).await?;
+        let database =
+            Database::open_with(&config.database, config.embedded_restart.clone()).await?;
         let limits = config.limits.clone();
         let store_config = StoreConfig {
             partitions: config.partitions,
@@ -128,6 +129,7 @@ impl Application {
             limits,
             engine_running: config.run_projections,
             drain: drain.clone(),
+            embedded: database.embedded_health(),
         });
         Ok(Application {
             listener,

@@ -6,6 +6,10 @@
 //! private unix socket (or a free loopback port), and waits until it accepts connections.
 //! Run as root, it runs the cluster as the `postgres` OS user, since PostgreSQL refuses root.
 //! The server never outlives this process: it is started with a parent-death signal.
+//!
+//! [`SupervisedPostgres`] (module `supervisor`) keeps a started cluster running: it restarts
+//! the server when it dies (kill -9, the OOM killer) and reports whether it is worth keeping
+//! the process that runs it.
 
 use std::ffi::OsString;
 use std::fs;
@@ -23,6 +27,9 @@ use nix::unistd::{chown, Gid, Pid, Uid, User};
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Config, NoTls};
+
+mod supervisor;
+pub use supervisor::{ClusterHealth, ClusterState, RestartPolicy, SupervisedPostgres};
 
 /// Environment variable naming the directory that holds `initdb` and `postgres`.
 pub const BIN_DIR_ENV: &str = "TIDEMARK_PG_BIN";
@@ -59,6 +66,11 @@ const IMMEDIATE_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long to wait for a server left over from an earlier run to finish shutting down.
 const LEFTOVER_SERVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the backends of a killed postmaster get to notice and exit on their own before a
+/// restart kills them: they keep the old shared memory attached, and PostgreSQL refuses to
+/// start while it is.
+const ORPHANED_BACKENDS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Attempts to start when the port was picked for us and someone else took it meanwhile.
 const FREE_PORT_ATTEMPTS: usize = 3;
@@ -133,6 +145,14 @@ pub enum EmbeddedError {
     )]
     AlreadyRunning { pid: i32, data_dir: PathBuf },
 
+    #[error(
+        "processes of a PostgreSQL server that no longer runs (pids {pids:?}) still use data \
+         directory {}: they keep its shared memory, so no new server can start; stop them \
+         (e.g. `kill -QUIT <pid>`) or wait until they exit",
+        .data_dir.display()
+    )]
+    LeftoverProcesses { pids: Vec<i32>, data_dir: PathBuf },
+
     #[error("initdb could not create a cluster in {} ({status}); its output:\n{output}", .data_dir.display())]
     InitdbFailed {
         data_dir: PathBuf,
@@ -187,7 +207,9 @@ pub struct EmbeddedOptions {
     /// Flush to disk. Turn off only for throwaway clusters (tests): a crash can then
     /// corrupt the cluster.
     pub fsync: bool,
-    /// How long to wait for the server to accept connections.
+    /// How long to wait for the server to accept connections. Time in crash recovery (the
+    /// server answers that it is starting up) does not count: replaying a large WAL may take
+    /// longer, and killing the server then would only start the replay over.
     pub startup_timeout: Duration,
     /// Extra server settings (`-c name=value`), applied after the built-in ones.
     pub settings: Vec<(String, String)>,
@@ -215,8 +237,17 @@ pub struct EmbeddedPostgres {
     socket_dir: Option<PathBuf>,
     port: u16,
     log_file: PathBuf,
-    /// `None` once stopped.
+    /// `None` once stopped, or once it exited and was reaped (see [`Self::exited`]).
     server: Option<Child>,
+    /// The pid of a server we saw exit: its lock file is stale even if the pid is in use
+    /// again by then (by another postgres, even).
+    exited_pid: Option<u32>,
+    /// What a restart needs to launch the same server again: same binaries, user, socket
+    /// and port, so connection settings handed out earlier stay valid.
+    bin_dir: PathBuf,
+    tcp: bool,
+    run_as: Option<ServerUser>,
+    options: EmbeddedOptions,
 }
 
 impl EmbeddedPostgres {
@@ -245,7 +276,7 @@ impl EmbeddedPostgres {
                     });
                 }
                 check_owner(&data_dir, run_as.as_ref())?;
-                clear_stale_pid_file(&data_dir).await?;
+                clear_stale_pid_file(&data_dir, None).await?;
             }
             None => init_cluster(&bin_dir, &data_dir, run_as.as_ref(), options.fsync).await?,
         }
@@ -280,6 +311,20 @@ impl EmbeddedPostgres {
                 options: &options,
             };
             match launch.run().await {
+                Ok(server) => {
+                    return Ok(EmbeddedPostgres {
+                        data_dir,
+                        socket_dir,
+                        port,
+                        log_file,
+                        server: Some(server),
+                        exited_pid: None,
+                        bin_dir,
+                        tcp,
+                        run_as,
+                        options,
+                    })
+                }
                 Err(EmbeddedError::StartFailed { log_tail, .. })
                     if options.port.is_none()
                         && tcp
@@ -291,21 +336,62 @@ impl EmbeddedPostgres {
                         "the free port was taken before PostgreSQL bound it; trying another"
                     );
                 }
-                result => return result,
+                Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Whether the server has exited on its own (`Some` with its exit status), reaping it.
+    /// After that, [`pid`](Self::pid) is `None` and [`restart`](Self::restart) starts it again.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>, EmbeddedError> {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(None);
+        };
+        let pid = server.id();
+        // Called on every check of the supervisor: the message is built only on failure.
+        let status = server.try_wait().map_err(|source| EmbeddedError::Io {
+            action: format!("check on PostgreSQL (pid {pid})"),
+            source,
+        })?;
+        if status.is_some() {
+            self.server = None;
+            self.exited_pid = Some(pid);
+        }
+        Ok(status)
+    }
+
+    /// Starts the server again after it exited (see [`exited`](Self::exited)), on the same
+    /// socket and port, and waits until it accepts connections. PostgreSQL's crash recovery
+    /// replays the WAL, so every committed transaction is there afterwards.
+    ///
+    /// Backends of a killed postmaster linger until they notice; they get a moment to exit,
+    /// then are killed, since the old shared memory they hold keeps a new server from
+    /// starting. Does nothing while the server runs.
+    pub async fn restart(&mut self) -> Result<(), EmbeddedError> {
+        if self.server.is_some() {
+            return Ok(());
+        }
+        end_orphaned_backends(&self.data_dir).await?;
+        clear_stale_pid_file(&self.data_dir, self.exited_pid).await?;
+        let launch = Launch {
+            bin_dir: &self.bin_dir,
+            data_dir: &self.data_dir,
+            socket_dir: self.socket_dir.as_deref(),
+            port: self.port,
+            tcp: self.tcp,
+            log_file: &self.log_file,
+            run_as: self.run_as.as_ref(),
+            options: &self.options,
+        };
+        self.server = Some(launch.run().await?);
+        self.exited_pid = None;
+        Ok(())
     }
 
     /// Connection settings for database `dbname` as the superuser, over the unix socket when
     /// there is one, else over TCP on 127.0.0.1.
     pub fn connection_config(&self, dbname: &str) -> Config {
-        let mut config = Config::new();
-        config.user(SUPERUSER).dbname(dbname).port(self.port);
-        match &self.socket_dir {
-            Some(socket_dir) => config.host_path(socket_dir),
-            None => config.host("127.0.0.1"),
-        };
-        config
+        connection_config(self.socket_dir.as_deref(), self.port, dbname)
     }
 
     /// A `postgresql://` URL for database `dbname`, usable as `DATABASE_URL` (a socket
@@ -376,6 +462,11 @@ impl EmbeddedPostgres {
     /// Shuts the server down (fast shutdown: running transactions are rolled back) and waits
     /// for it to exit, escalating to immediate shutdown and then SIGKILL if it hangs.
     pub async fn stop(mut self) -> Result<(), EmbeddedError> {
+        self.stop_in_place().await
+    }
+
+    /// [`stop`](Self::stop) for an owner that keeps the handle (the supervisor).
+    async fn stop_in_place(&mut self) -> Result<(), EmbeddedError> {
         match self.server.take() {
             Some(mut server) => {
                 let status = shut_down(&mut server).await?;
@@ -401,6 +492,16 @@ impl Drop for EmbeddedPostgres {
             }
         }
     }
+}
+
+fn connection_config(socket_dir: Option<&Path>, port: u16, dbname: &str) -> Config {
+    let mut config = Config::new();
+    config.user(SUPERUSER).dbname(dbname).port(port);
+    match socket_dir {
+        Some(socket_dir) => config.host_path(socket_dir),
+        None => config.host("127.0.0.1"),
+    };
+    config
 }
 
 /// Finds the directory holding `initdb` and `postgres`: `explicit` if given, else
@@ -543,6 +644,7 @@ fn quote_identifier(name: &str) -> String {
 }
 
 /// The OS user the server runs as when we are root (PostgreSQL refuses to run as root).
+#[derive(Debug, Clone)]
 struct ServerUser {
     uid: Uid,
     gid: Gid,
@@ -796,8 +898,11 @@ fn create_private_dir(dir: &Path, run_as: Option<&ServerUser>) -> Result<(), Emb
 /// Removes `postmaster.pid` left by a server that was killed. PostgreSQL would do that
 /// itself unless the pid has since been reused by a live process; then it refuses to start.
 /// A live postgres on this directory gets a moment to finish shutting down (a restart right
-/// after our own parent-death signal), and is otherwise reported.
-async fn clear_stale_pid_file(data_dir: &Path) -> Result<(), EmbeddedError> {
+/// after our own parent-death signal), and is otherwise reported. So are backends the dead
+/// server left behind that do not exit in that time: the lock file is only removed once
+/// nothing uses the old server's shared memory any more. `exited` names a server we reaped
+/// ourselves, stale whatever now runs under its pid.
+async fn clear_stale_pid_file(data_dir: &Path, exited: Option<u32>) -> Result<(), EmbeddedError> {
     let pid_file = data_dir.join("postmaster.pid");
     let deadline = Instant::now() + LEFTOVER_SERVER_TIMEOUT;
     loop {
@@ -815,7 +920,12 @@ async fn clear_stale_pid_file(data_dir: &Path) -> Result<(), EmbeddedError> {
             .next()
             .and_then(|line| line.trim().parse::<i32>().ok());
         match pid {
-            Some(pid) if pid > 0 && is_alive(pid) && is_postgres(pid) => {
+            Some(pid)
+                if pid > 0
+                    && exited.is_none_or(|exited| i64::from(exited) != i64::from(pid))
+                    && is_alive(pid)
+                    && is_postgres(pid) =>
+            {
                 if Instant::now() >= deadline {
                     return Err(EmbeddedError::AlreadyRunning {
                         pid,
@@ -825,6 +935,13 @@ async fn clear_stale_pid_file(data_dir: &Path) -> Result<(), EmbeddedError> {
                 tokio::time::sleep(POLL_INTERVAL).await;
             }
             _ => {
+                let leftovers = wait_for_server_processes_to_exit(data_dir, deadline).await;
+                if !leftovers.is_empty() {
+                    return Err(EmbeddedError::LeftoverProcesses {
+                        pids: leftovers,
+                        data_dir: data_dir.to_path_buf(),
+                    });
+                }
                 tracing::warn!(pid_file = %pid_file.display(), "removing the lock file of a PostgreSQL server that no longer runs");
                 return match fs::remove_file(&pid_file) {
                     Err(error) if error.kind() != io::ErrorKind::NotFound => Err(
@@ -835,6 +952,72 @@ async fn clear_stale_pid_file(data_dir: &Path) -> Result<(), EmbeddedError> {
             }
         }
     }
+}
+
+/// After our postmaster died: gives the backends it left behind a moment to notice and exit,
+/// then kills the rest (without a postmaster they can do nothing useful, and they hold the
+/// shared memory that keeps a new server from starting) and waits until they are gone.
+async fn end_orphaned_backends(data_dir: &Path) -> Result<(), EmbeddedError> {
+    let deadline = Instant::now() + ORPHANED_BACKENDS_TIMEOUT;
+    let lingering = wait_for_server_processes_to_exit(data_dir, deadline).await;
+    if lingering.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(pids = ?lingering, data_dir = %data_dir.display(), "backends of the dead PostgreSQL server did not exit; killing them");
+    for pid in &lingering {
+        match kill(Pid::from_raw(*pid), Signal::SIGKILL) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(errno) => {
+                return Err(EmbeddedError::Io {
+                    action: format!("kill leftover PostgreSQL backend (pid {pid})"),
+                    source: errno.into(),
+                })
+            }
+        }
+    }
+    let deadline = Instant::now() + ORPHANED_BACKENDS_TIMEOUT;
+    let lingering = wait_for_server_processes_to_exit(data_dir, deadline).await;
+    if lingering.is_empty() {
+        Ok(())
+    } else {
+        Err(EmbeddedError::LeftoverProcesses {
+            pids: lingering,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+}
+
+/// Polls until no postgres process works in `data_dir` or `deadline` passes; returns those
+/// still there.
+async fn wait_for_server_processes_to_exit(data_dir: &Path, deadline: Instant) -> Vec<i32> {
+    loop {
+        let found = server_processes_in(data_dir);
+        if found.is_empty() || Instant::now() >= deadline {
+            return found;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// The postgres processes whose working directory is `data_dir`: every process of a server
+/// changes into its data directory, and keeps it until it exits. A zombie has no working
+/// directory, and has already let go of the shared memory. Empty without /proc (not Linux):
+/// PostgreSQL's own check of the shared memory then has the last word.
+fn server_processes_in(data_dir: &Path) -> Vec<i32> {
+    let Ok(data_dir) = fs::canonicalize(data_dir) else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            is_postgres(pid)
+                && fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data_dir)
+        })
+        .collect()
 }
 
 fn is_alive(pid: i32) -> bool {
@@ -872,7 +1055,7 @@ struct Launch<'a> {
 }
 
 impl Launch<'_> {
-    async fn run(&self) -> Result<EmbeddedPostgres, EmbeddedError> {
+    async fn run(&self) -> Result<Child, EmbeddedError> {
         let log_start = fs::metadata(self.log_file)
             .map(|meta| meta.len())
             .unwrap_or(0);
@@ -913,7 +1096,7 @@ impl Launch<'_> {
         if let Some(user) = self.run_as {
             user.apply(&mut command);
         }
-        let server = spawn_bound_to_process(command)
+        let mut server = spawn_bound_to_process(command)
             .await
             .map_err(EmbeddedError::io(format!(
                 "run {}",
@@ -921,29 +1104,20 @@ impl Launch<'_> {
             )))?;
         tracing::debug!(pid = server.id(), data_dir = %self.data_dir.display(), "started postgres; waiting until it accepts connections");
 
-        let mut postgres = EmbeddedPostgres {
-            data_dir: self.data_dir.to_path_buf(),
-            socket_dir: self.socket_dir.map(Path::to_path_buf),
-            port: self.port,
-            log_file: self.log_file.to_path_buf(),
-            server: Some(server),
-        };
-        match self.wait_until_ready(&mut postgres).await {
+        match self.wait_until_ready(&mut server).await {
             Ok(()) => {
                 tracing::info!(
-                    pid = postgres.pid(),
+                    pid = server.id(),
                     data_dir = %self.data_dir.display(),
-                    url = %postgres.url(SUPERUSER),
+                    url = %connection_url(&connection_config(self.socket_dir, self.port, SUPERUSER)),
                     "embedded PostgreSQL is ready"
                 );
-                Ok(postgres)
+                Ok(server)
             }
             Err(reason) => {
-                if let Some(mut server) = postgres.server.take() {
-                    // After SIGKILL the wait returns at once; it reaps the process.
-                    let _ = send_signal(&server, Signal::SIGKILL);
-                    let _ = server.wait();
-                }
+                // After SIGKILL the wait returns at once; it reaps the process.
+                let _ = send_signal(&server, Signal::SIGKILL);
+                let _ = server.wait();
                 Err(EmbeddedError::StartFailed {
                     reason,
                     log_file: self.log_file.to_path_buf(),
@@ -982,20 +1156,19 @@ impl Launch<'_> {
     }
 
     /// Connects until the server accepts; `Err` holds why it never did.
-    async fn wait_until_ready(&self, postgres: &mut EmbeddedPostgres) -> Result<(), String> {
-        let mut config = postgres.connection_config(SUPERUSER);
+    async fn wait_until_ready(&self, server: &mut Child) -> Result<(), String> {
+        let mut config = connection_config(self.socket_dir, self.port, SUPERUSER);
         config.connect_timeout(Duration::from_secs(2));
         let deadline = Instant::now() + self.options.startup_timeout;
+        let mut recovering = false;
         loop {
-            if let Some(server) = postgres.server.as_mut() {
-                match server.try_wait() {
-                    Ok(Some(status)) => {
-                        return Err(format!("the server exited at startup with {status}"))
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        return Err(format!("could not check on the server process: {error}"))
-                    }
+            match server.try_wait() {
+                Ok(Some(status)) => {
+                    return Err(format!("the server exited at startup with {status}"))
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    return Err(format!("could not check on the server process: {error}"))
                 }
             }
             let last_error = match config.connect(NoTls).await {
@@ -1007,6 +1180,16 @@ impl Launch<'_> {
                 }
                 Err(error) => error,
             };
+            // Crash recovery replays the WAL written since the last checkpoint, which can take
+            // longer than any startup timeout; the server says so while it works.
+            if last_error.code() == Some(&SqlState::CANNOT_CONNECT_NOW) {
+                if !recovering {
+                    recovering = true;
+                    tracing::info!(data_dir = %self.data_dir.display(), "PostgreSQL is starting up (recovering); waiting without a deadline");
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+                continue;
+            }
             if Instant::now() >= deadline {
                 return Err(format!(
                     "it did not accept connections within {} s; last attempt: {last_error}",

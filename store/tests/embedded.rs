@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use tidemark_store::embedded::{find_binaries, EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
+use tidemark_store::embedded::{
+    find_binaries, ClusterHealth, ClusterState, EmbeddedError, EmbeddedOptions, EmbeddedPostgres,
+    RestartPolicy, SupervisedPostgres,
+};
 use tokio_postgres::NoTls;
 
 async fn connect(config: tokio_postgres::Config) -> tokio_postgres::Client {
@@ -140,8 +143,8 @@ async fn a_stale_pid_file_is_removed_a_second_server_is_refused_and_drop_stops_t
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("launcher step");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Let orphaned backends notice; write a pid file naming a dead pid.
+    // No pause for its orphaned children to exit: the next start waits for them itself.
+    // Write a pid file naming a dead pid.
     std::fs::write(temp.path().join("pg/postmaster.pid"), "999999\n").expect("launcher step");
     drop(pg);
     let pg = EmbeddedPostgres::start(options.clone())
@@ -332,4 +335,159 @@ async fn events_appended_through_the_store_are_there_after_the_cluster_restarts(
     store.shutdown().await;
     drop(store);
     pg.stop().await.expect("stop again");
+}
+
+/// Polls the supervisor's reports until `done` holds, failing after a deadline far beyond
+/// any restart (the backoffs used here are at most a second).
+async fn wait_for_health(
+    supervised: &SupervisedPostgres,
+    what: &str,
+    done: impl Fn(&ClusterHealth) -> bool,
+) -> ClusterHealth {
+    let mut reports = supervised.subscribe();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        reports.wait_for(|health| done(health)),
+    )
+    .await;
+    match waited {
+        Ok(Ok(health)) => health.clone(),
+        _ => panic!(
+            "timed out waiting for {what}; last report: {:?}",
+            supervised.health()
+        ),
+    }
+}
+
+fn kill_postmaster(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the postmaster");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_postmaster_is_restarted_and_committed_data_survives() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let pg = EmbeddedPostgres::start(EmbeddedOptions {
+        data_dir: temp.path().join("pg"),
+        fsync: false,
+        ..Default::default()
+    })
+    .await
+    .expect("start");
+    let first_pid = pg.pid().expect("running");
+    let supervised = SupervisedPostgres::spawn(pg, RestartPolicy::default());
+    let client = connect(supervised.connection_config("postgres")).await;
+    client
+        .batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('committed')")
+        .await
+        .expect("write");
+    // A backend busy computing does not notice that its postmaster died until it next
+    // waits, and keeps the old shared memory meanwhile, which blocks a new server. This one
+    // would compute for hours.
+    let busy = connect(supervised.connection_config("postgres")).await;
+    let busy_pid: i32 = busy
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("backend pid")
+        .get(0);
+    let long_query = tokio::spawn(async move {
+        busy.query_one("SELECT count(*) FROM generate_series(1, 100000000000)", &[])
+            .await
+            .map(|_| ())
+    });
+    let state_of = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| Some(stat.rsplit_once(") ")?.1.chars().next()? == 'R'))
+    };
+    for _ in 0..200 {
+        if state_of(busy_pid) == Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    kill_postmaster(first_pid);
+
+    let health = wait_for_health(&supervised, "the restart", |health| {
+        health.restarts == 1 && health.state == ClusterState::Running
+    })
+    .await;
+    assert_ne!(health.pid, Some(first_pid));
+    assert!(health.is_healthy());
+    assert!(
+        client.batch_execute("SELECT 1").await.is_err(),
+        "a session of the dead server cannot work on"
+    );
+    assert!(
+        long_query.await.expect("the query task").is_err(),
+        "the busy backend was ended"
+    );
+    let client = connect(supervised.connection_config("postgres")).await;
+    let value: String = client
+        .query_one("SELECT v FROM t", &[])
+        .await
+        .expect("read after the restart")
+        .get(0);
+    assert_eq!(value, "committed");
+    drop(client);
+    supervised.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_fails_while_restarts_keep_failing_and_recovers_when_they_succeed() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let data_dir = temp.path().join("pg");
+    let pg = EmbeddedPostgres::start(EmbeddedOptions {
+        data_dir: data_dir.clone(),
+        fsync: false,
+        ..Default::default()
+    })
+    .await
+    .expect("start");
+    let pid = pg.pid().expect("running");
+    let supervised = SupervisedPostgres::spawn(
+        pg,
+        RestartPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(200),
+            unhealthy_after_restarts: 3,
+            ..RestartPolicy::default()
+        },
+    );
+    // Without its configuration file the server cannot start again.
+    let conf = data_dir.join("postgresql.conf");
+    let away = data_dir.join("postgresql.conf.away");
+    std::fs::rename(&conf, &away).expect("hide the configuration");
+    kill_postmaster(pid);
+
+    let down = wait_for_health(&supervised, "a failing cluster", |health| {
+        health.state == ClusterState::Failing
+    })
+    .await;
+    println!("{}", down.describe());
+    assert!(!down.is_healthy());
+    assert!(down.restarts_in_a_row >= 3, "{down:?}");
+    assert!(
+        down.last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("postgresql.conf")),
+        "says why: {down:?}"
+    );
+
+    std::fs::rename(&away, &conf).expect("restore the configuration");
+    let up = wait_for_health(&supervised, "the cluster back", |health| {
+        health.state == ClusterState::Running
+    })
+    .await;
+    assert!(up.is_healthy());
+    assert_eq!(up.restarts, 1);
+    let client = connect(supervised.connection_config("postgres")).await;
+    client.batch_execute("SELECT 1").await.expect("query");
+    drop(client);
+    let reports = supervised.subscribe();
+    supervised.stop().await.expect("stop");
+    assert_eq!(reports.borrow().state, ClusterState::Stopped);
 }

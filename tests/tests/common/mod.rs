@@ -40,7 +40,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The runtime handles of the server (store, engine).
     pub tidemark: Tidemark,
-    db: Arc<TestDatabase>,
+    /// `None` for a server on its own embedded PostgreSQL.
+    db: Option<Arc<TestDatabase>>,
     app: TidemarkApp,
     config: ServerConfig,
     shutdown: Option<oneshot::Sender<()>>,
@@ -72,10 +73,33 @@ pub async fn spawn_app_with(
         ..ServerConfig::default()
     };
     configure(&mut config);
-    start(db, app, config).await
+    start(Some(db), app, config).await
 }
 
-async fn start(db: Arc<TestDatabase>, app: TidemarkApp, config: ServerConfig) -> TestApp {
+/// The built-in application on an embedded PostgreSQL in `data_dir` (no `DATABASE_URL`), as
+/// `tidemark serve` runs without one.
+pub async fn spawn_app_embedded(
+    data_dir: std::path::PathBuf,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> TestApp {
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        database: DatabaseConfig::Embedded { data_dir },
+        max_connections: 16,
+        partitions: 4,
+        api_keys: vec![
+            ConfiguredKey::new(Role::Admin, ADMIN_KEY),
+            ConfiguredKey::new(Role::Append, APPEND_KEY),
+            ConfiguredKey::new(Role::Read, READ_KEY),
+        ],
+        shutdown_timeout: Duration::from_secs(10),
+        ..ServerConfig::default()
+    };
+    configure(&mut config);
+    start(None, TidemarkApp::builder().build(), config).await
+}
+
+async fn start(db: Option<Arc<TestDatabase>>, app: TidemarkApp, config: ServerConfig) -> TestApp {
     let application = Application::build(config.clone(), app.clone())
         .await
         .expect("the application starts");
@@ -101,7 +125,9 @@ async fn start(db: Arc<TestDatabase>, app: TidemarkApp, config: ServerConfig) ->
 impl TestApp {
     /// The test's database (shared with a restarted server).
     pub fn database(&self) -> &TestDatabase {
-        &self.db
+        self.db
+            .as_deref()
+            .expect("this server runs on a test database, not an embedded one")
     }
 
     /// POSTs a GraphQL request; returns the JSON body (`data` and/or `errors`).
