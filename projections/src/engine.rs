@@ -121,10 +121,10 @@ impl ProjectionEngine {
             .clone()
     }
 
-    /// Lets the coordinator run lanes of `projection` (after creating its lease rows).
-    async fn activate(&self, projection: &Arc<dyn Projection>) -> Result<()> {
+    /// Creates the lease rows of `projection` (one per partition) if missing. A new
+    /// partition counts as unowned from now, not from ever.
+    async fn create_leases(&self, projection: &dyn Projection) -> Result<()> {
         let client = self.inner.store.pool().get().await?;
-        // A new partition counts as unowned from now, not from ever.
         client
             .execute(
                 "INSERT INTO projection_leases (projection, partition, expires_at)
@@ -136,6 +136,12 @@ impl ProjectionEngine {
             )
             .await
             .map_err(EngineError::db("creating partition leases"))?;
+        Ok(())
+    }
+
+    /// Lets the coordinator run lanes of `projection` (after creating its lease rows).
+    async fn activate(&self, projection: &Arc<dyn Projection>) -> Result<()> {
+        self.create_leases(projection.as_ref()).await?;
         self.inner
             .active
             .lock()
@@ -181,6 +187,12 @@ impl ProjectionEngine {
     pub async fn start(&self) -> Result<()> {
         // The projections it runs are published with the first heartbeat, once activated.
         crate::workers::register(self.inner.store.pool(), &self.inner.identity, &[]).await?;
+        // Lease rows for the projections of other pools too: a projection of this
+        // application that no process runs then shows up as unowned partitions (status,
+        // metric, WARN) instead of silently staying behind.
+        for projection in self.inner.registry.iter() {
+            self.create_leases(projection.as_ref()).await?;
+        }
         for projection in self.local_projections() {
             match self.register(&projection).await? {
                 Registration::Current => self.activate(&projection).await?,
