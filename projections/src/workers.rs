@@ -365,3 +365,35 @@ pub async fn list(store: &EventStore, timeout: Duration) -> Result<Vec<WorkerInf
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_running_under_its_own_start_time() {
+        let Some(me) = ProcessIdentity::this_process() else {
+            return; // no /proc: workers are only ever found dead by their heartbeat
+        };
+        let pid = std::process::id() as i32;
+        assert!(still_running(pid, Some(me.started)));
+        assert!(
+            !still_running(pid, Some(me.started + 1)),
+            "a pid reused by a process started at another time is not the worker"
+        );
+    }
+
+    #[test]
+    fn a_reaped_child_is_no_longer_running() {
+        if ProcessIdentity::this_process().is_none() {
+            return;
+        }
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawning `true`");
+        let pid = child.id() as i32;
+        let started = process_state(pid).map(|s| s.started);
+        child.wait().expect("reaping the child");
+        assert!(!still_running(pid, started));
+    }
+}
