@@ -220,19 +220,18 @@ impl Coordinator {
     async fn report_unowned(&mut self) {
         let engine = self.engine.clone();
         let names: Vec<&str> = engine.registry().iter().map(|p| p.name()).collect();
-        let found = match crate::status::unowned_partitions(
-            engine.store(),
-            &names,
-            engine.config().lease_ttl,
-        )
-        .await
-        {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::warn!(%error, "could not look for unowned partitions");
-                return;
-            }
-        };
+        // On the coordinator's own connections, like heartbeats: lanes may hold the shared
+        // pool.
+        let found =
+            match crate::status::unowned_partitions(&self.pool, &names, engine.config().lease_ttl)
+                .await
+            {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(%error, "could not look for unowned partitions");
+                    return;
+                }
+            };
         let mut unowned: BTreeMap<&str, Vec<i16>> = names.iter().map(|n| (*n, vec![])).collect();
         for (projection, partition) in &found {
             if let Some(list) = unowned.get_mut(projection.as_str()) {

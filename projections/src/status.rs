@@ -190,11 +190,11 @@ pub(crate) async fn partition_lag(
 /// third of the TTL, and a dead or retired owner's lease expires or is expired at once), so
 /// an expiry older than a lease period means nobody has claimed the partition since.
 pub(crate) async fn unowned_partitions(
-    store: &EventStore,
+    pool: &deadpool_postgres::Pool,
     projections: &[&str],
     lease_ttl: std::time::Duration,
 ) -> Result<Vec<(String, UnownedPartition)>> {
-    let client = store.pool().get().await?;
+    let client = pool.get().await?;
     let rows = client
         .query(
             "SELECT projection, partition,
@@ -243,7 +243,7 @@ pub(crate) async fn projection_status(
         .await
         .map_err(EngineError::db("counting parked events"))?
         .get(0);
-    let unowned_partitions = unowned_partitions(store, &[projection.name()], lease_ttl)
+    let unowned_partitions = unowned_partitions(store.pool(), &[projection.name()], lease_ttl)
         .await?
         .into_iter()
         .map(|(_, unowned)| unowned)
