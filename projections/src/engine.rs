@@ -122,13 +122,14 @@ impl ProjectionEngine {
             .clone()
     }
 
-    /// Lets the coordinator run lanes of `projection` (after creating its lease rows).
-    async fn activate(&self, projection: &Arc<dyn Projection>) -> Result<()> {
+    /// Creates the lease rows of `projection` (one per partition) if missing. A new
+    /// partition counts as unowned from now, not from ever.
+    async fn create_leases(&self, projection: &dyn Projection) -> Result<()> {
         let client = self.inner.store.pool().get().await?;
         client
             .execute(
-                "INSERT INTO projection_leases (projection, partition)
-                 SELECT $1, p FROM generate_series(0, $2 - 1) AS p ON CONFLICT DO NOTHING",
+                "INSERT INTO projection_leases (projection, partition, expires_at)
+                 SELECT $1, p, now() FROM generate_series(0, $2 - 1) AS p ON CONFLICT DO NOTHING",
                 &[
                     &projection.name(),
                     &i32::from(self.inner.store.partitions()),
@@ -136,6 +137,12 @@ impl ProjectionEngine {
             )
             .await
             .map_err(EngineError::db("creating partition leases"))?;
+        Ok(())
+    }
+
+    /// Lets the coordinator run lanes of `projection` (after creating its lease rows).
+    async fn activate(&self, projection: &Arc<dyn Projection>) -> Result<()> {
+        self.create_leases(projection.as_ref()).await?;
         self.inner
             .active
             .lock()
@@ -179,7 +186,14 @@ impl ProjectionEngine {
     /// version is rebuilt in the background while the old read model keeps serving) and starts
     /// one lane per partition. Returns once the lanes are started.
     pub async fn start(&self) -> Result<()> {
-        crate::workers::register(self.inner.store.pool(), &self.inner.identity).await?;
+        // The projections it runs are published with the first heartbeat, once activated.
+        crate::workers::register(self.inner.store.pool(), &self.inner.identity, &[]).await?;
+        // Lease rows for the projections of other pools too: a projection of this
+        // application that no process runs then shows up as unowned partitions (status,
+        // metric, WARN) instead of silently staying behind.
+        for projection in self.inner.registry.iter() {
+            self.create_leases(projection.as_ref()).await?;
+        }
         for projection in self.local_projections() {
             match self.register(&projection).await? {
                 Registration::Current => self.activate(&projection).await?,
@@ -423,14 +437,26 @@ impl ProjectionEngine {
     pub async fn status(&self) -> Result<Vec<ProjectionStatus>> {
         let mut all = Vec::new();
         for projection in self.inner.registry.iter() {
-            all.push(status::projection_status(&self.inner.store, projection).await?);
+            all.push(
+                status::projection_status(
+                    &self.inner.store,
+                    projection,
+                    self.inner.config.lease_ttl,
+                )
+                .await?,
+            );
         }
         Ok(all)
     }
 
     /// Status and lag of one projection.
     pub async fn projection_status(&self, name: &str) -> Result<ProjectionStatus> {
-        status::projection_status(&self.inner.store, self.projection(name)?).await
+        status::projection_status(
+            &self.inner.store,
+            self.projection(name)?,
+            self.inner.config.lease_ttl,
+        )
+        .await
     }
 
     /// Publishes lag figures as Prometheus metrics every `every` until shutdown.

@@ -2,8 +2,16 @@
 //! partition leases, claims its fair share of partitions from free or expired leases, and
 //! gives back its excess when workers join (so partitions rebalance with few moves).
 //!
-//! Share: the live workers of a pool, sorted by id, split each projection's P partitions
-//! evenly — the first `P mod n` workers take one extra.
+//! Share: the live workers that run a projection (as their registry entries list), sorted
+//! by id, split its P partitions evenly — the first `P mod n` workers take one extra. A
+//! worker that does not run a projection is not counted in its share, so workers with
+//! different sets of projections on one database never leave each other's partitions
+//! unowned.
+//!
+//! Each tick also retires workers of this machine whose process has died (so a process
+//! restarted after a crash takes over its previous life's partitions at once), and reports
+//! partitions that no live worker has owned for longer than a lease period (log at WARN,
+//! `tidemark_projection_unowned_partitions` gauge).
 
 use crate::engine::ProjectionEngine;
 use crate::error::{EngineError, Result};
@@ -33,7 +41,12 @@ pub(crate) struct Coordinator {
     head_rate: f64,
     processing_rate: f64,
     capacity_per_worker: Option<f64>,
+    /// Unowned partitions last reported at WARN, by projection, and when.
+    unowned_reported: BTreeMap<String, (Vec<i16>, Instant)>,
 }
+
+/// How often a partition that stays unowned is reported again at WARN.
+const UNOWNED_REPEAT: Duration = Duration::from_secs(60);
 
 impl Coordinator {
     pub fn new(engine: ProjectionEngine) -> Self {
@@ -48,6 +61,7 @@ impl Coordinator {
             head_rate: 0.0,
             processing_rate: 0.0,
             capacity_per_worker: None,
+            unowned_reported: BTreeMap::new(),
         }
     }
 
@@ -83,15 +97,28 @@ impl Coordinator {
         let config = engine.config().clone();
         let me = engine.inner.identity.id;
         let signal = engine.scaling_signal();
+        // Before listing the live workers: a dead previous life of this process must be
+        // neither counted in any share nor left holding leases until they expire.
+        if let Err(error) =
+            crate::workers::reap_dead_on_this_host(&self.pool, &engine.inner.identity).await
+        {
+            tracing::warn!(%error, "could not check this host's workers for dead processes");
+        }
+        let active = engine.active_projections();
+        let running: Vec<String> = active.iter().map(|p| p.name().to_string()).collect();
         let live = crate::workers::heartbeat(
             &self.pool,
             &engine.inner.identity,
             config.worker_timeout,
             &signal,
+            &running,
         )
         .await?;
-        let rank = live.iter().position(|id| *id == me).unwrap_or(live.len());
-        let workers = live.len().max(rank + 1);
+        let pool_workers = live
+            .iter()
+            .filter(|w| w.pool == config.pool && w.id != me)
+            .count()
+            + 1;
 
         // Renew; anything not renewed is lost (expired and maybe claimed): stop its lane.
         let renewed = self.renew(me, config.lease_ttl).await?;
@@ -121,8 +148,17 @@ impl Coordinator {
         }
 
         let partitions = store.partitions() as usize;
-        for projection in engine.active_projections() {
+        for projection in active {
             let name = projection.name().to_string();
+            let mut members: Vec<Uuid> = live
+                .iter()
+                .filter(|w| w.id != me && w.projections.contains(&name))
+                .map(|w| w.id)
+                .chain(std::iter::once(me))
+                .collect();
+            members.sort_unstable();
+            let rank = members.iter().position(|id| *id == me).unwrap_or(0);
+            let workers = members.len();
             let share = partitions / workers + usize::from(rank < partitions % workers);
             let mine: Vec<i16> = self
                 .owned
@@ -172,8 +208,66 @@ impl Coordinator {
                 }
             }
         }
-        self.update_scaling(workers).await;
+        self.update_scaling(pool_workers).await;
+        self.report_unowned().await;
         Ok(())
+    }
+
+    /// Logs (at WARN, again every [`UNOWNED_REPEAT`] while it lasts) and publishes the
+    /// partitions of this application's projections that no live worker has owned for
+    /// longer than a lease period. Covers projections of every pool the registry knows, so
+    /// any process notices a projection whose workers are all gone.
+    async fn report_unowned(&mut self) {
+        let engine = self.engine.clone();
+        let names: Vec<&str> = engine.registry().iter().map(|p| p.name()).collect();
+        // On the coordinator's own connections, like heartbeats: lanes may hold the shared
+        // pool.
+        let found =
+            match crate::status::unowned_partitions(&self.pool, &names, engine.config().lease_ttl)
+                .await
+            {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(%error, "could not look for unowned partitions");
+                    return;
+                }
+            };
+        let mut unowned: BTreeMap<&str, Vec<i16>> = names.iter().map(|n| (*n, vec![])).collect();
+        for (projection, partition) in &found {
+            if let Some(list) = unowned.get_mut(projection.as_str()) {
+                list.push(partition.partition);
+            }
+        }
+        let now = Instant::now();
+        for (projection, partitions) in unowned {
+            metrics::gauge!("tidemark_projection_unowned_partitions", "projection" => projection.to_string())
+                .set(partitions.len() as f64);
+            let previous = self.unowned_reported.get(projection);
+            if partitions.is_empty() {
+                if previous.is_some() {
+                    tracing::info!(
+                        projection,
+                        "every partition is owned by a live worker again"
+                    );
+                    self.unowned_reported.remove(projection);
+                }
+                continue;
+            }
+            let repeat = previous.is_none_or(|(reported, at)| {
+                *reported != partitions || now.duration_since(*at) >= UNOWNED_REPEAT
+            });
+            if repeat {
+                tracing::warn!(
+                    projection,
+                    partitions = ?partitions,
+                    lease_ttl = ?engine.config().lease_ttl,
+                    "partitions have had no live owner for longer than a lease period, so their \
+                     events are not applied: start a worker that runs this projection (in its pool)"
+                );
+                self.unowned_reported
+                    .insert(projection.to_string(), (partitions, now));
+            }
+        }
     }
 
     async fn renew(&self, me: Uuid, ttl: Duration) -> Result<HashMap<(String, i16), i64>> {
@@ -313,12 +407,12 @@ impl Coordinator {
 }
 
 /// Gives a lease back (if it is still ours under `token`) so another worker can claim it at
-/// once.
+/// once. It expires now (not at '-infinity'): the unowned-partition report measures from it.
 async fn release(pool: &Pool, projection: &str, partition: i16, token: LeaseToken) -> Result<()> {
     let client = pool.get().await?;
     client
         .execute(
-            "UPDATE projection_leases SET owner = NULL, expires_at = '-infinity'
+            "UPDATE projection_leases SET owner = NULL, expires_at = least(expires_at, now())
               WHERE projection = $1 AND partition = $2 AND owner = $3 AND epoch = $4",
             &[&projection, &partition, &token.owner, &token.epoch],
         )

@@ -50,6 +50,6 @@ pub use projection::{
 pub use rebuild::{BuildReport, Progress, ProgressCallback};
 pub use registry::Registry;
 pub use scaling::ScalingSignal;
-pub use status::{PartitionLag, ProjectionStatus, RebuildProgress};
+pub use status::{PartitionLag, ProjectionStatus, RebuildProgress, UnownedPartition};
 pub use tidemark_store::{EventStore, Position, RecordedEvent};
-pub use workers::{PoolScaling, WorkerIdentity, WorkerInfo};
+pub use workers::{PoolScaling, ProcessIdentity, WorkerIdentity, WorkerInfo};

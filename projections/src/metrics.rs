@@ -14,6 +14,8 @@ pub(crate) fn publish(statuses: &[ProjectionStatus]) {
             .set(status.events_per_second());
         metrics::gauge!("tidemark_projection_parked", "projection" => name.clone())
             .set(status.parked as f64);
+        metrics::gauge!("tidemark_projection_unowned_partitions", "projection" => name.clone())
+            .set(status.unowned_partitions.len() as f64);
         metrics::gauge!("tidemark_head_position").set(status.head as f64);
         for partition in &status.partitions {
             let labels = [

@@ -20,6 +20,17 @@ pub struct PartitionLag {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// A partition of a projection that no live worker has owned for longer than a lease
+/// period: nobody applies its events (no worker running the projection is alive, or none
+/// could claim it). Lag on such a partition only grows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnownedPartition {
+    pub partition: i16,
+    /// Since its lease expired or was given back; `None` when that time is unknown (never
+    /// claimed, or released before this was recorded).
+    pub unowned_seconds: Option<f64>,
+}
+
 /// A rebuild, replay or as-of build, running or finished.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RebuildProgress {
@@ -53,6 +64,8 @@ pub struct ProjectionStatus {
     pub partitions: Vec<PartitionLag>,
     pub parked: i64,
     pub last_rebuild: Option<RebuildProgress>,
+    /// Partitions no live worker has owned for longer than a lease period.
+    pub unowned_partitions: Vec<UnownedPartition>,
 }
 
 impl ProjectionStatus {
@@ -172,9 +185,45 @@ pub(crate) async fn partition_lag(
         .collect())
 }
 
+/// Partitions of each of `projections` that no live worker has owned for longer than
+/// `lease_ttl`, by projection. A lease is owned while unexpired (its owner renews it every
+/// third of the TTL, and a dead or retired owner's lease expires or is expired at once), so
+/// an expiry older than a lease period means nobody has claimed the partition since.
+pub(crate) async fn unowned_partitions(
+    pool: &deadpool_postgres::Pool,
+    projections: &[&str],
+    lease_ttl: std::time::Duration,
+) -> Result<Vec<(String, UnownedPartition)>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT projection, partition,
+                    CASE WHEN isfinite(expires_at) THEN extract(epoch FROM now() - expires_at)::float8 END
+               FROM projection_leases
+              WHERE projection = ANY($1) AND expires_at < now() - make_interval(secs => $2)
+              ORDER BY projection, partition",
+            &[&projections, &lease_ttl.as_secs_f64()],
+        )
+        .await
+        .map_err(EngineError::db("looking for unowned partitions"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                UnownedPartition {
+                    partition: r.get(1),
+                    unowned_seconds: r.get(2),
+                },
+            )
+        })
+        .collect())
+}
+
 pub(crate) async fn projection_status(
     store: &EventStore,
     projection: &Arc<dyn Projection>,
+    lease_ttl: std::time::Duration,
 ) -> Result<ProjectionStatus> {
     let head = store.head_position().await?;
     let partitions = partition_lag(store, projection.as_ref(), head).await?;
@@ -194,6 +243,11 @@ pub(crate) async fn projection_status(
         .await
         .map_err(EngineError::db("counting parked events"))?
         .get(0);
+    let unowned_partitions = unowned_partitions(store.pool(), &[projection.name()], lease_ttl)
+        .await?
+        .into_iter()
+        .map(|(_, unowned)| unowned)
+        .collect();
     let last_rebuild = rebuilds(store, projection.name(), 1)
         .await?
         .into_iter()
@@ -216,6 +270,7 @@ pub(crate) async fn projection_status(
         partitions,
         parked,
         last_rebuild,
+        unowned_partitions,
     })
 }
 

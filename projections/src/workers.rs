@@ -1,6 +1,10 @@
 //! The worker registry: every engine registers its process, heartbeats, and deregisters on
 //! graceful shutdown. Entries that miss heartbeats are dead; their leases expire and are
-//! claimed by live workers.
+//! claimed by live workers. Each entry also lists the projections the worker runs (shares
+//! are computed per projection among the workers that run it) and identifies its process
+//! well enough that a worker on the same machine can see it has died without waiting for
+//! its heartbeat to age (a process restarted after `kill -9` takes over its previous life's
+//! partitions at once).
 
 use crate::error::{EngineError, Result};
 use crate::scaling::ScalingSignal;
@@ -31,6 +35,16 @@ pub struct WorkerInfo {
     pub lag_events: i64,
     /// `projection#partition` of every lease it holds.
     pub leases: Vec<String>,
+    /// The projections whose live lanes it runs, as of its last heartbeat.
+    pub projections: Vec<String>,
+}
+
+/// A live worker as the lease coordinator sees it at a heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LiveWorker {
+    pub id: Uuid,
+    pub pool: String,
+    pub projections: Vec<String>,
 }
 
 /// The scaling figures of one pool, from its live workers' latest heartbeats.
@@ -76,6 +90,67 @@ pub struct WorkerIdentity {
     pub address: Option<String>,
     pub pool: String,
     pub version: String,
+    /// Enough to tell from the same machine whether the process still runs; `None` where
+    /// the platform does not say.
+    pub process: Option<ProcessIdentity>,
+}
+
+/// Where a pid means something, and which process had it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    /// The kernel's boot id and the pid namespace: two workers with the same scope see the
+    /// same processes under the same pids.
+    pub scope: String,
+    /// Start time of the process in clock ticks since boot: a pid reused by another
+    /// process has another start time.
+    pub started: i64,
+}
+
+impl ProcessIdentity {
+    /// This process (Linux: `/proc`).
+    pub fn this_process() -> Option<Self> {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        Some(ProcessIdentity {
+            scope: format!("{} {}", boot.trim(), namespace.display()),
+            started: process_state(std::process::id() as i32)?.started,
+        })
+    }
+}
+
+/// What `/proc/<pid>/stat` says about a process.
+struct ProcessState {
+    /// A zombie (dead, not yet reaped by its parent) or dead.
+    defunct: bool,
+    started: i64,
+}
+
+/// `None` when no process has `pid` (or `/proc` cannot tell).
+fn process_state(pid: i32) -> Option<ProcessState> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ...`: comm may contain spaces and parentheses, so split after the
+    // last ')'. The start time is field 22 of the line, the 20th after the comm.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = *fields.first()?;
+    let started = fields.get(19)?.parse().ok()?;
+    Some(ProcessState {
+        defunct: matches!(state, "Z" | "X" | "x"),
+        started,
+    })
+}
+
+/// Is the process a worker entry of this machine names still running? Only asked for
+/// entries with our own process scope, so the pid is one we can look up.
+fn still_running(pid: i32, started: Option<i64>) -> bool {
+    match process_state(pid) {
+        None => {
+            // Either no such process, or `/proc` is unreadable: tell them apart by looking
+            // at ourselves, so an unreadable `/proc` never declares a live worker dead.
+            process_state(std::process::id() as i32).is_none()
+        }
+        Some(state) => !state.defunct && started.is_none_or(|s| s == state.started),
+    }
 }
 
 impl WorkerIdentity {
@@ -92,59 +167,151 @@ impl WorkerIdentity {
             address,
             pool: pool.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            process: ProcessIdentity::this_process(),
         }
     }
 }
 
-pub(crate) async fn register(pool: &Pool, me: &WorkerIdentity) -> Result<()> {
+pub(crate) async fn register(
+    pool: &Pool,
+    me: &WorkerIdentity,
+    projections: &[String],
+) -> Result<()> {
     let client = pool.get().await?;
+    let (scope, started) = match &me.process {
+        Some(p) => (Some(p.scope.as_str()), Some(p.started)),
+        None => (None, None),
+    };
     client
         .execute(
-            "INSERT INTO workers (id, host, pid, address, pool, version) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL",
-            &[&me.id, &me.host, &me.pid, &me.address, &me.pool, &me.version],
+            "INSERT INTO workers (id, host, pid, address, pool, version, projections, process_scope, process_started)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL, projections = $7",
+            &[
+                &me.id,
+                &me.host,
+                &me.pid,
+                &me.address,
+                &me.pool,
+                &me.version,
+                &projections,
+                &scope,
+                &started,
+            ],
         )
         .await
         .map_err(EngineError::db("registering the worker"))?;
     Ok(())
 }
 
-/// Heartbeats and returns the ids of the live workers of `pool`, sorted.
+/// Heartbeats (publishing the projections this worker runs now) and returns the live
+/// workers of every pool, sorted by id.
 pub(crate) async fn heartbeat(
     pool: &Pool,
     me: &WorkerIdentity,
     timeout: Duration,
     signal: &ScalingSignal,
-) -> Result<Vec<Uuid>> {
+    projections: &[String],
+) -> Result<Vec<LiveWorker>> {
     let client = pool.get().await?;
     let updated = client
         .execute(
             "UPDATE workers SET heartbeat_at = now(), stopped_at = NULL, concurrency = $2,
-                    desired_workers = $3, lag_events = $4
+                    desired_workers = $3, lag_events = $4, projections = $5
               WHERE id = $1",
             &[
                 &me.id,
                 &(signal.concurrency as i32),
                 &(signal.desired_workers.max(1) as i32),
                 &signal.lag_events,
+                &projections,
             ],
         )
         .await
         .map_err(EngineError::db("heartbeating"))?;
     if updated == 0 {
         // Our entry is gone (cleaned up by an operator): register again.
-        register(pool, me).await?;
+        register(pool, me, projections).await?;
     }
     let rows = client
         .query(
-            "SELECT id FROM workers
-              WHERE pool = $1 AND stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $2)
+            "SELECT id, pool, projections FROM workers
+              WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $1)
               ORDER BY id",
-            &[&me.pool, &timeout.as_secs_f64()],
+            &[&timeout.as_secs_f64()],
         )
         .await
         .map_err(EngineError::db("listing live workers"))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows
+        .iter()
+        .map(|r| LiveWorker {
+            id: r.get(0),
+            pool: r.get(1),
+            projections: r.get(2),
+        })
+        .collect())
+}
+
+/// Finds the workers registered from this machine whose process has died (a previous life
+/// of this process killed with SIGKILL, a sibling the OOM killer took), marks them stopped
+/// and expires their leases, so their partitions are claimed now rather than after the
+/// lease and heartbeat timeouts. Returns their ids.
+///
+/// Safe if ever wrong: a claim bumps the lease epoch, and a worker that was in fact alive
+/// finds its lease gone at its next renewal or commit and stops (fencing). Entries of
+/// another machine, another pid namespace or a platform without `/proc` are never judged
+/// here; they still age out by heartbeat.
+pub(crate) async fn reap_dead_on_this_host(pool: &Pool, me: &WorkerIdentity) -> Result<Vec<Uuid>> {
+    let Some(process) = &me.process else {
+        return Ok(Vec::new());
+    };
+    let mut client = pool.get().await?;
+    let candidates = client
+        .query(
+            "SELECT id, pid, process_started FROM workers
+              WHERE host = $1 AND process_scope = $2 AND id <> $3 AND stopped_at IS NULL",
+            &[&me.host, &process.scope, &me.id],
+        )
+        .await
+        .map_err(EngineError::db("looking for dead workers on this host"))?;
+    let dead: Vec<(Uuid, i32)> = candidates
+        .iter()
+        .map(|r| (r.get::<_, Uuid>(0), r.get::<_, i32>(1), r.get(2)))
+        .filter(|(_, pid, started)| !still_running(*pid, *started))
+        .map(|(id, pid, _)| (id, pid))
+        .collect();
+    let mut reaped = Vec::new();
+    for (id, pid) in dead {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(EngineError::db("retiring a dead worker"))?;
+        let stopped = tx
+            .execute(
+                "UPDATE workers SET stopped_at = now() WHERE id = $1 AND stopped_at IS NULL",
+                &[&id],
+            )
+            .await
+            .map_err(EngineError::db("retiring a dead worker"))?;
+        // `expires_at = now()`, not '-infinity': the time a partition became unowned is
+        // what the unowned-partition report measures from.
+        let leases = tx
+            .execute(
+                "UPDATE projection_leases SET owner = NULL, expires_at = least(expires_at, now())
+                  WHERE owner = $1",
+                &[&id],
+            )
+            .await
+            .map_err(EngineError::db("releasing a dead worker's leases"))?;
+        tx.commit()
+            .await
+            .map_err(EngineError::db("retiring a dead worker"))?;
+        if stopped > 0 {
+            tracing::info!(worker = %id, pid, leases, "a worker of this host is no longer running; taking over its partitions now");
+            reaped.push(id);
+        }
+    }
+    Ok(reaped)
 }
 
 pub(crate) async fn deregister(pool: &Pool, me: &WorkerIdentity) -> Result<()> {
@@ -166,7 +333,7 @@ pub async fn list(store: &EventStore, timeout: Duration) -> Result<Vec<WorkerInf
         .query(
             "SELECT w.id, w.host, w.pid, w.address, w.pool, w.version, w.started_at, w.heartbeat_at, w.stopped_at,
                     (w.stopped_at IS NULL AND w.heartbeat_at > now() - make_interval(secs => $1)),
-                    w.concurrency, w.desired_workers, w.lag_events,
+                    w.concurrency, w.desired_workers, w.lag_events, w.projections,
                     coalesce(array_agg(l.projection || '#' || l.partition ORDER BY l.projection, l.partition)
                              FILTER (WHERE l.projection IS NOT NULL), '{}')
                FROM workers w
@@ -193,7 +360,40 @@ pub async fn list(store: &EventStore, timeout: Duration) -> Result<Vec<WorkerInf
             concurrency: r.get(10),
             desired_workers: r.get(11),
             lag_events: r.get(12),
-            leases: r.get(13),
+            projections: r.get(13),
+            leases: r.get(14),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_running_under_its_own_start_time() {
+        let Some(me) = ProcessIdentity::this_process() else {
+            return; // no /proc: workers are only ever found dead by their heartbeat
+        };
+        let pid = std::process::id() as i32;
+        assert!(still_running(pid, Some(me.started)));
+        assert!(
+            !still_running(pid, Some(me.started + 1)),
+            "a pid reused by a process started at another time is not the worker"
+        );
+    }
+
+    #[test]
+    fn a_reaped_child_is_no_longer_running() {
+        if ProcessIdentity::this_process().is_none() {
+            return;
+        }
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawning `true`");
+        let pid = child.id() as i32;
+        let started = process_state(pid).map(|s| s.started);
+        child.wait().expect("reaping the child");
+        assert!(!still_running(pid, started));
+    }
 }

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "worker_scaling",
         sql: include_str!("../../migrations/0005_worker_scaling.sql"),
     },
+    Migration {
+        version: 6,
+        name: "worker_projections",
+        sql: include_str!("../../migrations/0006_worker_projections.sql"),
+    },
 ];
 
 /// Advisory lock key shared by every Tidemark process ("tidemark" in ASCII). Public so that

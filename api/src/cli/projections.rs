@@ -151,6 +151,18 @@ fn print_status(s: &ProjectionStatus) {
             p.partition, p.checkpoint, p.lag_events, p.lag_seconds
         );
     }
+    if !s.unowned_partitions.is_empty() {
+        let partitions: Vec<String> = s
+            .unowned_partitions
+            .iter()
+            .map(|u| u.partition.to_string())
+            .collect();
+        println!(
+            "  WARNING: no live worker owns partition(s) {}: their events are not applied; \
+             start a worker that runs this projection",
+            partitions.join(", ")
+        );
+    }
     if let Some(b) = &s.last_rebuild {
         println!(
             "  last build #{} ({}): {} from {}, {}/{} events, {}{}",

@@ -12,12 +12,12 @@ pub async fn run(store: EventStore, worker_timeout: Duration) -> anyhow::Result<
         return Ok(());
     }
     println!(
-        "{:<36}  {:<10}  {:<24}  {:<5}  {:>6}  {:>7}  {:>7}  LEASES",
-        "ID", "POOL", "HOST:PID", "ALIVE", "CONC", "DESIRED", "LAG"
+        "{:<36}  {:<10}  {:<24}  {:<5}  {:>6}  {:>7}  {:>7}  {:<24}  LEASES",
+        "ID", "POOL", "HOST:PID", "ALIVE", "CONC", "DESIRED", "LAG", "PROJECTIONS"
     );
     for worker in &registry {
         println!(
-            "{:<36}  {:<10}  {:<24}  {:<5}  {:>6}  {:>7}  {:>7}  {}",
+            "{:<36}  {:<10}  {:<24}  {:<5}  {:>6}  {:>7}  {:>7}  {:<24}  {}",
             worker.id,
             worker.pool,
             format!("{}:{}", worker.host, worker.pid),
@@ -25,6 +25,11 @@ pub async fn run(store: EventStore, worker_timeout: Duration) -> anyhow::Result<
             worker.concurrency,
             worker.desired_workers,
             worker.lag_events,
+            if worker.projections.is_empty() {
+                "-".to_string()
+            } else {
+                worker.projections.join(",")
+            },
             if worker.leases.is_empty() {
                 "-".to_string()
             } else {

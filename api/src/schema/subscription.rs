@@ -116,8 +116,13 @@ fn fingerprint(status: &ProjectionStatus) -> String {
             b.position,
         )
     });
+    let unowned: Vec<i16> = status
+        .unowned_partitions
+        .iter()
+        .map(|u| u.partition)
+        .collect();
     format!(
-        "{} {:?} {} {} {:?} {:?}",
-        status.status, status.live_version, status.head, status.parked, partitions, build
+        "{} {:?} {} {} {:?} {:?} {:?}",
+        status.status, status.live_version, status.head, status.parked, partitions, build, unowned
     )
 }

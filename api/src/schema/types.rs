@@ -239,6 +239,22 @@ impl PartitionStatus {
     }
 }
 
+/// A partition nobody applies events of.
+pub struct UnownedPartition(pub tidemark_projections::UnownedPartition);
+
+/// A partition of a projection that no live worker has owned for longer than a lease period:
+/// its events are not applied until a worker running the projection claims it.
+#[Object]
+impl UnownedPartition {
+    async fn partition(&self) -> i16 {
+        self.0.partition
+    }
+    /// Seconds since its lease expired or was given back; null when unknown (never claimed).
+    async fn unowned_seconds(&self) -> Option<f64> {
+        self.0.unowned_seconds
+    }
+}
+
 /// A rebuild, replay or as-of build, running or finished.
 pub struct Build(pub RebuildProgress);
 
@@ -378,6 +394,18 @@ impl Projection {
             .collect()
     }
 
+    /// Partitions no live worker has owned for longer than a lease period (empty when every
+    /// partition has a live owner). Their lag only grows: start a worker that runs this
+    /// projection, in its pool.
+    async fn unowned_partitions(&self) -> Vec<UnownedPartition> {
+        self.inner
+            .unowned_partitions
+            .iter()
+            .cloned()
+            .map(UnownedPartition)
+            .collect()
+    }
+
     /// The latest rebuild, replay or as-of build.
     async fn last_build(&self) -> Option<Build> {
         self.inner.last_rebuild.clone().map(Build)
@@ -477,6 +505,10 @@ impl Worker {
     /// `projection#partition` of every lease it holds.
     async fn leases(&self) -> &[String] {
         &self.info.leases
+    }
+    /// The projections it runs (their partitions are shared among the workers running them).
+    async fn projections(&self) -> &[String] {
+        &self.info.projections
     }
     /// Whether this is the process that answered.
     async fn current(&self) -> bool {

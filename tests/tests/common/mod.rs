@@ -302,11 +302,6 @@ impl Subscription {
         message["payload"]["data"].clone()
     }
 
-    /// Whether a message arrives within `wait` (to check nothing more comes).
-    pub async fn has_message_within(&mut self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.socket.next()).await.is_ok()
-    }
-
     pub async fn close(mut self) {
         let _ = send(&mut self.socket, json!({ "id": "1", "type": "complete" })).await;
         let _ = self.socket.close(None).await;

@@ -30,6 +30,10 @@ use uuid::Uuid;
 pub const LEASE_TTL: Duration = Duration::from_millis(1500);
 /// One renewal period (the coordinator ticks every `LEASE_TTL / 3`).
 pub const RENEWAL: Duration = Duration::from_millis(500);
+/// Allowance on top of a timing rule for a busy two-core machine (process wake-ups, a
+/// database round trip or two, the test's 25 ms polling), in lease periods: deadlines of
+/// timing rules are the rule's bound plus this.
+pub const SCHEDULING: Duration = Duration::from_millis(LEASE_TTL.as_millis() as u64 * 2);
 /// Heartbeat age after which a test worker counts as dead.
 pub const WORKER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long a test waits for something that should happen within a few lease periods. A
@@ -43,6 +47,9 @@ pub const TOTALS: &str = "category_totals";
 pub const BOTH: [&str; 2] = [BALANCES, TOTALS];
 /// `account-<n>` streams the load spreads over.
 const ACCOUNTS: usize = 64;
+
+/// What a worker logs at WARN about partitions nobody owns (lease.rs).
+pub const UNOWNED_LOG: &str = "partitions have had no live owner for longer than a lease period";
 
 /// The message a worker logs when its batch commit finds the lease taken (checkpoint.rs).
 pub const FENCED_LOG: &str = "lease lost; refusing to commit";
@@ -87,13 +94,37 @@ impl Deadline {
     }
 }
 
-/// One `projector` process and what it wrote to stderr.
+/// The binaries a test starts.
+#[derive(Debug, Clone, Copy)]
+enum Program {
+    /// `projector`: projections only.
+    Projector,
+    /// `bank serve`: the API and the projections.
+    Server,
+}
+
+/// What `serve` prints once it listens, before the address (api/src/cli.rs).
+const LISTENING_LOG: &str = "Tidemark is listening on http://";
+
+/// Collects the lines of a child's output.
+fn read_lines(
+    from: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            into.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    })
+}
+
+/// One `projector` or server process and what it wrote to stderr and stdout.
 pub struct Worker {
     pub name: String,
     pub id: Uuid,
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
     /// Killed or stopped: not expected to own anything.
     pub running: bool,
 }
@@ -124,7 +155,7 @@ impl Drop for Workers {
         for worker in &mut self.0 {
             let _ = worker.child.kill();
             let _ = worker.child.wait();
-            if let Some(reader) = worker.reader.take() {
+            for reader in worker.readers.drain(..) {
                 let _ = reader.join();
             }
             if std::thread::panicking() {
@@ -209,7 +240,39 @@ impl Cluster {
     /// Starts a `projector` with the test lease timings and `env`, and waits until it has
     /// registered. Returns its worker id.
     pub async fn start_worker(&mut self, name: &str, env: &[(&str, &str)]) -> Uuid {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_projector"));
+        self.start(name, Program::Projector, env).await
+    }
+
+    /// Starts the bank's server (`bank serve`, API and projections in one process) on a
+    /// free loopback port with the test lease timings and `env`, and waits until it has
+    /// registered and listens. Returns its worker id and `http://address`.
+    pub async fn start_server(&mut self, name: &str, env: &[(&str, &str)]) -> (Uuid, String) {
+        let id = self.start(name, Program::Server, env).await;
+        let worker = self.worker(id);
+        let deadline = Deadline::new(format!("server {name} to say where it listens"), DEADLINE);
+        let address = loop {
+            let log = worker.log();
+            let said = log.iter().find_map(|line| {
+                let rest = line.split_once(LISTENING_LOG)?.1;
+                Some(rest.split('/').next()?.to_string())
+            });
+            if let Some(address) = said {
+                break format!("http://{address}");
+            }
+            deadline.wait(log).await;
+        };
+        (id, address)
+    }
+
+    async fn start(&mut self, name: &str, program: Program, env: &[(&str, &str)]) -> Uuid {
+        let mut command = match program {
+            Program::Projector => Command::new(env!("CARGO_BIN_EXE_projector")),
+            Program::Server => {
+                let mut command = Command::new(env!("CARGO_BIN_EXE_bank"));
+                command.args(["serve", "--listen", "127.0.0.1:0", "--insecure-dev"]);
+                command
+            }
+        };
         command
             .env("DATABASE_URL", self.db.url())
             .env("RUST_LOG", "info")
@@ -220,23 +283,21 @@ impl Cluster {
             )
             .env_remove("TIDEMARK_POOL")
             .env_remove("TIDEMARK_PINNED_PROJECTION")
+            .env_remove("TIDEMARK_LISTEN")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (key, value) in env {
             command.env(key, value);
         }
         let mut child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("starting the projector binary: {e}"));
+            .unwrap_or_else(|e| panic!("starting the {program:?} binary: {e}"));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let lines = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
+        let readers = [
+            read_lines(child.stderr.take().expect("stderr is piped"), log.clone()),
+            read_lines(child.stdout.take().expect("stdout is piped"), log.clone()),
+        ];
         let pid = child.id() as i32;
         // Keep the child in the guard before anything can panic.
         self.workers.0.push(Worker {
@@ -244,7 +305,7 @@ impl Cluster {
             id: Uuid::nil(),
             child,
             log,
-            reader: Some(reader),
+            readers: readers.into(),
             running: true,
         });
         let deadline = Deadline::new(format!("worker {name} (pid {pid}) to register"), DEADLINE);
@@ -702,5 +763,36 @@ impl Watch {
             }
         }
         self.samples += 1;
+    }
+}
+
+/// The HTTP status of `GET path` on a server at `http://address`, or `None` when it does not
+/// answer (not listening yet, connection refused). A bare HTTP/1.1 request: the bank's tests
+/// have no HTTP client, and a status line is all this needs.
+pub async fn http_status(address: &str, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = address.strip_prefix("http://").unwrap_or(address);
+    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let response = String::from_utf8_lossy(&response);
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits until the server at `address` answers `/ready` with 200.
+pub async fn wait_ready(address: &str, within: Duration) {
+    let deadline = Deadline::new(format!("{address}/ready to answer 200"), within);
+    loop {
+        let status = http_status(address, "/ready").await;
+        if status == Some(200) {
+            return;
+        }
+        deadline.wait(status).await;
     }
 }
