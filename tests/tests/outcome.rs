@@ -6,7 +6,8 @@
 //! kept colliding with the others, `WRONG_EXPECTED_VERSION`; then indeed nothing is in the
 //! log), or `OUTCOME_UNKNOWN` — never `INTERNAL`. Retried with the same ids until
 //! they succeed, each event and each deposit is in the log exactly once, and the balance is
-//! the sum of the deposits.
+//! the sum of the deposits. And without faults: a command sent again with its `commandId`
+//! answers with its first result and writes nothing more.
 
 mod common;
 
@@ -278,4 +279,62 @@ async fn answers_around_a_broken_commit_are_honest_and_retries_with_the_same_ids
         )
         .await;
     assert_eq!(data["account"]["balance"], expected);
+}
+
+#[tokio::test]
+async fn a_command_sent_again_with_its_command_id_answers_the_first_result_and_applies_once() {
+    let app = spawn_app_with(
+        tidemark_example_bank::app(Arc::new(tidemark_example_bank::LogAlerts)),
+        |_| {},
+    )
+    .await;
+    let run = |mutation: &'static str, command_id: Uuid| {
+        let app = &app;
+        async move {
+            app.graphql_data(mutation, json!({ "c": command_id }), Some(APPEND_KEY))
+                .await
+        }
+    };
+    const OPEN: &str = "mutation($c: UUID!) { r: openAccount(accountId: \"7\", owner: \"ann\", commandId: $c) { position streamVersion changed duplicate } }";
+    const DEPOSIT: &str = "mutation($c: UUID!) { r: deposit(accountId: \"7\", amount: 100, commandId: $c) { position streamVersion changed duplicate } }";
+    const WITHDRAW: &str = "mutation($c: UUID!) { r: withdraw(accountId: \"7\", amount: 100, commandId: $c) { position streamVersion changed duplicate } }";
+    let (open, deposit, withdraw) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut firsts = Vec::new();
+    for (mutation, command_id) in [(OPEN, open), (DEPOSIT, deposit), (WITHDRAW, withdraw)] {
+        let first = run(mutation, command_id).await["r"].clone();
+        assert_eq!(
+            (&first["changed"], &first["duplicate"]),
+            (&json!(true), &json!(false))
+        );
+        firsts.push(first);
+    }
+    // Sent again, each answers as the first time, even the withdrawal that the balance (now
+    // 0) would refuse if it were decided again; nothing more is written.
+    for ((mutation, command_id), first) in [(OPEN, open), (DEPOSIT, deposit), (WITHDRAW, withdraw)]
+        .into_iter()
+        .zip(&firsts)
+    {
+        let again = run(mutation, command_id).await["r"].clone();
+        assert_eq!(again["duplicate"], true, "{again}");
+        assert_eq!(again["changed"], true, "{again}");
+        assert_eq!(again["position"], first["position"], "{again}");
+        assert_eq!(again["streamVersion"], first["streamVersion"], "{again}");
+    }
+    let events = app.all_events().await;
+    let types: Vec<&str> = events
+        .iter()
+        .filter(|e| e.stream_id == "account-7")
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert_eq!(types, ["AccountOpened", "MoneyDeposited", "MoneyWithdrawn"]);
+    // Without a command id, the same deposit twice is two deposits (two clients' commands).
+    for _ in 0..2 {
+        app.graphql_data(
+            "mutation { deposit(accountId: \"7\", amount: 5) { changed } }",
+            json!({}),
+            Some(APPEND_KEY),
+        )
+        .await;
+    }
+    assert_eq!(app.all_events().await.len(), events.len() + 2);
 }

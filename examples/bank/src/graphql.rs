@@ -241,7 +241,7 @@ impl BankMutation {
         name: String,
         email: String,
         #[graphql(
-            desc = "The client's id for this command, a UUID made once per command. Sent again with the same commandId (after OUTCOME_UNKNOWN, OVERLOADED or a lost answer), the command is applied at most once and answers with the first result (duplicate: true). Without it, a retried command may be applied twice."
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
@@ -261,7 +261,7 @@ impl BankMutation {
         account_id: String,
         owner: String,
         #[graphql(
-            desc = "The client's id for this command, a UUID made once per command. Sent again with the same commandId (after OUTCOME_UNKNOWN, OVERLOADED or a lost answer), the command is applied at most once and answers with the first result (duplicate: true). Without it, a retried command may be applied twice."
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
@@ -280,7 +280,7 @@ impl BankMutation {
         account_id: String,
         amount: i64,
         #[graphql(
-            desc = "The client's id for this command, a UUID made once per command. Sent again with the same commandId (after OUTCOME_UNKNOWN, OVERLOADED or a lost answer), the command is applied at most once and answers with the first result (duplicate: true). Without it, a retried command may be applied twice."
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
@@ -301,7 +301,7 @@ impl BankMutation {
         account_id: String,
         amount: i64,
         #[graphql(
-            desc = "The client's id for this command, a UUID made once per command. Sent again with the same commandId (after OUTCOME_UNKNOWN, OVERLOADED or a lost answer), the command is applied at most once and answers with the first result (duplicate: true). Without it, a retried command may be applied twice."
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
@@ -321,7 +321,7 @@ impl BankMutation {
         ctx: &Context<'_>,
         account_id: String,
         #[graphql(
-            desc = "The client's id for this command, a UUID made once per command. Sent again with the same commandId (after OUTCOME_UNKNOWN, OVERLOADED or a lost answer), the command is applied at most once and answers with the first result (duplicate: true). Without it, a retried command may be applied twice."
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
@@ -338,7 +338,7 @@ impl BankMutation {
         account_id: String,
         amount: i64,
         #[graphql(
-            desc = "The client's id for this command, a UUID made once per command. Sent again with the same commandId (after OUTCOME_UNKNOWN, OVERLOADED or a lost answer), the command is applied at most once and answers with the first result (duplicate: true). Without it, a retried command may be applied twice."
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
@@ -385,7 +385,7 @@ impl BankMutation {
         ctx: &Context<'_>,
         order_id: String,
         #[graphql(
-            desc = "The client's id for this command, a UUID made once per command. Sent again with the same commandId (after OUTCOME_UNKNOWN, OVERLOADED or a lost answer), the command is applied at most once and answers with the first result (duplicate: true). Without it, a retried command may be applied twice."
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
@@ -403,7 +403,7 @@ impl BankMutation {
         ctx: &Context<'_>,
         order_id: String,
         #[graphql(
-            desc = "The client's id for this command, a UUID made once per command. Sent again with the same commandId (after OUTCOME_UNKNOWN, OVERLOADED or a lost answer), the command is applied at most once and answers with the first result (duplicate: true). Without it, a retried command may be applied twice."
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
@@ -417,7 +417,7 @@ impl BankMutation {
         ctx: &Context<'_>,
         order_id: String,
         #[graphql(
-            desc = "The client's id for this command, a UUID made once per command. Sent again with the same commandId (after OUTCOME_UNKNOWN, OVERLOADED or a lost answer), the command is applied at most once and answers with the first result (duplicate: true). Without it, a retried command may be applied twice."
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
