@@ -202,7 +202,7 @@ impl StoreError {
 fn is_transient_db_error(error: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     let Some(db) = error.as_db_error() else {
-        // No server error: closed, I/O or a timeout are the connection's trouble; encoding
+        // No server error: a closed connection or an I/O error is the connection's trouble; encoding
         // or decoding a value is this code's.
         return error.is_closed()
             || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>());
