@@ -23,8 +23,13 @@ pub enum ErrorCode {
     WrongExpectedVersion,
     /// An event id was reused for different content. Use a new id.
     EventIdConflict,
-    /// The server is busy (or shutting down); retry after `extensions.retryAfterMs`.
+    /// The server is busy, shutting down, or lost its database for a moment; nothing was
+    /// written. Retry after `extensions.retryAfterMs`.
     Overloaded,
+    /// The database connection broke while an append was being committed: it may or may
+    /// not have been written. Retry with the same event ids (a command: the same
+    /// `commandId`); a retry of a written append answers with the originals.
+    OutcomeUnknown,
     /// The request is malformed or a value is invalid; `extensions.field` names it when known.
     BadInput,
     /// The request body or an event is larger than allowed; `extensions.limitBytes`.
@@ -49,6 +54,7 @@ impl ErrorCode {
             ErrorCode::WrongExpectedVersion => "WRONG_EXPECTED_VERSION",
             ErrorCode::EventIdConflict => "EVENT_ID_CONFLICT",
             ErrorCode::Overloaded => "OVERLOADED",
+            ErrorCode::OutcomeUnknown => "OUTCOME_UNKNOWN",
             ErrorCode::BadInput => "BAD_INPUT",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",
@@ -121,6 +127,11 @@ impl ApiError {
         ApiError::new(ErrorCode::Overloaded, message).with("retryAfterMs", RETRY_AFTER_MS)
     }
 
+    /// `OUTCOME_UNKNOWN`: retryable with the same ids, so it carries `retryAfterMs` too.
+    pub fn outcome_unknown(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::OutcomeUnknown, message).with("retryAfterMs", RETRY_AFTER_MS)
+    }
+
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         ApiError::new(ErrorCode::Unauthenticated, message)
     }
@@ -191,6 +202,17 @@ impl ApiError {
                 "the database is unavailable right now; retry shortly",
             )
             .with_internal(error),
+            StoreError::OutcomeUnknown { .. } => ApiError::outcome_unknown(
+                "the database connection broke while the append was being committed: it may \
+                 or may not have been written; retry with the same event ids",
+            )
+            .with_internal(error),
+            // A lost connection or a passing conflict before anything was committed: the
+            // transaction rolled back, so this is "nothing written, retry", not a bug.
+            StoreError::Database { .. } if error.is_retryable() => ApiError::overloaded(
+                "the database failed the request for a moment and nothing was written; retry shortly",
+            )
+            .with_internal(error),
             StoreError::Database { .. }
             | StoreError::Migration(_)
             | StoreError::Config(_)
@@ -225,6 +247,14 @@ impl ApiError {
     pub fn from_command<E: fmt::Display>(error: &CommandError<E>) -> ApiError {
         match error {
             CommandError::Rejected(reason) => ApiError::rejected(reason.to_string()),
+            CommandError::Store(store @ StoreError::OutcomeUnknown { .. }) => {
+                ApiError::outcome_unknown(
+                    "the database connection broke while the command's events were being \
+                     committed: they may or may not have been written; retry with the same \
+                     commandId (a command sent without one cannot be retried safely)",
+                )
+                .with_internal(store)
+            }
             CommandError::Store(store) => ApiError::from_store(store),
             CommandError::Decode { .. } | CommandError::Encode(_) => ApiError::internal(error),
         }
@@ -421,6 +451,56 @@ mod tests {
             assert_eq!(normalized.code, code);
             assert!(!error.message.contains("secret"), "{}", error.message);
         }
+    }
+
+    /// A live connection to a port nobody listens on gives a real connection error
+    /// (`tokio_postgres::Error` cannot be built otherwise).
+    async fn connection_error() -> tokio_postgres::Error {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(port).user("nobody");
+        config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("nothing listens on the port")
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_is_outcome_unknown_and_a_lost_connection_before_commit_is_overloaded(
+    ) {
+        let unknown = StoreError::OutcomeUnknown {
+            context: "committing appended events",
+            source: std::sync::Arc::new(connection_error().await),
+        };
+        let api = ApiError::from_store(&unknown);
+        assert_eq!(api.code, ErrorCode::OutcomeUnknown);
+        assert!(
+            api.message
+                .contains("may or may not have been written; retry with the same event ids"),
+            "{}",
+            api.message
+        );
+        assert!(api
+            .extensions
+            .iter()
+            .any(|(name, _)| *name == "retryAfterMs"));
+        let command = ApiError::from_command(&CommandError::<std::io::Error>::Store(unknown));
+        assert_eq!(command.code, ErrorCode::OutcomeUnknown);
+        assert!(command.message.contains("commandId"), "{}", command.message);
+
+        // Failed before COMMIT was sent: rolled back, nothing written.
+        let before_commit = StoreError::Database {
+            context: "inserting events",
+            source: std::sync::Arc::new(connection_error().await),
+        };
+        assert!(before_commit.is_retryable());
+        assert_eq!(
+            ApiError::from_store(&before_commit).code,
+            ErrorCode::Overloaded
+        );
     }
 
     #[test]

@@ -10,23 +10,36 @@
 //! `{"amount": ...}`. Use struct variants (or newtype variants around structs): a payload
 //! must be a JSON object. A unit variant is stored with an empty object.
 //!
-//! Each event written gets a fresh id, so identical commands from two clients are two
-//! commands, never one deduplicated append. A client that retries a command after a timeout
-//! may therefore apply it twice; commands that must be idempotent carry their own id and
-//! the aggregate refuses one it has seen.
+//! Without a command id, each event written gets a fresh id, so identical commands from two
+//! clients are two commands, never one deduplicated append. A client that retries such a
+//! command after a timeout or an `OutcomeUnknown` may therefore apply it twice.
+//!
+//! A command that carries a client-chosen command id ([`CommandOptions::command_id`]) is
+//! safe to retry: its event ids are derived from the command id
+//! ([`crate::hashing::command_event_id`]), so a retry of a command that already took effect
+//! finds its events in the stream (or the store recognises them as duplicates) and answers
+//! with the original outcome, marked [`CommandOutcome::duplicate`], instead of deciding and
+//! writing again. A command id names one command: reused for another command on the same
+//! aggregate, it answers with the first command's outcome.
 //!
 //! ```ignore
 //! let bus = CommandBus::new(store.clone());
 //! let outcome = bus.execute::<Account>("42", &AccountCommand::Deposit { amount: 100 }).await?;
+//! let options = CommandOptions::new().command_id(Some(client_command_id));
+//! let outcome = bus.execute_with::<Account>("42", &AccountCommand::Deposit { amount: 100 }, options).await?;
 //! ```
 
 use crate::error::StoreError;
-use crate::model::{AppendOutcome, AppendRequest, ExpectedVersion, NewEvent, StreamVersion};
+use crate::hashing::command_event_id;
+use crate::model::{
+    AppendOutcome, AppendRequest, AppendedEvent, ExpectedVersion, NewEvent, StreamVersion,
+};
 use crate::read::Direction;
 use crate::store::EventStore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use uuid::Uuid;
 
 /// A consistency boundary: one stream, folded into state, deciding on commands.
 ///
@@ -92,6 +105,37 @@ pub struct CommandOutcome {
     pub append: Option<AppendOutcome>,
     /// How many times the command was decided (1 unless a conflict forced a retry).
     pub attempts: u32,
+    /// The command (identified by its command id) had already taken effect: nothing new was
+    /// written, and `append` and `stream_version` describe what the first execution wrote.
+    pub duplicate: bool,
+}
+
+/// How a command is run: its client-chosen id and the metadata its events carry.
+#[derive(Debug, Clone, Default)]
+pub struct CommandOptions {
+    command_id: Option<Uuid>,
+    metadata: Option<Value>,
+}
+
+impl CommandOptions {
+    /// No command id, empty metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The client's id for this command: with one, sending the command again (after a
+    /// timeout or an unknown outcome) never applies it twice.
+    pub fn command_id(mut self, command_id: Option<Uuid>) -> Self {
+        self.command_id = command_id;
+        self
+    }
+
+    /// Metadata every event written carries (a JSON object: correlation and causation ids,
+    /// the actor...).
+    pub fn metadata(mut self, metadata: Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
 }
 
 impl CommandOutcome {
@@ -135,9 +179,25 @@ impl CommandBus {
         &self,
         id: &str,
     ) -> Result<(A, Option<StreamVersion>), CommandError<A::Error>> {
+        let (state, version, _) = self.load_checking::<A>(id, None).await?;
+        Ok((state, version))
+    }
+
+    /// [`CommandBus::load`], also picking out the events the command `command_id` wrote to
+    /// the stream, if it already took effect.
+    async fn load_checking<A: Aggregate>(
+        &self,
+        id: &str,
+        command_id: Option<Uuid>,
+    ) -> Result<(A, Option<StreamVersion>, Vec<AppendedEvent>), CommandError<A::Error>> {
         let stream_id = A::stream_id(id);
         let mut state = A::default();
         let mut version = None;
+        // A command's events are written by one append, so they are consecutive: event i
+        // of the command directly follows event i - 1.
+        let mut written: Vec<AppendedEvent> = Vec::new();
+        let next_id = |written: usize| command_id.map(|c| command_event_id(c, &stream_id, written));
+        let mut looking_for = next_id(0);
         loop {
             let from = version.map_or(0, |v: StreamVersion| v + 1);
             let events = self
@@ -146,6 +206,17 @@ impl CommandBus {
                 .await?;
             let short = events.len() < self.page_size;
             for recorded in events {
+                if looking_for == Some(recorded.event_id) {
+                    written.push(AppendedEvent {
+                        event_id: recorded.event_id,
+                        position: recorded.position,
+                        stream_version: recorded.stream_version,
+                        duplicate: true,
+                    });
+                    looking_for = next_id(written.len());
+                } else if !written.is_empty() {
+                    looking_for = None;
+                }
                 let event = decode::<A::Event>(&recorded.event_type, recorded.payload).map_err(
                     |message| CommandError::Decode {
                         stream_id: stream_id.clone(),
@@ -158,7 +229,7 @@ impl CommandBus {
                 version = Some(recorded.stream_version);
             }
             if short {
-                return Ok((state, version));
+                return Ok((state, version, written));
             }
         }
     }
@@ -169,7 +240,7 @@ impl CommandBus {
         id: &str,
         command: &A::Command,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
-        self.execute_with_metadata::<A>(id, command, Value::Object(Default::default()))
+        self.execute_with::<A>(id, command, CommandOptions::new())
             .await
     }
 
@@ -181,11 +252,43 @@ impl CommandBus {
         command: &A::Command,
         metadata: Value,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        self.execute_with::<A>(id, command, CommandOptions::new().metadata(metadata))
+            .await
+    }
+
+    /// Runs `command` on the aggregate `id` with `options` (a command id, metadata).
+    pub async fn execute_with<A: Aggregate>(
+        &self,
+        id: &str,
+        command: &A::Command,
+        options: CommandOptions,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
         let stream_id = A::stream_id(id);
+        let metadata = options
+            .metadata
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        let command_id = options.command_id;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (state, version) = self.load::<A>(id).await?;
+            let (state, version, written) = self.load_checking::<A>(id, command_id).await?;
+            if let Some(last) = written.last() {
+                // A retry of a command that took effect (its answer was lost): answer as the
+                // first execution did, without deciding again on the state it changed.
+                metrics::counter!("tidemark_command_duplicates_total").increment(1);
+                let stream_version = last.stream_version;
+                return Ok(CommandOutcome {
+                    stream_id: stream_id.clone(),
+                    stream_version: Some(stream_version),
+                    append: Some(AppendOutcome {
+                        stream_id,
+                        events: written,
+                        stream_version,
+                    }),
+                    attempts: attempt,
+                    duplicate: true,
+                });
+            }
             let events = state.handle(command).map_err(CommandError::Rejected)?;
             if events.is_empty() {
                 return Ok(CommandOutcome {
@@ -193,17 +296,23 @@ impl CommandBus {
                     stream_version: version,
                     append: None,
                     attempts: attempt,
+                    duplicate: false,
                 });
             }
-            // Fresh ids: ids derived from content would make two clients' identical
-            // commands look like one retried append, and the second would "succeed" as a
-            // duplicate without taking effect.
+            // Without a command id, fresh ids: ids derived from content would make two
+            // clients' identical commands look like one retried append, and the second
+            // would "succeed" as a duplicate without taking effect.
             let new_events = events
                 .iter()
-                .map(|event| {
+                .enumerate()
+                .map(|(index, event)| {
+                    let event_id = match command_id {
+                        Some(command_id) => command_event_id(command_id, &stream_id, index),
+                        None => Uuid::now_v7(),
+                    };
                     encode(event).map(|(event_type, payload)| {
                         NewEvent::new(event_type, payload)
-                            .with_id(uuid::Uuid::now_v7())
+                            .with_id(event_id)
                             .with_metadata(metadata.clone())
                     })
                 })
@@ -216,6 +325,7 @@ impl CommandBus {
                     return Ok(CommandOutcome {
                         stream_id,
                         stream_version: Some(outcome.stream_version),
+                        duplicate: outcome.all_duplicates(),
                         append: Some(outcome),
                         attempts: attempt,
                     })
@@ -225,6 +335,17 @@ impl CommandBus {
                     metrics::counter!("tidemark_command_retries_total").increment(1);
                     // Writers that collided would collide again in lockstep: spread them.
                     tokio::time::sleep(retry_pause(attempt)).await;
+                }
+                // The first execution of this command committed after this one loaded the
+                // stream and decided differently: the next load finds its events.
+                Err(StoreError::EventIdConflict { .. })
+                    if command_id.is_some() && attempt < self.max_attempts =>
+                {
+                    tracing::debug!(
+                        stream_id,
+                        attempt,
+                        "a command's earlier execution committed meanwhile; reloading"
+                    );
                 }
                 Err(error) => return Err(CommandError::Store(error)),
             }

@@ -83,10 +83,27 @@ pub enum StoreError {
     ShuttingDown,
 
     /// The database refused or failed; the message says which operation and carries
-    /// PostgreSQL's own words (a bare "db error" tells nobody anything).
+    /// PostgreSQL's own words (a bare "db error" tells nobody anything). For an append,
+    /// nothing was written: the transaction ended without a COMMIT, or the COMMIT itself
+    /// answered with an error (which rolls the transaction back). [`StoreError::is_retryable`]
+    /// tells a passing failure (a lost connection, a serialization failure) from a lasting one.
     #[error("database error while {context}: {}", describe_postgres_error(source))]
     Database {
         context: &'static str,
+        source: Arc<tokio_postgres::Error>,
+    },
+
+    /// The connection broke after an append's COMMIT was sent and before its answer arrived:
+    /// the append may or may not have been written. Retry it with the same event ids: if it
+    /// was written, the retry is recognised as a duplicate and answers with the originals.
+    #[error(
+        "the database connection failed while {context}: the append may or may not have been \
+         written; retry with the same event ids ({})",
+        describe_db_error(source)
+    )]
+    OutcomeUnknown {
+        context: &'static str,
+        #[source]
         source: Arc<tokio_postgres::Error>,
     },
 
@@ -202,6 +219,31 @@ impl StoreError {
         }
     }
 
+    /// Classifies a failed COMMIT of an append. A server error answering the COMMIT
+    /// (a serialization failure, a deferred constraint) means it rolled back: nothing was
+    /// written. Anything else (the connection closed, an I/O error, a FATAL error that ends
+    /// the session, which PostgreSQL also sends when it is terminated after the commit
+    /// record was written) leaves the outcome unknown.
+    pub(crate) fn commit_failed(
+        context: &'static str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+        move |source| {
+            use tokio_postgres::error::Severity;
+            let rolled_back = source.as_db_error().is_some_and(|db| {
+                !matches!(
+                    db.parsed_severity(),
+                    Some(Severity::Fatal | Severity::Panic)
+                )
+            });
+            let source = Arc::new(source);
+            if rolled_back {
+                StoreError::Database { context, source }
+            } else {
+                StoreError::OutcomeUnknown { context, source }
+            }
+        }
+    }
+
     /// A stable, machine-readable name for the kind of error (used in metrics and APIs).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -212,6 +254,7 @@ impl StoreError {
             StoreError::Overloaded { .. } => "overloaded",
             StoreError::ShuttingDown => "shutting_down",
             StoreError::Database { .. } => "database",
+            StoreError::OutcomeUnknown { .. } => "outcome_unknown",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Migration(_) => "migration",
             StoreError::Config(_) => "config",
@@ -219,12 +262,52 @@ impl StoreError {
         }
     }
 
-    /// Whether the same request may succeed if simply sent again later.
+    /// Whether the same request may succeed if simply sent again later. For
+    /// [`StoreError::OutcomeUnknown`] "the same" means with the same event ids.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Overloaded { .. } | StoreError::Unavailable(_)
-        ) || matches!(self, StoreError::Database { source, .. } if source.is_closed())
+        match self {
+            StoreError::Overloaded { .. }
+            | StoreError::Unavailable(_)
+            | StoreError::OutcomeUnknown { .. } => true,
+            StoreError::Database { source, .. } => is_transient_db_error(source),
+            _ => false,
+        }
+    }
+}
+
+/// Lost the connection or hit a passing conflict, rather than a problem with the SQL or the
+/// data: the connection closed or failed (I/O), the server ended the session (terminated by
+/// an administrator, shutting down, a connection exception), ran out of connections, or
+/// reported a serialization failure or deadlock. A terminated backend answers with a FATAL
+/// server error before closing, so `is_closed()` alone misses it.
+fn is_transient_db_error(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    let Some(db) = error.as_db_error() else {
+        // No server error: a closed connection or an I/O error is the connection's trouble; encoding
+        // or decoding a value is this code's.
+        return error.is_closed()
+            || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>());
+    };
+    let code = db.code();
+    code.code().starts_with("08")
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ]
+        .contains(code)
+}
+
+/// The server's message and SQLSTATE when there is one: `tokio_postgres::Error` displays
+/// only "db error", which says nothing in a log.
+fn describe_db_error(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{db} ({})", db.code().code()),
+        None => error.to_string(),
     }
 }
 

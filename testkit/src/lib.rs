@@ -10,6 +10,11 @@
 //! runtime that drives it. So nothing shared here is tied to a test's runtime: the embedded
 //! cluster is a plain child process (stopped by a parent-death signal when the test process
 //! exits), and each connection this crate opens lives only within one call.
+//!
+//! [`proxy::FaultProxy`] sits between a store and its database and breaks append
+//! transactions around COMMIT, to test what clients are told when the connection dies.
+
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

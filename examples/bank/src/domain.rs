@@ -12,7 +12,10 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use tidemark_store::aggregate::{Aggregate, CommandBus, CommandError, CommandOutcome};
+use tidemark_store::aggregate::{
+    Aggregate, CommandBus, CommandError, CommandOptions, CommandOutcome,
+};
+use uuid::Uuid;
 
 /// A refused command, said so a person understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,16 +67,19 @@ impl BankError {
 }
 
 /// Runs `command` on the aggregate `id` through `bus`, naming `id` in its refusals (see
-/// [`BankError::naming`]). Every command of the bank goes through here.
+/// [`BankError::naming`]). Every command of the bank goes through here. With a
+/// `command_id`, sending the same command again never applies it twice (see
+/// [`tidemark_store::aggregate`]).
 pub async fn execute<A>(
     bus: &CommandBus,
     id: &str,
     command: &A::Command,
+    command_id: Option<Uuid>,
 ) -> Result<CommandOutcome, CommandError<BankError>>
 where
     A: Aggregate<Error = BankError>,
 {
-    bus.execute::<A>(id, command)
+    bus.execute_with::<A>(id, command, CommandOptions::new().command_id(command_id))
         .await
         .map_err(|error| match error {
             CommandError::Rejected(reason) => CommandError::Rejected(reason.naming(id)),
@@ -421,10 +427,12 @@ impl Aggregate for Order {
 }
 
 /// Pays order `order_id` from its account: withdraw once (no overdraft), then mark paid.
-/// Safe to call again after a crash or timeout: both steps are idempotent.
+/// Safe to call again after a crash or timeout: both steps are idempotent. A `command_id`
+/// names both steps (their event ids differ by stream).
 pub async fn pay_order(
     bus: &CommandBus,
     order_id: &str,
+    command_id: Option<Uuid>,
 ) -> Result<CommandOutcome, CommandError<BankError>> {
     let (order, _) = bus.load::<Order>(order_id).await?;
     if order.id.is_none() {
@@ -444,9 +452,10 @@ pub async fn pay_order(
             order_id: order_id.to_string(),
             amount: order.amount,
         },
+        command_id,
     )
     .await?;
-    execute::<Order>(bus, order_id, &OrderCommand::MarkPaid).await
+    execute::<Order>(bus, order_id, &OrderCommand::MarkPaid, command_id).await
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use async_graphql::{Context, Object, Result, SimpleObject};
 use tidemark_api::{ApiError, Role, RoleGuard, Tidemark};
 use tidemark_store::aggregate::CommandOutcome;
 use tidemark_store::StoreError;
+use uuid::Uuid;
 
 /// What a command did.
 #[derive(SimpleObject, Debug, Clone)]
@@ -21,15 +22,25 @@ pub struct CommandResult {
     /// Global position of the last event written (0 when nothing changed): pass it to
     /// `@waitFor` to read your own write.
     pub position: i64,
-    /// Whether the command wrote events (false when it changed nothing).
+    /// Whether the command wrote events (false when it changed nothing). For a retried
+    /// command (`duplicate`), whether its first execution did.
     pub changed: bool,
+    /// True when a command with this `commandId` had already taken effect: nothing new was
+    /// written, and this result is the first execution's.
+    pub duplicate: bool,
 }
 
 impl From<CommandOutcome> for CommandResult {
     fn from(outcome: CommandOutcome) -> Self {
         CommandResult {
             position: outcome.position(),
-            changed: outcome.append.as_ref().is_some_and(|a| !a.all_duplicates()),
+            // The bus writes with ids of its own (fresh, or derived from the command id), so
+            // events it reports are this command's, written now or by its first execution.
+            changed: outcome
+                .append
+                .as_ref()
+                .is_some_and(|a| !a.events.is_empty()),
+            duplicate: outcome.duplicate,
             stream_id: outcome.stream_id,
             stream_version: outcome.stream_version,
         }
@@ -229,13 +240,17 @@ impl BankMutation {
         customer_id: String,
         name: String,
         email: String,
+        #[graphql(
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
+        )]
+        command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
         let command = CustomerCommand::Register {
             customer_id: customer_id.clone(),
             name,
             email,
         };
-        run::<Customer>(ctx, &customer_id, &command).await
+        run::<Customer>(ctx, &customer_id, &command, command_id).await
     }
 
     /// Opens an account for `owner`.
@@ -245,12 +260,16 @@ impl BankMutation {
         ctx: &Context<'_>,
         account_id: String,
         owner: String,
+        #[graphql(
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
+        )]
+        command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
         let command = AccountCommand::Open {
             account_id: account_id.clone(),
             owner,
         };
-        run::<Account>(ctx, &account_id, &command).await
+        run::<Account>(ctx, &account_id, &command, command_id).await
     }
 
     /// Deposits `amount` cents.
@@ -260,8 +279,18 @@ impl BankMutation {
         ctx: &Context<'_>,
         account_id: String,
         amount: i64,
+        #[graphql(
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
+        )]
+        command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
-        run::<Account>(ctx, &account_id, &AccountCommand::Deposit { amount }).await
+        run::<Account>(
+            ctx,
+            &account_id,
+            &AccountCommand::Deposit { amount },
+            command_id,
+        )
+        .await
     }
 
     /// Withdraws `amount` cents; never below zero.
@@ -271,14 +300,32 @@ impl BankMutation {
         ctx: &Context<'_>,
         account_id: String,
         amount: i64,
+        #[graphql(
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
+        )]
+        command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
-        run::<Account>(ctx, &account_id, &AccountCommand::Withdraw { amount }).await
+        run::<Account>(
+            ctx,
+            &account_id,
+            &AccountCommand::Withdraw { amount },
+            command_id,
+        )
+        .await
     }
 
     /// Closes an account with a zero balance.
     #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn close_account(&self, ctx: &Context<'_>, account_id: String) -> Result<CommandResult> {
-        run::<Account>(ctx, &account_id, &AccountCommand::Close).await
+    async fn close_account(
+        &self,
+        ctx: &Context<'_>,
+        account_id: String,
+        #[graphql(
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
+        )]
+        command_id: Option<Uuid>,
+    ) -> Result<CommandResult> {
+        run::<Account>(ctx, &account_id, &AccountCommand::Close, command_id).await
     }
 
     /// Places an order for a registered customer, to be paid from an open account.
@@ -290,6 +337,10 @@ impl BankMutation {
         customer_id: String,
         account_id: String,
         amount: i64,
+        #[graphql(
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
+        )]
+        command_id: Option<Uuid>,
     ) -> Result<CommandResult> {
         let bus = Tidemark::from_ctx(ctx)?.commands();
         let (customer, _) = bus
@@ -324,14 +375,22 @@ impl BankMutation {
             account_id,
             amount,
         };
-        run::<Order>(ctx, &order_id, &command).await
+        run::<Order>(ctx, &order_id, &command, command_id).await
     }
 
     /// Pays an order from its account (no overdraft; safe to retry).
     #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn pay_order(&self, ctx: &Context<'_>, order_id: String) -> Result<CommandResult> {
+    async fn pay_order(
+        &self,
+        ctx: &Context<'_>,
+        order_id: String,
+        #[graphql(
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
+        )]
+        command_id: Option<Uuid>,
+    ) -> Result<CommandResult> {
         let bus = Tidemark::from_ctx(ctx)?.commands();
-        Ok(domain::pay_order(bus, &order_id)
+        Ok(domain::pay_order(bus, &order_id, command_id)
             .await
             .map_err(ApiError::from)?
             .into())
@@ -339,18 +398,39 @@ impl BankMutation {
 
     /// Ships a paid order.
     #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn ship_order(&self, ctx: &Context<'_>, order_id: String) -> Result<CommandResult> {
-        run::<Order>(ctx, &order_id, &OrderCommand::Ship).await
+    async fn ship_order(
+        &self,
+        ctx: &Context<'_>,
+        order_id: String,
+        #[graphql(
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
+        )]
+        command_id: Option<Uuid>,
+    ) -> Result<CommandResult> {
+        run::<Order>(ctx, &order_id, &OrderCommand::Ship, command_id).await
     }
 
     /// Cancels an order that has not shipped.
     #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn cancel_order(&self, ctx: &Context<'_>, order_id: String) -> Result<CommandResult> {
-        run::<Order>(ctx, &order_id, &OrderCommand::Cancel).await
+    async fn cancel_order(
+        &self,
+        ctx: &Context<'_>,
+        order_id: String,
+        #[graphql(
+            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
+        )]
+        command_id: Option<Uuid>,
+    ) -> Result<CommandResult> {
+        run::<Order>(ctx, &order_id, &OrderCommand::Cancel, command_id).await
     }
 }
 
-async fn run<A>(ctx: &Context<'_>, id: &str, command: &A::Command) -> Result<CommandResult>
+async fn run<A>(
+    ctx: &Context<'_>,
+    id: &str,
+    command: &A::Command,
+    command_id: Option<Uuid>,
+) -> Result<CommandResult>
 where
     A: tidemark_store::aggregate::Aggregate<Error = domain::BankError>,
 {
@@ -358,7 +438,7 @@ where
         return Err(ApiError::bad_input("id", "ids must be 1 to 100 printable characters").into());
     }
     let bus = Tidemark::from_ctx(ctx)?.commands();
-    Ok(domain::execute::<A>(bus, id, command)
+    Ok(domain::execute::<A>(bus, id, command, command_id)
         .await
         .map_err(ApiError::from)?
         .into())

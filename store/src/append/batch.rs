@@ -58,7 +58,8 @@ pub(crate) struct BatchResult {
 }
 
 /// Checks and writes `batch` in one transaction. An `Err` means the whole transaction failed
-/// and nothing was written (or, if the connection broke during COMMIT, the outcome is unknown).
+/// and nothing was written, except [`StoreError::OutcomeUnknown`]: the connection broke
+/// during COMMIT, and the batch may or may not have been written.
 pub(crate) async fn write_batch(
     client: &mut deadpool_postgres::Client,
     batch: &[&PreparedAppend],
@@ -242,9 +243,12 @@ pub(crate) async fn write_batch(
                 .map_err(StoreError::db("notifying listeners"))
         },
     )?;
+    // Up to here every failure ended the transaction without a COMMIT: nothing was written.
+    // From the moment COMMIT is sent until its answer arrives, a broken connection leaves
+    // the outcome unknown; `commit_failed` tells the two apart.
     tx.commit()
         .await
-        .map_err(StoreError::db("committing appended events"))?;
+        .map_err(StoreError::commit_failed("committing appended events"))?;
     Ok(BatchResult {
         answers,
         new_head: Some(next_position),

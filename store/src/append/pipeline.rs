@@ -257,6 +257,9 @@ fn is_connection_loss(error: &StoreError) -> bool {
     match error {
         StoreError::Database { source, .. } => source.is_closed() || source.as_db_error().is_none(),
         StoreError::Unavailable(_) => true,
+        // Never written again one by one: an append without event ids would get fresh ids
+        // and be stored twice if the batch did commit.
+        StoreError::OutcomeUnknown { .. } => true,
         _ => false,
     }
 }

@@ -58,7 +58,16 @@ pub async fn spawn_app_with(
     app: TidemarkApp,
     configure: impl FnOnce(&mut ServerConfig),
 ) -> TestApp {
-    let db = Arc::new(TestDatabase::create().await);
+    spawn_app_on(Arc::new(TestDatabase::create().await), app, configure).await
+}
+
+/// `app` on `db`, which the test made (e.g. to put a proxy in front of it: `configure` may
+/// point `database` elsewhere).
+pub async fn spawn_app_on(
+    db: Arc<TestDatabase>,
+    app: TidemarkApp,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> TestApp {
     let mut config = ServerConfig {
         listen: "127.0.0.1:0".parse().expect("a valid address"),
         database: DatabaseConfig::Url(db.url()),
