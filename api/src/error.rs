@@ -213,6 +213,9 @@ impl ApiError {
                 "the database failed the request for a moment and nothing was written; retry shortly",
             )
             .with_internal(error),
+            // A bug, so INTERNAL; but the client must hear that the append may have been
+            // written (the message holds no internals).
+            StoreError::WriterFailed => ApiError::new(ErrorCode::Internal, error.to_string()),
             StoreError::Database { .. }
             | StoreError::Migration(_)
             | StoreError::Config(_)

@@ -105,9 +105,7 @@ impl EngineError {
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
-fn is_transient_db_error(e: &tokio_postgres::Error) -> bool {
-    tidemark_store::error::is_transient_postgres_error(e)
-}
+use tidemark_store::error::is_transient_postgres_error as is_transient_db_error;
 
 /// The server's message and SQLSTATE when there is one: `tokio_postgres::Error` displays
 /// only "db error", which says nothing in a log or a dead letter.

@@ -43,6 +43,10 @@ pub struct PipelineConfig {
     /// once with `Overloaded` and a retry hint, instead of waiting towards its timeout.
     /// Zero turns this off.
     pub admission_budget: Duration,
+    /// Fault injection for tests of the writer's supervision: the writer panics after
+    /// committing a batch that holds an append to this stream, before answering it.
+    #[cfg(feature = "fault-injection")]
+    pub panic_after_commit_on_stream: Option<String>,
 }
 
 impl Default for PipelineConfig {
@@ -54,6 +58,8 @@ impl Default for PipelineConfig {
             queue_depth: 4096,
             enqueue_deadline: Duration::from_secs(2),
             admission_budget: Duration::from_secs(1),
+            #[cfg(feature = "fault-injection")]
+            panic_after_commit_on_stream: None,
         }
     }
 }

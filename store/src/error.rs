@@ -99,13 +99,21 @@ pub enum StoreError {
     #[error(
         "the database connection failed while {context}: the append may or may not have been \
          written; retry with the same event ids ({})",
-        describe_db_error(source)
+        describe_postgres_error(source)
     )]
     OutcomeUnknown {
         context: &'static str,
         #[source]
         source: Arc<tokio_postgres::Error>,
     },
+
+    /// The append writer failed unexpectedly (a bug: it panicked) while this append was in
+    /// its batch. The writer was restarted; the append may or may not have been written.
+    #[error(
+        "the append writer failed unexpectedly (a bug; the server log has the details); the \
+         append may or may not have been written; retry with the same event ids"
+    )]
+    WriterFailed,
 
     /// No connection could be taken from the pool; the database may be down. Retry later.
     #[error("could not get a database connection: {0}")]
@@ -146,6 +154,7 @@ pub fn is_transient_postgres_error(error: &tokio_postgres::Error) -> bool {
             SqlState::CRASH_SHUTDOWN,
             SqlState::CANNOT_CONNECT_NOW,
             SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            SqlState::TOO_MANY_CONNECTIONS,
             SqlState::T_R_SERIALIZATION_FAILURE,
             SqlState::T_R_DEADLOCK_DETECTED,
         ]
@@ -163,7 +172,7 @@ fn caused_by_io(error: &tokio_postgres::Error) -> bool {
     }
     // Connecting failures without an I/O source ("error connecting to server", timeouts).
     let text = error.to_string();
-    text.contains("connect") || text.contains("timeout") || text.contains("timed out")
+    text.starts_with("error connecting to server") || text.starts_with("timeout waiting for server")
 }
 
 /// PostgreSQL's message, SQLSTATE, detail and hint when the server answered; otherwise the
@@ -255,6 +264,7 @@ impl StoreError {
             StoreError::ShuttingDown => "shutting_down",
             StoreError::Database { .. } => "database",
             StoreError::OutcomeUnknown { .. } => "outcome_unknown",
+            StoreError::WriterFailed => "writer_failed",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Migration(_) => "migration",
             StoreError::Config(_) => "config",
@@ -268,46 +278,11 @@ impl StoreError {
         match self {
             StoreError::Overloaded { .. }
             | StoreError::Unavailable(_)
-            | StoreError::OutcomeUnknown { .. } => true,
-            StoreError::Database { source, .. } => is_transient_db_error(source),
+            | StoreError::OutcomeUnknown { .. }
+            | StoreError::WriterFailed => true,
+            StoreError::Database { source, .. } => is_transient_postgres_error(source),
             _ => false,
         }
-    }
-}
-
-/// Lost the connection or hit a passing conflict, rather than a problem with the SQL or the
-/// data: the connection closed or failed (I/O), the server ended the session (terminated by
-/// an administrator, shutting down, a connection exception), ran out of connections, or
-/// reported a serialization failure or deadlock. A terminated backend answers with a FATAL
-/// server error before closing, so `is_closed()` alone misses it.
-fn is_transient_db_error(error: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    let Some(db) = error.as_db_error() else {
-        // No server error: a closed connection or an I/O error is the connection's trouble; encoding
-        // or decoding a value is this code's.
-        return error.is_closed()
-            || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>());
-    };
-    let code = db.code();
-    code.code().starts_with("08")
-        || [
-            SqlState::ADMIN_SHUTDOWN,
-            SqlState::CRASH_SHUTDOWN,
-            SqlState::CANNOT_CONNECT_NOW,
-            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-            SqlState::TOO_MANY_CONNECTIONS,
-            SqlState::T_R_SERIALIZATION_FAILURE,
-            SqlState::T_R_DEADLOCK_DETECTED,
-        ]
-        .contains(code)
-}
-
-/// The server's message and SQLSTATE when there is one: `tokio_postgres::Error` displays
-/// only "db error", which says nothing in a log.
-fn describe_db_error(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{db} ({})", db.code().code()),
-        None => error.to_string(),
     }
 }
 

@@ -64,6 +64,61 @@ struct History {
     final_outcome: Option<AppendOutcome>,
 }
 
+/// One writer's appends, each retried with the same ids until it succeeds.
+async fn run_writer(
+    store: EventStore,
+    raw: Arc<tokio_postgres::Client>,
+    writer: usize,
+) -> Vec<([Uuid; 2], History)> {
+    let mut histories = Vec::new();
+    for n in 0..12 {
+        // `Any` with client ids: without the ids, a second write of a committed
+        // append would be a second copy, so the ids are what makes it safe.
+        let ids = [Uuid::new_v4(), Uuid::new_v4()];
+        let events = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                NewEvent::new("Tick", json!({ "writer": writer, "n": n, "i": i })).with_id(*id)
+            })
+            .collect::<Vec<_>>();
+        let request = AppendRequest::new(format!("writer-{writer}"), ExpectedVersion::Any, events);
+        let mut history = History::default();
+        for _ in 0..MAX_ATTEMPTS {
+            match store.append(request.clone()).await {
+                Ok(outcome) => {
+                    history.final_outcome = Some(outcome);
+                    break;
+                }
+                Err(StoreError::OutcomeUnknown { .. }) => history.unknown += 1,
+                Err(error) if error.is_retryable() => {
+                    // "Nothing written" must be true: a rolled-back transaction
+                    // is invisible now and can never commit later. (After an
+                    // unknown outcome, the earlier attempt may have written it.)
+                    if history.unknown == 0 {
+                        history.verified_nothing_written += 1;
+                        assert_eq!(
+                            stored_counts(&raw, &ids).await,
+                            vec![0, 0],
+                            "an append answered '{error}' was written"
+                        );
+                    }
+                    history.nothing_written += 1;
+                }
+                Err(error) => {
+                    panic!("an append failed with a non-retryable error: {error:?}")
+                }
+            }
+        }
+        assert!(
+            history.final_outcome.is_some(),
+            "an append did not succeed in {MAX_ATTEMPTS} attempts: {history:?}"
+        );
+        histories.push((ids, history));
+    }
+    histories
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn appends_cut_around_commit_are_unknown_or_nothing_written_and_retries_store_one_copy() {
     let db = TestDatabase::create().await;
@@ -72,67 +127,15 @@ async fn appends_cut_around_commit_are_unknown_or_nothing_written_and_retries_st
     let raw = Arc::new(common::connect(&db).await);
     proxy.arm(PLAN);
 
-    let writers: Vec<_> = (0..4)
-        .map(|writer| {
-            let store = store.clone();
-            let raw = raw.clone();
-            tokio::spawn(async move {
-                let mut histories = Vec::new();
-                for n in 0..12 {
-                    // `Any` with client ids: without the ids, a second write of a committed
-                    // append would be a second copy, so the ids are what makes it safe.
-                    let ids = [Uuid::new_v4(), Uuid::new_v4()];
-                    let events = ids
-                        .iter()
-                        .enumerate()
-                        .map(|(i, id)| {
-                            NewEvent::new("Tick", json!({ "writer": writer, "n": n, "i": i }))
-                                .with_id(*id)
-                        })
-                        .collect::<Vec<_>>();
-                    let request = AppendRequest::new(
-                        format!("writer-{writer}"),
-                        ExpectedVersion::Any,
-                        events,
-                    );
-                    let mut history = History::default();
-                    for _ in 0..MAX_ATTEMPTS {
-                        match store.append(request.clone()).await {
-                            Ok(outcome) => {
-                                history.final_outcome = Some(outcome);
-                                break;
-                            }
-                            Err(StoreError::OutcomeUnknown { .. }) => history.unknown += 1,
-                            Err(error) if error.is_retryable() => {
-                                // "Nothing written" must be true: a rolled-back transaction
-                                // is invisible now and can never commit later. (After an
-                                // unknown outcome, the earlier attempt may have written it.)
-                                if history.unknown == 0 {
-                                    history.verified_nothing_written += 1;
-                                    assert_eq!(
-                                        stored_counts(&raw, &ids).await,
-                                        vec![0, 0],
-                                        "an append answered '{error}' was written"
-                                    );
-                                }
-                                history.nothing_written += 1;
-                            }
-                            Err(error) => {
-                                panic!("an append failed with a non-retryable error: {error:?}")
-                            }
-                        }
-                    }
-                    assert!(
-                        history.final_outcome.is_some(),
-                        "an append did not succeed in {MAX_ATTEMPTS} attempts: {history:?}"
-                    );
-                    histories.push((ids, history));
-                }
-                histories
-            })
-        })
+    // First one writer alone: each attempt is then exactly one transaction, so the plan's
+    // cuts fall in a known order and every kind of outcome is certain to occur (an append cut
+    // after COMMIT, then retried as a duplicate; one refused before its writes; one cut
+    // instead of its COMMIT, then written by its retry). Then three writers at once, whose
+    // appends share batches, for the same rules under concurrency.
+    let mut histories = run_writer(store.clone(), raw.clone(), 0).await;
+    let writers: Vec<_> = (1..4)
+        .map(|writer| tokio::spawn(run_writer(store.clone(), raw.clone(), writer)))
         .collect();
-    let mut histories = Vec::new();
     for writer in writers {
         histories.extend(
             common::within_deadline("a writer finishes", writer)

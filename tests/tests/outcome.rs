@@ -338,3 +338,76 @@ async fn a_command_sent_again_with_its_command_id_answers_the_first_result_and_a
     }
     assert_eq!(app.all_events().await.len(), events.len() + 2);
 }
+
+/// The append writer is supervised: when it panics after committing a batch (injected), the
+/// appends of that batch are answered "may or may not have been written" (`WriterFailed`,
+/// `INTERNAL` over the API) instead of being dropped, the panic is counted, and the writer
+/// goes on: the next append succeeds, and a retry with the same event id is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_append_writer_answers_its_batch_and_carries_on() {
+    use tidemark_store::{
+        AppendRequest, EventStore, ExpectedVersion, NewEvent, PipelineConfig, StoreConfig,
+        StoreError,
+    };
+    let db = TestDatabase::create().await;
+    let store = EventStore::open(
+        db.pg_config(),
+        StoreConfig {
+            pipeline: PipelineConfig {
+                panic_after_commit_on_stream: Some("boom-1".into()),
+                ..PipelineConfig::default()
+            },
+            ..StoreConfig::default()
+        },
+    )
+    .await
+    .expect("the store opens");
+    let append = |stream: &str, id: Uuid| {
+        let store = store.clone();
+        let request = AppendRequest::new(
+            stream,
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Tested", json!({})).with_id(id)],
+        );
+        async move { store.append(request).await }
+    };
+    append("ok-1", Uuid::new_v4())
+        .await
+        .expect("a first append");
+    let boom_id = Uuid::new_v4();
+    match append("boom-1", boom_id).await {
+        Err(error @ StoreError::WriterFailed) => {
+            assert!(error.is_retryable());
+            assert!(error
+                .to_string()
+                .contains("may or may not have been written"));
+            let api = tidemark_api::ApiError::from_store(&error);
+            assert_eq!(api.code.as_str(), "INTERNAL");
+            assert!(api.message.contains("retry with the same event ids"));
+        }
+        other => panic!("expected WriterFailed, got {other:?}"),
+    }
+    append("ok-2", Uuid::new_v4())
+        .await
+        .expect("the writer carries on after the panic");
+    // The panicking batch had committed: a retry with the same id is its duplicate.
+    let retried = tokio::time::timeout(WAIT, async {
+        let request = AppendRequest::new(
+            "boom-1",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Tested", json!({})).with_id(boom_id)],
+        );
+        // Written through a store without the fault hook.
+        let plain = EventStore::open(db.pg_config(), StoreConfig::default())
+            .await
+            .expect("a second store opens");
+        let outcome = plain.append(request).await;
+        plain.shutdown().await;
+        outcome
+    })
+    .await
+    .expect("answered in time")
+    .expect("the retry succeeds");
+    assert!(retried.events[0].duplicate, "no second copy: {retried:?}");
+    store.shutdown().await;
+}

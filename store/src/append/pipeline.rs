@@ -14,6 +14,8 @@ use crate::config::PipelineConfig;
 use crate::error::{OverloadReason, Result, StoreError};
 use crate::heads::Heads;
 use crate::model::AppendOutcome;
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -90,8 +92,9 @@ impl AppendQueue {
                 }
             }
         }
-        // The writer answers every request it takes, including on shutdown (it drains).
-        answer.await.unwrap_or(Err(StoreError::ShuttingDown))
+        // The writer answers every request it takes, including on shutdown (it drains); a
+        // request dropped unanswered was in a batch whose writer failed mid-way.
+        answer.await.unwrap_or(Err(StoreError::WriterFailed))
     }
 
     /// Requests waiting in the queue right now.
@@ -158,7 +161,21 @@ impl Writer {
             };
             let Some(first) = first else { break };
             self.collect_batch(first, &mut batch).await;
-            self.write(&mut batch).await;
+            // Supervised: a panic while writing must not end the writer (every later append
+            // would be refused as "shutting down"). Whatever was unanswered in the batch may
+            // or may not be committed, so it is told so; the loop then goes on.
+            let written = AssertUnwindSafe(self.write(&mut batch))
+                .catch_unwind()
+                .await;
+            if let Err(panic) = written {
+                metrics::counter!("tidemark_append_writer_panics_total").increment(1);
+                tracing::error!(
+                    panic = panic_message(&panic),
+                    requests = batch.len(),
+                    "the append writer panicked; answering its batch as failed and carrying on"
+                );
+                fail_all(&mut batch, &StoreError::WriterFailed);
+            }
         }
         tracing::debug!("append writer stopped; queue drained");
     }
@@ -194,6 +211,15 @@ impl Writer {
         let requests = batch.len();
         metrics::histogram!("tidemark_append_batch_requests").record(requests as f64);
         let result = self.write_once(batch).await;
+        #[cfg(feature = "fault-injection")]
+        if let (Ok(_), Some(stream)) = (&result, &self.config.panic_after_commit_on_stream) {
+            if batch
+                .iter()
+                .any(|p| &p.prepared.request.stream_id == stream)
+            {
+                panic!("fault injection: the writer panics after committing a batch with {stream}");
+            }
+        }
         match result {
             Ok(result) => self.answer(batch, result),
             Err(error) if batch.len() > 1 && !is_connection_loss(&error) => {
@@ -269,4 +295,12 @@ fn fail_all(batch: &mut Vec<Pending>, error: &StoreError) {
         record_outcome(&Err(error.clone()), pending.enqueued_at);
         let _ = pending.reply.send(Err(error.clone()));
     }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
