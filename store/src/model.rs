@@ -62,7 +62,7 @@ impl std::fmt::Display for ExpectedVersion {
 /// An event to append.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewEvent {
-    /// Client-chosen id; when absent the store derives one (see DESIGN.md §2).
+    /// Client-chosen id; when absent the store derives one (see docs/design.md §5).
     pub event_id: Option<Uuid>,
     pub event_type: String,
     pub schema_version: i32,

@@ -141,7 +141,8 @@ impl EventStore {
     }
 
     /// Appends events to one stream, atomically. See [`AppendRequest`] for the options and
-    /// DESIGN.md §2 for the rules on expected versions and dedup.
+    /// docs/design.md §4 and §5 for the rules on expected versions and dedup, §6 for what an
+    /// error says about whether anything was written.
     pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome> {
         let prepared = prepare(request, &self.inner.config.limits, self.inner.partitions)?;
         self.inner.queue.submit(prepared).await

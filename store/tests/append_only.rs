@@ -1,4 +1,4 @@
-//! The log is append-only (DESIGN.md §2): the database itself refuses UPDATE, DELETE and
+//! The log is append-only (docs/design.md §2): the database itself refuses UPDATE, DELETE and
 //! TRUNCATE on `events`, whoever sends them, and the log is unchanged afterwards.
 
 mod common;

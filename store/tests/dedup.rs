@@ -1,4 +1,4 @@
-//! Identity and dedup (DESIGN.md §2): retries with the same ids are idempotent and report the
+//! Identity and dedup (docs/design.md §5): retries with the same ids are idempotent and report the
 //! originals; a reused id with other content is `EventIdConflict`; blind retries of
 //! `Exact`/`NoStream` appends without ids are idempotent; content dedup stores identical
 //! events once; and without ids or dedup, equal events are simply both stored.

@@ -1,4 +1,4 @@
-//! Optimistic concurrency (DESIGN.md §2): every expected-version mode with both outcomes; a
+//! Optimistic concurrency (docs/design.md §4): every expected-version mode with both outcomes; a
 //! mismatch is `WrongExpectedVersion` carrying the actual version and writes nothing; and
 //! writers racing `Exact` appends on one stream get exactly one winner per version.
 

@@ -1,4 +1,4 @@
-//! Global order without skipped events (DESIGN.md §2): many writers on several connections
+//! Global order without skipped events (docs/design.md §3): many writers on several connections
 //! and two store instances append while a reader tails the log by position; the reader sees
 //! every acknowledged event exactly once, positions dense and increasing.
 //!

@@ -1,7 +1,7 @@
-//! The group-commit pipeline (DESIGN.md §2, issue #3): a batch mixing failing and succeeding
-//! requests fails only the failing ones and gives the others dense positions; requests for
-//! one stream in one batch see each other; a full queue answers `Overloaded` after the
-//! deadline without writing; shutdown drains the queue and then refuses appends.
+//! The group-commit pipeline (docs/design.md §3 and §6, issue #3): a batch mixing failing
+//! and succeeding requests fails only the failing ones and gives the others dense positions;
+//! requests for one stream in one batch see each other; a full queue answers `Overloaded`
+//! after the deadline without writing; shutdown drains the queue and then refuses appends.
 //!
 //! To shape batches, a raw connection holds the store head's row lock (which every append
 //! transaction takes first): the writer stalls on its current batch while the test queues

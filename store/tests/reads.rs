@@ -1,4 +1,4 @@
-//! Reads (DESIGN.md §2): what is appended reads back unchanged; a stream pages forwards and
+//! Reads (docs/design.md §2): what is appended reads back unchanged; a stream pages forwards and
 //! backwards from any version; the log pages by position after a checkpoint; category,
 //! event-type and partition filters return exactly the matching events.
 

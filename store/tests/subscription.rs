@@ -1,4 +1,4 @@
-//! Catch-up-then-live subscriptions (DESIGN.md §2): started while appends are running, a
+//! Catch-up-then-live subscriptions (docs/design.md §7): started while appends are running, a
 //! subscriber gets every event exactly once and in order across the switch from history to
 //! live delivery; a filtered subscription gets exactly the matching events; a subscription
 //! from a middle position starts right after it.

@@ -1,6 +1,6 @@
-//! Bad input (DESIGN.md §2, "Limits" in §4): every kind of invalid append is refused with a
-//! typed `StoreError::Invalid(ValidationError::..)`, and the log is unchanged. Values at
-//! each limit are accepted, one past it refused.
+//! Bad input (docs/design.md §2 "Limits", §6 and §13): every kind of invalid append is
+//! refused with a typed `StoreError::Invalid(ValidationError::..)`, and the log is unchanged.
+//! Values at each limit are accepted, one past it refused.
 
 mod common;
 

@@ -1,6 +1,6 @@
-//! Exactly-once for Postgres read models (DESIGN.md §3): a batch's read-model writes and its
-//! checkpoint commit together, so a crash anywhere re-runs the batch from the last
-//! checkpoint and the read model still equals the fold of the log — row for row.
+//! Exactly-once for Postgres read models (docs/design.md §8, §9): a batch's read-model
+//! writes and its checkpoint commit together, so a crash anywhere re-runs the batch from the
+//! last checkpoint and the read model still equals the fold of the log — row for row.
 //!
 //! Crashes are injected three ways in-process (an error after the batch's writes, the
 //! connection dropped under the batch, the whole worker killed mid-flight), and once more

@@ -1,4 +1,4 @@
-//! Failures (DESIGN.md §3): an event that keeps failing is retried, then parked in the
+//! Failures (docs/design.md §12): an event that keeps failing is retried, then parked in the
 //! dead-letter table with its error; the partition goes on (or stops, per policy); a parked
 //! event replays once. And a side-effect handler delivers at least once and records once.
 

@@ -1,4 +1,4 @@
-//! How lanes run (DESIGN.md §3, Parallelism and Lag): partitions of one projection run
+//! How lanes run (docs/design.md §8, Parallelism and Lag): partitions of one projection run
 //! concurrently, each in stream order; projections run independently, so a slow one holds
 //! back no other; and status reports lag in events and seconds.
 

@@ -1,4 +1,4 @@
-//! Replay (DESIGN.md §3): a projection is rebuilt from 0, replayed from a position P, or
+//! Replay (docs/design.md §11): a projection is rebuilt from 0, replayed from a position P, or
 //! built as of P, into its own copy of the read model; rebuilds and replays swap in
 //! atomically while the live read model keeps serving; a bumped version rebuilds on start.
 
