@@ -1,6 +1,6 @@
 -- The event log: the only table Tidemark appends to and never changes.
 -- Positions are dense and in commit order because every append transaction takes
--- them from the single `store_head` row (see DESIGN.md §2).
+-- them from the single `store_head` row (see docs/design.md §3).
 
 CREATE TABLE store_head (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),

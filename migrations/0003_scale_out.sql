@@ -1,4 +1,4 @@
--- Scale-out: the worker registry and partition leases (DESIGN.md §3, §6).
+-- Scale-out: the worker registry and partition leases (docs/design.md §10).
 
 -- Every running Tidemark process registers here and heartbeats. A worker whose heartbeat
 -- is older than the configured timeout is considered dead.

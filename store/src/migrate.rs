@@ -12,11 +12,28 @@ pub struct Migration {
     pub version: i32,
     pub name: &'static str,
     pub sql: &'static str,
+    /// Checksums (blake3, hex) of earlier texts of this file that differ from `sql` only in
+    /// comments: databases migrated with them are accepted as they are. Only ever add a
+    /// checksum here for an edit that does not change what the SQL does.
+    pub earlier_checksums: &'static [&'static str],
 }
 
 impl Migration {
     pub fn checksum(&self) -> Vec<u8> {
         blake3::hash(self.sql.as_bytes()).as_bytes().to_vec()
+    }
+
+    /// Whether `recorded` is the checksum of this migration's text, now or in a comment-only
+    /// earlier version.
+    pub fn matches(&self, recorded: &[u8]) -> bool {
+        recorded == self.checksum().as_slice()
+            || self.earlier_checksums.iter().any(|hex| {
+                hex.len() == recorded.len() * 2
+                    && recorded
+                        .iter()
+                        .enumerate()
+                        .all(|(i, byte)| hex.get(2 * i..2 * i + 2) == Some(&format!("{byte:02x}")))
+            })
     }
 }
 
@@ -26,31 +43,39 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "event_log",
         sql: include_str!("../../migrations/0001_event_log.sql"),
+        // Its comment pointed at a design document outside the repository.
+        earlier_checksums: &["2b9628c8a9fe2175e97e71984f89fc516e0d96b276dce08ff3745a6f070108f6"],
     },
     Migration {
         version: 2,
         name: "projections",
         sql: include_str!("../../migrations/0002_projections.sql"),
+        earlier_checksums: &[],
     },
     Migration {
         version: 3,
         name: "scale_out",
         sql: include_str!("../../migrations/0003_scale_out.sql"),
+        // Its comment pointed at a design document outside the repository.
+        earlier_checksums: &["0d213f5e88011eee4c92296fb249765e7c5cd2393abd62861601aed1312ee076"],
     },
     Migration {
         version: 4,
         name: "api_keys",
         sql: include_str!("../../migrations/0004_api_keys.sql"),
+        earlier_checksums: &[],
     },
     Migration {
         version: 5,
         name: "worker_scaling",
         sql: include_str!("../../migrations/0005_worker_scaling.sql"),
+        earlier_checksums: &[],
     },
     Migration {
         version: 6,
         name: "worker_projections",
         sql: include_str!("../../migrations/0006_worker_projections.sql"),
+        earlier_checksums: &[],
     },
 ];
 
@@ -159,7 +184,7 @@ async fn applied_versions(client: &impl GenericClient) -> Result<Vec<i32>> {
                  run a newer Tidemark against it"
             )));
         };
-        if known.checksum() != checksum {
+        if !known.matches(&checksum) {
             return Err(StoreError::Migration(format!(
                 "migration {version} ({name}) was applied with different content than \
                  migrations/{version:04}_{}.sql in this build; refusing to start on a database \

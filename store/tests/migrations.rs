@@ -313,3 +313,33 @@ async fn opening_a_missing_database_reports_postgres_own_message() {
         "the message carries PostgreSQL's reason and SQLSTATE: {message}"
     );
 }
+
+/// A migration whose file only had a comment edited since a database applied it (recorded
+/// with the earlier text's checksum, listed in `earlier_checksums`) is still accepted; any
+/// other checksum is still refused.
+#[tokio::test]
+async fn a_database_migrated_with_an_earlier_comment_only_text_still_opens() {
+    let db = TestDatabase::create().await;
+    open_default(&db).await.shutdown().await;
+    let first = MIGRATIONS
+        .iter()
+        .find(|m| !m.earlier_checksums.is_empty())
+        .expect("a migration with an earlier text");
+    let earlier: Vec<u8> = (0..first.earlier_checksums[0].len() / 2)
+        .map(|i| u8::from_str_radix(&first.earlier_checksums[0][2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert!(first.matches(&earlier));
+    connect(&db)
+        .await
+        .execute(
+            "UPDATE tidemark_migrations SET checksum = $2 WHERE version = $1",
+            &[&first.version, &earlier],
+        )
+        .await
+        .expect("recording the earlier checksum");
+    let store = EventStore::open(db.pg_config(), StoreConfig::default())
+        .await
+        .expect("a database migrated with the earlier text opens");
+    store.shutdown().await;
+    assert!(!first.matches(&[0u8; 32]), "other checksums are refused");
+}
