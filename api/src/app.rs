@@ -64,6 +64,7 @@ impl TidemarkApp {
             query: EmptyMutation,
             mutation: EmptyMutation,
             subscription: EmptySubscription,
+            public_fields: Vec::new(),
         }
     }
 
@@ -103,9 +104,18 @@ pub struct TidemarkAppBuilder<Q = EmptyMutation, M = EmptyMutation, S = EmptySub
     query: Q,
     mutation: M,
     subscription: S,
+    public_fields: Vec<String>,
 }
 
 impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
+    /// Lets callers without an API key use this root field of the application (a query,
+    /// mutation or subscription field, by its GraphQL name). Every other application field
+    /// needs at least the `read` role when authentication is on, guard or not.
+    pub fn public_field(mut self, name: impl Into<String>) -> Self {
+        self.public_fields.push(name.into());
+        self
+    }
+
     /// The application's name (shown by the CLI and in logs).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -141,6 +151,7 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
             query,
             mutation: self.mutation,
             subscription: self.subscription,
+            public_fields: self.public_fields,
         }
     }
 
@@ -155,6 +166,7 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
             query: self.query,
             mutation,
             subscription: self.subscription,
+            public_fields: self.public_fields,
         }
     }
 
@@ -169,6 +181,7 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
             query: self.query,
             mutation: self.mutation,
             subscription,
+            public_fields: self.public_fields,
         }
     }
 }
@@ -181,11 +194,16 @@ where
 {
     pub fn build(self) -> TidemarkApp {
         let (query, mutation, subscription) = (self.query, self.mutation, self.subscription);
+        let public_fields = self.public_fields;
         TidemarkApp {
             inner: Arc::new(AppInner {
                 name: self.name,
                 registry: self.registry,
                 schema: Box::new(move |settings| {
+                    let settings = schema::SchemaSettings {
+                        public_fields: public_fields.clone(),
+                        ..settings
+                    };
                     schema::build(
                         query.clone(),
                         mutation.clone(),

@@ -2,6 +2,7 @@
 //! application's, and [`ApiSchema`], the schema behind one non-generic handle that gives
 //! every error in every response a stable code (see [`crate::error::normalize`]).
 
+pub(crate) mod app_fields;
 pub mod directive;
 pub mod mutation;
 pub mod query;
@@ -46,6 +47,8 @@ pub(crate) struct SchemaSettings {
     pub limits: ApiLimits,
     /// The runtime handles; `None` for a schema that is only printed (SDL).
     pub tidemark: Option<Tidemark>,
+    /// Root fields of the application an anonymous caller may use.
+    pub public_fields: Vec<String>,
 }
 
 /// Builds the merged schema for an application's GraphQL objects.
@@ -67,7 +70,10 @@ where
     )
     .limit_depth(settings.limits.max_query_depth)
     .limit_complexity(settings.limits.max_query_complexity)
-    .directive(directive::wait_for);
+    .directive(directive::wait_for)
+    .extension(app_fields::AppFieldGuard(std::sync::Arc::new(
+        app_fields::AppFields::of::<Q, M, S>(&settings.public_fields),
+    )));
     if let Some(tidemark) = settings.tidemark {
         builder = builder.data(tidemark);
     }

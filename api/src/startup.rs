@@ -110,6 +110,7 @@ impl Application {
         let schema = app.schema(SchemaSettings {
             limits: limits.clone(),
             tidemark: Some(tidemark.clone()),
+            ..SchemaSettings::default()
         });
         let auth = Authenticator::new(
             config.insecure_dev,

@@ -220,7 +220,7 @@ impl ProjectionEngine {
                 }
             }
         }
-        let coordinator = crate::lease::Coordinator::new(self.clone());
+        let coordinator = crate::lease::Coordinator::new(self.clone())?;
         self.inner.tasks.spawn(coordinator.run());
         Ok(())
     }

@@ -49,10 +49,12 @@ pub(crate) struct Coordinator {
 const UNOWNED_REPEAT: Duration = Duration::from_secs(60);
 
 impl Coordinator {
-    pub fn new(engine: ProjectionEngine) -> Self {
-        let pool = tidemark_store::build_pool(engine.store().pg_config().clone(), 2)
-            .unwrap_or_else(|_| engine.store().pool().clone());
-        Coordinator {
+    /// The coordinator renews leases on connections of its own, so that lanes holding every
+    /// pooled connection cannot delay a renewal past the lease's expiry. Without them it
+    /// cannot keep that promise, so it refuses to start rather than share the pool.
+    pub fn new(engine: ProjectionEngine) -> Result<Self> {
+        let pool = tidemark_store::build_pool(engine.store().pg_config().clone(), 2)?;
+        Ok(Coordinator {
             engine,
             pool,
             owned: BTreeMap::new(),
@@ -62,7 +64,7 @@ impl Coordinator {
             processing_rate: 0.0,
             capacity_per_worker: None,
             unowned_reported: BTreeMap::new(),
-        }
+        })
     }
 
     /// Runs until the engine shuts down, then stops its lanes (each commits the batch in

@@ -98,3 +98,67 @@ async fn insecure_dev_is_open_on_loopback_and_refused_elsewhere() {
     let message = refused.err().expect("refused").to_string();
     assert!(message.contains("loopback"), "{message}");
 }
+
+/// An application query object with one field it forgot to guard and one it made public.
+#[derive(Default, Clone)]
+struct AppQuery;
+
+#[async_graphql::Object]
+impl AppQuery {
+    /// No guard: deny by default makes it need the `read` role.
+    async fn account_secret(&self) -> &'static str {
+        "s3cret"
+    }
+
+    /// Listed with `public_field`.
+    async fn message_of_the_day(&self) -> &'static str {
+        "hello"
+    }
+}
+
+/// Deny by default: the application's root fields need at least the `read` role when
+/// authentication is on, unless listed as public; built-in fields keep their own guards.
+#[tokio::test]
+async fn application_fields_need_a_read_key_unless_declared_public() {
+    let app = spawn_app_with(
+        TidemarkApp::builder()
+            .graphql_query(AppQuery)
+            .public_field("messageOfTheDay")
+            .build(),
+        |_| {},
+    )
+    .await;
+
+    let body = app.graphql("{ accountSecret }", json!({}), None).await;
+    let error = assert_error(&body, "UNAUTHENTICATED");
+    assert!(
+        error["message"].as_str().unwrap().contains("accountSecret"),
+        "the message names the field: {error}"
+    );
+    assert!(body["data"].is_null(), "nothing is answered: {body}");
+    // Hidden behind a fragment or an alias, it is still refused.
+    let body = app
+        .graphql(
+            "query { ...F } fragment F on Query { a: accountSecret }",
+            json!({}),
+            None,
+        )
+        .await;
+    assert_error(&body, "UNAUTHENTICATED");
+    let body = app
+        .graphql("{ accountSecret }", json!({}), Some("not-a-key-at-all-xyz"))
+        .await;
+    assert_error(&body, "UNAUTHENTICATED");
+
+    let data = app
+        .graphql_data("{ accountSecret }", json!({}), Some(READ_KEY))
+        .await;
+    assert_eq!(data["accountSecret"], "s3cret");
+    let data = app
+        .graphql_data("{ messageOfTheDay }", json!({}), None)
+        .await;
+    assert_eq!(data["messageOfTheDay"], "hello");
+    // Introspection stays as it was.
+    let data = app.graphql_data("{ __typename }", json!({}), None).await;
+    assert_eq!(data["__typename"], "Query");
+}
