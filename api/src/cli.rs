@@ -291,7 +291,8 @@ async fn serve(args: ServeArgs, database: DatabaseConfig, app: TidemarkApp) -> a
 async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
     let db = Database::open(database).await?;
     let result = async {
-        let (mut client, connection) = db.pg_config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        let tls = tidemark_store::PgTls::new(&tidemark_store::TlsOptions::default())?;
+        let (mut client, connection) = tidemark_store::tls::connect(&db.pg_config, &tls).await.map_err(|e| {
             anyhow!("cannot connect to the database ({}); check DATABASE_URL and that PostgreSQL is running", tidemark_store::error::describe_postgres_error(&e))
         })?;
         let driver = tokio::spawn(connection);

@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use tidemark_store::embedded::{
     ClusterHealth, EmbeddedOptions, EmbeddedPostgres, RestartPolicy, SupervisedPostgres,
 };
-use tidemark_store::{build_pool, EventStore, StoreConfig};
+use tidemark_store::{build_pool, EventStore, PgTls, StoreConfig};
 
 /// The database the embedded cluster serves.
 pub const EMBEDDED_DATABASE: &str = "tidemark";
@@ -77,7 +77,8 @@ impl Database {
         max_connections: usize,
         config: StoreConfig,
     ) -> anyhow::Result<EventStore> {
-        let pool = build_pool(self.pg_config.clone(), max_connections.max(2))?;
+        let tls = PgTls::new(&config.tls)?;
+        let pool = build_pool(self.pg_config.clone(), &tls, max_connections.max(2))?;
         EventStore::open_with_pool(pool, self.pg_config.clone(), config)
             .await
             .map_err(|error| anyhow!("{error}"))

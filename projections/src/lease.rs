@@ -50,8 +50,9 @@ const UNOWNED_REPEAT: Duration = Duration::from_secs(60);
 
 impl Coordinator {
     pub fn new(engine: ProjectionEngine) -> Self {
-        let pool = tidemark_store::build_pool(engine.store().pg_config().clone(), 2)
-            .unwrap_or_else(|_| engine.store().pool().clone());
+        let pool =
+            tidemark_store::build_pool(engine.store().pg_config().clone(), engine.store().tls(), 2)
+                .unwrap_or_else(|_| engine.store().pool().clone());
         Coordinator {
             engine,
             pool,
