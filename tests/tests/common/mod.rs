@@ -70,7 +70,7 @@ pub async fn spawn_app_on(
 ) -> TestApp {
     let mut config = ServerConfig {
         listen: "127.0.0.1:0".parse().expect("a valid address"),
-        database: DatabaseConfig::Url(db.url()),
+        database: DatabaseConfig::url(db.url()),
         max_connections: 16,
         partitions: 4,
         api_keys: vec![
