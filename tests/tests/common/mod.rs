@@ -108,6 +108,24 @@ pub async fn spawn_app_embedded(
     start(None, TidemarkApp::builder().build(), config).await
 }
 
+/// The built-in application on `database` (e.g. a URL the test's own server serves).
+pub async fn spawn_app_at(database: DatabaseConfig) -> TestApp {
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        database,
+        max_connections: 16,
+        partitions: 4,
+        api_keys: vec![
+            ConfiguredKey::new(Role::Admin, ADMIN_KEY),
+            ConfiguredKey::new(Role::Append, APPEND_KEY),
+            ConfiguredKey::new(Role::Read, READ_KEY),
+        ],
+        shutdown_timeout: Duration::from_secs(10),
+        ..ServerConfig::default()
+    };
+    start(None, TidemarkApp::builder().build(), config).await
+}
+
 async fn start(db: Option<Arc<TestDatabase>>, app: TidemarkApp, config: ServerConfig) -> TestApp {
     let application = Application::build(config.clone(), app.clone())
         .await
