@@ -110,7 +110,7 @@ pub async fn spawn_app_embedded(
 
 /// The built-in application on `database` (e.g. a URL the test's own server serves).
 pub async fn spawn_app_at(database: DatabaseConfig) -> TestApp {
-    let mut config = ServerConfig {
+    let config = ServerConfig {
         listen: "127.0.0.1:0".parse().expect("a valid address"),
         database,
         max_connections: 16,
