@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tidemark_store::StoreConfig;
+use tidemark_store::TlsOptions;
 
 /// Tidemark: an event store on PostgreSQL with projections and a GraphQL API.
 #[derive(Debug, Parser)]
@@ -54,12 +55,23 @@ pub struct DatabaseArgs {
         global = true
     )]
     pub data_dir: PathBuf,
+
+    /// PEM file of the CA that must have issued the PostgreSQL server's certificate, which
+    /// must also name the host in the URL (libpq's verify-full). Without it, sslmode=require
+    /// encrypts without checking the server, as libpq does.
+    #[arg(long, env = "TIDEMARK_PG_CA_FILE", global = true)]
+    pub pg_ca_file: Option<PathBuf>,
 }
 
 impl DatabaseArgs {
     pub fn config(&self) -> DatabaseConfig {
         match &self.database_url {
-            Some(url) if !url.trim().is_empty() => DatabaseConfig::Url(url.clone()),
+            Some(url) if !url.trim().is_empty() => DatabaseConfig::Url {
+                url: url.clone(),
+                tls: TlsOptions {
+                    ca_file: self.pg_ca_file.clone(),
+                },
+            },
             _ => DatabaseConfig::Embedded {
                 data_dir: self.data_dir.clone(),
             },
@@ -291,7 +303,8 @@ async fn serve(args: ServeArgs, database: DatabaseConfig, app: TidemarkApp) -> a
 async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
     let db = Database::open(database).await?;
     let result = async {
-        let (mut client, connection) = db.pg_config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        let tls = tidemark_store::PgTls::new(&db.tls)?;
+        let (mut client, connection) = tidemark_store::tls::connect(&db.pg_config, &tls).await.map_err(|e| {
             anyhow!("cannot connect to the database ({}); check DATABASE_URL and that PostgreSQL is running", tidemark_store::error::describe_postgres_error(&e))
         })?;
         let driver = tokio::spawn(connection);
@@ -361,10 +374,29 @@ mod tests {
         let config = args.server_config(cli.database.config()).unwrap();
         assert_eq!(config.limits.max_body_bytes, 1000);
         assert_eq!(config.api_keys.len(), 1);
-        assert_eq!(
-            config.database,
-            DatabaseConfig::Url("postgresql://u:p@h/d".into())
-        );
+        assert_eq!(config.database, DatabaseConfig::url("postgresql://u:p@h/d"));
         assert!(!config.describe().contains(":p@"));
+    }
+
+    #[test]
+    fn a_pg_ca_file_goes_with_the_database_url() {
+        let cli = Cli::try_parse_from([
+            "tidemark",
+            "migrate",
+            "--database-url",
+            "postgresql://u@h/d?sslmode=require",
+            "--pg-ca-file",
+            "/etc/ssl/pg-ca.pem",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.database.config(),
+            DatabaseConfig::Url {
+                url: "postgresql://u@h/d?sslmode=require".into(),
+                tls: TlsOptions {
+                    ca_file: Some(PathBuf::from("/etc/ssl/pg-ca.pem")),
+                },
+            }
+        );
     }
 }

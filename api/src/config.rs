@@ -7,22 +7,35 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tidemark_store::embedded::RestartPolicy;
+use tidemark_store::TlsOptions;
 
 /// Where the events live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseConfig {
-    /// An existing PostgreSQL server (`DATABASE_URL`).
-    Url(String),
+    /// An existing PostgreSQL server (`DATABASE_URL`; its `sslmode` says whether to
+    /// encrypt), and how TLS checks the server (`--pg-ca-file`).
+    Url { url: String, tls: TlsOptions },
     /// A private cluster started from the installed PostgreSQL binaries, kept in `data_dir`
     /// (database `tidemark`).
     Embedded { data_dir: PathBuf },
 }
 
 impl DatabaseConfig {
+    /// An existing server at `url`, TLS (if its `sslmode` asks for it) checking nothing.
+    pub fn url(url: impl Into<String>) -> DatabaseConfig {
+        DatabaseConfig::Url {
+            url: url.into(),
+            tls: TlsOptions::default(),
+        }
+    }
+
     /// For logs: the URL without its password, or the data directory.
     pub fn describe(&self) -> String {
         match self {
-            DatabaseConfig::Url(url) => redact_url(url),
+            DatabaseConfig::Url { url, tls } => match &tls.ca_file {
+                Some(ca_file) => format!("{} (CA file {})", redact_url(url), ca_file.display()),
+                None => redact_url(url),
+            },
             DatabaseConfig::Embedded { data_dir } => {
                 format!("embedded PostgreSQL in {}", data_dir.display())
             }

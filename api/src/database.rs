@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use tidemark_store::embedded::{
     ClusterHealth, EmbeddedOptions, EmbeddedPostgres, RestartPolicy, SupervisedPostgres,
 };
-use tidemark_store::{build_pool, EventStore, StoreConfig};
+use tidemark_store::{build_pool, EventStore, PgTls, StoreConfig, TlsOptions};
 
 /// The database the embedded cluster serves.
 pub const EMBEDDED_DATABASE: &str = "tidemark";
@@ -16,6 +16,8 @@ pub const EMBEDDED_DATABASE: &str = "tidemark";
 #[derive(Debug)]
 pub struct Database {
     pub pg_config: tokio_postgres::Config,
+    /// How TLS checks the server (the embedded cluster's unix socket never uses TLS).
+    pub tls: TlsOptions,
     pub embedded: Option<SupervisedPostgres>,
 }
 
@@ -32,12 +34,15 @@ impl Database {
         restart: RestartPolicy,
     ) -> anyhow::Result<Database> {
         match config {
-            DatabaseConfig::Url(url) => {
+            DatabaseConfig::Url { url, tls } => {
                 let pg_config = url.parse::<tokio_postgres::Config>().map_err(|error| {
                     anyhow!("DATABASE_URL is not a valid PostgreSQL connection string ({error})")
                 })?;
+                // A bad CA file is reported now, not at the first connection.
+                PgTls::new(tls).map_err(|error| anyhow!("{error}"))?;
                 Ok(Database {
                     pg_config,
+                    tls: tls.clone(),
                     embedded: None,
                 })
             }
@@ -65,19 +70,23 @@ impl Database {
                 let server = SupervisedPostgres::spawn(server, restart);
                 Ok(Database {
                     pg_config: server.connection_config(EMBEDDED_DATABASE),
+                    tls: TlsOptions::default(),
                     embedded: Some(server),
                 })
             }
         }
     }
 
-    /// Opens the event store on this database (applying migrations when `config.migrate`).
+    /// Opens the event store on this database (applying migrations when `config.migrate`),
+    /// with this database's TLS options.
     pub async fn open_store(
         &self,
         max_connections: usize,
-        config: StoreConfig,
+        mut config: StoreConfig,
     ) -> anyhow::Result<EventStore> {
-        let pool = build_pool(self.pg_config.clone(), max_connections.max(2))?;
+        config.tls = self.tls.clone();
+        let tls = PgTls::new(&config.tls)?;
+        let pool = build_pool(self.pg_config.clone(), &tls, max_connections.max(2))?;
         EventStore::open_with_pool(pool, self.pg_config.clone(), config)
             .await
             .map_err(|error| anyhow!("{error}"))

@@ -53,7 +53,11 @@ impl Coordinator {
     /// pooled connection cannot delay a renewal past the lease's expiry. Without them it
     /// cannot keep that promise, so it refuses to start rather than share the pool.
     pub fn new(engine: ProjectionEngine) -> Result<Self> {
-        let pool = tidemark_store::build_pool(engine.store().pg_config().clone(), 2)?;
+        let pool = tidemark_store::build_pool(
+            engine.store().pg_config().clone(),
+            engine.store().tls(),
+            2,
+        )?;
         Ok(Coordinator {
             engine,
             pool,

@@ -75,6 +75,8 @@ pub struct StoreConfig {
     pub poll_interval: Duration,
     /// Run pending migrations when opening.
     pub migrate: bool,
+    /// How TLS connections check the server (`sslmode` itself is in the connection string).
+    pub tls: crate::tls::TlsOptions,
 }
 
 impl Default for StoreConfig {
@@ -85,6 +87,7 @@ impl Default for StoreConfig {
             pipeline: PipelineConfig::default(),
             poll_interval: Duration::from_millis(500),
             migrate: true,
+            tls: crate::tls::TlsOptions::default(),
         }
     }
 }

@@ -18,6 +18,7 @@
 //! - [`migrate`]: applies `migrations/*.sql` once, under an advisory lock, checksummed.
 //! - [`embedded`]: runs a private PostgreSQL cluster from the installed binaries.
 //! - [`config`]: limits and pipeline settings with their defaults.
+//! - [`tls`]: the one TLS connector of every connection, honouring `sslmode`.
 //! - [`backoff`]: the one exponential backoff of every reconnect and retry loop.
 //! - [`aggregate`]: the write side: an [`aggregate::Aggregate`] folds and decides; the
 //!   [`aggregate::CommandBus`] loads, decides and appends with `Exact(version)`, retrying on conflict.
@@ -37,6 +38,7 @@ pub mod model;
 pub mod read;
 pub mod store;
 pub mod subscribe;
+pub mod tls;
 pub mod validate;
 
 pub use config::{Limits, PipelineConfig, StoreConfig};
@@ -48,3 +50,4 @@ pub use model::{
 pub use read::{Direction, LogFilter};
 pub use store::{build_pool, EventStore};
 pub use subscribe::{Page, SubscribeOptions};
+pub use tls::{PgTls, TlsOptions};

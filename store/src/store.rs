@@ -10,6 +10,7 @@ use crate::migrate;
 use crate::model::{AppendOutcome, AppendRequest, Position, RecordedEvent, StreamVersion};
 use crate::read::{self, Direction, LogFilter};
 use crate::subscribe::{self, SubscribeOptions};
+use crate::tls::PgTls;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::Stream;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ pub struct EventStore {
 struct Inner {
     pool: Pool,
     pg_config: tokio_postgres::Config,
+    tls: PgTls,
     config: StoreConfig,
     partitions: u16,
     queue: AppendQueue,
@@ -43,11 +45,12 @@ impl Drop for Inner {
     }
 }
 
-/// Builds a connection pool for `pg_config` with `max_size` connections.
-pub fn build_pool(pg_config: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
+/// Builds a connection pool for `pg_config` with `max_size` connections, encrypted as its
+/// `sslmode` says (see [`crate::tls`]).
+pub fn build_pool(pg_config: tokio_postgres::Config, tls: &PgTls, max_size: usize) -> Result<Pool> {
     let manager = Manager::from_config(
         pg_config,
-        tokio_postgres::NoTls,
+        tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -67,17 +70,19 @@ impl EventStore {
         pg_config: tokio_postgres::Config,
         config: StoreConfig,
     ) -> Result<EventStore> {
-        let pool = build_pool(pg_config.clone(), 32)?;
+        let tls = PgTls::new(&config.tls)?;
+        let pool = build_pool(pg_config.clone(), &tls, 32)?;
         EventStore::open_with_pool(pool, pg_config, config).await
     }
 
     /// Like [`EventStore::open`] on an existing pool (the store shares it with, e.g., the
-    /// projection engine). `pg_config` is used for the LISTEN connection.
+    /// projection engine). `pg_config` and `config.tls` are used for the LISTEN connection.
     pub async fn open_with_pool(
         pool: Pool,
         pg_config: tokio_postgres::Config,
         config: StoreConfig,
     ) -> Result<EventStore> {
+        let tls = PgTls::new(&config.tls)?;
         let mut client = pool.get().await.map_err(|e| match StoreError::from(e) {
             StoreError::Unavailable(reason) => StoreError::Unavailable(format!(
                 "{reason}; check DATABASE_URL and that PostgreSQL is running"
@@ -116,6 +121,7 @@ impl EventStore {
         let heads = Heads::new(head_position, stored_partitions as u16);
         let watcher = tokio::spawn(subscribe::watch_head(
             pg_config.clone(),
+            tls.clone(),
             heads.clone(),
             shutdown.child_token(),
         ));
@@ -129,6 +135,7 @@ impl EventStore {
             inner: Arc::new(Inner {
                 pool,
                 pg_config,
+                tls,
                 config,
                 partitions: stored_partitions as u16,
                 queue,
@@ -232,6 +239,12 @@ impl EventStore {
 
     pub fn pg_config(&self) -> &tokio_postgres::Config {
         &self.inner.pg_config
+    }
+
+    /// The TLS connector of the store's own connections, for other connections to the same
+    /// database (the projection coordinator's).
+    pub fn tls(&self) -> &PgTls {
+        &self.inner.tls
     }
 
     pub fn config(&self) -> &StoreConfig {

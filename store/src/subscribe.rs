@@ -12,6 +12,7 @@ use crate::heads::Heads;
 use crate::model::{Position, RecordedEvent};
 use crate::read::LogFilter;
 use crate::store::EventStore;
+use crate::tls::PgTls;
 use futures::{Stream, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,6 +279,7 @@ async fn wait_for_partition(
 /// polling for that long).
 pub(crate) async fn watch_head(
     pg_config: tokio_postgres::Config,
+    tls: PgTls,
     heads: Heads,
     shutdown: CancellationToken,
 ) {
@@ -286,7 +288,7 @@ pub(crate) async fn watch_head(
         let mut listening = false;
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = listen(&pg_config, &heads, &mut listening) => result,
+            result = listen(&pg_config, &tls, &heads, &mut listening) => result,
         };
         if listening {
             backoff.reset();
@@ -305,10 +307,11 @@ pub(crate) async fn watch_head(
 /// Listens until the connection ends; sets `listening` once LISTEN took effect.
 async fn listen(
     pg_config: &tokio_postgres::Config,
+    tls: &PgTls,
     heads: &Heads,
     listening: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = pg_config.connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = crate::tls::connect(pg_config, tls).await?;
     let driver_heads = heads.clone();
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

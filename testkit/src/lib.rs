@@ -13,8 +13,10 @@
 //!
 //! [`proxy::FaultProxy`] sits between a store and its database and breaks append
 //! transactions around COMMIT, to test what clients are told when the connection dies.
+//! [`tls::TlsCluster`] is a cluster that refuses unencrypted TCP, for the TLS tests.
 
 pub mod proxy;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -89,7 +89,7 @@ async fn insecure_dev_is_open_on_loopback_and_refused_elsewhere() {
         ServerConfig {
             listen: "0.0.0.0:0".parse().unwrap(),
             insecure_dev: true,
-            database: tidemark_api::DatabaseConfig::Url(app.database().url()),
+            database: tidemark_api::DatabaseConfig::url(app.database().url()),
             ..ServerConfig::default()
         },
         TidemarkApp::builder().build(),

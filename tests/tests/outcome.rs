@@ -120,7 +120,7 @@ async fn answers_around_a_broken_commit_are_honest_and_retries_with_the_same_ids
         spawn_app_on(
             db.clone(),
             tidemark_example_bank::app(Arc::new(tidemark_example_bank::LogAlerts)),
-            move |config| config.database = DatabaseConfig::Url(url),
+            move |config| config.database = DatabaseConfig::url(url),
         )
         .await,
     );

@@ -70,7 +70,7 @@ pub async fn spawn_app_on(
 ) -> TestApp {
     let mut config = ServerConfig {
         listen: "127.0.0.1:0".parse().expect("a valid address"),
-        database: DatabaseConfig::Url(db.url()),
+        database: DatabaseConfig::url(db.url()),
         max_connections: 16,
         partitions: 4,
         api_keys: vec![
@@ -105,6 +105,24 @@ pub async fn spawn_app_embedded(
         ..ServerConfig::default()
     };
     configure(&mut config);
+    start(None, TidemarkApp::builder().build(), config).await
+}
+
+/// The built-in application on `database` (e.g. a URL the test's own server serves).
+pub async fn spawn_app_at(database: DatabaseConfig) -> TestApp {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        database,
+        max_connections: 16,
+        partitions: 4,
+        api_keys: vec![
+            ConfiguredKey::new(Role::Admin, ADMIN_KEY),
+            ConfiguredKey::new(Role::Append, APPEND_KEY),
+            ConfiguredKey::new(Role::Read, READ_KEY),
+        ],
+        shutdown_timeout: Duration::from_secs(10),
+        ..ServerConfig::default()
+    };
     start(None, TidemarkApp::builder().build(), config).await
 }
 
