@@ -8,7 +8,7 @@ CREATE TABLE projections (
     version          integer NOT NULL,
     -- Schema holding the live read model.
     schema_name      text    NOT NULL,
-    -- running | rebuilding | stopped (a partition stopped on a poison event)
+    -- running | stopped (a partition stopped on a poison event)
     status           text    NOT NULL DEFAULT 'running',
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now()

@@ -209,10 +209,6 @@ impl Authenticator {
         }
     }
 
-    pub fn is_open(&self) -> bool {
-        self.inner.open
-    }
-
     /// The principal for an `Authorization` header value (or `None` when absent).
     pub async fn authenticate(&self, authorization: Option<&str>) -> Principal {
         if self.inner.open {

@@ -2,9 +2,11 @@
 //! become stable GraphQL error codes, and the pass that gives every error in a response a
 //! code ([`normalize`]).
 //!
-//! Resolvers return `async_graphql::Result` and use `?` on [`StoreError`], [`EngineError`],
-//! [`CommandError`] or [`ApiError`]: async-graphql keeps the original error as the source,
-//! and [`normalize`] turns it into a message and `extensions.code` here. Errors without a
+//! Resolvers return `async_graphql::Result` and use `?` on [`StoreError`], [`EngineError`]
+//! or [`ApiError`]: async-graphql keeps the original error as the source, and [`normalize`]
+//! turns it into a message and `extensions.code` here. A [`CommandError`] is generic over
+//! the aggregate's error, which `normalize` cannot downcast: map it with
+//! `.map_err(ApiError::from)?`. Errors without a
 //! code and without a source are async-graphql's own (parse, validation, argument coercion,
 //! depth and complexity limits): they are the client's input, `BAD_INPUT`. Errors with a
 //! source this module does not know are `INTERNAL`: their text is logged, never shown.
@@ -150,11 +152,6 @@ impl ApiError {
         }
     }
 
-    /// The detail of an `INTERNAL` error, for the log.
-    pub fn internal_detail(&self) -> Option<&str> {
-        self.internal.as_deref()
-    }
-
     /// The extension values of this error, `code` first.
     pub fn extension_values(&self) -> ErrorExtensionValues {
         let mut values = ErrorExtensionValues::default();
@@ -218,8 +215,7 @@ impl ApiError {
             StoreError::WriterFailed => ApiError::new(ErrorCode::Internal, error.to_string()),
             StoreError::Database { .. }
             | StoreError::Migration(_)
-            | StoreError::Config(_)
-            | StoreError::Embedded(_) => ApiError::internal(error),
+            | StoreError::Config(_) => ApiError::internal(error),
         }
     }
 
@@ -323,7 +319,6 @@ fn from_validation(error: &ValidationError) -> ApiError {
         }
         ValidationError::DuplicateIdInAppend { .. } => "events.eventId".to_string(),
         ValidationError::NegativeVersion(_) => "expectedVersion".to_string(),
-        ValidationError::Other(_) => return ApiError::new(ErrorCode::BadInput, message),
     };
     ApiError::bad_input(field, message)
 }

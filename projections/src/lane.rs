@@ -1,6 +1,8 @@
 //! A lane: one projection, one target read model, one partition (or all of them, in log
 //! order). Every way a projection runs — live partitions, rebuilds, replays, as-of builds —
-//! is a lane; this file is the only place events are applied.
+//! is a lane. Two other places still apply events outside this loop: the rebuild's final
+//! catch-up inside the swap (`rebuild.rs`) and the replay of parked events
+//! (`dead_letter.rs`); routing both through the lane's commit is open work.
 //!
 //! A lane fetches pages after its checkpoint into a bounded channel (fetch-ahead with
 //! backpressure), and applies each batch in a transaction that first locks its checkpoint
@@ -64,7 +66,7 @@ pub(crate) enum LaneExit {
     Fenced,
 }
 
-/// Live progress of a lane, for `run_until_caught_up`, status and read-your-writes.
+/// Live progress of a lane (its checkpoint and rate), published after each batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LaneProgress {
     /// Last committed checkpoint.

@@ -42,8 +42,6 @@ pub enum ValidationError {
     DuplicateIdInAppend { event_id: Uuid },
     #[error("expected version {0} is negative; versions start at 0")]
     NegativeVersion(StreamVersion),
-    #[error("{0}")]
-    Other(String),
 }
 
 /// Everything that can go wrong in the store.
@@ -126,10 +124,6 @@ pub enum StoreError {
     /// The store's configuration does not fit the database (see the message).
     #[error("configuration error: {0}")]
     Config(String),
-
-    /// Running an embedded PostgreSQL failed (see the message).
-    #[error("embedded PostgreSQL: {0}")]
-    Embedded(String),
 }
 
 /// The one classifier of PostgreSQL errors: `true` for a lost connection or a passing
@@ -268,7 +262,6 @@ impl StoreError {
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Migration(_) => "migration",
             StoreError::Config(_) => "config",
-            StoreError::Embedded(_) => "embedded",
         }
     }
 

@@ -50,7 +50,8 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "projections",
         sql: include_str!("../../migrations/0002_projections.sql"),
-        earlier_checksums: &[],
+        // Its comment listed a 'rebuilding' status that is never stored.
+        earlier_checksums: &["80d64b6558306ea876bfabb5a4098343c18865a801aef86b6986f715f61ec115"],
     },
     Migration {
         version: 3,

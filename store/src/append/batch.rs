@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-/// Channel on which committed heads are announced (payload: the new head position).
+/// Channel on which commits are announced (payload: the new head and the last position per
+/// partition the commit touched, see `heads::encode`).
 pub(crate) const NOTIFY_CHANNEL: &str = "tidemark_events";
 
 /// What the log already holds for an event id or (stream, content hash).
