@@ -46,6 +46,11 @@ pub enum ErrorCode {
     Rejected,
     /// A wait (read-your-writes) did not complete in time; retry later.
     Timeout,
+    /// A build (rebuild, replay, as-of) of this projection into the same target is already
+    /// running; wait for it to finish.
+    BuildRunning,
+    /// A build stopped on an event it could not apply; see the projection's dead letters.
+    BuildStopped,
     /// Something failed on the server; details are in its log, not in the response.
     Internal,
 }
@@ -64,6 +69,8 @@ impl ErrorCode {
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::Rejected => "REJECTED",
             ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::BuildRunning => "BUILD_RUNNING",
+            ErrorCode::BuildStopped => "BUILD_STOPPED",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -226,7 +233,16 @@ impl ApiError {
                 ApiError::not_found(format!("no projection named '{name}' is registered"))
                     .with("projection", name.as_str())
             }
-            EngineError::Invalid(message) => ApiError::new(ErrorCode::BadInput, message.clone()),
+            EngineError::InvalidLabel { .. } => ApiError::bad_input("label", error.to_string()),
+            EngineError::BuildRunning { projection, .. } => {
+                ApiError::new(ErrorCode::BuildRunning, error.to_string())
+                    .with("projection", projection.as_str())
+            }
+            EngineError::BuildStopped { projection } => {
+                ApiError::new(ErrorCode::BuildStopped, error.to_string())
+                    .with("projection", projection.as_str())
+            }
+            EngineError::ParkedEventMissing { .. } => ApiError::internal(error),
             EngineError::Store(store) => ApiError::from_store(store),
             EngineError::Unavailable(_) => {
                 ApiError::overloaded("the database is unavailable right now; retry shortly")
@@ -499,6 +515,44 @@ mod tests {
             ApiError::from_store(&before_commit).code,
             ErrorCode::Overloaded
         );
+    }
+
+    #[test]
+    fn engine_errors_each_have_their_own_code() {
+        let cases = [
+            (
+                EngineError::InvalidLabel {
+                    label: "a b".into(),
+                },
+                "BAD_INPUT",
+            ),
+            (
+                EngineError::BuildRunning {
+                    projection: "p".into(),
+                    target: "shadow".into(),
+                },
+                "BUILD_RUNNING",
+            ),
+            (
+                EngineError::BuildStopped {
+                    projection: "p".into(),
+                },
+                "BUILD_STOPPED",
+            ),
+            (
+                EngineError::ParkedEventMissing {
+                    event_id: uuid::Uuid::nil(),
+                    position: 7,
+                },
+                "INTERNAL",
+            ),
+        ];
+        for (engine, code) in cases {
+            let mut error: ServerError =
+                async_graphql::Error::from(engine).into_server_error(Default::default());
+            normalize(&mut error);
+            assert_eq!(code_of(&error), code);
+        }
     }
 
     #[test]

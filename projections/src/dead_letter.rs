@@ -189,10 +189,10 @@ pub(crate) async fn replay(
             .next()
             .filter(|e| e.event_id == letter.event_id)
         else {
-            return Err(EngineError::Invalid(format!(
-                "parked event {} (position {}) is no longer in the log",
-                letter.event_id, letter.position
-            )));
+            return Err(EngineError::ParkedEventMissing {
+                event_id: letter.event_id,
+                position: letter.position,
+            });
         };
         let mut client = store.pool().get().await?;
         let tx = client

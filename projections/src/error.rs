@@ -71,8 +71,23 @@ pub enum EngineError {
         expected: Position,
         actual: Option<Position>,
     },
-    #[error("{0}")]
-    Invalid(String),
+    /// An as-of build's label is not usable in a schema name.
+    #[error("the as-of label '{label}' must be non-empty letters, digits or '_'")]
+    InvalidLabel { label: String },
+    /// A build of this projection into this target is already running (in any process).
+    #[error("a build of '{projection}' into '{target}' is already running; wait for it to finish")]
+    BuildRunning { projection: String, target: String },
+    /// A build stopped on an event it could not apply (or lost its lease); the old read model
+    /// keeps serving.
+    #[error("the build of '{projection}' stopped on a poison event; see its dead letters, fix the projection and build again")]
+    BuildStopped { projection: String },
+    /// A parked event's position no longer holds it. The log is append-only, so this is a bug
+    /// (or a database edited by hand).
+    #[error("parked event {event_id} (position {position}) is no longer in the log")]
+    ParkedEventMissing {
+        event_id: uuid::Uuid,
+        position: Position,
+    },
     #[error("the engine is shutting down")]
     ShuttingDown,
 }

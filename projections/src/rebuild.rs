@@ -103,9 +103,9 @@ impl ProjectionEngine {
         on_progress: Option<ProgressCallback>,
     ) -> Result<BuildReport> {
         if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(EngineError::Invalid(format!(
-                "the as-of label '{label}' must be non-empty letters, digits or '_'"
-            )));
+            return Err(EngineError::InvalidLabel {
+                label: label.to_string(),
+            });
         }
         let projection = self.projection(name)?.clone();
         let target = format!("as_of:{label}");
@@ -202,10 +202,10 @@ impl ProjectionEngine {
             .map_err(EngineError::db("taking the build lock"))?
             .get(0);
         if !got {
-            return Err(EngineError::Invalid(format!(
-                "a build of '{}' into '{target}' is already running",
-                projection.name()
-            )));
+            return Err(EngineError::BuildRunning {
+                projection: projection.name().to_string(),
+                target: target.to_string(),
+            });
         }
         // Detached from the pool: the connection closes when the build ends, releasing the
         // lock even if the build is aborted half-way.
@@ -347,10 +347,9 @@ impl ProjectionEngine {
         match exit? {
             LaneExit::ReachedEnd => Ok(()),
             LaneExit::Shutdown => Err(EngineError::ShuttingDown),
-            LaneExit::Stopped | LaneExit::Fenced => Err(EngineError::Invalid(format!(
-                "the build of '{}' stopped on a poison event; see its dead letters",
-                projection.name()
-            ))),
+            LaneExit::Stopped | LaneExit::Fenced => Err(EngineError::BuildStopped {
+                projection: projection.name().to_string(),
+            }),
         }
     }
 
