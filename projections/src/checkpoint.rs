@@ -123,15 +123,19 @@ pub(crate) async fn lease_still_held(
     Ok(held)
 }
 
-/// Moves the (locked) checkpoint to `position`.
+/// Moves the (locked) checkpoint to `position`, recording the lane's recent rate when given
+/// (status shows it while the checkpoint is fresh; see `status`).
 pub(crate) async fn advance(
     tx: &deadpool_postgres::Transaction<'_>,
     spec: &LaneSpec,
     position: Position,
+    events_per_second: Option<f64>,
 ) -> Result<()> {
     let statement = tx
         .prepare_cached(
-            "UPDATE projection_checkpoints SET position = $4, updated_at = now()
+            "UPDATE projection_checkpoints
+                SET position = $4, updated_at = now(),
+                    events_per_second = coalesce($5, events_per_second)
               WHERE projection = $1 AND target = $2 AND partition = $3",
         )
         .await
@@ -143,6 +147,7 @@ pub(crate) async fn advance(
             &spec.target,
             &spec.checkpoint_partition(),
             &position,
+            &events_per_second,
         ],
     )
     .await

@@ -54,7 +54,7 @@ pub(crate) async fn park(
     .await
     .map_err(EngineError::db("parking an event"))?;
     if !stop {
-        crate::checkpoint::advance(&tx, spec, event.position).await?;
+        crate::checkpoint::advance(&tx, spec, event.position, None).await?;
     } else {
         tx.execute(
             "UPDATE projections SET status = 'stopped', updated_at = now() WHERE name = $1",

@@ -158,6 +158,7 @@ impl Lane {
         ));
         let _stop_fetcher = fetch_stop.drop_guard();
         let mut rate = Rate::default();
+        let mut last_commit = Instant::now();
         loop {
             let fetched = tokio::select! {
                 biased;
@@ -179,15 +180,18 @@ impl Lane {
                 .filter(|e| e.position <= until)
                 .collect();
             if !events.is_empty() {
-                let started = Instant::now();
+                // Events per second as they pass through the lane: this batch over the time
+                // since the previous commit (idle time included), smoothed. Written with the
+                // checkpoint, so status and metrics read what the lane last did.
+                let per_second = rate.record(events.len(), last_commit.elapsed());
                 match self
-                    .apply_with_retries(checkpoint, &events, &parked_ahead, shutdown)
+                    .apply_with_retries(checkpoint, &events, &parked_ahead, per_second, shutdown)
                     .await?
                 {
                     Some(new_checkpoint) => checkpoint = new_checkpoint,
                     None => return Ok(self.stopped_or_fenced()),
                 }
-                let per_second = rate.record(events.len(), started.elapsed());
+                last_commit = Instant::now();
                 self.progress.send_modify(|p| {
                     p.checkpoint = checkpoint;
                     p.processed_through = p.processed_through.max(checkpoint);
@@ -227,9 +231,13 @@ impl Lane {
         checkpoint: Position,
         events: &[RecordedEvent],
         parked_ahead: &[Position],
+        events_per_second: f64,
         shutdown: &CancellationToken,
     ) -> Result<Option<Position>> {
-        match self.commit(checkpoint, events, parked_ahead).await {
+        match self
+            .commit(checkpoint, events, parked_ahead, events_per_second)
+            .await
+        {
             Ok(Commit::Done) => return Ok(events.last().map(|e| e.position)),
             Ok(Commit::Fenced) => return Ok(None),
             Err(error) if error.is_transient() => return Err(error),
@@ -243,7 +251,12 @@ impl Lane {
             let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
             loop {
                 match self
-                    .commit(checkpoint, std::slice::from_ref(event), parked_ahead)
+                    .commit(
+                        checkpoint,
+                        std::slice::from_ref(event),
+                        parked_ahead,
+                        events_per_second,
+                    )
                     .await
                 {
                     Ok(Commit::Done) => {
@@ -297,6 +310,7 @@ impl Lane {
         checkpoint: Position,
         events: &[RecordedEvent],
         parked_ahead: &[Position],
+        events_per_second: f64,
     ) -> Result<Commit> {
         let Some(last) = events.last() else {
             return Ok(Commit::Done);
@@ -333,7 +347,7 @@ impl Lane {
                 position: checkpoint,
                 source,
             })?;
-        crate::checkpoint::advance(&tx, &self.spec, last.position).await?;
+        crate::checkpoint::advance(&tx, &self.spec, last.position, Some(events_per_second)).await?;
         if parked_ahead
             .iter()
             .any(|p| *p > checkpoint && *p <= last.position)

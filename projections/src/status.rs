@@ -135,7 +135,11 @@ macro_rules! live_checkpoints {
 }
 
 const LAG_SQL: &str = concat!(
-    "SELECT p.partition::smallint, coalesce(c.position, 0), coalesce(c.events_per_second, 0), c.updated_at,
+    "SELECT p.partition::smallint, coalesce(c.position, 0),
+            -- The rate of the last batches, while they are recent: an idle lane reads 0.
+            CASE WHEN c.updated_at > now() - interval '10 seconds'
+                 THEN coalesce(c.events_per_second, 0) ELSE 0 END,
+            c.updated_at,
             (SELECT count(*) FROM (SELECT 1 FROM ",
     pending_events!(),
     " LIMIT 1000000) AS pending),

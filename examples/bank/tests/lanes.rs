@@ -69,6 +69,15 @@ async fn every_stream_is_applied_in_version_order_while_sixteen_partitions_run_c
     engine.start().await.expect("the engine starts");
     interleaved_appends(&store, seed, 1).await;
     caught_up(&engine, "order_recorder", DEADLINE).await;
+    // The lanes record the rate they apply at with their checkpoints (it used to read 0).
+    let status = engine
+        .projection_status("order_recorder")
+        .await
+        .expect("status");
+    assert!(
+        status.events_per_second() > 0.0,
+        "a projection that just applied a backlog reports a rate: {status:?}"
+    );
     engine.shutdown().await;
 
     let log = read_all(&store).await;
