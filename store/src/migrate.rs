@@ -28,11 +28,7 @@ impl Migration {
     pub fn matches(&self, recorded: &[u8]) -> bool {
         recorded == self.checksum().as_slice()
             || self.earlier_checksums.iter().any(|hex| {
-                hex.len() == recorded.len() * 2
-                    && recorded
-                        .iter()
-                        .enumerate()
-                        .all(|(i, byte)| hex.get(2 * i..2 * i + 2) == Some(&format!("{byte:02x}")))
+                blake3::Hash::from_hex(hex).is_ok_and(|earlier| earlier.as_bytes() == recorded)
             })
     }
 }

@@ -325,9 +325,10 @@ async fn a_database_migrated_with_an_earlier_comment_only_text_still_opens() {
         .iter()
         .find(|m| !m.earlier_checksums.is_empty())
         .expect("a migration with an earlier text");
-    let earlier: Vec<u8> = (0..first.earlier_checksums[0].len() / 2)
-        .map(|i| u8::from_str_radix(&first.earlier_checksums[0][2 * i..2 * i + 2], 16).unwrap())
-        .collect();
+    let earlier = blake3::Hash::from_hex(first.earlier_checksums[0])
+        .expect("a hex checksum")
+        .as_bytes()
+        .to_vec();
     assert!(first.matches(&earlier));
     connect(&db)
         .await

@@ -10,7 +10,7 @@ use crate::auth::{Principal, Role};
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
 use async_graphql::registry::Registry;
-use async_graphql::{OutputType, ServerResult, Variables};
+use async_graphql::{OutputType, ServerResult, SubscriptionType, Variables};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -23,13 +23,14 @@ pub(crate) struct AppFields {
     public: HashSet<String>,
 }
 
-/// Root field names of the output type `T` (none for the empty objects).
-fn root_fields<T: OutputType>() -> HashSet<String> {
+/// Root field names of the type `register` adds to a registry (none for the empty
+/// objects); `register` returns the type's name.
+fn root_fields(register: impl FnOnce(&mut Registry) -> String) -> HashSet<String> {
     let mut registry = Registry::default();
-    T::create_type_info(&mut registry);
+    let name = register(&mut registry);
     registry
         .types
-        .get(&*T::type_name())
+        .get(&name)
         .and_then(|ty| ty.fields())
         .map(|fields| {
             fields
@@ -42,21 +43,22 @@ fn root_fields<T: OutputType>() -> HashSet<String> {
 }
 
 impl AppFields {
-    pub(crate) fn of<Q: OutputType, M: OutputType, S: async_graphql::SubscriptionType>(
+    pub(crate) fn of<Q: OutputType, M: OutputType, S: SubscriptionType>(
         public: &[String],
     ) -> AppFields {
-        let mut registry = Registry::default();
-        S::create_type_info(&mut registry);
-        let subscription = registry
-            .types
-            .get(&*S::type_name())
-            .and_then(|ty| ty.fields())
-            .map(|fields| fields.keys().cloned().collect())
-            .unwrap_or_default();
         AppFields {
-            query: root_fields::<Q>(),
-            mutation: root_fields::<M>(),
-            subscription,
+            query: root_fields(|r| {
+                Q::create_type_info(r);
+                Q::type_name().into_owned()
+            }),
+            mutation: root_fields(|r| {
+                M::create_type_info(r);
+                M::type_name().into_owned()
+            }),
+            subscription: root_fields(|r| {
+                S::create_type_info(r);
+                S::type_name().into_owned()
+            }),
             public: public.iter().cloned().collect(),
         }
     }
