@@ -49,6 +49,7 @@ use report::{AtClients, CopyVsUnnest, DeliveryFigures, HotStream, Knob, Rate, Re
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tidemark_store::PipelineConfig;
+use workloads::ScratchStore;
 
 /// Benchmarks Tidemark against raw PostgreSQL on the same server, in one run.
 #[derive(Debug, Parser)]
@@ -428,11 +429,10 @@ async fn appends(
     for &callers in &plan.hot_callers {
         let label = format!("Tidemark hot stream (Exact), {callers} callers");
         progress.begin(&label);
-        let schema = db.fresh_schema("hot").await?;
-        let store =
-            workloads::open_store(&schema, PipelineConfig::default(), plan.seed_events).await?;
+        let scratch =
+            ScratchStore::open(db, "hot", PipelineConfig::default(), plan.seed_events).await?;
         let run = workloads::hot_stream_load(
-            &store,
+            &scratch.store,
             callers,
             plan.warmup,
             plan.measure,
@@ -440,9 +440,7 @@ async fn appends(
             &label,
         )
         .await;
-        store.shutdown().await;
-        drop(store);
-        db.drop_schema(schema).await?;
+        scratch.close(db).await?;
         let run = run?;
         progress.done(&format!(
             "{label}: {} events/s, {:.1} conflicts per success",
@@ -497,11 +495,10 @@ async fn tidemark_append(
     progress: &Progress,
     label: &str,
 ) -> Result<(workloads::AppendRun, probe::Batches)> {
-    let schema = db.fresh_schema("append").await?;
-    let store = workloads::open_store(&schema, PipelineConfig::default(), seed).await?;
+    let scratch = ScratchStore::open(db, "append", PipelineConfig::default(), seed).await?;
     probe::take();
     let run = workloads::append_load(
-        &store,
+        &scratch.store,
         callers,
         events,
         plan.warmup,
@@ -511,9 +508,7 @@ async fn tidemark_append(
     )
     .await;
     let batches = probe::take();
-    store.shutdown().await;
-    drop(store);
-    db.drop_schema(schema).await?;
+    scratch.close(db).await?;
     Ok((run?, batches))
 }
 
@@ -728,19 +723,16 @@ async fn overload(
     let callers = 20 * (config.queue_depth + config.max_batch_requests);
     let label = format!("overload: {callers} callers");
     progress.begin(&label);
-    let schema = db.fresh_schema("overload").await?;
-    let store = workloads::open_store(&schema, config.clone(), plan.seed_events).await?;
+    let scratch = ScratchStore::open(db, "overload", config.clone(), plan.seed_events).await?;
     let run = workloads::overload(
-        &store,
+        &scratch.store,
         callers,
         config.queue_depth,
         plan.overload_time,
         progress,
     )
     .await;
-    store.shutdown().await;
-    drop(store);
-    db.drop_schema(schema).await?;
+    scratch.close(db).await?;
     let run = run?;
     progress.done(&format!(
         "{label}: {} ok, {} overloaded, RSS {} at queue full, {} at end",
@@ -831,11 +823,10 @@ async fn knobs(plan: &Plan, db: &Database, progress: &Progress, report: &mut Rep
     for (setting, config, callers, default) in runs {
         let label = format!("{setting}, {callers} callers");
         progress.begin(&label);
-        let schema = db.fresh_schema("knob").await?;
-        let store = workloads::open_store(&schema, config, plan.seed_events).await?;
+        let scratch = ScratchStore::open(db, "knob", config, plan.seed_events).await?;
         probe::take();
         let run = workloads::append_load(
-            &store,
+            &scratch.store,
             callers,
             1,
             plan.knob_warmup,
@@ -844,9 +835,7 @@ async fn knobs(plan: &Plan, db: &Database, progress: &Progress, report: &mut Rep
             &label,
         )
         .await;
-        store.shutdown().await;
-        drop(store);
-        db.drop_schema(schema).await?;
+        scratch.close(db).await?;
         let run = run?;
         let rate = Rate::new(run.events_per_sec, run.latencies);
         let batches = probe::take();

@@ -17,29 +17,10 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-/// `migrations/0001_event_log.sql`'s `events` table under another name, without the
-/// append-only trigger.
-const RAW_TABLE_DDL: &str = "
-CREATE TABLE raw_events (
-    position        bigint      PRIMARY KEY,
-    stream_id       text        NOT NULL,
-    stream_version  bigint      NOT NULL,
-    partition       smallint    NOT NULL,
-    event_id        uuid        NOT NULL UNIQUE,
-    event_type      text        NOT NULL,
-    schema_version  integer     NOT NULL DEFAULT 1,
-    payload         jsonb       NOT NULL,
-    metadata        jsonb       NOT NULL DEFAULT '{}'::jsonb,
-    content_hash    bytea       NOT NULL CHECK (octet_length(content_hash) = 32),
-    recorded_at     timestamptz NOT NULL DEFAULT now(),
-    category        text        GENERATED ALWAYS AS (split_part(stream_id, '-', 1)) STORED,
-    UNIQUE (stream_id, stream_version)
-);
-CREATE INDEX raw_events_partition_position ON raw_events (partition, position);
-CREATE INDEX raw_events_category_position  ON raw_events (category, position);
-CREATE INDEX raw_events_type_position      ON raw_events (event_type, position);
-CREATE INDEX raw_events_stream_hash        ON raw_events (stream_id, content_hash);
-";
+/// The store's `events` table under another name: same columns, defaults, constraints and
+/// indexes (`LIKE ... INCLUDING ALL`), without the append-only trigger (triggers are not
+/// copied), so the baseline measures exactly the table Tidemark writes.
+const RAW_TABLE_DDL: &str = "CREATE TABLE raw_events (LIKE events INCLUDING ALL)";
 
 const INSERT_ONE: &str = "INSERT INTO raw_events (position, stream_id, stream_version, partition, \
      event_id, event_type, schema_version, payload, metadata, content_hash) \
@@ -71,33 +52,16 @@ const COPY_TYPES: [Type; 10] = [
 /// Creates the scratch table in `schema` with `seed` rows (as `workloads::seed_store`
 /// seeds the store, so both start from the same state), and analyses it.
 pub async fn create_table(schema: &Schema, seed: u64) -> Result<()> {
-    let client = connect(&schema.config).await?;
+    let mut client = connect(&schema.config).await?;
+    tidemark_store::migrate::run(&mut client)
+        .await
+        .context("creating the store's tables to copy the events table from")?;
     client
         .batch_execute(RAW_TABLE_DDL)
         .await
         .context("creating the raw_events table")?;
-    client
-        .execute(
-            "INSERT INTO raw_events (position, stream_id, stream_version, partition, event_id,
-                                     event_type, schema_version, payload, metadata, content_hash)
-             SELECT i + 1, 'seed-' || (i % 10000), i / 10000, (i % 16)::smallint,
-                    gen_random_uuid(), 'Seeded', 1,
-                    jsonb_build_object(
-                        'order_id', 'ord-' || left(md5(i::text), 16),
-                        'customer_id', 'cus-' || lpad(i::text, 8, '0'),
-                        'amount_cents', i % 100000,
-                        'currency', 'EUR',
-                        'items', jsonb_build_array(
-                            jsonb_build_object('sku', 'SKU-' || lpad((i % 100000)::text, 5, '0'), 'qty', 1 + i % 9),
-                            jsonb_build_object('sku', 'SKU-' || lpad((i % 99991)::text, 5, '0'), 'qty', 1 + i % 7)),
-                        'channel', 'web',
-                        'placed_at', '2026-11-25T12:00:00Z'),
-                    '{}'::jsonb, sha256(i::text::bytea)
-               FROM generate_series(0::bigint, $1::bigint - 1) AS i",
-            &[&(seed as i64)],
-        )
-        .await
-        .context("seeding the raw_events table")?;
+    let partitions = tidemark_store::StoreConfig::default().partitions;
+    crate::workloads::insert_seed_events(&client, "raw_events", seed, partitions).await?;
     client
         .batch_execute("ANALYZE raw_events")
         .await

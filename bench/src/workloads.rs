@@ -35,6 +35,33 @@ pub async fn open_store(
         .with_context(|| format!("opening the event store in schema {}", schema.name))
 }
 
+/// A store in a schema of its own for one measurement: [`ScratchStore::open`] makes both,
+/// [`ScratchStore::close`] shuts the store down and drops the schema, whatever the
+/// measurement's outcome was.
+pub struct ScratchStore {
+    pub schema: Schema,
+    pub store: EventStore,
+}
+
+impl ScratchStore {
+    pub async fn open(
+        db: &crate::env::Database,
+        label: &str,
+        pipeline: PipelineConfig,
+        seed: u64,
+    ) -> Result<ScratchStore> {
+        let schema = db.fresh_schema(label).await?;
+        let store = open_store(&schema, pipeline, seed).await?;
+        Ok(ScratchStore { schema, store })
+    }
+
+    pub async fn close(self, db: &crate::env::Database) -> Result<()> {
+        self.store.shutdown().await;
+        drop(self.store);
+        db.drop_schema(self.schema).await
+    }
+}
+
 /// Streams the seed events are spread over (`seed-0` .. `seed-9999`): enough that the
 /// planner picks index scans for the writer's `stream_id = ANY($1)` lookup.
 const SEED_STREAMS: usize = 10_000;
@@ -54,16 +81,44 @@ pub async fn seed_store(schema: &Schema, events: u64, partitions: u16) -> Result
     tidemark_store::migrate::run(&mut client)
         .await
         .context("migrating the seeded store")?;
+    let tx = client.transaction().await?;
+    insert_seed_events(&tx, "events", events, partitions).await?;
+    tx.execute(
+        "INSERT INTO streams (stream_id, version)
+         SELECT stream_id, max(stream_version) FROM events GROUP BY stream_id",
+        &[],
+    )
+    .await
+    .context("seeding the stream heads")?;
+    tx.execute(
+        "INSERT INTO store_head (position, partitions) VALUES ($1, $2)",
+        &[&(events as i64), &i32::from(partitions)],
+    )
+    .await
+    .context("seeding the store head")?;
+    tx.commit().await.context("committing the seed")?;
+    client
+        .batch_execute("ANALYZE events; ANALYZE streams;")
+        .await
+        .context("analysing the seeded tables")
+}
+
+/// Writes `events` seed events into `table` (the store's `events`, or the baseline's copy of
+/// it): positions 1..=events, ten thousand streams with dense versions, each stream in the
+/// partition the store's hash gives it, ~200-byte payloads.
+pub async fn insert_seed_events(
+    client: &impl tokio_postgres::GenericClient,
+    table: &str,
+    events: u64,
+    partitions: u16,
+) -> Result<()> {
     let streams: Vec<String> = (0..SEED_STREAMS).map(|k| format!("seed-{k}")).collect();
     let stream_partitions: Vec<i16> = streams
         .iter()
         .map(|s| tidemark_store::hashing::partition_of(s, partitions))
         .collect();
-    let tx = client.transaction().await?;
-    let count = events as i64;
-    let streams_len = SEED_STREAMS as i64;
-    tx.execute(
-        "INSERT INTO events (position, stream_id, stream_version, partition, event_id, event_type,
+    let sql = format!(
+        "INSERT INTO {table} (position, stream_id, stream_version, partition, event_id, event_type,
                              schema_version, payload, metadata, content_hash)
          SELECT i + 1, ($2::text[])[(i % $4::bigint)::int + 1], i / $4::bigint,
                 ($3::smallint[])[(i % $4::bigint)::int + 1],
@@ -78,30 +133,22 @@ pub async fn seed_store(schema: &Schema, events: u64, partitions: u16) -> Result
                         jsonb_build_object('sku', 'SKU-' || lpad((i % 99991)::text, 5, '0'), 'qty', 1 + i % 7)),
                     'channel', 'web',
                     'placed_at', '2026-11-25T12:00:00Z'),
-                '{}'::jsonb, sha256(i::text::bytea)
-           FROM generate_series(0::bigint, $1::bigint - 1) AS i",
-        &[&count, &streams, &stream_partitions, &streams_len],
-    )
-    .await
-    .context("seeding the log")?;
-    tx.execute(
-        "INSERT INTO streams (stream_id, version)
-         SELECT stream_id, max(stream_version) FROM events GROUP BY stream_id",
-        &[],
-    )
-    .await
-    .context("seeding the stream heads")?;
-    tx.execute(
-        "INSERT INTO store_head (position, partitions) VALUES ($1, $2)",
-        &[&count, &i32::from(partitions)],
-    )
-    .await
-    .context("seeding the store head")?;
-    tx.commit().await.context("committing the seed")?;
+                '{{}}'::jsonb, sha256(i::text::bytea)
+           FROM generate_series(0::bigint, $1::bigint - 1) AS i"
+    );
     client
-        .batch_execute("ANALYZE events; ANALYZE streams;")
+        .execute(
+            &sql,
+            &[
+                &(events as i64),
+                &streams,
+                &stream_partitions,
+                &(SEED_STREAMS as i64),
+            ],
+        )
         .await
-        .context("analysing the seeded tables")
+        .with_context(|| format!("seeding {table}"))?;
+    Ok(())
 }
 
 fn event(rng: &mut rand::rngs::SmallRng) -> NewEvent {
