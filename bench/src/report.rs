@@ -243,33 +243,28 @@ impl Report {
         );
         out.push_str("|---|---:|---:|---:|---:|---|---:|\n");
         let none = || "—".to_string();
-        for r in &self.raw_single {
-            row(
-                out,
-                [
-                    "Raw INSERT, 1 row/tx".into(),
-                    clients(r),
-                    format!("{} rows/s", group(r.rate.per_sec)),
-                    r.rate.latency(),
-                    "1 row".into(),
-                    none(),
-                    none(),
-                ],
-            );
-        }
-        for r in &self.raw_batch {
-            row(
-                out,
-                [
-                    "Raw INSERT, 100 rows/tx (UNNEST)".into(),
-                    clients(r),
-                    format!("{} rows/s", group(r.rate.per_sec)),
-                    r.rate.latency(),
-                    "100 rows".into(),
-                    none(),
-                    none(),
-                ],
-            );
+        for (label, runs, per_transaction) in [
+            ("Raw INSERT, 1 row/tx", &self.raw_single, "1 row"),
+            (
+                "Raw INSERT, 100 rows/tx (UNNEST)",
+                &self.raw_batch,
+                "100 rows",
+            ),
+        ] {
+            for r in runs {
+                row(
+                    out,
+                    [
+                        label.into(),
+                        clients(r),
+                        format!("{} rows/s", group(r.rate.per_sec)),
+                        r.rate.latency(),
+                        per_transaction.into(),
+                        none(),
+                        none(),
+                    ],
+                );
+            }
         }
         if let Some(scan) = &self.raw_scan {
             row(
