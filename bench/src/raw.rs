@@ -81,6 +81,22 @@ struct Row {
 }
 
 impl Row {
+    /// The row's values in the column order of `INSERT_ONE` and `COPY_IN`.
+    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+        [
+            &self.position,
+            &self.stream_id,
+            &self.position,
+            &self.partition,
+            &self.event_id,
+            &EVENT_TYPE,
+            &SCHEMA_VERSION,
+            &self.payload,
+            &self.metadata,
+            &self.hash,
+        ]
+    }
+
     fn generate(rng: &mut SmallRng, positions: &AtomicI64) -> Row {
         let mut hash = vec![0u8; 32];
         rng.fill(&mut hash[..]);
@@ -235,20 +251,7 @@ async fn insert_client(
         let started = Instant::now();
         match shape {
             InsertShape::SingleRow => {
-                let row = &rows[0];
-                let params: [&(dyn ToSql + Sync); 10] = [
-                    &row.position,
-                    &row.stream_id,
-                    &row.position,
-                    &row.partition,
-                    &row.event_id,
-                    &EVENT_TYPE,
-                    &SCHEMA_VERSION,
-                    &row.payload,
-                    &row.metadata,
-                    &row.hash,
-                ];
-                client.execute(&insert_one, &params).await?;
+                client.execute(&insert_one, &rows[0].params()).await?;
             }
             InsertShape::Unnest(_) => {
                 let c = Columns::from_rows(rows);
@@ -278,21 +281,7 @@ async fn insert_client(
                 let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
                 pin_mut!(writer);
                 for row in &rows {
-                    writer
-                        .as_mut()
-                        .write(&[
-                            &row.position,
-                            &row.stream_id,
-                            &row.position,
-                            &row.partition,
-                            &row.event_id,
-                            &EVENT_TYPE,
-                            &SCHEMA_VERSION,
-                            &row.payload,
-                            &row.metadata,
-                            &row.hash,
-                        ])
-                        .await?;
+                    writer.as_mut().write(&row.params()).await?;
                 }
                 writer.finish().await?;
                 statement_time += statement_started.elapsed();
