@@ -1,0 +1,996 @@
+//! Compatibility between schema versions: a pure checker for the JSON Schema subset events
+//! use, an Avro checker on top of apache-avro's, and the mode-level check of a new version
+//! against the registered ones.
+//!
+//! Every comparison is "can a schema *read* what another one *wrote*": data valid under the
+//! writer schema must be valid under the reader schema. `BACKWARD` reads the earlier
+//! versions' data with the new schema; `FORWARD` reads the new schema's data with the earlier
+//! ones (Confluent's definitions; the rules per change follow Confluent's JSON Schema checker,
+//! including its open/closed content models, see `docs/schema-evolution.md`).
+//!
+//! Supported keywords: `type` (one or a list, `"null"` for nullable), `enum`, `const`,
+//! `properties`, `required`, `additionalProperties` (open `true`/absent, closed `false`,
+//! partially open with a schema), `items` (one schema), `anyOf`/`oneOf`, local `$ref`, the
+//! numeric and length bounds, `pattern`, `format`, `multipleOf`, `uniqueItems`, and
+//! annotations (`default`, `title`, `description`, ...). Any other keyword that the reader
+//! has and the writer has not, or with a different value, is reported as
+//! [`Incompatibility::UnsupportedChange`]: the checker never calls compatible what it cannot
+//! prove.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::mode::{CompatibilityMode, Direction};
+
+/// A JSON value's type, as JSON Schema's `type` keyword names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JsonType {
+    Null,
+    Boolean,
+    Integer,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl JsonType {
+    fn parse(name: &str) -> Option<JsonType> {
+        Some(match name {
+            "null" => JsonType::Null,
+            "boolean" => JsonType::Boolean,
+            "integer" => JsonType::Integer,
+            "number" => JsonType::Number,
+            "string" => JsonType::String,
+            "array" => JsonType::Array,
+            "object" => JsonType::Object,
+            _ => return None,
+        })
+    }
+
+    fn of(value: &Value) -> JsonType {
+        match value {
+            Value::Null => JsonType::Null,
+            Value::Bool(_) => JsonType::Boolean,
+            Value::Number(n) if n.is_i64() || n.is_u64() => JsonType::Integer,
+            Value::Number(_) => JsonType::Number,
+            Value::String(_) => JsonType::String,
+            Value::Array(_) => JsonType::Array,
+            Value::Object(_) => JsonType::Object,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JsonType::Null => "null",
+            JsonType::Boolean => "boolean",
+            JsonType::Integer => "integer",
+            JsonType::Number => "number",
+            JsonType::String => "string",
+            JsonType::Array => "array",
+            JsonType::Object => "object",
+        }
+    }
+
+    /// Whether a reader declaring `self` accepts values of type `written`.
+    fn accepts(self, written: JsonType) -> bool {
+        self == written || (self == JsonType::Number && written == JsonType::Integer)
+    }
+}
+
+/// One rule a change breaks, at `path`: the JSON path of the field in the data (`$` is the
+/// payload, `.name` a property, `[*]` any array item, `.*` any additional property).
+///
+/// Rules are stated from the reader's side: in a `FORWARD` check the reader is the earlier
+/// version, so removing a required field from the new schema shows as
+/// `RequiredFieldAdded` (the earlier reader requires a field the new writer may omit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Incompatibility {
+    /// The reader requires a field the writer does not have, and the reader gives no default.
+    RequiredFieldAdded { path: String },
+    /// The writer has the field as optional; the reader requires it, with no default.
+    FieldMadeRequired { path: String },
+    /// The writer's object is open (any extra field, of any type, may be present); the reader
+    /// declares a field of that name with a schema, which such data may not match.
+    FieldAddedToOpenModel { path: String },
+    /// The writer has the field; the reader's object is closed and does not declare it.
+    FieldRemovedFromClosedModel { path: String },
+    /// A field that one side declares is only covered by the other side's
+    /// `additionalProperties` schema, which does not accept it.
+    FieldNotCoveredByPartiallyOpenModel { path: String },
+    /// The reader accepts none of the types the writer may write (`from` empty: any type).
+    TypeChanged {
+        path: String,
+        from: Vec<JsonType>,
+        to: Vec<JsonType>,
+    },
+    /// The reader accepts some but not all of the writer's types (e.g. `null` dropped).
+    TypeNarrowed {
+        path: String,
+        from: Vec<JsonType>,
+        to: Vec<JsonType>,
+    },
+    /// The reader's `enum` lacks values the writer allows.
+    EnumValuesRemoved { path: String, values: Vec<Value> },
+    /// The reader restricts the field to an `enum`; the writer did not.
+    EnumAdded { path: String },
+    /// The writer allows extra fields (open or partially open); the reader refuses some.
+    AdditionalPropertiesRestricted { path: String },
+    /// A bound or format became stricter (or appeared) in the reader.
+    ConstraintTightened {
+        path: String,
+        keyword: String,
+        from: Option<Value>,
+        to: Option<Value>,
+    },
+    /// A keyword outside the supported subset differs, so compatibility cannot be proven.
+    UnsupportedChange { path: String, keyword: String },
+    /// The reader's Avro schema cannot read the writer's (apache-avro's resolution rules).
+    AvroIncompatible { path: String, reason: String },
+}
+
+impl Incompatibility {
+    pub fn path(&self) -> &str {
+        match self {
+            Incompatibility::RequiredFieldAdded { path }
+            | Incompatibility::FieldMadeRequired { path }
+            | Incompatibility::FieldAddedToOpenModel { path }
+            | Incompatibility::FieldRemovedFromClosedModel { path }
+            | Incompatibility::FieldNotCoveredByPartiallyOpenModel { path }
+            | Incompatibility::TypeChanged { path, .. }
+            | Incompatibility::TypeNarrowed { path, .. }
+            | Incompatibility::EnumValuesRemoved { path, .. }
+            | Incompatibility::EnumAdded { path }
+            | Incompatibility::AdditionalPropertiesRestricted { path }
+            | Incompatibility::ConstraintTightened { path, .. }
+            | Incompatibility::UnsupportedChange { path, .. }
+            | Incompatibility::AvroIncompatible { path, .. } => path,
+        }
+    }
+
+    /// The rule's stable name, as serialised (`REQUIRED_FIELD_ADDED`, ...).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Incompatibility::RequiredFieldAdded { .. } => "REQUIRED_FIELD_ADDED",
+            Incompatibility::FieldMadeRequired { .. } => "FIELD_MADE_REQUIRED",
+            Incompatibility::FieldAddedToOpenModel { .. } => "FIELD_ADDED_TO_OPEN_MODEL",
+            Incompatibility::FieldRemovedFromClosedModel { .. } => {
+                "FIELD_REMOVED_FROM_CLOSED_MODEL"
+            }
+            Incompatibility::FieldNotCoveredByPartiallyOpenModel { .. } => {
+                "FIELD_NOT_COVERED_BY_PARTIALLY_OPEN_MODEL"
+            }
+            Incompatibility::TypeChanged { .. } => "TYPE_CHANGED",
+            Incompatibility::TypeNarrowed { .. } => "TYPE_NARROWED",
+            Incompatibility::EnumValuesRemoved { .. } => "ENUM_VALUES_REMOVED",
+            Incompatibility::EnumAdded { .. } => "ENUM_ADDED",
+            Incompatibility::AdditionalPropertiesRestricted { .. } => {
+                "ADDITIONAL_PROPERTIES_RESTRICTED"
+            }
+            Incompatibility::ConstraintTightened { .. } => "CONSTRAINT_TIGHTENED",
+            Incompatibility::UnsupportedChange { .. } => "UNSUPPORTED_CHANGE",
+            Incompatibility::AvroIncompatible { .. } => "AVRO_INCOMPATIBLE",
+        }
+    }
+}
+
+fn type_list(types: &[JsonType]) -> String {
+    if types.is_empty() {
+        return "any type".into();
+    }
+    types
+        .iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+fn show(value: &Option<Value>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "none".into(), |v| v.to_string())
+}
+
+impl fmt::Display for Incompatibility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Incompatibility::RequiredFieldAdded { path } => write!(
+                f,
+                "{path}: the reader requires this field, data of the writer may lack it, and \
+                 the reader gives no default"
+            ),
+            Incompatibility::FieldMadeRequired { path } => write!(
+                f,
+                "{path}: the field is optional for the writer but required by the reader, with \
+                 no default"
+            ),
+            Incompatibility::FieldAddedToOpenModel { path } => write!(
+                f,
+                "{path}: the writer's object is open, so its data may already hold this field \
+                 with any value, which the reader's schema for it may refuse (close the \
+                 writer's object with additionalProperties: false first)"
+            ),
+            Incompatibility::FieldRemovedFromClosedModel { path } => write!(
+                f,
+                "{path}: the writer may write this field, and the reader's object is closed \
+                 and no longer declares it"
+            ),
+            Incompatibility::FieldNotCoveredByPartiallyOpenModel { path } => write!(
+                f,
+                "{path}: the field is only covered by an additionalProperties schema that does \
+                 not accept it"
+            ),
+            Incompatibility::TypeChanged { path, from, to } => write!(
+                f,
+                "{path}: the type changed from {} to {}",
+                type_list(from),
+                type_list(to)
+            ),
+            Incompatibility::TypeNarrowed { path, from, to } => write!(
+                f,
+                "{path}: the type narrowed from {} to {}",
+                type_list(from),
+                type_list(to)
+            ),
+            Incompatibility::EnumValuesRemoved { path, values } => write!(
+                f,
+                "{path}: the reader's enum lacks {}",
+                values
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Incompatibility::EnumAdded { path } => write!(
+                f,
+                "{path}: the reader restricts the field to an enum the writer did not have"
+            ),
+            Incompatibility::AdditionalPropertiesRestricted { path } => write!(
+                f,
+                "{path}: the writer allows extra fields that the reader's additionalProperties \
+                 refuses"
+            ),
+            Incompatibility::ConstraintTightened {
+                path,
+                keyword,
+                from,
+                to,
+            } => write!(
+                f,
+                "{path}: '{keyword}' is stricter for the reader ({} instead of {})",
+                show(to),
+                show(from)
+            ),
+            Incompatibility::UnsupportedChange { path, keyword } => write!(
+                f,
+                "{path}: '{keyword}' changed, and the checker cannot prove such a change \
+                 compatible"
+            ),
+            Incompatibility::AvroIncompatible { path, reason } => {
+                write!(f, "{path}: the Avro schemas do not resolve: {reason}")
+            }
+        }
+    }
+}
+
+/// One incompatibility of a candidate schema with one registered version, in one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// The registered version compared with.
+    pub version: i32,
+    pub direction: Direction,
+    pub incompatibility: Incompatibility,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reading = match self.direction {
+            Direction::Backward => {
+                format!("the new schema reading data of version {}", self.version)
+            }
+            Direction::Forward => {
+                format!("version {} reading data of the new schema", self.version)
+            }
+        };
+        write!(
+            f,
+            "{} [{}, {reading}]",
+            self.incompatibility,
+            self.incompatibility.rule()
+        )
+    }
+}
+
+/// Checks `candidate` against the registered versions (`history`, ascending by version) as
+/// `mode` asks, with `can_read(reader, writer)` as the rule for one pair.
+pub fn check_with<S>(
+    mode: CompatibilityMode,
+    candidate: &S,
+    history: &[(i32, &S)],
+    can_read: impl Fn(&S, &S) -> Vec<Incompatibility>,
+) -> Vec<Finding> {
+    let compared: &[(i32, &S)] = if mode.is_transitive() {
+        history
+    } else {
+        history.last().map_or(&[], std::slice::from_ref)
+    };
+    let mut findings = Vec::new();
+    for &(version, earlier) in compared.iter().rev() {
+        for &direction in mode.directions() {
+            let found = match direction {
+                Direction::Backward => can_read(candidate, earlier),
+                Direction::Forward => can_read(earlier, candidate),
+            };
+            findings.extend(found.into_iter().map(|incompatibility| Finding {
+                version,
+                direction,
+                incompatibility,
+            }));
+        }
+    }
+    findings
+}
+
+/// Checks a JSON Schema against the registered ones (ascending by version).
+pub fn check_json(
+    mode: CompatibilityMode,
+    candidate: &Value,
+    history: &[(i32, &Value)],
+) -> Vec<Finding> {
+    check_with(mode, candidate, history, |r, w| can_read_json(r, w))
+}
+
+/// Checks an Avro schema against the registered ones (ascending by version).
+pub fn check_avro(
+    mode: CompatibilityMode,
+    candidate: &apache_avro::Schema,
+    history: &[(i32, &apache_avro::Schema)],
+) -> Vec<Finding> {
+    check_with(mode, candidate, history, |r, w| can_read_avro(r, w))
+}
+
+/// Every reason why data valid under `writer` may not be valid under `reader`.
+pub fn can_read_json(reader: &Value, writer: &Value) -> Vec<Incompatibility> {
+    let mut checker = Checker {
+        reader_root: reader,
+        writer_root: writer,
+        refs: Vec::new(),
+    };
+    let mut out = Vec::new();
+    checker.compare("$", reader, writer, &mut out);
+    out
+}
+
+/// Every reason why Avro data written with `writer` cannot be resolved into `reader`.
+pub fn can_read_avro(
+    reader: &apache_avro::Schema,
+    writer: &apache_avro::Schema,
+) -> Vec<Incompatibility> {
+    use apache_avro::error::CompatibilityError as E;
+    match apache_avro::schema_compatibility::SchemaCompatibility::can_read(writer, reader) {
+        Ok(()) => Vec::new(),
+        Err(error) => {
+            let mut path = String::from("$");
+            let mut error = &error;
+            while let E::FieldTypeMismatch(field, inner) = error {
+                path.push('.');
+                path.push_str(field);
+                error = inner;
+            }
+            vec![match error {
+                E::MissingDefaultValue(field) => Incompatibility::RequiredFieldAdded {
+                    path: format!("{path}.{field}"),
+                },
+                other => Incompatibility::AvroIncompatible {
+                    path,
+                    reason: other.to_string(),
+                },
+            }]
+        }
+    }
+}
+
+/// Keywords that never restrict which data is valid.
+const ANNOTATIONS: &[&str] = &[
+    "$schema",
+    "$id",
+    "$comment",
+    "$defs",
+    "definitions",
+    "$anchor",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "readOnly",
+    "writeOnly",
+    "deprecated",
+    "contentEncoding",
+    "contentMediaType",
+];
+
+/// Keywords this checker compares by their meaning.
+const UNDERSTOOD: &[&str] = &[
+    "type",
+    "enum",
+    "const",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "anyOf",
+    "oneOf",
+    "$ref",
+    "maxLength",
+    "maximum",
+    "exclusiveMaximum",
+    "maxItems",
+    "maxProperties",
+    "minLength",
+    "minimum",
+    "exclusiveMinimum",
+    "minItems",
+    "minProperties",
+    "uniqueItems",
+    "pattern",
+    "format",
+    "multipleOf",
+];
+
+/// Bounds that a reader tightens by lowering them.
+const UPPER_BOUNDS: &[&str] = &[
+    "maxLength",
+    "maximum",
+    "exclusiveMaximum",
+    "maxItems",
+    "maxProperties",
+];
+
+/// Bounds that a reader tightens by raising them.
+const LOWER_BOUNDS: &[&str] = &[
+    "minLength",
+    "minimum",
+    "exclusiveMinimum",
+    "minItems",
+    "minProperties",
+];
+
+/// Keywords whose any change (or appearance in the reader) tightens.
+const EXACT_CONSTRAINTS: &[&str] = &["pattern", "format", "multipleOf"];
+
+/// An object's content model: which fields beyond `properties` its data may hold.
+enum ContentModel<'a> {
+    /// Any extra field, any value (`additionalProperties` absent or `true`).
+    Open,
+    /// No extra field (`additionalProperties: false`).
+    Closed,
+    /// Extra fields matching this schema.
+    Partial(&'a Value),
+}
+
+/// How deep `$ref`s and unions may nest before the checker gives up on proving anything.
+const MAX_DEPTH: usize = 64;
+
+struct Checker<'a> {
+    reader_root: &'a Value,
+    writer_root: &'a Value,
+    /// The pairs of `$ref`s being compared, outermost first: meeting a pair again means a
+    /// recursive schema, taken as compatible at that point (the rest of the walk decides).
+    refs: Vec<(Option<String>, Option<String>)>,
+}
+
+impl Checker<'_> {
+    fn compare(
+        &mut self,
+        path: &str,
+        reader: &Value,
+        writer: &Value,
+        out: &mut Vec<Incompatibility>,
+    ) {
+        if self.refs.len() > MAX_DEPTH {
+            out.push(Incompatibility::UnsupportedChange {
+                path: path.into(),
+                keyword: "$ref".into(),
+            });
+            return;
+        }
+        let (reader, reader_ref) = match resolve(self.reader_root, reader) {
+            Ok(resolved) => resolved,
+            Err(keyword) => {
+                if reader != writer {
+                    out.push(Incompatibility::UnsupportedChange {
+                        path: path.into(),
+                        keyword,
+                    });
+                }
+                return;
+            }
+        };
+        let (writer, writer_ref) = match resolve(self.writer_root, writer) {
+            Ok(resolved) => resolved,
+            Err(keyword) => {
+                out.push(Incompatibility::UnsupportedChange {
+                    path: path.into(),
+                    keyword,
+                });
+                return;
+            }
+        };
+        if reader_ref.is_some() || writer_ref.is_some() {
+            let pair = (reader_ref, writer_ref);
+            if self.refs.contains(&pair) {
+                return;
+            }
+            self.refs.push(pair);
+            self.compare_resolved(path, &reader, &writer, out);
+            self.refs.pop();
+        } else {
+            self.compare_resolved(path, &reader, &writer, out);
+        }
+    }
+
+    fn compare_resolved(
+        &mut self,
+        path: &str,
+        reader: &Value,
+        writer: &Value,
+        out: &mut Vec<Incompatibility>,
+    ) {
+        // `false` writes nothing; `true` (or `{}`) reads everything.
+        if writer == &Value::Bool(false) || is_unconstrained(reader) {
+            return;
+        }
+        if reader == &Value::Bool(false) {
+            out.push(Incompatibility::TypeChanged {
+                path: path.into(),
+                from: types_of(writer)
+                    .map(|t| t.into_iter().collect())
+                    .unwrap_or_default(),
+                to: Vec::new(),
+            });
+            return;
+        }
+        let empty = serde_json::Map::new();
+        let r = reader.as_object().unwrap_or(&empty);
+        let w = writer.as_object().unwrap_or(&empty);
+
+        if let Some(branches) = union_branches(w) {
+            // Every writer branch must be readable by the reader.
+            for branch in &branches {
+                self.compare(path, reader, branch, out);
+            }
+            return;
+        }
+        if let Some(branches) = union_branches(r) {
+            // Each of the writer's types must be readable by some reader branch.
+            for part in split_by_type(writer) {
+                let mut best: Option<Vec<Incompatibility>> = None;
+                for branch in &branches {
+                    let mut found = Vec::new();
+                    self.compare(path, branch, &part, &mut found);
+                    if best.as_ref().is_none_or(|b| found.len() < b.len()) {
+                        best = Some(found);
+                    }
+                }
+                out.extend(best.unwrap_or_default());
+            }
+            return;
+        }
+
+        for (keyword, value) in r {
+            let keyword = keyword.as_str();
+            if ANNOTATIONS.contains(&keyword) || UNDERSTOOD.contains(&keyword) {
+                continue;
+            }
+            if w.get(keyword) != Some(value) {
+                out.push(Incompatibility::UnsupportedChange {
+                    path: path.into(),
+                    keyword: keyword.into(),
+                });
+            }
+        }
+
+        let reader_types = types_of(reader);
+        let writer_types = types_of(writer);
+        let mut shared: Option<BTreeSet<JsonType>> = writer_types.clone();
+        if let Some(reader_types) = &reader_types {
+            let from: Vec<JsonType> = writer_types.iter().flatten().copied().collect();
+            let to: Vec<JsonType> = reader_types.iter().copied().collect();
+            match &writer_types {
+                None => out.push(Incompatibility::TypeNarrowed {
+                    path: path.into(),
+                    from,
+                    to,
+                }),
+                Some(written) => {
+                    let readable: BTreeSet<JsonType> = written
+                        .iter()
+                        .copied()
+                        .filter(|w| reader_types.iter().any(|r| r.accepts(*w)))
+                        .collect();
+                    if readable.is_empty() {
+                        out.push(Incompatibility::TypeChanged {
+                            path: path.into(),
+                            from,
+                            to,
+                        });
+                        return;
+                    }
+                    if readable.len() < written.len() {
+                        out.push(Incompatibility::TypeNarrowed {
+                            path: path.into(),
+                            from,
+                            to,
+                        });
+                    }
+                    shared = Some(readable);
+                }
+            }
+        }
+        let may_be = |t: JsonType| shared.as_ref().is_none_or(|s| s.contains(&t));
+
+        compare_enums(path, r, w, out);
+        compare_constraints(path, r, w, out);
+        if may_be(JsonType::Object) {
+            self.compare_objects(path, r, w, out);
+        }
+        if may_be(JsonType::Array) {
+            self.compare_items(path, r, w, out);
+        }
+    }
+
+    fn compare_objects(
+        &mut self,
+        path: &str,
+        r: &serde_json::Map<String, Value>,
+        w: &serde_json::Map<String, Value>,
+        out: &mut Vec<Incompatibility>,
+    ) {
+        let empty = serde_json::Map::new();
+        let reader_props = r
+            .get("properties")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let writer_props = w
+            .get("properties")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let reader_model = content_model(r);
+        let writer_model = content_model(w);
+        let names: BTreeSet<&String> = reader_props.keys().chain(writer_props.keys()).collect();
+
+        for name in names {
+            let field = field_path(path, name);
+            match (reader_props.get(name), writer_props.get(name)) {
+                (Some(read), Some(written)) => self.compare(&field, read, written, out),
+                (None, Some(written)) => match reader_model {
+                    ContentModel::Open => {}
+                    ContentModel::Closed => {
+                        if written != &Value::Bool(false) {
+                            out.push(Incompatibility::FieldRemovedFromClosedModel { path: field });
+                        }
+                    }
+                    ContentModel::Partial(extra) => {
+                        if !self.reads(&field, extra, written) {
+                            out.push(Incompatibility::FieldNotCoveredByPartiallyOpenModel {
+                                path: field,
+                            });
+                        }
+                    }
+                },
+                (Some(read), None) => match writer_model {
+                    ContentModel::Closed => {}
+                    ContentModel::Open => {
+                        if !is_unconstrained(read) {
+                            out.push(Incompatibility::FieldAddedToOpenModel { path: field });
+                        }
+                    }
+                    ContentModel::Partial(extra) => {
+                        if !self.reads(&field, read, extra) {
+                            out.push(Incompatibility::FieldNotCoveredByPartiallyOpenModel {
+                                path: field,
+                            });
+                        }
+                    }
+                },
+                (None, None) => unreachable!("names come from either side"),
+            }
+        }
+
+        let reader_required = required_of(r);
+        let writer_required = required_of(w);
+        for name in reader_required.difference(&writer_required) {
+            let has_default = reader_props
+                .get(*name)
+                .and_then(Value::as_object)
+                .is_some_and(|p| p.contains_key("default"));
+            if has_default {
+                continue;
+            }
+            let field = field_path(path, name);
+            if writer_props.contains_key(*name) {
+                out.push(Incompatibility::FieldMadeRequired { path: field });
+            } else {
+                out.push(Incompatibility::RequiredFieldAdded { path: field });
+            }
+        }
+
+        let extra_path = format!("{path}.*");
+        match (writer_model, reader_model) {
+            (ContentModel::Closed, _) | (_, ContentModel::Open) => {}
+            (ContentModel::Open, _) | (ContentModel::Partial(_), ContentModel::Closed) => {
+                out.push(Incompatibility::AdditionalPropertiesRestricted { path: extra_path });
+            }
+            (ContentModel::Partial(written), ContentModel::Partial(read)) => {
+                self.compare(&extra_path, read, written, out);
+            }
+        }
+    }
+
+    fn compare_items(
+        &mut self,
+        path: &str,
+        r: &serde_json::Map<String, Value>,
+        w: &serde_json::Map<String, Value>,
+        out: &mut Vec<Incompatibility>,
+    ) {
+        let Some(read) = r.get("items") else {
+            return;
+        };
+        let items_path = format!("{path}[*]");
+        if read.is_array() || w.get("items").is_some_and(Value::is_array) {
+            // Tuple form (draft 4-7): outside the supported subset.
+            if w.get("items") != Some(read) {
+                out.push(Incompatibility::UnsupportedChange {
+                    path: items_path,
+                    keyword: "items".into(),
+                });
+            }
+            return;
+        }
+        let unconstrained = Value::Bool(true);
+        let written = w.get("items").unwrap_or(&unconstrained);
+        self.compare(&items_path, read, written, out);
+    }
+
+    /// Whether `reader` reads everything `writer` writes.
+    fn reads(&mut self, path: &str, reader: &Value, writer: &Value) -> bool {
+        let mut found = Vec::new();
+        self.compare(path, reader, writer, &mut found);
+        found.is_empty()
+    }
+}
+
+/// `true`, `{}` or a schema of annotations only: accepts every value.
+fn is_unconstrained(schema: &Value) -> bool {
+    match schema {
+        Value::Bool(b) => *b,
+        Value::Object(map) => map.keys().all(|k| ANNOTATIONS.contains(&k.as_str())),
+        _ => false,
+    }
+}
+
+/// Follows a local `$ref` (`#/$defs/x`, `#/definitions/x`, `#`) to its target, with the
+/// referring schema's other keywords laid over it. `Err` names what cannot be followed.
+fn resolve(root: &Value, schema: &Value) -> Result<(Value, Option<String>), String> {
+    let Some(reference) = schema.get("$ref") else {
+        return Ok((schema.clone(), None));
+    };
+    let Some(pointer) = reference.as_str().and_then(|r| r.strip_prefix('#')) else {
+        return Err("$ref".into());
+    };
+    let Some(target) = root.pointer(pointer) else {
+        return Err("$ref".into());
+    };
+    let mut merged = match target {
+        Value::Object(map) => map.clone(),
+        Value::Bool(true) => serde_json::Map::new(),
+        other => return Ok((other.clone(), Some(pointer.to_owned()))),
+    };
+    if let Some(siblings) = schema.as_object() {
+        for (key, value) in siblings {
+            if key != "$ref" {
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Ok((Value::Object(merged), Some(pointer.to_owned())))
+}
+
+/// The branches of an `anyOf`/`oneOf`, each with the schema's other keywords laid over it.
+fn union_branches(schema: &serde_json::Map<String, Value>) -> Option<Vec<Value>> {
+    let keyword = ["anyOf", "oneOf"]
+        .into_iter()
+        .find(|k| schema.get(*k).is_some_and(Value::is_array))?;
+    let branches = schema[keyword].as_array()?;
+    let siblings: Vec<(&String, &Value)> = schema
+        .iter()
+        .filter(|(k, _)| k.as_str() != keyword)
+        .collect();
+    Some(
+        branches
+            .iter()
+            .map(|branch| match branch {
+                Value::Bool(false) => Value::Bool(false),
+                Value::Object(map) => {
+                    let mut merged = map.clone();
+                    for (k, v) in &siblings {
+                        merged.entry(k.to_string()).or_insert_with(|| (*v).clone());
+                    }
+                    Value::Object(merged)
+                }
+                _ => Value::Object(
+                    siblings
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), (*v).clone()))
+                        .collect(),
+                ),
+            })
+            .collect(),
+    )
+}
+
+/// A schema with several types as one schema per type, so that each can meet a different
+/// branch of a reader's union.
+fn split_by_type(schema: &Value) -> Vec<Value> {
+    match types_of(schema) {
+        Some(types) if types.len() > 1 => types
+            .into_iter()
+            .map(|t| {
+                let mut part = schema.as_object().cloned().unwrap_or_default();
+                part.insert("type".into(), Value::String(t.as_str().into()));
+                if let Some(Value::Array(values)) = part.get("enum").cloned() {
+                    let kept: Vec<Value> = values
+                        .into_iter()
+                        .filter(|v| t.accepts(JsonType::of(v)))
+                        .collect();
+                    part.insert("enum".into(), Value::Array(kept));
+                }
+                Value::Object(part)
+            })
+            .collect(),
+        _ => vec![schema.clone()],
+    }
+}
+
+/// The types a schema allows: from `type`, else from `enum`/`const`; `None` is any type.
+fn types_of(schema: &Value) -> Option<BTreeSet<JsonType>> {
+    let map = schema.as_object()?;
+    match map.get("type") {
+        Some(Value::String(name)) => return Some(JsonType::parse(name).into_iter().collect()),
+        Some(Value::Array(names)) => {
+            return Some(
+                names
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter_map(JsonType::parse)
+                    .collect(),
+            )
+        }
+        _ => {}
+    }
+    enum_values(map).map(|values| values.iter().map(JsonType::of).collect())
+}
+
+fn enum_values(map: &serde_json::Map<String, Value>) -> Option<Vec<Value>> {
+    if let Some(value) = map.get("const") {
+        return Some(vec![value.clone()]);
+    }
+    map.get("enum").and_then(Value::as_array).cloned()
+}
+
+fn compare_enums(
+    path: &str,
+    r: &serde_json::Map<String, Value>,
+    w: &serde_json::Map<String, Value>,
+    out: &mut Vec<Incompatibility>,
+) {
+    let Some(readable) = enum_values(r) else {
+        return;
+    };
+    match enum_values(w) {
+        None => out.push(Incompatibility::EnumAdded { path: path.into() }),
+        Some(written) => {
+            let missing: Vec<Value> = written
+                .into_iter()
+                .filter(|v| !readable.contains(v))
+                .collect();
+            if !missing.is_empty() {
+                out.push(Incompatibility::EnumValuesRemoved {
+                    path: path.into(),
+                    values: missing,
+                });
+            }
+        }
+    }
+}
+
+fn compare_constraints(
+    path: &str,
+    r: &serde_json::Map<String, Value>,
+    w: &serde_json::Map<String, Value>,
+    out: &mut Vec<Incompatibility>,
+) {
+    let mut tightened = |keyword: &str| {
+        out.push(Incompatibility::ConstraintTightened {
+            path: path.into(),
+            keyword: keyword.into(),
+            from: w.get(keyword).cloned(),
+            to: r.get(keyword).cloned(),
+        })
+    };
+    for &keyword in UPPER_BOUNDS {
+        if let Some(read) = r.get(keyword).and_then(Value::as_f64) {
+            match w.get(keyword).and_then(Value::as_f64) {
+                Some(written) if written <= read => {}
+                _ => tightened(keyword),
+            }
+        }
+    }
+    for &keyword in LOWER_BOUNDS {
+        if let Some(read) = r.get(keyword).and_then(Value::as_f64) {
+            match w.get(keyword).and_then(Value::as_f64) {
+                Some(written) if written >= read => {}
+                _ => tightened(keyword),
+            }
+        }
+    }
+    for &keyword in EXACT_CONSTRAINTS {
+        if let Some(read) = r.get(keyword) {
+            if w.get(keyword) != Some(read) {
+                tightened(keyword);
+            }
+        }
+    }
+    if r.get("uniqueItems") == Some(&Value::Bool(true))
+        && w.get("uniqueItems") != Some(&Value::Bool(true))
+    {
+        tightened("uniqueItems");
+    }
+}
+
+fn content_model(schema: &serde_json::Map<String, Value>) -> ContentModel<'_> {
+    match schema.get("additionalProperties") {
+        None | Some(Value::Bool(true)) => ContentModel::Open,
+        Some(Value::Bool(false)) => ContentModel::Closed,
+        Some(extra) if is_unconstrained(extra) => ContentModel::Open,
+        Some(extra) => ContentModel::Partial(extra),
+    }
+}
+
+fn required_of(schema: &serde_json::Map<String, Value>) -> BTreeSet<&String> {
+    let mut names = BTreeSet::new();
+    for name in schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Value::String(name) = name {
+            names.insert(name);
+        }
+    }
+    names
+}
+
+/// `$.name`, or `$['odd name']` when the name is not a plain identifier.
+pub(crate) fn field_path(parent: &str, name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if plain {
+        format!("{parent}.{name}")
+    } else {
+        format!(
+            "{parent}[{}]",
+            serde_json::to_string(name)
+                .unwrap_or_default()
+                .replace('"', "'")
+        )
+    }
+}
