@@ -569,15 +569,21 @@ impl Checker<'_> {
         if let Some(branches) = union_branches(r) {
             // Each of the writer's types must be readable by some reader branch.
             for part in split_by_type(writer) {
-                let mut best: Option<Vec<Incompatibility>> = None;
+                // No branch reads it: report the closest one, preferring a branch of the
+                // same type (its complaints say more than "type changed").
+                let mut best: Option<((bool, usize), Vec<Incompatibility>)> = None;
                 for branch in &branches {
                     let mut found = Vec::new();
                     self.compare(path, branch, &part, &mut found);
-                    if best.as_ref().is_none_or(|b| found.len() < b.len()) {
-                        best = Some(found);
+                    let retyped = found.iter().any(|i| {
+                        matches!(i, Incompatibility::TypeChanged { path: p, .. } if p == path)
+                    });
+                    let score = (retyped, found.len());
+                    if best.as_ref().is_none_or(|(b, _)| score < *b) {
+                        best = Some((score, found));
                     }
                 }
-                out.extend(best.unwrap_or_default());
+                out.extend(best.map(|(_, found)| found).unwrap_or_default());
             }
             return;
         }
@@ -613,7 +619,11 @@ impl Checker<'_> {
                         .copied()
                         .filter(|w| reader_types.iter().any(|r| r.accepts(*w)))
                         .collect();
-                    if readable.is_empty() {
+                    // An integer reader still reads the integral numbers a number writer wrote.
+                    let partly = written.contains(&JsonType::Number)
+                        && !readable.contains(&JsonType::Number)
+                        && reader_types.contains(&JsonType::Integer);
+                    if readable.is_empty() && !partly {
                         out.push(Incompatibility::TypeChanged {
                             path: path.into(),
                             from,
@@ -992,5 +1002,469 @@ pub(crate) fn field_path(parent: &str, name: &str) -> String {
                 .unwrap_or_default()
                 .replace('"', "'")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The rules broken when `reader` reads `writer`'s data, with their paths, sorted.
+    fn rules(reader: &Value, writer: &Value) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = can_read_json(reader, writer)
+            .iter()
+            .map(|i| (i.rule().to_owned(), i.path().to_owned()))
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn expect(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut expected: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(r, p)| ((*r).to_owned(), (*p).to_owned()))
+            .collect();
+        expected.sort();
+        expected
+    }
+
+    fn object(closed: bool, properties: Value, required: &[&str]) -> Value {
+        let mut schema = json!({"type": "object", "properties": properties, "required": required});
+        if closed {
+            schema["additionalProperties"] = json!(false);
+        }
+        schema
+    }
+
+    /// v1 of the matrix: `id` required, `note` optional.
+    fn v1(closed: bool) -> Value {
+        object(
+            closed,
+            json!({"id": {"type": "string"}, "note": {"type": "integer"}}),
+            &["id"],
+        )
+    }
+
+    struct Case {
+        change: &'static str,
+        closed: bool,
+        new: Value,
+        /// Rules broken when the new schema reads v1's data.
+        backward: &'static [(&'static str, &'static str)],
+        /// Rules broken when v1 reads the new schema's data.
+        forward: &'static [(&'static str, &'static str)],
+    }
+
+    /// The changes of Confluent's compatibility table, in both content models. For JSON
+    /// Schema, Confluent's checker makes the content model decide: adding a field is
+    /// backward compatible only to a closed object (old data cannot hold it), removing one
+    /// only from an open object (new readers still accept it); forward is the mirror image.
+    fn matrix() -> Vec<Case> {
+        let both = |_closed| {
+            json!({"id": {"type": "string"}, "note": {"type": "integer"}, "extra": {"type": "string"}})
+        };
+        let mut cases = Vec::new();
+        for closed in [true, false] {
+            cases.push(Case {
+                change: "add optional field",
+                closed,
+                new: object(closed, both(closed), &["id"]),
+                backward: if closed { &[] } else { &[("FIELD_ADDED_TO_OPEN_MODEL", "$.extra")] },
+                forward: if closed { &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.extra")] } else { &[] },
+            });
+            cases.push(Case {
+                change: "add required field",
+                closed,
+                new: object(closed, both(closed), &["id", "extra"]),
+                backward: if closed {
+                    &[("REQUIRED_FIELD_ADDED", "$.extra")]
+                } else {
+                    &[("FIELD_ADDED_TO_OPEN_MODEL", "$.extra"), ("REQUIRED_FIELD_ADDED", "$.extra")]
+                },
+                forward: if closed { &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.extra")] } else { &[] },
+            });
+            cases.push(Case {
+                change: "add required field with default",
+                closed,
+                new: object(
+                    closed,
+                    json!({"id": {"type": "string"}, "note": {"type": "integer"},
+                           "extra": {"type": "string", "default": "none"}}),
+                    &["id", "extra"],
+                ),
+                backward: if closed { &[] } else { &[("FIELD_ADDED_TO_OPEN_MODEL", "$.extra")] },
+                forward: if closed { &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.extra")] } else { &[] },
+            });
+            cases.push(Case {
+                change: "remove optional field",
+                closed,
+                new: object(closed, json!({"id": {"type": "string"}}), &["id"]),
+                backward: if closed { &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.note")] } else { &[] },
+                forward: if closed { &[] } else { &[("FIELD_ADDED_TO_OPEN_MODEL", "$.note")] },
+            });
+            cases.push(Case {
+                change: "remove required field",
+                closed,
+                new: object(closed, json!({"note": {"type": "integer"}}), &[]),
+                backward: if closed { &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.id")] } else { &[] },
+                forward: if closed {
+                    &[("REQUIRED_FIELD_ADDED", "$.id")]
+                } else {
+                    &[("FIELD_ADDED_TO_OPEN_MODEL", "$.id"), ("REQUIRED_FIELD_ADDED", "$.id")]
+                },
+            });
+            cases.push(Case {
+                change: "change type",
+                closed,
+                new: object(
+                    closed,
+                    json!({"id": {"type": "string"}, "note": {"type": "string"}}),
+                    &["id"],
+                ),
+                backward: &[("TYPE_CHANGED", "$.note")],
+                forward: &[("TYPE_CHANGED", "$.note")],
+            });
+            cases.push(Case {
+                change: "widen integer to number",
+                closed,
+                new: object(
+                    closed,
+                    json!({"id": {"type": "string"}, "note": {"type": "number"}}),
+                    &["id"],
+                ),
+                backward: &[],
+                forward: &[("TYPE_NARROWED", "$.note")],
+            });
+            cases.push(Case {
+                change: "make nullable",
+                closed,
+                new: object(
+                    closed,
+                    json!({"id": {"type": ["string", "null"]}, "note": {"type": "integer"}}),
+                    &["id"],
+                ),
+                backward: &[],
+                forward: &[("TYPE_NARROWED", "$.id")],
+            });
+            cases.push(Case {
+                change: "rename required field",
+                closed,
+                new: object(
+                    closed,
+                    json!({"identifier": {"type": "string"}, "note": {"type": "integer"}}),
+                    &["identifier"],
+                ),
+                backward: if closed {
+                    &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.id"), ("REQUIRED_FIELD_ADDED", "$.identifier")]
+                } else {
+                    &[("FIELD_ADDED_TO_OPEN_MODEL", "$.identifier"), ("REQUIRED_FIELD_ADDED", "$.identifier")]
+                },
+                forward: if closed {
+                    &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.identifier"), ("REQUIRED_FIELD_ADDED", "$.id")]
+                } else {
+                    &[("FIELD_ADDED_TO_OPEN_MODEL", "$.id"), ("REQUIRED_FIELD_ADDED", "$.id")]
+                },
+            });
+            cases.push(Case {
+                change: "make optional field required",
+                closed,
+                new: object(closed, json!({"id": {"type": "string"}, "note": {"type": "integer"}}), &["id", "note"]),
+                backward: &[("FIELD_MADE_REQUIRED", "$.note")],
+                forward: &[],
+            });
+        }
+        cases
+    }
+
+    #[test]
+    fn the_change_matrix_in_both_directions() {
+        for case in matrix() {
+            let old = v1(case.closed);
+            let model = if case.closed { "closed" } else { "open" };
+            assert_eq!(
+                rules(&case.new, &old),
+                expect(case.backward),
+                "backward: {} ({model})",
+                case.change
+            );
+            assert_eq!(
+                rules(&old, &case.new),
+                expect(case.forward),
+                "forward: {} ({model})",
+                case.change
+            );
+        }
+    }
+
+    #[test]
+    fn each_mode_checks_its_directions_against_the_latest_version() {
+        for case in matrix() {
+            let old = v1(case.closed);
+            for mode in CompatibilityMode::ALL {
+                let findings = check_json(mode, &case.new, &[(1, &old)]);
+                let mut expected: Vec<(Direction, &str, &str)> = Vec::new();
+                for &direction in mode.directions() {
+                    let rules = match direction {
+                        Direction::Backward => case.backward,
+                        Direction::Forward => case.forward,
+                    };
+                    expected.extend(rules.iter().map(|(r, p)| (direction, *r, *p)));
+                }
+                let mut found: Vec<(Direction, &str, &str)> = findings
+                    .iter()
+                    .map(|f| (f.direction, f.incompatibility.rule(), f.incompatibility.path()))
+                    .collect();
+                found.sort_by_key(|(d, r, p)| (*d as u8, *r, *p));
+                expected.sort_by_key(|(d, r, p)| (*d as u8, *r, *p));
+                assert_eq!(found, expected, "{mode}: {}", case.change);
+                assert!(findings.iter().all(|f| f.version == 1));
+            }
+        }
+    }
+
+    /// v1 had `note` as an integer; v2 dropped it (registered under a mode that allowed it);
+    /// v3 brings `note` back as a string. Only the transitive modes see the clash with v1.
+    #[test]
+    fn transitive_modes_compare_with_every_earlier_version() {
+        let v1 = v1(true);
+        let v2_closed = object(true, json!({"id": {"type": "string"}}), &["id"]);
+        let v2_open = object(false, json!({"id": {"type": "string"}}), &["id"]);
+        let v3 = object(
+            true,
+            json!({"id": {"type": "string"}, "note": {"type": "string"}}),
+            &["id"],
+        );
+        let rules_of = |findings: Vec<Finding>| -> Vec<(i32, Direction, &'static str)> {
+            let mut found: Vec<_> = findings
+                .iter()
+                .map(|f| (f.version, f.direction, f.incompatibility.rule()))
+                .collect();
+            found.sort_by_key(|(v, d, r)| (*v, *d as u8, *r));
+            found
+        };
+
+        let history = [(1, &v1), (2, &v2_closed)];
+        assert!(check_json(CompatibilityMode::Backward, &v3, &history).is_empty());
+        assert_eq!(
+            rules_of(check_json(CompatibilityMode::BackwardTransitive, &v3, &history)),
+            vec![(1, Direction::Backward, "TYPE_CHANGED")]
+        );
+
+        let history = [(1, &v1), (2, &v2_open)];
+        assert!(check_json(CompatibilityMode::Forward, &v3, &history).is_empty());
+        assert_eq!(
+            rules_of(check_json(CompatibilityMode::ForwardTransitive, &v3, &history)),
+            vec![(1, Direction::Forward, "TYPE_CHANGED")]
+        );
+        assert_eq!(
+            rules_of(check_json(CompatibilityMode::Full, &v3, &history)),
+            vec![
+                (2, Direction::Backward, "ADDITIONAL_PROPERTIES_RESTRICTED"),
+                (2, Direction::Backward, "FIELD_ADDED_TO_OPEN_MODEL"),
+            ]
+        );
+        assert_eq!(
+            rules_of(check_json(CompatibilityMode::FullTransitive, &v3, &history)),
+            vec![
+                (1, Direction::Backward, "TYPE_CHANGED"),
+                (1, Direction::Forward, "TYPE_CHANGED"),
+                (2, Direction::Backward, "ADDITIONAL_PROPERTIES_RESTRICTED"),
+                (2, Direction::Backward, "FIELD_ADDED_TO_OPEN_MODEL"),
+            ]
+        );
+        assert!(check_json(CompatibilityMode::None, &v3, &history).is_empty());
+        assert!(check_json(CompatibilityMode::FullTransitive, &v3, &[]).is_empty());
+    }
+
+    #[test]
+    fn nested_objects_and_arrays_report_the_field_path() {
+        let old = json!({
+            "type": "object",
+            "properties": {
+                "address": {"type": "object", "properties": {"zip": {"type": "string"}},
+                            "additionalProperties": false},
+                "lines": {"type": "array", "items": {"type": "object",
+                          "properties": {"qty": {"type": "integer"}}, "additionalProperties": false}}
+            }
+        });
+        let new = json!({
+            "type": "object",
+            "properties": {
+                "address": {"type": "object", "properties": {"zip": {"type": "integer"}},
+                            "additionalProperties": false},
+                "lines": {"type": "array", "items": {"type": "object",
+                          "properties": {"qty": {"type": "integer"}, "sku": {"type": "string"}},
+                          "required": ["sku"], "additionalProperties": false}}
+            }
+        });
+        assert_eq!(
+            rules(&new, &old),
+            expect(&[("TYPE_CHANGED", "$.address.zip"), ("REQUIRED_FIELD_ADDED", "$.lines[*].sku")])
+        );
+        let sentence = can_read_json(&new, &old)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(sentence.contains("$.address.zip: the type changed from string to integer"), "{sentence}");
+    }
+
+    #[test]
+    fn enums_may_grow_for_readers_but_not_shrink() {
+        let small = json!({"enum": ["new", "paid"]});
+        let large = json!({"enum": ["new", "paid", "shipped"]});
+        assert!(rules(&large, &small).is_empty());
+        assert_eq!(
+            can_read_json(&small, &large),
+            vec![Incompatibility::EnumValuesRemoved {
+                path: "$".into(),
+                values: vec![json!("shipped")]
+            }]
+        );
+        assert_eq!(rules(&small, &json!({"type": "string"})), expect(&[("ENUM_ADDED", "$")]));
+        assert!(rules(&json!({"type": "string"}), &small).is_empty());
+        assert!(rules(&large, &json!({"const": "paid"})).is_empty());
+    }
+
+    #[test]
+    fn additional_properties_open_closed_and_partial() {
+        let open = json!({"type": "object"});
+        let closed = json!({"type": "object", "additionalProperties": false});
+        let strings = json!({"type": "object", "additionalProperties": {"type": "string"}});
+        let text = json!({"type": "object", "additionalProperties": {"type": ["string", "null"]}});
+        assert!(rules(&open, &closed).is_empty());
+        assert!(rules(&strings, &closed).is_empty());
+        assert_eq!(rules(&closed, &open), expect(&[("ADDITIONAL_PROPERTIES_RESTRICTED", "$.*")]));
+        assert_eq!(rules(&strings, &open), expect(&[("ADDITIONAL_PROPERTIES_RESTRICTED", "$.*")]));
+        assert!(rules(&text, &strings).is_empty());
+        assert_eq!(rules(&strings, &text), expect(&[("TYPE_NARROWED", "$.*")]));
+
+        // A field moved out of `properties` stays readable when the extra schema covers it.
+        let declared = json!({"type": "object", "properties": {"tag": {"type": "string"}},
+                              "additionalProperties": {"type": "string"}});
+        assert!(rules(&strings, &declared).is_empty());
+        let number = json!({"type": "object", "properties": {"tag": {"type": "number"}},
+                            "additionalProperties": {"type": "string"}});
+        assert_eq!(
+            rules(&strings, &number),
+            expect(&[("FIELD_NOT_COVERED_BY_PARTIALLY_OPEN_MODEL", "$.tag")])
+        );
+    }
+
+    #[test]
+    fn unions_with_null_in_either_spelling() {
+        let list = json!({"type": ["string", "null"]});
+        let any_of = json!({"anyOf": [{"type": "string"}, {"type": "null"}]});
+        let string = json!({"type": "string"});
+        assert!(rules(&list, &any_of).is_empty());
+        assert!(rules(&any_of, &list).is_empty());
+        assert!(rules(&any_of, &string).is_empty());
+        assert_eq!(rules(&string, &any_of), expect(&[("TYPE_CHANGED", "$")]));
+        let one_of = json!({"oneOf": [{"type": "integer"}, {"type": "string", "maxLength": 3}]});
+        assert_eq!(
+            rules(&one_of, &json!({"type": "string"})),
+            expect(&[("CONSTRAINT_TIGHTENED", "$")])
+        );
+    }
+
+    #[test]
+    fn local_references_are_followed_even_when_recursive() {
+        let tree = |value_type: &str| {
+            json!({
+                "$defs": {"node": {"type": "object", "properties": {
+                    "value": {"type": value_type},
+                    "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}
+                }}},
+                "$ref": "#/$defs/node"
+            })
+        };
+        assert!(rules(&tree("number"), &tree("integer")).is_empty());
+        assert_eq!(rules(&tree("integer"), &tree("number")), expect(&[("TYPE_NARROWED", "$.value")]));
+        let remote = json!({"$ref": "https://example.invalid/s.json"});
+        assert_eq!(rules(&remote, &json!({})), expect(&[("UNSUPPORTED_CHANGE", "$")]));
+    }
+
+    #[test]
+    fn bounds_and_unknown_keywords() {
+        let short = json!({"type": "string", "maxLength": 10});
+        let long = json!({"type": "string", "maxLength": 20});
+        assert!(rules(&long, &short).is_empty());
+        assert_eq!(
+            can_read_json(&short, &long),
+            vec![Incompatibility::ConstraintTightened {
+                path: "$".into(),
+                keyword: "maxLength".into(),
+                from: Some(json!(20)),
+                to: Some(json!(10))
+            }]
+        );
+        assert_eq!(
+            rules(&json!({"type": "integer", "minimum": 1}), &json!({"type": "integer"})),
+            expect(&[("CONSTRAINT_TIGHTENED", "$")])
+        );
+        let guarded = json!({"type": "object", "not": {"required": ["x"]}});
+        assert_eq!(rules(&guarded, &json!({"type": "object"})), expect(&[("UNSUPPORTED_CHANGE", "$")]));
+        assert!(rules(&guarded, &guarded).is_empty());
+        // Dropping a keyword the checker does not know only loosens the reader.
+        assert!(rules(&json!({"type": "object"}), &guarded).is_empty());
+        // Annotations never matter.
+        let described = json!({"type": "string", "description": "x", "default": "y", "title": "t"});
+        assert!(rules(&json!({"type": "string"}), &described).is_empty());
+        assert!(rules(&described, &json!({"type": "string"})).is_empty());
+    }
+
+    #[test]
+    fn findings_say_which_version_and_direction_in_words() {
+        let old = v1(true);
+        let new = object(true, json!({"id": {"type": "string"}}), &["id"]);
+        let findings = check_json(CompatibilityMode::Full, &new, &[(7, &old)]);
+        assert_eq!(findings.len(), 1);
+        let text = findings[0].to_string();
+        assert!(text.contains("$.note"), "{text}");
+        assert!(text.contains("FIELD_REMOVED_FROM_CLOSED_MODEL"), "{text}");
+        assert!(text.contains("the new schema reading data of version 7"), "{text}");
+        let json = serde_json::to_value(&findings[0]).unwrap();
+        assert_eq!(json["incompatibility"]["rule"], "FIELD_REMOVED_FROM_CLOSED_MODEL");
+        assert_eq!(json["incompatibility"]["path"], "$.note");
+        assert_eq!(json["direction"], "backward");
+    }
+
+    fn avro(text: &str) -> apache_avro::Schema {
+        apache_avro::Schema::parse_str(text).unwrap()
+    }
+
+    #[test]
+    fn avro_follows_avro_resolution_rules() {
+        let v1 = avro(r#"{"type":"record","name":"E","fields":[{"name":"id","type":"string"}]}"#);
+        let with_default = avro(
+            r#"{"type":"record","name":"E","fields":[{"name":"id","type":"string"},
+                {"name":"note","type":["null","string"],"default":null}]}"#,
+        );
+        let without_default = avro(
+            r#"{"type":"record","name":"E","fields":[{"name":"id","type":"string"},
+                {"name":"note","type":"string"}]}"#,
+        );
+        let retyped = avro(r#"{"type":"record","name":"E","fields":[{"name":"id","type":"int"}]}"#);
+
+        // Adding a field with a default: fully compatible, as in Confluent's table.
+        assert!(check_avro(CompatibilityMode::FullTransitive, &with_default, &[(1, &v1)]).is_empty());
+        // Adding one without: backward incompatible, forward compatible.
+        let found = check_avro(CompatibilityMode::Full, &without_default, &[(1, &v1)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].direction, Direction::Backward);
+        assert_eq!(
+            found[0].incompatibility,
+            Incompatibility::RequiredFieldAdded { path: "$.note".into() }
+        );
+        // Removing it again is the mirror image.
+        let found = check_avro(CompatibilityMode::Forward, &v1, &[(1, &without_default)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].incompatibility.path(), "$.note");
+        // Changing a type names the field.
+        let found = check_avro(CompatibilityMode::Backward, &retyped, &[(1, &v1)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].incompatibility.rule(), "AVRO_INCOMPATIBLE");
+        assert_eq!(found[0].incompatibility.path(), "$.id");
     }
 }
