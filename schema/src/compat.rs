@@ -575,9 +575,9 @@ impl Checker<'_> {
                 for branch in &branches {
                     let mut found = Vec::new();
                     self.compare(path, branch, &part, &mut found);
-                    let retyped = found.iter().any(|i| {
-                        matches!(i, Incompatibility::TypeChanged { path: p, .. } if p == path)
-                    });
+                    let retyped = found.iter().any(
+                        |i| matches!(i, Incompatibility::TypeChanged { path: p, .. } if p == path),
+                    );
                     let score = (retyped, found.len());
                     if best.as_ref().is_none_or(|(b, _)| score < *b) {
                         best = Some((score, found));
@@ -1061,17 +1061,23 @@ mod tests {
     /// backward compatible only to a closed object (old data cannot hold it), removing one
     /// only from an open object (new readers still accept it); forward is the mirror image.
     fn matrix() -> Vec<Case> {
-        let both = |_closed| {
-            json!({"id": {"type": "string"}, "note": {"type": "integer"}, "extra": {"type": "string"}})
-        };
+        let both = |_closed| json!({"id": {"type": "string"}, "note": {"type": "integer"}, "extra": {"type": "string"}});
         let mut cases = Vec::new();
         for closed in [true, false] {
             cases.push(Case {
                 change: "add optional field",
                 closed,
                 new: object(closed, both(closed), &["id"]),
-                backward: if closed { &[] } else { &[("FIELD_ADDED_TO_OPEN_MODEL", "$.extra")] },
-                forward: if closed { &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.extra")] } else { &[] },
+                backward: if closed {
+                    &[]
+                } else {
+                    &[("FIELD_ADDED_TO_OPEN_MODEL", "$.extra")]
+                },
+                forward: if closed {
+                    &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.extra")]
+                } else {
+                    &[]
+                },
             });
             cases.push(Case {
                 change: "add required field",
@@ -1080,9 +1086,16 @@ mod tests {
                 backward: if closed {
                     &[("REQUIRED_FIELD_ADDED", "$.extra")]
                 } else {
-                    &[("FIELD_ADDED_TO_OPEN_MODEL", "$.extra"), ("REQUIRED_FIELD_ADDED", "$.extra")]
+                    &[
+                        ("FIELD_ADDED_TO_OPEN_MODEL", "$.extra"),
+                        ("REQUIRED_FIELD_ADDED", "$.extra"),
+                    ]
                 },
-                forward: if closed { &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.extra")] } else { &[] },
+                forward: if closed {
+                    &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.extra")]
+                } else {
+                    &[]
+                },
             });
             cases.push(Case {
                 change: "add required field with default",
@@ -1093,25 +1106,48 @@ mod tests {
                            "extra": {"type": "string", "default": "none"}}),
                     &["id", "extra"],
                 ),
-                backward: if closed { &[] } else { &[("FIELD_ADDED_TO_OPEN_MODEL", "$.extra")] },
-                forward: if closed { &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.extra")] } else { &[] },
+                backward: if closed {
+                    &[]
+                } else {
+                    &[("FIELD_ADDED_TO_OPEN_MODEL", "$.extra")]
+                },
+                forward: if closed {
+                    &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.extra")]
+                } else {
+                    &[]
+                },
             });
             cases.push(Case {
                 change: "remove optional field",
                 closed,
                 new: object(closed, json!({"id": {"type": "string"}}), &["id"]),
-                backward: if closed { &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.note")] } else { &[] },
-                forward: if closed { &[] } else { &[("FIELD_ADDED_TO_OPEN_MODEL", "$.note")] },
+                backward: if closed {
+                    &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.note")]
+                } else {
+                    &[]
+                },
+                forward: if closed {
+                    &[]
+                } else {
+                    &[("FIELD_ADDED_TO_OPEN_MODEL", "$.note")]
+                },
             });
             cases.push(Case {
                 change: "remove required field",
                 closed,
                 new: object(closed, json!({"note": {"type": "integer"}}), &[]),
-                backward: if closed { &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.id")] } else { &[] },
+                backward: if closed {
+                    &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.id")]
+                } else {
+                    &[]
+                },
                 forward: if closed {
                     &[("REQUIRED_FIELD_ADDED", "$.id")]
                 } else {
-                    &[("FIELD_ADDED_TO_OPEN_MODEL", "$.id"), ("REQUIRED_FIELD_ADDED", "$.id")]
+                    &[
+                        ("FIELD_ADDED_TO_OPEN_MODEL", "$.id"),
+                        ("REQUIRED_FIELD_ADDED", "$.id"),
+                    ]
                 },
             });
             cases.push(Case {
@@ -1156,20 +1192,36 @@ mod tests {
                     &["identifier"],
                 ),
                 backward: if closed {
-                    &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.id"), ("REQUIRED_FIELD_ADDED", "$.identifier")]
+                    &[
+                        ("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.id"),
+                        ("REQUIRED_FIELD_ADDED", "$.identifier"),
+                    ]
                 } else {
-                    &[("FIELD_ADDED_TO_OPEN_MODEL", "$.identifier"), ("REQUIRED_FIELD_ADDED", "$.identifier")]
+                    &[
+                        ("FIELD_ADDED_TO_OPEN_MODEL", "$.identifier"),
+                        ("REQUIRED_FIELD_ADDED", "$.identifier"),
+                    ]
                 },
                 forward: if closed {
-                    &[("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.identifier"), ("REQUIRED_FIELD_ADDED", "$.id")]
+                    &[
+                        ("FIELD_REMOVED_FROM_CLOSED_MODEL", "$.identifier"),
+                        ("REQUIRED_FIELD_ADDED", "$.id"),
+                    ]
                 } else {
-                    &[("FIELD_ADDED_TO_OPEN_MODEL", "$.id"), ("REQUIRED_FIELD_ADDED", "$.id")]
+                    &[
+                        ("FIELD_ADDED_TO_OPEN_MODEL", "$.id"),
+                        ("REQUIRED_FIELD_ADDED", "$.id"),
+                    ]
                 },
             });
             cases.push(Case {
                 change: "make optional field required",
                 closed,
-                new: object(closed, json!({"id": {"type": "string"}, "note": {"type": "integer"}}), &["id", "note"]),
+                new: object(
+                    closed,
+                    json!({"id": {"type": "string"}, "note": {"type": "integer"}}),
+                    &["id", "note"],
+                ),
                 backward: &[("FIELD_MADE_REQUIRED", "$.note")],
                 forward: &[],
             });
@@ -1213,7 +1265,13 @@ mod tests {
                 }
                 let mut found: Vec<(Direction, &str, &str)> = findings
                     .iter()
-                    .map(|f| (f.direction, f.incompatibility.rule(), f.incompatibility.path()))
+                    .map(|f| {
+                        (
+                            f.direction,
+                            f.incompatibility.rule(),
+                            f.incompatibility.path(),
+                        )
+                    })
                     .collect();
                 found.sort_by_key(|(d, r, p)| (*d as u8, *r, *p));
                 expected.sort_by_key(|(d, r, p)| (*d as u8, *r, *p));
@@ -1247,14 +1305,22 @@ mod tests {
         let history = [(1, &v1), (2, &v2_closed)];
         assert!(check_json(CompatibilityMode::Backward, &v3, &history).is_empty());
         assert_eq!(
-            rules_of(check_json(CompatibilityMode::BackwardTransitive, &v3, &history)),
+            rules_of(check_json(
+                CompatibilityMode::BackwardTransitive,
+                &v3,
+                &history
+            )),
             vec![(1, Direction::Backward, "TYPE_CHANGED")]
         );
 
         let history = [(1, &v1), (2, &v2_open)];
         assert!(check_json(CompatibilityMode::Forward, &v3, &history).is_empty());
         assert_eq!(
-            rules_of(check_json(CompatibilityMode::ForwardTransitive, &v3, &history)),
+            rules_of(check_json(
+                CompatibilityMode::ForwardTransitive,
+                &v3,
+                &history
+            )),
             vec![(1, Direction::Forward, "TYPE_CHANGED")]
         );
         assert_eq!(
@@ -1300,14 +1366,20 @@ mod tests {
         });
         assert_eq!(
             rules(&new, &old),
-            expect(&[("TYPE_CHANGED", "$.address.zip"), ("REQUIRED_FIELD_ADDED", "$.lines[*].sku")])
+            expect(&[
+                ("TYPE_CHANGED", "$.address.zip"),
+                ("REQUIRED_FIELD_ADDED", "$.lines[*].sku")
+            ])
         );
         let sentence = can_read_json(&new, &old)
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("\n");
-        assert!(sentence.contains("$.address.zip: the type changed from string to integer"), "{sentence}");
+        assert!(
+            sentence.contains("$.address.zip: the type changed from string to integer"),
+            "{sentence}"
+        );
     }
 
     #[test]
@@ -1322,7 +1394,10 @@ mod tests {
                 values: vec![json!("shipped")]
             }]
         );
-        assert_eq!(rules(&small, &json!({"type": "string"})), expect(&[("ENUM_ADDED", "$")]));
+        assert_eq!(
+            rules(&small, &json!({"type": "string"})),
+            expect(&[("ENUM_ADDED", "$")])
+        );
         assert!(rules(&json!({"type": "string"}), &small).is_empty());
         assert!(rules(&large, &json!({"const": "paid"})).is_empty());
     }
@@ -1335,8 +1410,14 @@ mod tests {
         let text = json!({"type": "object", "additionalProperties": {"type": ["string", "null"]}});
         assert!(rules(&open, &closed).is_empty());
         assert!(rules(&strings, &closed).is_empty());
-        assert_eq!(rules(&closed, &open), expect(&[("ADDITIONAL_PROPERTIES_RESTRICTED", "$.*")]));
-        assert_eq!(rules(&strings, &open), expect(&[("ADDITIONAL_PROPERTIES_RESTRICTED", "$.*")]));
+        assert_eq!(
+            rules(&closed, &open),
+            expect(&[("ADDITIONAL_PROPERTIES_RESTRICTED", "$.*")])
+        );
+        assert_eq!(
+            rules(&strings, &open),
+            expect(&[("ADDITIONAL_PROPERTIES_RESTRICTED", "$.*")])
+        );
         assert!(rules(&text, &strings).is_empty());
         assert_eq!(rules(&strings, &text), expect(&[("TYPE_NARROWED", "$.*")]));
 
@@ -1380,9 +1461,15 @@ mod tests {
             })
         };
         assert!(rules(&tree("number"), &tree("integer")).is_empty());
-        assert_eq!(rules(&tree("integer"), &tree("number")), expect(&[("TYPE_NARROWED", "$.value")]));
+        assert_eq!(
+            rules(&tree("integer"), &tree("number")),
+            expect(&[("TYPE_NARROWED", "$.value")])
+        );
         let remote = json!({"$ref": "https://example.invalid/s.json"});
-        assert_eq!(rules(&remote, &json!({})), expect(&[("UNSUPPORTED_CHANGE", "$")]));
+        assert_eq!(
+            rules(&remote, &json!({})),
+            expect(&[("UNSUPPORTED_CHANGE", "$")])
+        );
     }
 
     #[test]
@@ -1400,11 +1487,17 @@ mod tests {
             }]
         );
         assert_eq!(
-            rules(&json!({"type": "integer", "minimum": 1}), &json!({"type": "integer"})),
+            rules(
+                &json!({"type": "integer", "minimum": 1}),
+                &json!({"type": "integer"})
+            ),
             expect(&[("CONSTRAINT_TIGHTENED", "$")])
         );
         let guarded = json!({"type": "object", "not": {"required": ["x"]}});
-        assert_eq!(rules(&guarded, &json!({"type": "object"})), expect(&[("UNSUPPORTED_CHANGE", "$")]));
+        assert_eq!(
+            rules(&guarded, &json!({"type": "object"})),
+            expect(&[("UNSUPPORTED_CHANGE", "$")])
+        );
         assert!(rules(&guarded, &guarded).is_empty());
         // Dropping a keyword the checker does not know only loosens the reader.
         assert!(rules(&json!({"type": "object"}), &guarded).is_empty());
@@ -1423,9 +1516,15 @@ mod tests {
         let text = findings[0].to_string();
         assert!(text.contains("$.note"), "{text}");
         assert!(text.contains("FIELD_REMOVED_FROM_CLOSED_MODEL"), "{text}");
-        assert!(text.contains("the new schema reading data of version 7"), "{text}");
+        assert!(
+            text.contains("the new schema reading data of version 7"),
+            "{text}"
+        );
         let json = serde_json::to_value(&findings[0]).unwrap();
-        assert_eq!(json["incompatibility"]["rule"], "FIELD_REMOVED_FROM_CLOSED_MODEL");
+        assert_eq!(
+            json["incompatibility"]["rule"],
+            "FIELD_REMOVED_FROM_CLOSED_MODEL"
+        );
         assert_eq!(json["incompatibility"]["path"], "$.note");
         assert_eq!(json["direction"], "backward");
     }
@@ -1448,14 +1547,21 @@ mod tests {
         let retyped = avro(r#"{"type":"record","name":"E","fields":[{"name":"id","type":"int"}]}"#);
 
         // Adding a field with a default: fully compatible, as in Confluent's table.
-        assert!(check_avro(CompatibilityMode::FullTransitive, &with_default, &[(1, &v1)]).is_empty());
+        assert!(check_avro(
+            CompatibilityMode::FullTransitive,
+            &with_default,
+            &[(1, &v1)]
+        )
+        .is_empty());
         // Adding one without: backward incompatible, forward compatible.
         let found = check_avro(CompatibilityMode::Full, &without_default, &[(1, &v1)]);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].direction, Direction::Backward);
         assert_eq!(
             found[0].incompatibility,
-            Incompatibility::RequiredFieldAdded { path: "$.note".into() }
+            Incompatibility::RequiredFieldAdded {
+                path: "$.note".into()
+            }
         );
         // Removing it again is the mirror image.
         let found = check_avro(CompatibilityMode::Forward, &v1, &[(1, &without_default)]);

@@ -15,6 +15,7 @@
 //! The semantics (what each mode allows, what is stored, how reads are upcast) are described
 //! in `docs/schema-evolution.md`.
 
+pub mod avro;
 pub mod compat;
 pub mod error;
 pub mod mode;
