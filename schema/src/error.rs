@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::compat::Incompatibility;
+use crate::compat::Finding;
 use crate::mode::CompatibilityMode;
 use crate::upcast::UpcastError;
 use crate::validate::Violation;
@@ -30,7 +30,7 @@ pub enum SchemaError {
     Incompatible {
         event_type: String,
         mode: CompatibilityMode,
-        incompatibilities: Vec<Incompatibility>,
+        incompatibilities: Vec<Finding>,
     },
 
     #[error(
@@ -128,7 +128,7 @@ impl SchemaError {
     }
 }
 
-fn describe_all(incompatibilities: &[Incompatibility]) -> String {
+fn describe_all(incompatibilities: &[Finding]) -> String {
     incompatibilities
         .iter()
         .map(|i| i.to_string())

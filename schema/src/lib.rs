@@ -18,10 +18,18 @@
 pub mod avro;
 pub mod compat;
 pub mod error;
+pub mod migrations;
 pub mod mode;
+pub mod registry;
 pub mod upcast;
 pub mod validate;
 
 pub use compat::{Finding, Incompatibility, JsonType};
 pub use error::{Result, SchemaError};
+pub use migrations::MIGRATIONS;
 pub use mode::{CompatibilityMode, Direction, UnregisteredPolicy, ValidationMode};
+pub use registry::{
+    AvroTarget, RegisterOutcome, Registry, RegistryOptions, SchemaDefinition, SchemaVersion,
+    Settings, Subject, ValidationOutcome,
+};
+pub use upcast::{DeclarativeUpcast, UpcastError, Upcaster, Upcasters};

@@ -184,16 +184,6 @@ impl Upcasters {
         Ok(())
     }
 
-    /// Every step of `other` added to these; a step both have is refused as a duplicate.
-    pub fn merge(&mut self, other: &Upcasters) -> Result<(), UpcastError> {
-        for (event_type, steps) in &other.steps {
-            for (from_version, step) in steps {
-                self.insert(event_type.clone(), *from_version, step.clone())?;
-            }
-        }
-        Ok(())
-    }
-
     /// Whether `event_type` has an upcaster from `from_version`.
     pub fn has_step(&self, event_type: &str, from_version: i32) -> bool {
         self.steps
@@ -210,42 +200,60 @@ impl Upcasters {
         target: i32,
         payload: Value,
     ) -> Result<Value, UpcastError> {
-        if written < 1 {
-            return Err(UpcastError::InvalidVersion { version: written });
-        }
-        if written > target {
-            return Err(UpcastError::NewerThanTarget {
-                event_type: event_type.to_owned(),
-                written,
-                target,
-            });
-        }
-        // Check the whole chain first, so that a gap is reported without running any step.
-        let steps = self.steps.get(event_type);
-        for from_version in written..target {
-            if !steps.is_some_and(|s| s.contains_key(&from_version)) {
-                return Err(UpcastError::MissingStep {
-                    event_type: event_type.to_owned(),
-                    from_version,
-                    written,
-                    target,
-                });
-            }
-        }
-        let mut payload = payload;
-        for from_version in written..target {
-            let failed = |reason: String| UpcastError::StepFailed {
+        upcast_layered(&[self], event_type, written, target, payload)
+    }
+
+    fn step(&self, event_type: &str, from_version: i32) -> Option<&Step> {
+        self.steps.get(event_type)?.get(&from_version)
+    }
+}
+
+/// Like [`Upcasters::upcast`] over several sets: each step comes from the first set that has
+/// it (the registry puts the application's Rust upcasters before its stored declarative ones).
+pub fn upcast_layered(
+    layers: &[&Upcasters],
+    event_type: &str,
+    written: i32,
+    target: i32,
+    payload: Value,
+) -> Result<Value, UpcastError> {
+    if written < 1 {
+        return Err(UpcastError::InvalidVersion { version: written });
+    }
+    if written > target {
+        return Err(UpcastError::NewerThanTarget {
+            event_type: event_type.to_owned(),
+            written,
+            target,
+        });
+    }
+    // The whole chain first, so that a gap is reported without running any step.
+    let mut chain = Vec::with_capacity((target - written) as usize);
+    for from_version in written..target {
+        let step = layers
+            .iter()
+            .find_map(|layer| layer.step(event_type, from_version))
+            .ok_or_else(|| UpcastError::MissingStep {
                 event_type: event_type.to_owned(),
                 from_version,
-                reason,
-            };
-            payload = match &steps.expect("checked above")[&from_version] {
-                Step::Rust(upcaster) => upcaster.upcast(payload).map_err(failed)?,
-                Step::Declarative(changes) => apply_all(changes, payload).map_err(failed)?,
-            };
-        }
-        Ok(payload)
+                written,
+                target,
+            })?;
+        chain.push((from_version, step));
     }
+    let mut payload = payload;
+    for (from_version, step) in chain {
+        let failed = |reason: String| UpcastError::StepFailed {
+            event_type: event_type.to_owned(),
+            from_version,
+            reason,
+        };
+        payload = match step {
+            Step::Rust(upcaster) => upcaster.upcast(payload).map_err(failed)?,
+            Step::Declarative(changes) => apply_all(changes, payload).map_err(failed)?,
+        };
+    }
+    Ok(payload)
 }
 
 /// Applies declarative changes in order.
@@ -586,16 +594,34 @@ mod tests {
     }
 
     #[test]
-    fn merging_keeps_both_sets_and_refuses_overlaps() {
+    fn layers_take_each_step_from_the_first_set_that_has_it() {
         let mut rust = Upcasters::new();
-        rust.register_fn("A", 1, Ok).unwrap();
+        rust.register_fn("A", 2, |mut p| {
+            p["by"] = json!("rust");
+            Ok(p)
+        })
+        .unwrap();
         let mut stored = Upcasters::new();
-        stored.register_declarative("B", 1, vec![]).unwrap();
-        rust.merge(&stored).unwrap();
-        assert!(rust.has_step("A", 1) && rust.has_step("B", 1));
+        for from_version in [1, 2] {
+            stored
+                .register_declarative(
+                    "A",
+                    from_version,
+                    vec![DeclarativeUpcast::AddField {
+                        path: format!("step{from_version}"),
+                        default: json!("declarative"),
+                    }],
+                )
+                .unwrap();
+        }
+        let read = upcast_layered(&[&rust, &stored], "A", 1, 3, json!({})).unwrap();
+        assert_eq!(read, json!({"step1": "declarative", "by": "rust"}));
         assert!(matches!(
-            rust.merge(&stored),
-            Err(UpcastError::Duplicate { .. })
+            upcast_layered(&[&rust], "A", 1, 3, json!({})),
+            Err(UpcastError::MissingStep {
+                from_version: 1,
+                ..
+            })
         ));
     }
 }
