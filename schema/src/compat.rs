@@ -342,7 +342,7 @@ pub fn check_json(
     candidate: &Value,
     history: &[(i32, &Value)],
 ) -> Vec<Finding> {
-    check_with(mode, candidate, history, |r, w| can_read_json(r, w))
+    check_with(mode, candidate, history, can_read_json)
 }
 
 /// Checks an Avro schema against the registered ones (ascending by version).
@@ -351,7 +351,7 @@ pub fn check_avro(
     candidate: &apache_avro::Schema,
     history: &[(i32, &apache_avro::Schema)],
 ) -> Vec<Finding> {
-    check_with(mode, candidate, history, |r, w| can_read_avro(r, w))
+    check_with(mode, candidate, history, can_read_avro)
 }
 
 /// Every reason why data valid under `writer` may not be valid under `reader`.

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Takes payloads of one event type from version `from_version()` to `from_version() + 1`.
+/// Takes payloads of one event type from version `source_version()` to the next.
 pub trait Upcaster: Send + Sync {
     fn event_type(&self) -> &str;
-    fn from_version(&self) -> i32;
+    fn source_version(&self) -> i32;
     /// The payload at the next version; `Err` says why this payload cannot be upcast.
     fn upcast(&self, payload: Value) -> Result<Value, String>;
 }
@@ -90,7 +90,7 @@ impl fmt::Debug for Step {
                 f,
                 "Rust({} v{})",
                 upcaster.event_type(),
-                upcaster.from_version()
+                upcaster.source_version()
             ),
             Step::Declarative(changes) => f.debug_tuple("Declarative").field(changes).finish(),
         }
@@ -111,7 +111,7 @@ where
         &self.event_type
     }
 
-    fn from_version(&self) -> i32 {
+    fn source_version(&self) -> i32 {
         self.from_version
     }
 
@@ -133,7 +133,7 @@ impl Upcasters {
 
     pub fn register(&mut self, upcaster: impl Upcaster + 'static) -> Result<(), UpcastError> {
         let event_type = upcaster.event_type().to_owned();
-        let from_version = upcaster.from_version();
+        let from_version = upcaster.source_version();
         self.insert(event_type, from_version, Step::Rust(Arc::new(upcaster)))
     }
 
@@ -354,7 +354,7 @@ mod tests {
             "CustomerRegistered"
         }
 
-        fn from_version(&self) -> i32 {
+        fn source_version(&self) -> i32 {
             2
         }
 
@@ -555,7 +555,7 @@ mod tests {
             path: "a.b".into(),
             default: json!(1),
         };
-        assert!(apply_all(&[add.clone()], json!({"a": 5}))
+        assert!(apply_all(std::slice::from_ref(&add), json!({"a": 5}))
             .unwrap_err()
             .contains("'a' is not an object"));
         assert!(apply_all(&[add], json!([1])).is_err());
