@@ -19,6 +19,7 @@
 //!   and go. Every live lane runs under a lease.
 //! - [`scaling`]: adaptive concurrency inside a process and the `desired_workers` signal.
 //! - [`dead_letter`], [`status`], `metrics`: parked events, lag, Prometheus gauges.
+//! - [`windowing`]: pure core of event-time windowed projections (`docs/windowing.md`).
 //!
 //! Projections know nothing of HTTP or GraphQL.
 
@@ -36,6 +37,7 @@ pub mod rebuild;
 pub mod registry;
 pub mod scaling;
 pub mod status;
+pub mod windowing;
 pub mod workers;
 
 pub use config::EngineConfig;
