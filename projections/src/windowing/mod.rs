@@ -30,6 +30,8 @@ pub mod watermark;
 pub mod window;
 
 #[cfg(test)]
+mod operator_tests;
+#[cfg(test)]
 mod testing;
 
 pub use aggregate::{Aggregate, FoldError, NumericAcc, WindowFold};
