@@ -145,15 +145,21 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_key_lands_on_its_stream_partition() {
-        for i in 0..200 {
-            let stream = format!("account-{i}");
-            assert_eq!(
-                key_partition(&stream, 16),
-                tidemark_store::hashing::partition_of(&stream, 16)
-            );
-            assert!((0..7).contains(&key_partition(&stream, 7)));
-        }
+    fn key_partitions_are_stable() {
+        // Part of the stored data's meaning: a key must stay on its lane across releases.
+        assert_eq!(key_partition("customer-7", 16), 0);
+        assert_eq!(key_partition("account-1", 16), 8);
+        assert_eq!(key_partition("account-1", 7), 2);
+        assert_eq!(key_partition("", 16), 15);
         assert_eq!(key_partition("anything", 1), 0);
+        // With the stream id as key, a key's partition is its stream's.
+        let mut event = recorded_event(json!({}), json!({}));
+        for i in 0..200 {
+            event.stream_id = format!("account-{i}");
+            event.partition = tidemark_store::hashing::partition_of(&event.stream_id, 16);
+            let key = KeySource::StreamId.key_of(&event).unwrap();
+            assert_eq!(key_partition(&key, 16), event.partition);
+            assert!((0..7).contains(&key_partition(&key, 7)));
+        }
     }
 }

@@ -153,11 +153,23 @@ impl<F: WindowFold> WindowOperator<F> {
             }
             operator.keys.insert(key, state);
         }
-        // Only final windows can be due: the saved operator had fired everything up to its
-        // watermark, and their ends and lateness are unchanged. Evicting emits nothing.
-        let mut changes = Vec::new();
-        operator.fire(&mut changes);
-        debug_assert!(changes.is_empty(), "{changes:?}");
+        // Final windows that the (possibly changed) late policy no longer keeps go now.
+        // Nothing else is due in a state this operator saved (it fires everything up to its
+        // watermark, and ends and lateness are unchanged); if something were, it would fire
+        // with the next event or advance rather than be lost.
+        if let Some(watermark) = operator.watermark() {
+            let evict: Vec<(String, Window)> = operator
+                .timers
+                .iter()
+                .take_while(|(due, _, _)| *due <= watermark)
+                .filter(|(_, key, window)| operator.keys[key].windows[window].stage == Stage::Final)
+                .map(|(_, key, window)| (key.clone(), *window))
+                .collect();
+            for (key, window) in evict {
+                operator.take_slot(&key, &window);
+                operator.dirty.insert(key);
+            }
+        }
         Ok(operator)
     }
 
