@@ -40,7 +40,9 @@ pub use field::FieldPath;
 pub use key::{key_partition, KeyError, KeySource};
 pub use operator::{LatePolicy, WindowConfig, WindowInput, WindowOperator};
 pub use state::{KeyState, OperatorMeta, OperatorSnapshot, Stage, StateDelta, WindowSlot};
-pub use time::{event_time, parse_time_value, EventTimeSource, MissingTimePolicy, TimeError};
+pub use time::{
+    event_time, parse_time_value, EventTimeSource, MissingTimePolicy, TimeError, TimeValueProblem,
+};
 pub use watermark::{WatermarkConfig, WatermarkState, WatermarkTracker};
 pub use window::{Window, WindowSpec};
 

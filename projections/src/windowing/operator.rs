@@ -91,6 +91,20 @@ pub struct WindowOperator<F: WindowFold> {
     late_parked: u64,
 }
 
+impl<F: WindowFold> std::fmt::Debug for WindowOperator<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowOperator")
+            .field("config", &self.config)
+            .field("watermark", &self.watermark())
+            .field("keys", &self.keys.len())
+            .field("open_windows", &self.open_windows())
+            .field("retained_windows", &self.retained_windows())
+            .field("late_dropped", &self.late_dropped)
+            .field("late_parked", &self.late_parked)
+            .finish()
+    }
+}
+
 impl<F: WindowFold> WindowOperator<F> {
     pub fn new(config: WindowConfig, fold: F) -> Result<Self, WindowingError> {
         config.validate()?;

@@ -97,9 +97,11 @@ fn recorded_at(event: &RecordedEvent) -> Result<TimeMs, TimeError> {
 }
 
 /// What is wrong with a time value, before it is attached to its source.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TimeValueProblem {
+    #[error("{0}")]
     Unparseable(String),
+    #[error("outside 0000-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999Z")]
     OutOfRange,
 }
 
