@@ -196,9 +196,7 @@ impl<L: LaneHost> Coordinator<L> {
         let signal = self.setup.handle.scaling_signal();
         // Before listing the live workers: a dead previous life of this process must be
         // neither counted in any share nor left holding leases until they expire.
-        if let Err(error) =
-            crate::workers::reap_dead_on_this_host(&self.pool, &self.setup.identity).await
-        {
+        if let Err(error) = retire_dead_on_this_host(&self.pool, &self.setup.identity).await {
             tracing::warn!(%error, "could not check this host's workers for dead processes");
         }
         let active = self.setup.handle.active();
@@ -480,19 +478,58 @@ impl<L: LaneHost> Coordinator<L> {
     }
 }
 
-/// Gives a lease back (if it is still ours under `token`) so another worker can claim it at
-/// once. It expires now (not at '-infinity'): the unowned-partition report measures from it.
+/// Gives leases back so another worker can claim them at once. They expire now, not at
+/// '-infinity': the unowned-partition report measures from the moment a partition lost its
+/// owner.
+const GIVE_BACK: &str =
+    "UPDATE projection_leases SET owner = NULL, expires_at = least(expires_at, now())";
+
+/// Gives a lease back if it is still ours under `token`.
 async fn release(pool: &Pool, projection: &str, partition: i16, token: LeaseToken) -> Result<()> {
     let client = pool.get().await?;
     client
         .execute(
-            "UPDATE projection_leases SET owner = NULL, expires_at = least(expires_at, now())
-              WHERE projection = $1 AND partition = $2 AND owner = $3 AND epoch = $4",
+            &format!(
+                "{GIVE_BACK} WHERE projection = $1 AND partition = $2 AND owner = $3 AND epoch = $4"
+            ),
             &[&projection, &partition, &token.owner, &token.epoch],
         )
         .await
         .map_err(EngineError::db("releasing a lease"))?;
     Ok(())
+}
+
+/// Retires the workers of this machine whose process has died
+/// ([`crate::workers::dead_on_this_host`]): each is marked stopped and gives its leases back,
+/// in one transaction, so their partitions are claimed now rather than after the lease and
+/// heartbeat timeouts (a process restarted after `kill -9` takes its previous life's
+/// partitions back at once). Returns their ids.
+///
+/// Safe if ever wrong: a claim bumps the lease epoch, and a worker that was in fact alive
+/// finds its lease gone at its next renewal or commit and stops (fencing).
+async fn retire_dead_on_this_host(pool: &Pool, me: &WorkerIdentity) -> Result<Vec<Uuid>> {
+    let mut client = pool.get().await?;
+    let dead = crate::workers::dead_on_this_host(&client, me).await?;
+    let mut retired = Vec::new();
+    for (id, pid) in dead {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(EngineError::db("retiring a dead worker"))?;
+        let stopped = crate::workers::mark_dead(&tx, id).await?;
+        let leases = tx
+            .execute(&format!("{GIVE_BACK} WHERE owner = $1"), &[&id])
+            .await
+            .map_err(EngineError::db("releasing a dead worker's leases"))?;
+        tx.commit()
+            .await
+            .map_err(EngineError::db("retiring a dead worker"))?;
+        if stopped {
+            tracing::info!(worker = %id, pid, leases, "a worker of this host is no longer running; taking over its partitions now");
+            retired.push(id);
+        }
+    }
+    Ok(retired)
 }
 
 /// This worker's share of a projection's `partitions`: `members` (the live workers that run
