@@ -11,18 +11,121 @@
 //! Each tick also retires workers of this machine whose process has died (so a process
 //! restarted after a crash takes over its previous life's partitions at once), and reports
 //! partitions that no live worker has owned for longer than a lease period (log at WARN,
-//! `tidemark_projection_unowned_partitions` gauge).
+//! `tidemark_projection_unowned_partitions` gauge), and collects the figures of the scaling
+//! signal (head, events applied, backlogs; the arithmetic is in [`crate::scaling`]).
+//!
+//! The coordinator does not know the engine: the engine activates projections and reads
+//! the scaling signal through a [`CoordinatorHandle`], and the coordinator starts lanes and
+//! sizes their concurrency through [`LaneHost`] (implemented by the supervisor).
 
-use crate::engine::ProjectionEngine;
+use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::fence::{Fence, LeaseToken};
-use crate::scaling::{desired_workers, Demand, ScalingSignal};
+use crate::projection::Projection;
+use crate::scaling::{Backlog, Estimator, Observation, ScalingSettings, ScalingSignal};
+use crate::workers::WorkerIdentity;
 use deadpool_postgres::Pool;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tidemark_store::Position;
+use tidemark_store::EventStore;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
+
+/// What the coordinator needs of whoever runs the lanes (the engine's supervisor).
+pub(crate) trait LaneHost: Send + Sync + 'static {
+    /// Starts a live lane of `projection`'s `partition` under `fence`; it ends when `stop`
+    /// is cancelled or it is fenced.
+    fn start_lane(
+        &self,
+        projection: Arc<dyn Projection>,
+        partition: i16,
+        fence: Fence,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()>;
+
+    /// Events the live lanes of this process have applied since it started.
+    fn events_applied(&self) -> u64;
+
+    /// Resizes how many partitions of `projection` apply at once, given how many of its
+    /// partitions with a backlog this worker runs.
+    fn adapt_concurrency(&self, projection: &str, lagging_local_partitions: usize);
+
+    /// Partitions that may apply at once over all projections of this process.
+    fn concurrency(&self) -> usize;
+}
+
+/// The engine's side of its coordinator: it activates projections through it (their lanes
+/// may then run) and reads the scaling figures back. Exists before the coordinator starts.
+#[derive(Clone)]
+pub(crate) struct CoordinatorHandle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Projections whose live lanes may run (registered, not rebuilding for a version bump).
+    active: Mutex<Vec<Arc<dyn Projection>>>,
+    /// Wakes the coordinator before its next tick (a projection became active).
+    wake: Notify,
+    scaling: watch::Sender<ScalingSignal>,
+}
+
+impl CoordinatorHandle {
+    pub fn new(pool: &str) -> Self {
+        let (scaling, _) = watch::channel(ScalingSignal {
+            pool: pool.to_string(),
+            ..ScalingSignal::default()
+        });
+        CoordinatorHandle {
+            shared: Arc::new(Shared {
+                active: Mutex::new(Vec::new()),
+                wake: Notify::new(),
+                scaling,
+            }),
+        }
+    }
+
+    /// Lets the coordinator claim partitions of `projection` and run its lanes, now.
+    pub fn activate(&self, projection: Arc<dyn Projection>) {
+        self.shared
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(projection);
+        self.shared.wake.notify_one();
+    }
+
+    /// The latest scaling figures of this worker's pool.
+    pub fn scaling_signal(&self) -> ScalingSignal {
+        self.shared.scaling.borrow().clone()
+    }
+
+    fn active(&self) -> Vec<Arc<dyn Projection>> {
+        self.shared
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// What a coordinator works with, fixed for its life.
+pub(crate) struct Setup<L> {
+    pub store: EventStore,
+    pub config: EngineConfig,
+    pub identity: WorkerIdentity,
+    /// Every projection of the application, of any pool: the unowned-partition report
+    /// covers them all.
+    pub projections: Vec<String>,
+    pub handle: CoordinatorHandle,
+    pub lanes: L,
+    /// Background work the engine's shutdown waits for (leases given back after their lane
+    /// ends).
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
 
 struct OwnedLane {
     token: LeaseToken,
@@ -30,17 +133,13 @@ struct OwnedLane {
     handle: tokio::task::JoinHandle<()>,
 }
 
-pub(crate) struct Coordinator {
-    engine: ProjectionEngine,
+pub(crate) struct Coordinator<L> {
+    setup: Setup<L>,
     /// The coordinator's own connections: lanes blocked on locks can exhaust the shared
     /// pool, and heartbeats and renewals must not wait behind them.
     pool: Pool,
     owned: BTreeMap<(String, i16), OwnedLane>,
-    last_head: Option<(Position, Instant)>,
-    last_processed: Option<(u64, Instant)>,
-    head_rate: f64,
-    processing_rate: f64,
-    capacity_per_worker: Option<f64>,
+    estimator: Estimator,
     /// Unowned partitions last reported at WARN, by projection, and when.
     unowned_reported: BTreeMap<String, (Vec<i16>, Instant)>,
 }
@@ -48,25 +147,18 @@ pub(crate) struct Coordinator {
 /// How often a partition that stays unowned is reported again at WARN.
 const UNOWNED_REPEAT: Duration = Duration::from_secs(60);
 
-impl Coordinator {
+impl<L: LaneHost> Coordinator<L> {
     /// The coordinator renews leases on connections of its own, so that lanes holding every
     /// pooled connection cannot delay a renewal past the lease's expiry. Without them it
     /// cannot keep that promise, so it refuses to start rather than share the pool.
-    pub fn new(engine: ProjectionEngine) -> Result<Self> {
-        let pool = tidemark_store::build_pool(
-            engine.store().pg_config().clone(),
-            engine.store().tls(),
-            2,
-        )?;
+    pub fn new(setup: Setup<L>) -> Result<Self> {
+        let pool =
+            tidemark_store::build_pool(setup.store.pg_config().clone(), setup.store.tls(), 2)?;
         Ok(Coordinator {
-            engine,
+            setup,
             pool,
             owned: BTreeMap::new(),
-            last_head: None,
-            last_processed: None,
-            head_rate: 0.0,
-            processing_rate: 0.0,
-            capacity_per_worker: None,
+            estimator: Estimator::default(),
             unowned_reported: BTreeMap::new(),
         })
     }
@@ -74,15 +166,16 @@ impl Coordinator {
     /// Runs until the engine shuts down, then stops its lanes (each commits the batch in
     /// hand) and releases its leases so other workers take over at once.
     pub async fn run(mut self) {
-        let shutdown = self.engine.shutdown_token();
-        let every = self.engine.config().lease_ttl / 3;
+        let shutdown = self.setup.shutdown.clone();
+        let handle = self.setup.handle.clone();
+        let every = self.setup.config.lease_ttl / 3;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
-                _ = self.engine.inner.rebalance.notified() => {}
+                _ = handle.shared.wake.notified() => {}
             }
             if let Err(error) = self.tick().await {
                 tracing::warn!(%error, "lease coordinator tick failed; retrying");
@@ -94,27 +187,23 @@ impl Coordinator {
             let _ = lane.handle.await;
             let _ = self.release(&projection, partition, lane.token).await;
         }
-        let _ = crate::workers::deregister(&self.pool, &self.engine.inner.identity).await;
+        let _ = crate::workers::deregister(&self.pool, &self.setup.identity).await;
     }
 
     async fn tick(&mut self) -> Result<()> {
-        let engine = self.engine.clone();
-        let store = engine.store();
-        let config = engine.config().clone();
-        let me = engine.inner.identity.id;
-        let signal = engine.scaling_signal();
+        let config = self.setup.config.clone();
+        let me = self.setup.identity.id;
+        let signal = self.setup.handle.scaling_signal();
         // Before listing the live workers: a dead previous life of this process must be
         // neither counted in any share nor left holding leases until they expire.
-        if let Err(error) =
-            crate::workers::reap_dead_on_this_host(&self.pool, &engine.inner.identity).await
-        {
+        if let Err(error) = retire_dead_on_this_host(&self.pool, &self.setup.identity).await {
             tracing::warn!(%error, "could not check this host's workers for dead processes");
         }
-        let active = engine.active_projections();
+        let active = self.setup.handle.active();
         let running: Vec<String> = active.iter().map(|p| p.name().to_string()).collect();
         let live = crate::workers::heartbeat(
             &self.pool,
-            &engine.inner.identity,
+            &self.setup.identity,
             config.worker_timeout,
             &signal,
             &running,
@@ -153,7 +242,7 @@ impl Coordinator {
             }
         }
 
-        let partitions = store.partitions() as usize;
+        let partitions = self.setup.store.partitions() as usize;
         for projection in active {
             let name = projection.name().to_string();
             let mut members: Vec<Uuid> = live
@@ -163,9 +252,7 @@ impl Coordinator {
                 .chain(std::iter::once(me))
                 .collect();
             members.sort_unstable();
-            let rank = members.iter().position(|id| *id == me).unwrap_or(0);
-            let workers = members.len();
-            let share = partitions / workers + usize::from(rank < partitions % workers);
+            let share = fair_share(partitions, &members, me);
             let mine: Vec<i16> = self
                 .owned
                 .keys()
@@ -182,7 +269,7 @@ impl Coordinator {
                         lane.stop.cancel();
                         let pool = self.pool.clone();
                         let (name, partition) = (name.clone(), *partition);
-                        engine.inner.tasks.spawn(async move {
+                        self.setup.tasks.spawn(async move {
                             let _ = lane.handle.await;
                             if let Err(error) = release(&pool, &name, partition, lane.token).await {
                                 tracing::warn!(projection = %name, partition, %error, "could not release a lease; it will expire");
@@ -196,8 +283,8 @@ impl Coordinator {
                     .await?
                 {
                     let token = LeaseToken { owner: me, epoch };
-                    let stop = engine.shutdown_token().child_token();
-                    let handle = engine.spawn_lane(
+                    let stop = self.setup.shutdown.child_token();
+                    let handle = self.setup.lanes.start_lane(
                         projection.clone(),
                         partition,
                         Fence::with_lease(token, config.lease_ttl),
@@ -224,20 +311,17 @@ impl Coordinator {
     /// longer than a lease period. Covers projections of every pool the registry knows, so
     /// any process notices a projection whose workers are all gone.
     async fn report_unowned(&mut self) {
-        let engine = self.engine.clone();
-        let names: Vec<&str> = engine.registry().iter().map(|p| p.name()).collect();
+        let lease_ttl = self.setup.config.lease_ttl;
+        let names: Vec<&str> = self.setup.projections.iter().map(String::as_str).collect();
         // On the coordinator's own connections, like heartbeats: lanes may hold the shared
         // pool.
-        let found =
-            match crate::status::unowned_partitions(&self.pool, &names, engine.config().lease_ttl)
-                .await
-            {
-                Ok(found) => found,
-                Err(error) => {
-                    tracing::warn!(%error, "could not look for unowned partitions");
-                    return;
-                }
-            };
+        let found = match crate::status::unowned_partitions(&self.pool, &names, lease_ttl).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%error, "could not look for unowned partitions");
+                return;
+            }
+        };
         let mut unowned: BTreeMap<&str, Vec<i16>> = names.iter().map(|n| (*n, vec![])).collect();
         for (projection, partition) in &found {
             if let Some(list) = unowned.get_mut(projection.as_str()) {
@@ -266,7 +350,7 @@ impl Coordinator {
                 tracing::warn!(
                     projection,
                     partitions = ?partitions,
-                    lease_ttl = ?engine.config().lease_ttl,
+                    lease_ttl = ?lease_ttl,
                     "partitions have had no live owner for longer than a lease period, so their \
                      events are not applied: start a worker that runs this projection (in its pool)"
                 );
@@ -331,95 +415,83 @@ impl Coordinator {
         release(&self.pool, projection, partition, token).await
     }
 
-    /// Recomputes the adaptive concurrency and the `desired_workers` signal.
+    /// Collects this tick's figures (head, events applied, each active projection's
+    /// backlog), adapts each projection's concurrency and publishes the `desired_workers`
+    /// signal (the arithmetic is in [`crate::scaling`]).
     async fn update_scaling(&mut self, workers: usize) {
-        let engine = self.engine.clone();
-        let config = engine.config();
+        let store = &self.setup.store;
+        let config = &self.setup.config;
         let now = Instant::now();
-        let Ok(head) = engine.store().head_position().await else {
+        let Ok(head) = store.head_position().await else {
             return;
         };
-        if let Some((previous, at)) = self.last_head {
-            let instant =
-                (head - previous).max(0) as f64 / now.duration_since(at).as_secs_f64().max(1e-3);
-            self.head_rate = ewma(self.head_rate, instant);
-        }
-        self.last_head = Some((head, now));
-        let processed = engine
-            .inner
-            .processed
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if let Some((previous, at)) = self.last_processed {
-            let instant = processed.saturating_sub(previous) as f64
-                / now.duration_since(at).as_secs_f64().max(1e-3);
-            self.processing_rate = ewma(self.processing_rate, instant);
-        }
-        self.last_processed = Some((processed, now));
-
-        let mut lag_events = 0i64;
-        for projection in engine.active_projections() {
+        let applied = self.setup.lanes.events_applied();
+        let mut backlogs = Vec::new();
+        for projection in self.setup.handle.active() {
             let name = projection.name().to_string();
-            let Ok(lags) =
-                crate::status::partition_lag(engine.store(), projection.as_ref(), head).await
+            let Ok(lags) = crate::status::partition_lag(store, projection.as_ref(), head).await
             else {
                 continue;
             };
-            let mut lagging_local = 0usize;
-            for lag in &lags {
-                lag_events += lag.lag_events;
-                if lag.lag_events > 0 && self.owned.contains_key(&(name.clone(), lag.partition)) {
-                    lagging_local += 1;
-                }
-            }
-            engine.limit_of(&name).adapt(lagging_local);
+            let backlog = Backlog::of(lags.iter().map(|lag| {
+                let local = self.owned.contains_key(&(name.clone(), lag.partition));
+                (lag.lag_events, local)
+            }));
+            self.setup
+                .lanes
+                .adapt_concurrency(&name, backlog.lagging_local);
+            backlogs.push(backlog);
         }
-        // Throughput measured while there was a backlog is this worker's capacity.
-        if lag_events > config.batch_size as i64 && self.processing_rate > 0.0 {
-            self.capacity_per_worker = Some(ewma(
-                self.capacity_per_worker.unwrap_or(self.processing_rate),
-                self.processing_rate,
-            ));
-        }
-        let capacity_per_worker = self
-            .capacity_per_worker
-            .unwrap_or(config.assumed_worker_rate);
-        let concurrency = engine.total_concurrency();
-        let desired = desired_workers(Demand {
-            lag_events,
-            head_rate: self.head_rate,
-            capacity_per_worker,
-            drain_target_secs: config.drain_target.as_secs_f64(),
-            max_workers: engine.store().partitions() as usize,
-        });
+        let estimate = self.estimator.observe(
+            Observation {
+                at: now,
+                head,
+                applied,
+                backlogs: &backlogs,
+            },
+            ScalingSettings {
+                batch_size: config.batch_size,
+                assumed_worker_rate: config.assumed_worker_rate,
+                drain_target_secs: config.drain_target.as_secs_f64(),
+                max_workers: store.partitions() as usize,
+            },
+        );
+        let concurrency = self.setup.lanes.concurrency();
         let signal = ScalingSignal {
             pool: config.pool.clone(),
             live_workers: workers,
-            lag_events,
-            head_rate: self.head_rate,
-            processing_rate: self.processing_rate,
-            capacity_per_worker,
-            desired_workers: desired,
+            lag_events: estimate.lag_events,
+            head_rate: estimate.head_rate,
+            processing_rate: estimate.processing_rate,
+            capacity_per_worker: estimate.capacity_per_worker,
+            desired_workers: estimate.desired_workers,
             concurrency,
         };
         metrics::gauge!("tidemark_desired_workers", "pool" => config.pool.clone())
-            .set(desired as f64);
+            .set(estimate.desired_workers as f64);
         metrics::gauge!("tidemark_live_workers", "pool" => config.pool.clone()).set(workers as f64);
         metrics::gauge!("tidemark_worker_concurrency", "pool" => config.pool.clone())
             .set(concurrency as f64);
         metrics::gauge!("tidemark_pool_lag_events", "pool" => config.pool.clone())
-            .set(lag_events as f64);
-        engine.inner.scaling.send_replace(signal);
+            .set(estimate.lag_events as f64);
+        self.setup.handle.shared.scaling.send_replace(signal);
     }
 }
 
-/// Gives a lease back (if it is still ours under `token`) so another worker can claim it at
-/// once. It expires now (not at '-infinity'): the unowned-partition report measures from it.
+/// Gives leases back so another worker can claim them at once. They expire now, not at
+/// '-infinity': the unowned-partition report measures from the moment a partition lost its
+/// owner.
+const GIVE_BACK: &str =
+    "UPDATE projection_leases SET owner = NULL, expires_at = least(expires_at, now())";
+
+/// Gives a lease back if it is still ours under `token`.
 async fn release(pool: &Pool, projection: &str, partition: i16, token: LeaseToken) -> Result<()> {
     let client = pool.get().await?;
     client
         .execute(
-            "UPDATE projection_leases SET owner = NULL, expires_at = least(expires_at, now())
-              WHERE projection = $1 AND partition = $2 AND owner = $3 AND epoch = $4",
+            &format!(
+                "{GIVE_BACK} WHERE projection = $1 AND partition = $2 AND owner = $3 AND epoch = $4"
+            ),
             &[&projection, &partition, &token.owner, &token.epoch],
         )
         .await
@@ -427,10 +499,73 @@ async fn release(pool: &Pool, projection: &str, partition: i16, token: LeaseToke
     Ok(())
 }
 
-fn ewma(previous: f64, instant: f64) -> f64 {
-    if previous == 0.0 {
-        instant
-    } else {
-        0.7 * previous + 0.3 * instant
+/// Retires the workers of this machine whose process has died
+/// ([`crate::workers::dead_on_this_host`]): each is marked stopped and gives its leases back,
+/// in one transaction, so their partitions are claimed now rather than after the lease and
+/// heartbeat timeouts (a process restarted after `kill -9` takes its previous life's
+/// partitions back at once). Returns their ids.
+///
+/// Safe if ever wrong: a claim bumps the lease epoch, and a worker that was in fact alive
+/// finds its lease gone at its next renewal or commit and stops (fencing).
+async fn retire_dead_on_this_host(pool: &Pool, me: &WorkerIdentity) -> Result<Vec<Uuid>> {
+    let mut client = pool.get().await?;
+    let dead = crate::workers::dead_on_this_host(&client, me).await?;
+    let mut retired = Vec::new();
+    for (id, pid) in dead {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(EngineError::db("retiring a dead worker"))?;
+        let stopped = crate::workers::mark_dead(&tx, id).await?;
+        let leases = tx
+            .execute(&format!("{GIVE_BACK} WHERE owner = $1"), &[&id])
+            .await
+            .map_err(EngineError::db("releasing a dead worker's leases"))?;
+        tx.commit()
+            .await
+            .map_err(EngineError::db("retiring a dead worker"))?;
+        if stopped {
+            tracing::info!(worker = %id, pid, leases, "a worker of this host is no longer running; taking over its partitions now");
+            retired.push(id);
+        }
+    }
+    Ok(retired)
+}
+
+/// This worker's share of a projection's `partitions`: `members` (the live workers that run
+/// the projection, this one included, sorted by id) split them evenly, and the first
+/// `partitions mod n` take one more. Every member computes the same split, so the shares
+/// add up to the partition count and partitions move only when membership changes.
+fn fair_share(partitions: usize, members: &[Uuid], me: Uuid) -> usize {
+    let workers = members.len().max(1);
+    let rank = members.iter().position(|id| *id == me).unwrap_or(0);
+    partitions / workers + usize::from(rank < partitions % workers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: u128) -> Vec<Uuid> {
+        (1..=n).map(Uuid::from_u128).collect()
+    }
+
+    #[test]
+    fn shares_split_every_partition_the_first_ones_taking_the_remainder() {
+        let members = ids(3);
+        let shares: Vec<usize> = members
+            .iter()
+            .map(|me| fair_share(16, &members, *me))
+            .collect();
+        assert_eq!(shares, [6, 5, 5]);
+        assert_eq!(fair_share(16, &ids(1), Uuid::from_u128(1)), 16);
+        let many = ids(20);
+        let shares: Vec<usize> = many.iter().map(|me| fair_share(16, &many, *me)).collect();
+        assert_eq!(shares.iter().sum::<usize>(), 16);
+        assert_eq!(
+            shares.iter().filter(|s| **s == 0).count(),
+            4,
+            "more workers than partitions"
+        );
     }
 }

@@ -6,8 +6,10 @@
 //!   tables, applied in the checkpoint's transaction) or a [`Handler`] (a side effect
 //!   elsewhere, at-least-once with dedup by event id).
 //! - [`registry`]: the set of projections an application runs.
-//! - [`engine`]: [`ProjectionEngine`] runs one supervised lane per (projection, partition),
-//!   and offers status, waiting for a position, dead letters and rebuilds.
+//! - [`engine`]: [`ProjectionEngine`], the facade: runs one supervised lane per (projection,
+//!   partition), and offers status, waiting for a position, dead letters and rebuilds. Its
+//!   parts: `registration` (the worker and the projections at start), `supervisor`
+//!   (spawns, restarts and bounds the live lanes), `waits` (read-your-writes).
 //! - `lane`: the one loop that applies events — fetch ahead into a bounded channel, apply a
 //!   batch and advance the checkpoint in one transaction, isolate and park poison events.
 //!   Live partitions, rebuilds, replays and as-of builds are all lanes.
@@ -16,8 +18,11 @@
 //! - [`rebuild`]: shadow builds swapped in atomically, replays from a position, as-of builds.
 //! - `lease` and [`workers`]: the worker registry and the coordinator that heartbeats,
 //!   claims a fair share of partition leases, renews them, and rebalances when workers come
-//!   and go. Every live lane runs under a lease.
-//! - [`scaling`]: adaptive concurrency inside a process and the `desired_workers` signal.
+//!   and go. Every live lane runs under a lease. The coordinator knows the engine only
+//!   through a handle (projections to run, scaling figures) and the `LaneHost` trait the
+//!   supervisor implements.
+//! - [`scaling`]: adaptive concurrency inside a process and the `desired_workers` signal:
+//!   pure arithmetic on the figures the coordinator collects.
 //! - [`dead_letter`], [`status`], `metrics`: parked events, lag, Prometheus gauges.
 //! - [`windowing`]: pure core of event-time windowed projections (`docs/windowing.md`).
 //!
@@ -34,9 +39,12 @@ mod lease;
 mod metrics;
 pub mod projection;
 pub mod rebuild;
+mod registration;
 pub mod registry;
 pub mod scaling;
 pub mod status;
+mod supervisor;
+mod waits;
 pub mod windowing;
 pub mod workers;
 

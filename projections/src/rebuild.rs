@@ -8,11 +8,12 @@
 //!   read model;
 //! - as-of P builds `<schema>__asof_<label>` from the log up to P and leaves it there.
 
-use crate::engine::{create_schema, ProjectionEngine};
+use crate::engine::ProjectionEngine;
 use crate::error::{EngineError, Result};
 use crate::fence::Fence;
 use crate::lane::{Lane, LaneExit, LaneProgress, LaneSpec, ALL_PARTITIONS};
 use crate::projection::{quote_ident, ApplyContext, Projection};
+use crate::registration::create_schema;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidemark_store::{EventStore, Position};

@@ -4,7 +4,8 @@
 //! are computed per projection among the workers that run it) and identifies its process
 //! well enough that a worker on the same machine can see it has died without waiting for
 //! its heartbeat to age (a process restarted after `kill -9` takes over its previous life's
-//! partitions at once).
+//! partitions at once). This module writes the `workers` table only; what happens to a dead
+//! worker's leases is the lease coordinator's (`lease.rs`).
 
 use crate::error::{EngineError, Result};
 use crate::scaling::ScalingSignal;
@@ -252,20 +253,19 @@ pub(crate) async fn heartbeat(
         .collect())
 }
 
-/// Finds the workers registered from this machine whose process has died (a previous life
-/// of this process killed with SIGKILL, a sibling the OOM killer took), marks them stopped
-/// and expires their leases, so their partitions are claimed now rather than after the
-/// lease and heartbeat timeouts. Returns their ids.
+/// The workers registered from this machine whose process has died (a previous life of
+/// this process killed with SIGKILL, a sibling the OOM killer took), with their pids.
 ///
-/// Safe if ever wrong: a claim bumps the lease epoch, and a worker that was in fact alive
-/// finds its lease gone at its next renewal or commit and stops (fencing). Entries of
-/// another machine, another pid namespace or a platform without `/proc` are never judged
-/// here; they still age out by heartbeat.
-pub(crate) async fn reap_dead_on_this_host(pool: &Pool, me: &WorkerIdentity) -> Result<Vec<Uuid>> {
+/// Only entries with this process's scope (boot id and pid namespace) are judged, so their
+/// pids are ones we can look up; entries of another machine, another pid namespace or a
+/// platform without `/proc` are never found dead here, they age out by heartbeat.
+pub(crate) async fn dead_on_this_host(
+    client: &deadpool_postgres::Client,
+    me: &WorkerIdentity,
+) -> Result<Vec<(Uuid, i32)>> {
     let Some(process) = &me.process else {
         return Ok(Vec::new());
     };
-    let mut client = pool.get().await?;
     let candidates = client
         .query(
             "SELECT id, pid, process_started FROM workers
@@ -274,44 +274,25 @@ pub(crate) async fn reap_dead_on_this_host(pool: &Pool, me: &WorkerIdentity) -> 
         )
         .await
         .map_err(EngineError::db("looking for dead workers on this host"))?;
-    let dead: Vec<(Uuid, i32)> = candidates
+    Ok(candidates
         .iter()
         .map(|r| (r.get::<_, Uuid>(0), r.get::<_, i32>(1), r.get(2)))
         .filter(|(_, pid, started)| !still_running(*pid, *started))
         .map(|(id, pid, _)| (id, pid))
-        .collect();
-    let mut reaped = Vec::new();
-    for (id, pid) in dead {
-        let tx = client
-            .transaction()
-            .await
-            .map_err(EngineError::db("retiring a dead worker"))?;
-        let stopped = tx
-            .execute(
-                "UPDATE workers SET stopped_at = now() WHERE id = $1 AND stopped_at IS NULL",
-                &[&id],
-            )
-            .await
-            .map_err(EngineError::db("retiring a dead worker"))?;
-        // `expires_at = now()`, not '-infinity': the time a partition became unowned is
-        // what the unowned-partition report measures from.
-        let leases = tx
-            .execute(
-                "UPDATE projection_leases SET owner = NULL, expires_at = least(expires_at, now())
-                  WHERE owner = $1",
-                &[&id],
-            )
-            .await
-            .map_err(EngineError::db("releasing a dead worker's leases"))?;
-        tx.commit()
-            .await
-            .map_err(EngineError::db("retiring a dead worker"))?;
-        if stopped > 0 {
-            tracing::info!(worker = %id, pid, leases, "a worker of this host is no longer running; taking over its partitions now");
-            reaped.push(id);
-        }
-    }
-    Ok(reaped)
+        .collect())
+}
+
+/// Marks a dead worker stopped, in the caller's transaction; `false` when it already was
+/// (another worker of this machine retired it first).
+pub(crate) async fn mark_dead(tx: &deadpool_postgres::Transaction<'_>, id: Uuid) -> Result<bool> {
+    let stopped = tx
+        .execute(
+            "UPDATE workers SET stopped_at = now() WHERE id = $1 AND stopped_at IS NULL",
+            &[&id],
+        )
+        .await
+        .map_err(EngineError::db("retiring a dead worker"))?;
+    Ok(stopped > 0)
 }
 
 pub(crate) async fn deregister(pool: &Pool, me: &WorkerIdentity) -> Result<()> {

@@ -12,6 +12,7 @@
 //! - [`read`] and [`subscribe`]: paged reads by stream or position, and catch-up-then-live
 //!   subscriptions woken by LISTEN/NOTIFY with a polling fallback; `heads` holds the head
 //!   and per-partition heads they wake on (a partition subscription wakes only for its own).
+//!   A subscription is handed the pool and the heads, not the store.
 //! - [`hashing`]: canonical JSON, content hashes, derived event ids, partitions: the parts
 //!   of the on-disk contract that must never change.
 //! - [`validate`], [`error`]: what is refused, and why.

@@ -14,7 +14,6 @@ use crate::tls::PgTls;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::Stream;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +31,8 @@ struct Inner {
     partitions: u16,
     queue: AppendQueue,
     head: watch::Receiver<Position>,
-    /// The last position written in each partition, as last announced.
+    /// The last position written in each partition, as last announced (subscriptions to one
+    /// partition wake on it).
     partition_heads: watch::Receiver<Arc<[Position]>>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -208,7 +208,7 @@ impl EventStore {
         &self,
         options: SubscribeOptions,
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'static {
-        subscribe::subscribe(self.clone(), options)
+        subscribe::subscribe(self.subscription_source(), options)
     }
 
     /// Like [`EventStore::subscribe`], in pages as read, with progress markers: the form
@@ -217,7 +217,17 @@ impl EventStore {
         &self,
         options: SubscribeOptions,
     ) -> impl Stream<Item = Result<subscribe::Page>> + Send + 'static {
-        subscribe::subscribe_pages(self.clone(), options)
+        subscribe::subscribe_pages(self.subscription_source(), options)
+    }
+
+    /// What a subscription reads with and wakes on: the pool and the announced heads.
+    fn subscription_source(&self) -> subscribe::Source {
+        subscribe::Source {
+            pool: self.inner.pool.clone(),
+            head: self.inner.head.clone(),
+            partitions: self.inner.partition_heads.clone(),
+            poll_interval: self.inner.config.poll_interval,
+        }
     }
 
     /// A watch of the head position as last announced (by this process's appends or by
@@ -225,12 +235,6 @@ impl EventStore {
     /// as the truth.
     pub fn head_watch(&self) -> watch::Receiver<Position> {
         self.inner.head.clone()
-    }
-
-    /// Like [`EventStore::head_watch`], per partition: the position of the last event
-    /// announced in each. Subscriptions to one partition wake on it.
-    pub(crate) fn partition_heads_watch(&self) -> watch::Receiver<Arc<[Position]>> {
-        self.inner.partition_heads.clone()
     }
 
     pub fn pool(&self) -> &Pool {
@@ -259,10 +263,6 @@ impl EventStore {
     /// Partition of `stream_id` in this store.
     pub fn partition_of(&self, stream_id: &str) -> i16 {
         crate::hashing::partition_of(stream_id, self.inner.partitions)
-    }
-
-    pub(crate) fn poll_interval(&self) -> Duration {
-        self.inner.config.poll_interval
     }
 
     /// Appends waiting in the queue right now.

@@ -4,6 +4,9 @@
 //! comes back short, wait for the head to move (NOTIFY, an in-process append, or the polling
 //! tick) and read again. History and live delivery are the same query, so the switch between
 //! them has no gap and no duplicate by construction.
+//!
+//! A subscription needs only a [`Source`] — the pool it reads with and the heads it wakes
+//! on — not the store, which hands one to each subscription.
 
 use crate::append::batch::NOTIFY_CHANNEL;
 use crate::backoff::Backoff;
@@ -11,14 +14,38 @@ use crate::error::Result;
 use crate::heads::Heads;
 use crate::model::{Position, RecordedEvent};
 use crate::read::LogFilter;
-use crate::store::EventStore;
 use crate::tls::PgTls;
+use deadpool_postgres::Pool;
 use futures::{Stream, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
+
+/// What a subscription reads from and wakes on.
+#[derive(Clone)]
+pub(crate) struct Source {
+    pub pool: Pool,
+    /// The head as last announced.
+    pub head: watch::Receiver<Position>,
+    /// Per-partition heads: a subscription to one partition waits on its own.
+    pub partitions: watch::Receiver<Arc<[Position]>>,
+    /// How long a subscription waits for a wake-up before it reads again anyway.
+    pub poll_interval: Duration,
+}
+
+impl Source {
+    async fn read_log(
+        &self,
+        after: Position,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let client = self.pool.get().await?;
+        crate::read::read_log(&client, after, filter, limit).await
+    }
+}
 
 /// Where and what to subscribe to.
 #[derive(Debug, Clone)]
@@ -51,11 +78,9 @@ pub struct Page {
 }
 
 struct PageState {
-    store: EventStore,
+    /// Read with its pool; its heads are marked seen and waited on.
+    source: Source,
     options: SubscribeOptions,
-    head: watch::Receiver<Position>,
-    /// Per-partition heads: a subscription to one partition waits on its own.
-    partitions: watch::Receiver<Arc<[Position]>>,
     /// The last `caught_up_to` reported, so idle polls do not repeat it.
     reported: Option<Position>,
     /// Waiting for the head to move before the next read.
@@ -71,21 +96,17 @@ struct PageState {
 /// Empty pages are yielded only to report progress (`caught_up_to`). The stream ends only
 /// after yielding an error.
 pub(crate) fn subscribe_pages(
-    store: EventStore,
+    source: Source,
     options: SubscribeOptions,
 ) -> impl Stream<Item = Result<Page>> + Send + 'static {
-    let head = store.head_watch();
-    let partitions = store.partition_heads_watch();
     // A page size of 0 would never come back "short" and would re-query forever.
     let options = SubscribeOptions {
         page_size: options.page_size.max(1),
         ..options
     };
     let state = PageState {
-        store,
+        source,
         options,
-        partitions,
-        head,
         reported: None,
         idle: false,
         seen: 0,
@@ -108,10 +129,10 @@ pub(crate) fn subscribe_pages(
 
 /// Events one by one: [`subscribe_pages`] flattened.
 pub(crate) fn subscribe(
-    store: EventStore,
+    source: Source,
     options: SubscribeOptions,
 ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'static {
-    subscribe_pages(store, options).flat_map(|page| {
+    subscribe_pages(source, options).flat_map(|page| {
         let items: Vec<Result<RecordedEvent>> = match page {
             Ok(page) => page.events.into_iter().map(Ok).collect(),
             Err(error) => vec![Err(error)],
@@ -124,18 +145,16 @@ async fn next_page(state: &mut PageState) -> Result<Page> {
     loop {
         // Only a partition the store has gets its own wake-ups; any other filter (including
         // a partition that does not exist, which matches nothing) waits on the head.
-        let own_partition = state
-            .options
-            .filter
-            .partition
-            .filter(|p| usize::try_from(*p).is_ok_and(|p| p < state.partitions.borrow().len()));
+        let own_partition = state.options.filter.partition.filter(|p| {
+            usize::try_from(*p).is_ok_and(|p| p < state.source.partitions.borrow().len())
+        });
         if let Some(seen) = state.idle.then_some(state.seen) {
-            let poll = state.store.poll_interval();
+            let poll = state.source.poll_interval;
             match own_partition {
                 Some(partition) => {
-                    wait_for_partition(&mut state.partitions, partition, seen, poll).await
+                    wait_for_partition(&mut state.source.partitions, partition, seen, poll).await
                 }
-                None => wait_for_head(&mut state.head, poll).await,
+                None => wait_for_head(&mut state.source.head, poll).await,
             }
         }
         let (head_before_read, events) = match state.prefetch.take() {
@@ -148,7 +167,7 @@ async fn next_page(state: &mut PageState) -> Result<Page> {
                 let (head_before_read, seen) = mark_seen(state, own_partition);
                 state.seen = seen;
                 let events = state
-                    .store
+                    .source
                     .read_log(
                         state.options.after,
                         &state.options.filter,
@@ -167,8 +186,8 @@ async fn next_page(state: &mut PageState) -> Result<Page> {
             // More history: request the next page now, so the database works on it while
             // the caller consumes this one.
             let (head_before_read, seen) = mark_seen(state, own_partition);
-            let (store, after, filter, limit) = (
-                state.store.clone(),
+            let (source, after, filter, limit) = (
+                state.source.clone(),
                 state.options.after,
                 state.options.filter.clone(),
                 state.options.page_size,
@@ -177,7 +196,7 @@ async fn next_page(state: &mut PageState) -> Result<Page> {
                 after,
                 head_before_read,
                 seen,
-                read: tokio::spawn(async move { store.read_log(after, &filter, limit).await }),
+                read: tokio::spawn(async move { source.read_log(after, &filter, limit).await }),
             });
         }
         let caught_up_to = short.then(|| head_before_read.max(state.options.after));
@@ -198,9 +217,9 @@ async fn next_page(state: &mut PageState) -> Result<Page> {
 /// wakes us afterwards. Returns the head and what this subscription waits on (the head, or
 /// its partition's head).
 fn mark_seen(state: &mut PageState, own_partition: Option<i16>) -> (Position, Position) {
-    let head = *state.head.borrow_and_update();
+    let head = *state.source.head.borrow_and_update();
     let seen = own_partition.map_or(head, |partition| {
-        partition_head(&state.partitions.borrow_and_update(), partition)
+        partition_head(&state.source.partitions.borrow_and_update(), partition)
     });
     (head, seen)
 }
