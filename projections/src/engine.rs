@@ -5,7 +5,8 @@
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::fence::Fence;
-use crate::lane::{Lane, LaneExit, LaneProgress, LaneSpec, LIVE};
+use crate::kinds::{ProjectionState, Target};
+use crate::lane::{Lane, LaneExit, LaneProgress, LaneSpec};
 use crate::projection::{quote_ident, ApplyContext, Projection};
 use crate::registry::Registry;
 use crate::scaling::{AdaptiveLimit, ScalingSignal};
@@ -206,7 +207,7 @@ impl ProjectionEngine {
                     );
                     let engine = self.clone();
                     self.inner.tasks.spawn(async move {
-                        let rebuilt = engine.rebuild_into_shadow(&projection, 0, "rebuild", None).await;
+                        let rebuilt = engine.rebuild_into_shadow(&projection, 0, crate::kinds::BuildKind::Rebuild, None).await;
                         match rebuilt.and(Ok(())) {
                             Ok(()) => {
                                 if let Err(error) = engine.activate(&projection).await {
@@ -279,7 +280,7 @@ impl ProjectionEngine {
             spec: LaneSpec {
                 schema: projection.schema(),
                 projection,
-                target: LIVE.to_string(),
+                target: Target::Live,
                 partition: Some(partition),
                 until: None,
             },
@@ -360,7 +361,7 @@ impl ProjectionEngine {
                 .query_one("SELECT status FROM projections WHERE name = $1", &[&name])
                 .await
             {
-                if row.get::<_, String>(0) != "stopped" {
+                if row.try_get::<_, ProjectionState>(0).ok() != Some(ProjectionState::Stopped) {
                     return true;
                 }
             }

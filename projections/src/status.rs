@@ -2,6 +2,7 @@
 //! API of another node) sees the same figures.
 
 use crate::error::{EngineError, Result};
+use crate::kinds::{BuildKind, BuildStatus, ProjectionState, Target};
 use crate::projection::Projection;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -35,8 +36,8 @@ pub struct UnownedPartition {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RebuildProgress {
     pub id: i64,
-    pub kind: String,
-    pub target: String,
+    pub kind: BuildKind,
+    pub target: Target,
     pub from_position: Position,
     pub to_position: Option<Position>,
     pub events_done: i64,
@@ -45,7 +46,7 @@ pub struct RebuildProgress {
     pub rate: f64,
     /// Seconds left at the current rate, when running.
     pub eta_seconds: Option<f64>,
-    pub status: String,
+    pub status: BuildStatus,
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -58,7 +59,7 @@ pub struct ProjectionStatus {
     pub version: i32,
     /// Version of the live read model in the database (differs while a bump rebuilds).
     pub live_version: Option<i32>,
-    pub status: String,
+    pub status: ProjectionState,
     pub schema: String,
     pub head: Position,
     pub partitions: Vec<PartitionLag>,
@@ -130,7 +131,7 @@ macro_rules! live_checkpoints {
     () => {
         "generate_series(0, $2 - 1) AS p(partition)
          LEFT JOIN projection_checkpoints c
-                ON c.projection = $1 AND c.target = 'live' AND c.partition = p.partition"
+                ON c.projection = $1 AND c.target = $6 AND c.partition = p.partition"
     };
 }
 
@@ -172,6 +173,7 @@ pub(crate) async fn partition_lag(
                 &selector.categories,
                 &selector.event_types,
                 &upto,
+                &Target::Live,
             ],
         )
         .await
@@ -257,11 +259,17 @@ pub(crate) async fn projection_status(
         .into_iter()
         .next();
     let (live_version, status) = match row {
-        Some(r) => (Some(r.get::<_, i32>(0)), r.get::<_, String>(1)),
-        None => (None, "not started".to_string()),
+        Some(r) => (
+            Some(r.get::<_, i32>(0)),
+            r.try_get::<_, ProjectionState>(1)
+                .map_err(EngineError::db("reading a projection's state"))?,
+        ),
+        None => (None, ProjectionState::NotStarted),
     };
     let status = match &last_rebuild {
-        Some(r) if r.status == "running" && r.kind != "as_of" => "rebuilding".to_string(),
+        Some(r) if r.status == BuildStatus::Running && r.target == Target::Shadow => {
+            ProjectionState::Rebuilding
+        }
         _ => status,
     };
     Ok(ProjectionStatus {
@@ -294,32 +302,32 @@ pub async fn rebuilds(
         )
         .await
         .map_err(EngineError::db("reading rebuild progress"))?;
-    Ok(rows
-        .iter()
+    rows.iter()
         .map(|r| {
             let done: i64 = r.get(5);
             let total: i64 = r.get(6);
             let rate: f64 = r.get(8);
-            let status: String = r.get(9);
-            RebuildProgress {
+            let status: BuildStatus = r.try_get(9)?;
+            Ok(RebuildProgress {
                 id: r.get(0),
-                kind: r.get(1),
-                target: r.get(2),
+                kind: r.try_get(1)?,
+                target: r.try_get(2)?,
                 from_position: r.get(3),
                 to_position: r.get(4),
                 events_done: done,
                 events_total: total,
                 position: r.get(7),
                 rate,
-                eta_seconds: (status == "running" && rate > 0.0)
+                eta_seconds: (status == BuildStatus::Running && rate > 0.0)
                     .then(|| (total - done).max(0) as f64 / rate),
                 status,
                 error: r.get(10),
                 started_at: r.get(11),
                 finished_at: r.get(12),
-            }
+            })
         })
-        .collect())
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(EngineError::db("reading rebuild progress"))
 }
 
 /// Number of partitions of `projection`'s live read model that have not yet applied every
@@ -350,6 +358,7 @@ pub(crate) async fn partitions_behind(
                 &selector.categories,
                 &selector.event_types,
                 &position,
+                &Target::Live,
             ],
         )
         .await
