@@ -256,7 +256,10 @@ impl ProjectionEngine {
             Some(to) => to,
             None => self.store().head_position().await?,
         };
-        let total = count_matching(&tx, projection.as_ref(), from, upto).await?;
+        let total = self
+            .store()
+            .count_events(from, upto, &projection.selector().log_filter(None))
+            .await?;
         // A build of this target that was interrupted (its process died) is over.
         tx.execute(
             "UPDATE projection_rebuilds SET status = $3, error = 'interrupted', finished_at = now()
@@ -411,11 +414,8 @@ impl ProjectionEngine {
             .await
             .map_err(EngineError::db("reading the shadow checkpoint"))?
             .get(0);
-        let head: Position = tx
-            .query_one("SELECT position FROM store_head", &[])
-            .await
-            .map_err(EngineError::db("reading the head for the swap"))?
-            .get(0);
+        // Read once the live lanes are paused: the live checkpoints move to this head.
+        let head = self.store().head_position().await?;
         let filter = projection.selector().log_filter(None);
         let mut after = shadow_checkpoint;
         let ctx = ApplyContext {
@@ -515,24 +515,4 @@ async fn record_progress(store: &EventStore, id: i64, p: &Progress) {
             &[&id, &p.done, &p.total, &p.position, &p.rate],
         )
         .await;
-}
-
-async fn count_matching(
-    tx: &deadpool_postgres::Transaction<'_>,
-    projection: &dyn Projection,
-    after: Position,
-    upto: Position,
-) -> Result<i64> {
-    let selector = projection.selector();
-    let row = tx
-        .query_one(
-            concat!(
-                "SELECT count(*) FROM events e WHERE e.position > $1 AND e.position <= $2 AND ",
-                crate::status::selector_matches!()
-            ),
-            &[&after, &upto, &selector.categories, &selector.event_types],
-        )
-        .await
-        .map_err(EngineError::db("counting events to build"))?;
-    Ok(row.get(0))
 }

@@ -103,54 +103,9 @@ impl ProjectionStatus {
     }
 }
 
-/// SQL: events `e` matching a projection's selector (categories in `$3`, event types in
-/// `$4`; an empty list matches all). The one place the selector is spelled in SQL, so lag,
-/// waits and build totals count the same events as `EventSelector::log_filter` reads.
-macro_rules! selector_matches {
-    () => {
-        "(cardinality($3::text[]) = 0 OR e.category = ANY($3))
-         AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4))"
-    };
-}
-pub(crate) use selector_matches;
-
-/// SQL: the events of partition `p` the live read model of projection `$1` has not applied
-/// yet, up to position `$5` (with `c` its checkpoint row, if any).
-macro_rules! pending_events {
-    () => {
-        concat!(
-            "events e WHERE e.partition = p.partition AND e.position > coalesce(c.position, 0)
-               AND e.position <= $5 AND ",
-            selector_matches!()
-        )
-    };
-}
-
-/// Live checkpoints of projection `$1` for every partition `p` of the `$2` partitions.
-macro_rules! live_checkpoints {
-    () => {
-        "generate_series(0, $2 - 1) AS p(partition)
-         LEFT JOIN projection_checkpoints c
-                ON c.projection = $1 AND c.target = $6 AND c.partition = p.partition"
-    };
-}
-
-const LAG_SQL: &str = concat!(
-    "SELECT p.partition::smallint, coalesce(c.position, 0),
-            -- The rate of the last batches, while they are recent: an idle lane reads 0.
-            CASE WHEN c.updated_at > now() - interval '10 seconds'
-                 THEN coalesce(c.events_per_second, 0) ELSE 0 END,
-            c.updated_at,
-            (SELECT count(*) FROM (SELECT 1 FROM ",
-    pending_events!(),
-    " LIMIT 1000000) AS pending),
-            (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM ",
-    pending_events!(),
-    " ORDER BY e.position LIMIT 1)
-       FROM ",
-    live_checkpoints!(),
-    " ORDER BY p.partition"
-);
+/// Matching events after a checkpoint are counted up to this many (a status read costs no
+/// more on a huge backlog).
+const LAG_COUNT_CAP: i64 = 1_000_000;
 
 /// Per-partition lag of `projection`'s live read model, counting events up to `upto`.
 pub(crate) async fn partition_lag(
@@ -158,35 +113,29 @@ pub(crate) async fn partition_lag(
     projection: &dyn Projection,
     upto: Position,
 ) -> Result<Vec<PartitionLag>> {
-    let client = store.pool().get().await?;
-    let selector = projection.selector();
-    let statement = client
-        .prepare_cached(LAG_SQL)
-        .await
-        .map_err(EngineError::db("preparing the lag query"))?;
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &projection.name(),
-                &i32::from(store.partitions()),
-                &selector.categories,
-                &selector.event_types,
-                &upto,
-                &Target::Live,
-            ],
-        )
-        .await
-        .map_err(EngineError::db("computing lag"))?;
-    Ok(rows
+    let checkpoints = crate::checkpoint::live(store, projection.name()).await?;
+    let positions: Vec<(i16, Position)> = checkpoints
         .iter()
-        .map(|r| PartitionLag {
-            partition: r.get(0),
-            checkpoint: r.get(1),
-            events_per_second: r.get(2),
-            updated_at: r.get(3),
-            lag_events: r.get(4),
-            lag_seconds: r.get::<_, Option<f64>>(5).unwrap_or(0.0).max(0.0),
+        .map(|c| (c.partition, c.position))
+        .collect();
+    let backlog = store
+        .backlog(
+            &positions,
+            upto,
+            &projection.selector().log_filter(None),
+            LAG_COUNT_CAP,
+        )
+        .await?;
+    Ok(checkpoints
+        .into_iter()
+        .zip(backlog)
+        .map(|(checkpoint, backlog)| PartitionLag {
+            partition: checkpoint.partition,
+            checkpoint: checkpoint.position,
+            events_per_second: checkpoint.events_per_second,
+            updated_at: checkpoint.updated_at,
+            lag_events: backlog.events,
+            lag_seconds: backlog.oldest_age_seconds.unwrap_or(0.0).max(0.0),
         })
         .collect())
 }
@@ -336,32 +285,18 @@ pub(crate) async fn partitions_behind(
     store: &EventStore,
     projection: &dyn Projection,
     position: Position,
-) -> Result<i64> {
-    let client = store.pool().get().await?;
-    let selector = projection.selector();
-    let statement = client
-        .prepare_cached(concat!(
-            "SELECT count(*) FROM ",
-            live_checkpoints!(),
-            " WHERE EXISTS (SELECT 1 FROM ",
-            pending_events!(),
-            ")"
-        ))
-        .await
-        .map_err(EngineError::db("preparing the position wait"))?;
-    let row = client
-        .query_one(
-            &statement,
-            &[
-                &projection.name(),
-                &i32::from(store.partitions()),
-                &selector.categories,
-                &selector.event_types,
-                &position,
-                &Target::Live,
-            ],
+) -> Result<usize> {
+    let positions: Vec<(i16, Position)> = crate::checkpoint::live(store, projection.name())
+        .await?
+        .iter()
+        .map(|c| (c.partition, c.position))
+        .collect();
+    Ok(store
+        .partitions_behind(
+            &positions,
+            position,
+            &projection.selector().log_filter(None),
         )
-        .await
-        .map_err(EngineError::db("checking projection progress"))?;
-    Ok(row.get(0))
+        .await?
+        .len())
 }
