@@ -329,7 +329,10 @@ impl Tidemark {
     pub(crate) async fn refuse_if_building(&self, name: &str) -> Result<(), ApiError> {
         let status = self.engine().projection_status(name).await?;
         match status.last_rebuild {
-            Some(build) if build.status == "running" && build.kind != "as_of" => {
+            Some(build)
+                if build.status == tidemark_projections::BuildStatus::Running
+                    && build.target == tidemark_projections::Target::Shadow =>
+            {
                 Err(ApiError::bad_input(
                     "name",
                     format!("a {} of '{name}' is already running", build.kind),

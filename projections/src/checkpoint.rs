@@ -2,7 +2,9 @@
 
 use crate::error::{EngineError, Result};
 use crate::fence::Fence;
+use crate::kinds::Target;
 use crate::lane::LaneSpec;
+use chrono::{DateTime, Utc};
 use tidemark_store::{EventStore, Position};
 
 /// The lane's checkpoint, creating it at 0 if missing.
@@ -153,4 +155,47 @@ pub(crate) async fn advance(
     .await
     .map_err(EngineError::db("advancing a checkpoint"))?;
     Ok(())
+}
+
+/// A live checkpoint as status reports it.
+pub(crate) struct LiveCheckpoint {
+    pub partition: i16,
+    pub position: Position,
+    /// The rate of the lane's last batches while they are recent (10 s); 0 for an idle lane.
+    pub events_per_second: f64,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// The live checkpoint of every partition of `projection` (position 0 where none exists yet).
+pub(crate) async fn live(store: &EventStore, projection: &str) -> Result<Vec<LiveCheckpoint>> {
+    let client = store.pool().get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT p.partition::smallint, coalesce(c.position, 0),
+                    CASE WHEN c.updated_at > now() - interval '10 seconds'
+                         THEN coalesce(c.events_per_second, 0) ELSE 0 END,
+                    c.updated_at
+               FROM generate_series(0, $2 - 1) AS p(partition)
+               LEFT JOIN projection_checkpoints c
+                      ON c.projection = $1 AND c.target = $3 AND c.partition = p.partition
+              ORDER BY p.partition",
+        )
+        .await
+        .map_err(EngineError::db("preparing the live checkpoints query"))?;
+    let rows = client
+        .query(
+            &statement,
+            &[&projection, &i32::from(store.partitions()), &Target::Live],
+        )
+        .await
+        .map_err(EngineError::db("reading live checkpoints"))?;
+    Ok(rows
+        .iter()
+        .map(|r| LiveCheckpoint {
+            partition: r.get(0),
+            position: r.get(1),
+            events_per_second: r.get(2),
+            updated_at: r.get(3),
+        })
+        .collect())
 }

@@ -2,6 +2,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::fence::Fence;
+use crate::kinds::{ProjectionState, Target};
 use crate::lane::{Commit, LaneSpec};
 use crate::projection::{ApplyContext, Projection};
 use chrono::{DateTime, Utc};
@@ -57,8 +58,8 @@ pub(crate) async fn park(
         crate::checkpoint::advance(&tx, spec, event.position, None).await?;
     } else {
         tx.execute(
-            "UPDATE projections SET status = 'stopped', updated_at = now() WHERE name = $1",
-            &[&spec.projection.name()],
+            "UPDATE projections SET status = $2, updated_at = now() WHERE name = $1",
+            &[&spec.projection.name(), &ProjectionState::Stopped],
         )
         .await
         .map_err(EngineError::db("stopping a projection"))?;
@@ -89,7 +90,7 @@ pub(crate) async fn parked_ahead(
     spec: &LaneSpec,
     checkpoint: Position,
 ) -> Result<Vec<Position>> {
-    if spec.target != crate::lane::LIVE {
+    if spec.target != Target::Live {
         return Ok(Vec::new());
     }
     let client = store.pool().get().await?;
@@ -217,9 +218,9 @@ pub(crate) async fn replay(
         let checkpoint: Option<Position> = tx
             .query_opt(
                 "SELECT position FROM projection_checkpoints
-                  WHERE projection = $1 AND target = 'live' AND partition = $2
+                  WHERE projection = $1 AND target = $2 AND partition = $3
                   FOR UPDATE",
-                &[&projection.name(), &letter.partition],
+                &[&projection.name(), &Target::Live, &letter.partition],
             )
             .await
             .map_err(EngineError::db("locking a checkpoint for a replay"))?
@@ -254,9 +255,14 @@ pub(crate) async fn replay(
         .map_err(EngineError::db("marking a parked event replayed"))?;
         if stopped_here {
             tx.execute(
-                "UPDATE projection_checkpoints SET position = $3, updated_at = now()
-                  WHERE projection = $1 AND target = 'live' AND partition = $2",
-                &[&projection.name(), &letter.partition, &letter.position],
+                "UPDATE projection_checkpoints SET position = $4, updated_at = now()
+                  WHERE projection = $1 AND target = $2 AND partition = $3",
+                &[
+                    &projection.name(),
+                    &Target::Live,
+                    &letter.partition,
+                    &letter.position,
+                ],
             )
             .await
             .map_err(EngineError::db(
@@ -264,8 +270,8 @@ pub(crate) async fn replay(
             ))?;
         }
         tx.execute(
-            "UPDATE projections SET status = 'running', updated_at = now() WHERE name = $1 AND status = 'stopped'",
-            &[&projection.name()],
+            "UPDATE projections SET status = $2, updated_at = now() WHERE name = $1 AND status = $3",
+            &[&projection.name(), &ProjectionState::Running, &ProjectionState::Stopped],
         )
         .await
         .map_err(EngineError::db("resuming a projection"))?;

@@ -145,7 +145,7 @@ impl ProjectionEngine {
                     );
                     let engine = self.clone();
                     self.inner.tasks.spawn(async move {
-                        let rebuilt = engine.rebuild_into_shadow(&projection, 0, "rebuild", None).await;
+                        let rebuilt = engine.rebuild_into_shadow(&projection, 0, crate::kinds::BuildKind::Rebuild, None).await;
                         match rebuilt.and(Ok(())) {
                             Ok(()) => {
                                 if let Err(error) = engine.activate(&projection).await {

@@ -2,16 +2,21 @@
 
 use tidemark_store::{Position, StoreError};
 
-/// What a projection's `setup` or `apply` may return.
+/// A boxed error: what a projection passes on as the cause of its failure.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a projection's `setup` or `apply` may return. The cause is kept as an error, not
+/// flattened to a string: `Failed` and `Transient` are transparent over it (its message,
+/// its `source()` chain), so logs and callers can walk the whole chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
     /// The event cannot be applied (bad data, a bug). Retried, then parked as a dead letter.
-    #[error("{0}")]
-    Failed(String),
+    #[error(transparent)]
+    Failed(BoxError),
     /// A passing problem (a dropped connection, a timeout). Retried with backoff without
     /// counting towards parking.
-    #[error("transient: {0}")]
-    Transient(String),
+    #[error(transparent)]
+    Transient(BoxError),
     /// A database error from the projection's own SQL. Retried as a failure unless the
     /// connection was lost (then transient).
     #[error("database: {}", describe_db_error(.0))]
@@ -19,12 +24,14 @@ pub enum ProjectionError {
 }
 
 impl ProjectionError {
-    pub fn failed(message: impl Into<String>) -> Self {
-        ProjectionError::Failed(message.into())
+    /// A failure: a message (`&str`, `String`) or any error, kept as the source.
+    pub fn failed(cause: impl Into<BoxError>) -> Self {
+        ProjectionError::Failed(cause.into())
     }
 
-    pub fn transient(message: impl Into<String>) -> Self {
-        ProjectionError::Transient(message.into())
+    /// A passing problem: a message or any error, kept as the source.
+    pub fn transient(cause: impl Into<BoxError>) -> Self {
+        ProjectionError::Transient(cause.into())
     }
 
     /// Should the engine retry without counting an attempt?
@@ -126,4 +133,42 @@ use tidemark_store::error::is_transient_postgres_error as is_transient_db_error;
 /// only "db error", which says nothing in a log or a dead letter.
 fn describe_db_error(e: &tokio_postgres::Error) -> String {
     tidemark_store::error::describe_postgres_error(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the alert service refused")]
+    struct Refused(#[source] std::io::Error);
+
+    #[test]
+    fn a_projection_error_keeps_its_cause_and_the_cause_chain() {
+        let error = ProjectionError::transient(Refused(std::io::Error::other("connection reset")));
+        assert!(error.is_transient());
+        assert_eq!(error.to_string(), "the alert service refused");
+        let cause = error.source().expect("the cause's own source is kept");
+        assert_eq!(cause.to_string(), "connection reset");
+
+        let engine = EngineError::Projection {
+            projection: "alerts".into(),
+            phase: "applying events",
+            position: 7,
+            source: error,
+        };
+        let chain: Vec<String> = std::iter::successors(engine.source(), |e| (*e).source())
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(chain, ["the alert service refused", "connection reset"]);
+    }
+
+    #[test]
+    fn a_message_is_enough_to_fail() {
+        let error = ProjectionError::failed(format!("bad amount {}", -3));
+        assert!(!error.is_transient());
+        assert_eq!(error.to_string(), "bad amount -3");
+        assert!(error.source().is_none());
+    }
 }

@@ -12,6 +12,7 @@
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::fence::Fence;
+use crate::kinds::Target;
 use crate::projection::{ApplyContext, FailurePolicy, Projection};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -24,15 +25,11 @@ use tokio_util::sync::CancellationToken;
 /// Checkpoint partition number of a lane that reads every partition.
 pub const ALL_PARTITIONS: i16 = -1;
 
-/// Target name of the serving read model.
-pub const LIVE: &str = "live";
-
 /// Identifies a lane.
 #[derive(Clone)]
 pub(crate) struct LaneSpec {
     pub projection: Arc<dyn Projection>,
-    /// `live`, `shadow` or `as_of:<label>`.
-    pub target: String,
+    pub target: Target,
     /// Schema the lane writes to.
     pub schema: String,
     pub partition: Option<i16>,

@@ -24,6 +24,8 @@
 //! - [`scaling`]: adaptive concurrency inside a process and the `desired_workers` signal:
 //!   pure arithmetic on the figures the coordinator collects.
 //! - [`dead_letter`], [`status`], `metrics`: parked events, lag, Prometheus gauges.
+//! - `kinds`: [`Target`], [`BuildKind`], [`BuildStatus`], [`ProjectionState`], each with its
+//!   SQL spelling in one place.
 //! - [`windowing`]: pure core of event-time windowed projections (`docs/windowing.md`).
 //!
 //! Projections know nothing of HTTP or GraphQL.
@@ -34,6 +36,7 @@ pub mod dead_letter;
 pub mod engine;
 pub mod error;
 mod fence;
+mod kinds;
 mod lane;
 mod lease;
 mod metrics;
@@ -51,9 +54,10 @@ pub mod workers;
 pub use config::EngineConfig;
 pub use dead_letter::DeadLetter;
 pub use engine::ProjectionEngine;
-pub use error::{EngineError, ProjectionError};
+pub use error::{BoxError, EngineError, ProjectionError};
 pub use fence::LeaseToken;
-pub use lane::{LaneProgress, ALL_PARTITIONS, LIVE};
+pub use kinds::{BuildKind, BuildStatus, ProjectionState, Target};
+pub use lane::{LaneProgress, ALL_PARTITIONS};
 pub use projection::{
     quote_ident, ApplyContext, EventSelector, FailurePolicy, Handler, Projection,
 };

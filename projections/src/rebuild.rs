@@ -11,6 +11,7 @@
 use crate::engine::ProjectionEngine;
 use crate::error::{EngineError, Result};
 use crate::fence::Fence;
+use crate::kinds::{BuildKind, BuildStatus, ProjectionState, Target};
 use crate::lane::{Lane, LaneExit, LaneProgress, LaneSpec, ALL_PARTITIONS};
 use crate::projection::{quote_ident, ApplyContext, Projection};
 use crate::registration::create_schema;
@@ -65,8 +66,6 @@ impl Tracker {
     }
 }
 
-const SHADOW: &str = "shadow";
-
 /// Catch-up rounds before the swap closes the remaining gap itself.
 const MAX_CATCH_UP_ROUNDS: usize = 4;
 
@@ -78,7 +77,7 @@ impl ProjectionEngine {
         on_progress: Option<ProgressCallback>,
     ) -> Result<BuildReport> {
         let projection = self.projection(name)?.clone();
-        self.rebuild_into_shadow(&projection, 0, "rebuild", on_progress)
+        self.rebuild_into_shadow(&projection, 0, BuildKind::Rebuild, on_progress)
             .await
     }
 
@@ -90,7 +89,7 @@ impl ProjectionEngine {
         on_progress: Option<ProgressCallback>,
     ) -> Result<BuildReport> {
         let projection = self.projection(name)?.clone();
-        self.rebuild_into_shadow(&projection, from, "replay", on_progress)
+        self.rebuild_into_shadow(&projection, from, BuildKind::Replay, on_progress)
             .await
     }
 
@@ -109,12 +108,19 @@ impl ProjectionEngine {
             });
         }
         let projection = self.projection(name)?.clone();
-        let target = format!("as_of:{label}");
-        let schema = format!("{}__asof_{label}", projection.schema());
+        let target = Target::AsOf(label.to_string());
+        let schema = target.schema(&projection.schema());
         let started = Instant::now();
         let _guard = self.build_lock(&projection, &target).await?;
         let tracker = self
-            .begin_build(&projection, &target, &schema, "as_of", 0, Some(position))
+            .begin_build(
+                &projection,
+                &target,
+                &schema,
+                BuildKind::AsOf,
+                0,
+                Some(position),
+            )
             .await?;
         let result = self
             .run_build_lane(
@@ -141,15 +147,22 @@ impl ProjectionEngine {
         &self,
         projection: &Arc<dyn Projection>,
         from: Position,
-        kind: &str,
+        kind: BuildKind,
         on_progress: Option<ProgressCallback>,
     ) -> Result<BuildReport> {
         let started = Instant::now();
         let live_schema = projection.schema();
-        let shadow_schema = format!("{live_schema}__shadow");
-        let _guard = self.build_lock(projection, SHADOW).await?;
+        let shadow_schema = Target::Shadow.schema(&live_schema);
+        let _guard = self.build_lock(projection, &Target::Shadow).await?;
         let tracker = self
-            .begin_build(projection, SHADOW, &shadow_schema, kind, from, None)
+            .begin_build(
+                projection,
+                &Target::Shadow,
+                &shadow_schema,
+                kind,
+                from,
+                None,
+            )
             .await?;
         let result = async {
             // Catch up in rounds until the remaining gap is small enough to close while the
@@ -159,7 +172,7 @@ impl ProjectionEngine {
                 let head = self.store().head_position().await?;
                 self.run_build_lane(
                     projection,
-                    SHADOW,
+                    &Target::Shadow,
                     &shadow_schema,
                     Some(head),
                     &tracker,
@@ -190,7 +203,7 @@ impl ProjectionEngine {
     async fn build_lock(
         &self,
         projection: &Arc<dyn Projection>,
-        target: &str,
+        target: &Target,
     ) -> Result<deadpool_postgres::ClientWrapper> {
         let client = self.store().pool().get().await?;
         let key = format!("tidemark.build.{}.{}", projection.name(), target);
@@ -205,7 +218,7 @@ impl ProjectionEngine {
         if !got {
             return Err(EngineError::BuildRunning {
                 projection: projection.name().to_string(),
-                target: target.to_string(),
+                target: target.as_sql().into_owned(),
             });
         }
         // Detached from the pool: the connection closes when the build ends, releasing the
@@ -216,9 +229,9 @@ impl ProjectionEngine {
     async fn begin_build(
         &self,
         projection: &Arc<dyn Projection>,
-        target: &str,
+        target: &Target,
         schema: &str,
-        kind: &str,
+        kind: BuildKind,
         from: Position,
         to: Option<Position>,
     ) -> Result<Tracker> {
@@ -244,20 +257,28 @@ impl ProjectionEngine {
             Some(to) => to,
             None => self.store().head_position().await?,
         };
-        let total = count_matching(&tx, projection.as_ref(), from, upto).await?;
+        let total = self
+            .store()
+            .count_events(from, upto, &projection.selector().log_filter(None))
+            .await?;
         // A build of this target that was interrupted (its process died) is over.
         tx.execute(
-            "UPDATE projection_rebuilds SET status = 'failed', error = 'interrupted', finished_at = now()
-              WHERE projection = $1 AND target = $2 AND status = 'running'",
-            &[&projection.name(), &target],
+            "UPDATE projection_rebuilds SET status = $3, error = 'interrupted', finished_at = now()
+              WHERE projection = $1 AND target = $2 AND status = $4",
+            &[
+                &projection.name(),
+                target,
+                &BuildStatus::Failed,
+                &BuildStatus::Running,
+            ],
         )
         .await
         .map_err(EngineError::db("closing an interrupted build"))?;
         let id: i64 = tx
             .query_one(
-                "INSERT INTO projection_rebuilds (projection, target, kind, from_position, to_position, events_total, position)
-                 VALUES ($1, $2, $3, $4, $5, $6, $4) RETURNING id",
-                &[&projection.name(), &target, &kind, &from, &to, &total],
+                "INSERT INTO projection_rebuilds (projection, target, kind, from_position, to_position, events_total, position, status)
+                 VALUES ($1, $2, $3, $4, $5, $6, $4, $7) RETURNING id",
+                &[&projection.name(), target, &kind, &from, &to, &total, &BuildStatus::Running],
             )
             .await
             .map_err(EngineError::db("recording a build"))?
@@ -281,7 +302,7 @@ impl ProjectionEngine {
     async fn run_build_lane(
         &self,
         projection: &Arc<dyn Projection>,
-        target: &str,
+        target: &Target,
         schema: &str,
         until: Option<Position>,
         tracker: &Tracker,
@@ -295,7 +316,7 @@ impl ProjectionEngine {
         let lane = Lane {
             spec: LaneSpec {
                 projection: projection.clone(),
-                target: target.to_string(),
+                target: target.clone(),
                 schema: schema.to_string(),
                 partition: None,
                 until,
@@ -374,9 +395,9 @@ impl ProjectionEngine {
         // for batches in flight and keeps new ones out until we commit. Lock order is
         // checkpoints, then the projection row — the same order as parking an event.
         tx.execute(
-            "SELECT 1 FROM projection_checkpoints WHERE projection = $1 AND target = 'live'
+            "SELECT 1 FROM projection_checkpoints WHERE projection = $1 AND target = $2
               ORDER BY partition FOR UPDATE",
-            &[&name],
+            &[&name, &Target::Live],
         )
         .await
         .map_err(EngineError::db("pausing the live lanes"))?;
@@ -389,16 +410,13 @@ impl ProjectionEngine {
         let shadow_checkpoint: Position = tx
             .query_one(
                 "SELECT position FROM projection_checkpoints WHERE projection = $1 AND target = $2 AND partition = $3",
-                &[&name, &SHADOW, &ALL_PARTITIONS],
+                &[&name, &Target::Shadow, &ALL_PARTITIONS],
             )
             .await
             .map_err(EngineError::db("reading the shadow checkpoint"))?
             .get(0);
-        let head: Position = tx
-            .query_one("SELECT position FROM store_head", &[])
-            .await
-            .map_err(EngineError::db("reading the head for the swap"))?
-            .get(0);
+        // Read once the live lanes are paused: the live checkpoints move to this head.
+        let head = self.store().head_position().await?;
         let filter = projection.selector().log_filter(None);
         let mut after = shadow_checkpoint;
         let ctx = ApplyContext {
@@ -439,21 +457,21 @@ impl ProjectionEngine {
         .map_err(EngineError::db("swapping the read models"))?;
         tx.execute(
             "INSERT INTO projection_checkpoints (projection, target, partition, position)
-             SELECT $1, 'live', p, $3 FROM generate_series(0, $2 - 1) AS p
+             SELECT $1, $4, p, $3 FROM generate_series(0, $2 - 1) AS p
              ON CONFLICT (projection, target, partition) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
-            &[&name, &i32::from(self.store().partitions()), &head],
+            &[&name, &i32::from(self.store().partitions()), &head, &Target::Live],
         )
         .await
         .map_err(EngineError::db("moving the live checkpoints"))?;
         tx.execute(
             "DELETE FROM projection_checkpoints WHERE projection = $1 AND target = $2",
-            &[&name, &SHADOW],
+            &[&name, &Target::Shadow],
         )
         .await
         .map_err(EngineError::db("removing the shadow checkpoint"))?;
         tx.execute(
-            "UPDATE projections SET version = $2, status = 'running', updated_at = now() WHERE name = $1",
-            &[&name, &projection.version()],
+            "UPDATE projections SET version = $2, status = $3, updated_at = now() WHERE name = $1",
+            &[&name, &projection.version(), &ProjectionState::Running],
         )
         .await
         .map_err(EngineError::db("recording the new version"))?;
@@ -472,8 +490,8 @@ impl ProjectionEngine {
         let progress = tracker.snapshot();
         record_progress(self.store(), tracker.id, &progress).await;
         let (status, message) = match error {
-            None => ("done", None),
-            Some(e) => ("failed", Some(e.to_string())),
+            None => (BuildStatus::Done, None),
+            Some(e) => (BuildStatus::Failed, Some(e.to_string())),
         };
         if let Ok(client) = self.store().pool().get().await {
             let _ = client
@@ -498,24 +516,4 @@ async fn record_progress(store: &EventStore, id: i64, p: &Progress) {
             &[&id, &p.done, &p.total, &p.position, &p.rate],
         )
         .await;
-}
-
-async fn count_matching(
-    tx: &deadpool_postgres::Transaction<'_>,
-    projection: &dyn Projection,
-    after: Position,
-    upto: Position,
-) -> Result<i64> {
-    let selector = projection.selector();
-    let row = tx
-        .query_one(
-            concat!(
-                "SELECT count(*) FROM events e WHERE e.position > $1 AND e.position <= $2 AND ",
-                crate::status::selector_matches!()
-            ),
-            &[&after, &upto, &selector.categories, &selector.event_types],
-        )
-        .await
-        .map_err(EngineError::db("counting events to build"))?;
-    Ok(row.get(0))
 }

@@ -2,6 +2,7 @@
 //! API of another node) sees the same figures.
 
 use crate::error::{EngineError, Result};
+use crate::kinds::{BuildKind, BuildStatus, ProjectionState, Target};
 use crate::projection::Projection;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -35,8 +36,8 @@ pub struct UnownedPartition {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RebuildProgress {
     pub id: i64,
-    pub kind: String,
-    pub target: String,
+    pub kind: BuildKind,
+    pub target: Target,
     pub from_position: Position,
     pub to_position: Option<Position>,
     pub events_done: i64,
@@ -45,7 +46,7 @@ pub struct RebuildProgress {
     pub rate: f64,
     /// Seconds left at the current rate, when running.
     pub eta_seconds: Option<f64>,
-    pub status: String,
+    pub status: BuildStatus,
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -58,7 +59,7 @@ pub struct ProjectionStatus {
     pub version: i32,
     /// Version of the live read model in the database (differs while a bump rebuilds).
     pub live_version: Option<i32>,
-    pub status: String,
+    pub status: ProjectionState,
     pub schema: String,
     pub head: Position,
     pub partitions: Vec<PartitionLag>,
@@ -102,54 +103,9 @@ impl ProjectionStatus {
     }
 }
 
-/// SQL: events `e` matching a projection's selector (categories in `$3`, event types in
-/// `$4`; an empty list matches all). The one place the selector is spelled in SQL, so lag,
-/// waits and build totals count the same events as `EventSelector::log_filter` reads.
-macro_rules! selector_matches {
-    () => {
-        "(cardinality($3::text[]) = 0 OR e.category = ANY($3))
-         AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4))"
-    };
-}
-pub(crate) use selector_matches;
-
-/// SQL: the events of partition `p` the live read model of projection `$1` has not applied
-/// yet, up to position `$5` (with `c` its checkpoint row, if any).
-macro_rules! pending_events {
-    () => {
-        concat!(
-            "events e WHERE e.partition = p.partition AND e.position > coalesce(c.position, 0)
-               AND e.position <= $5 AND ",
-            selector_matches!()
-        )
-    };
-}
-
-/// Live checkpoints of projection `$1` for every partition `p` of the `$2` partitions.
-macro_rules! live_checkpoints {
-    () => {
-        "generate_series(0, $2 - 1) AS p(partition)
-         LEFT JOIN projection_checkpoints c
-                ON c.projection = $1 AND c.target = 'live' AND c.partition = p.partition"
-    };
-}
-
-const LAG_SQL: &str = concat!(
-    "SELECT p.partition::smallint, coalesce(c.position, 0),
-            -- The rate of the last batches, while they are recent: an idle lane reads 0.
-            CASE WHEN c.updated_at > now() - interval '10 seconds'
-                 THEN coalesce(c.events_per_second, 0) ELSE 0 END,
-            c.updated_at,
-            (SELECT count(*) FROM (SELECT 1 FROM ",
-    pending_events!(),
-    " LIMIT 1000000) AS pending),
-            (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM ",
-    pending_events!(),
-    " ORDER BY e.position LIMIT 1)
-       FROM ",
-    live_checkpoints!(),
-    " ORDER BY p.partition"
-);
+/// Matching events after a checkpoint are counted up to this many (a status read costs no
+/// more on a huge backlog).
+const LAG_COUNT_CAP: i64 = 1_000_000;
 
 /// Per-partition lag of `projection`'s live read model, counting events up to `upto`.
 pub(crate) async fn partition_lag(
@@ -157,34 +113,29 @@ pub(crate) async fn partition_lag(
     projection: &dyn Projection,
     upto: Position,
 ) -> Result<Vec<PartitionLag>> {
-    let client = store.pool().get().await?;
-    let selector = projection.selector();
-    let statement = client
-        .prepare_cached(LAG_SQL)
-        .await
-        .map_err(EngineError::db("preparing the lag query"))?;
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &projection.name(),
-                &i32::from(store.partitions()),
-                &selector.categories,
-                &selector.event_types,
-                &upto,
-            ],
-        )
-        .await
-        .map_err(EngineError::db("computing lag"))?;
-    Ok(rows
+    let checkpoints = crate::checkpoint::live(store, projection.name()).await?;
+    let positions: Vec<(i16, Position)> = checkpoints
         .iter()
-        .map(|r| PartitionLag {
-            partition: r.get(0),
-            checkpoint: r.get(1),
-            events_per_second: r.get(2),
-            updated_at: r.get(3),
-            lag_events: r.get(4),
-            lag_seconds: r.get::<_, Option<f64>>(5).unwrap_or(0.0).max(0.0),
+        .map(|c| (c.partition, c.position))
+        .collect();
+    let backlog = store
+        .backlog(
+            &positions,
+            upto,
+            &projection.selector().log_filter(None),
+            LAG_COUNT_CAP,
+        )
+        .await?;
+    Ok(checkpoints
+        .into_iter()
+        .zip(backlog)
+        .map(|(checkpoint, backlog)| PartitionLag {
+            partition: checkpoint.partition,
+            checkpoint: checkpoint.position,
+            events_per_second: checkpoint.events_per_second,
+            updated_at: checkpoint.updated_at,
+            lag_events: backlog.events,
+            lag_seconds: backlog.oldest_age_seconds.unwrap_or(0.0).max(0.0),
         })
         .collect())
 }
@@ -257,11 +208,17 @@ pub(crate) async fn projection_status(
         .into_iter()
         .next();
     let (live_version, status) = match row {
-        Some(r) => (Some(r.get::<_, i32>(0)), r.get::<_, String>(1)),
-        None => (None, "not started".to_string()),
+        Some(r) => (
+            Some(r.get::<_, i32>(0)),
+            r.try_get::<_, ProjectionState>(1)
+                .map_err(EngineError::db("reading a projection's state"))?,
+        ),
+        None => (None, ProjectionState::NotStarted),
     };
     let status = match &last_rebuild {
-        Some(r) if r.status == "running" && r.kind != "as_of" => "rebuilding".to_string(),
+        Some(r) if r.status == BuildStatus::Running && r.target == Target::Shadow => {
+            ProjectionState::Rebuilding
+        }
         _ => status,
     };
     Ok(ProjectionStatus {
@@ -294,32 +251,32 @@ pub async fn rebuilds(
         )
         .await
         .map_err(EngineError::db("reading rebuild progress"))?;
-    Ok(rows
-        .iter()
+    rows.iter()
         .map(|r| {
             let done: i64 = r.get(5);
             let total: i64 = r.get(6);
             let rate: f64 = r.get(8);
-            let status: String = r.get(9);
-            RebuildProgress {
+            let status: BuildStatus = r.try_get(9)?;
+            Ok(RebuildProgress {
                 id: r.get(0),
-                kind: r.get(1),
-                target: r.get(2),
+                kind: r.try_get(1)?,
+                target: r.try_get(2)?,
                 from_position: r.get(3),
                 to_position: r.get(4),
                 events_done: done,
                 events_total: total,
                 position: r.get(7),
                 rate,
-                eta_seconds: (status == "running" && rate > 0.0)
+                eta_seconds: (status == BuildStatus::Running && rate > 0.0)
                     .then(|| (total - done).max(0) as f64 / rate),
                 status,
                 error: r.get(10),
                 started_at: r.get(11),
                 finished_at: r.get(12),
-            }
+            })
         })
-        .collect())
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(EngineError::db("reading rebuild progress"))
 }
 
 /// Number of partitions of `projection`'s live read model that have not yet applied every
@@ -328,31 +285,18 @@ pub(crate) async fn partitions_behind(
     store: &EventStore,
     projection: &dyn Projection,
     position: Position,
-) -> Result<i64> {
-    let client = store.pool().get().await?;
-    let selector = projection.selector();
-    let statement = client
-        .prepare_cached(concat!(
-            "SELECT count(*) FROM ",
-            live_checkpoints!(),
-            " WHERE EXISTS (SELECT 1 FROM ",
-            pending_events!(),
-            ")"
-        ))
-        .await
-        .map_err(EngineError::db("preparing the position wait"))?;
-    let row = client
-        .query_one(
-            &statement,
-            &[
-                &projection.name(),
-                &i32::from(store.partitions()),
-                &selector.categories,
-                &selector.event_types,
-                &position,
-            ],
+) -> Result<usize> {
+    let positions: Vec<(i16, Position)> = crate::checkpoint::live(store, projection.name())
+        .await?
+        .iter()
+        .map(|c| (c.partition, c.position))
+        .collect();
+    Ok(store
+        .partitions_behind(
+            &positions,
+            position,
+            &projection.selector().log_filter(None),
         )
-        .await
-        .map_err(EngineError::db("checking projection progress"))?;
-    Ok(row.get(0))
+        .await?
+        .len())
 }

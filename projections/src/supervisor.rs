@@ -7,7 +7,8 @@
 use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::fence::Fence;
-use crate::lane::{Lane, LaneExit, LaneProgress, LaneSpec, LIVE};
+use crate::kinds::{ProjectionState, Target};
+use crate::lane::{Lane, LaneExit, LaneProgress, LaneSpec};
 use crate::lease::LaneHost;
 use crate::projection::Projection;
 use crate::scaling::AdaptiveLimit;
@@ -74,7 +75,7 @@ impl Supervisor {
             spec: LaneSpec {
                 schema: projection.schema(),
                 projection,
-                target: LIVE.to_string(),
+                target: Target::Live,
                 partition: Some(partition),
                 until: None,
             },
@@ -155,7 +156,7 @@ impl Supervisor {
                 .query_one("SELECT status FROM projections WHERE name = $1", &[&name])
                 .await
             {
-                if row.get::<_, String>(0) != "stopped" {
+                if row.try_get::<_, ProjectionState>(0).ok() != Some(ProjectionState::Stopped) {
                     return true;
                 }
             }

@@ -4,7 +4,9 @@
 //!
 //! - [`model`]: what you append ([`NewEvent`], [`AppendRequest`], [`ExpectedVersion`]) and
 //!   what you read back ([`RecordedEvent`]).
-//! - [`store`]: [`EventStore`], the handle: `append`, `read_stream`, `read_log`, `subscribe`.
+//! - [`store`]: [`EventStore`], the handle: `append`, `read_stream`, `read_log`, `subscribe`,
+//!   `head_position`, and counts over the log for consumers that keep positions
+//!   (`count_events`, `backlog`, `partitions_behind`).
 //! - `append`: validation and hashing in the caller's task, then a bounded queue and one
 //!   writer task that commits many appends per transaction (group commit). Positions come
 //!   from a single head row locked by each append transaction, so they are dense and in
@@ -48,7 +50,7 @@ pub use model::{
     category_of, AppendOutcome, AppendRequest, AppendedEvent, ExpectedVersion, NewEvent, Position,
     RecordedEvent, StreamVersion,
 };
-pub use read::{Direction, LogFilter};
+pub use read::{Direction, LogFilter, PartitionBacklog};
 pub use store::{build_pool, EventStore};
 pub use subscribe::{Page, SubscribeOptions};
 pub use tls::{PgTls, TlsOptions};

@@ -1,4 +1,6 @@
-//! Reads: a stream forwards or backwards, the log (optionally filtered) after a position.
+//! Reads: a stream forwards or backwards, the log (optionally filtered) after a position,
+//! and counts over the log for consumers that keep positions (how many events lie after
+//! them, how old the oldest is), so no caller needs SQL on `events`.
 //!
 //! Every read pages with a limit. Log reads are keyed by position, so a reader that keeps the
 //! last position it saw can never skip an event (positions are dense and in commit order).
@@ -184,4 +186,135 @@ pub(crate) async fn read_stream<C: deadpool_postgres::GenericClient>(
         .await
         .map_err(StoreError::db("reading a stream"))?;
     Ok(rows.iter().map(event_from_row).collect())
+}
+
+/// SQL: events `e` passing a filter's categories (`$3`) and event types (`$4`); an empty list
+/// matches all. The counting queries take the filter in this one fixed shape, so each is
+/// prepared once per connection.
+const FILTER_MATCHES: &str = "(cardinality($3::text[]) = 0 OR e.category = ANY($3::text[]))
+     AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4::text[]))";
+
+/// How far behind one partition's position the log is: see [`crate::EventStore::backlog`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartitionBacklog {
+    pub partition: i16,
+    /// Matching events after the partition's position, up to the head given, counted up
+    /// to the cap given.
+    pub events: i64,
+    /// Age of the oldest of those events (`recorded_at`, by the database's clock), in
+    /// seconds; `None` when there is none.
+    pub oldest_age_seconds: Option<f64>,
+}
+
+/// Counts the events after `after` up to `upto` (inclusive) that pass `filter`.
+pub(crate) async fn count_events<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    after: Position,
+    upto: Position,
+    filter: &LogFilter,
+) -> Result<i64> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM events e
+              WHERE e.position > $1 AND e.position <= $2 AND {FILTER_MATCHES}
+                AND ($5::smallint IS NULL OR e.partition = $5)"
+        ))
+        .await
+        .map_err(StoreError::db("preparing an event count"))?;
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &after,
+                &upto,
+                &filter.categories,
+                &filter.event_types,
+                &filter.partition,
+            ],
+        )
+        .await
+        .map_err(StoreError::db("counting events"))?;
+    Ok(row.get(0))
+}
+
+/// The backlog of each `(partition, position)`: see [`crate::EventStore::backlog`].
+pub(crate) async fn backlog<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    positions: &[(i16, Position)],
+    upto: Position,
+    filter: &LogFilter,
+    cap: i64,
+) -> Result<Vec<PartitionBacklog>> {
+    let pending = format!(
+        "events e WHERE e.partition = p.partition AND e.position > p.after
+           AND e.position <= $5 AND {FILTER_MATCHES}"
+    );
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT p.partition,
+                    (SELECT count(*) FROM (SELECT 1 FROM {pending} LIMIT $6) AS pending),
+                    (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM {pending}
+                      ORDER BY e.position LIMIT 1)
+               FROM unnest($1::smallint[], $2::bigint[]) AS p(partition, after)
+              ORDER BY p.partition"
+        ))
+        .await
+        .map_err(StoreError::db("preparing a backlog query"))?;
+    let (partitions, afters): (Vec<i16>, Vec<Position>) = positions.iter().copied().unzip();
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &partitions,
+                &afters,
+                &filter.categories,
+                &filter.event_types,
+                &upto,
+                &cap,
+            ],
+        )
+        .await
+        .map_err(StoreError::db("measuring a backlog"))?;
+    Ok(rows
+        .iter()
+        .map(|r| PartitionBacklog {
+            partition: r.get(0),
+            events: r.get(1),
+            oldest_age_seconds: r.get(2),
+        })
+        .collect())
+}
+
+/// Of `positions`, the partitions with a matching event after their position, up to `upto`.
+pub(crate) async fn partitions_behind<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    positions: &[(i16, Position)],
+    upto: Position,
+    filter: &LogFilter,
+) -> Result<Vec<i16>> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT p.partition FROM unnest($1::smallint[], $2::bigint[]) AS p(partition, after)
+              WHERE EXISTS (SELECT 1 FROM events e
+                             WHERE e.partition = p.partition AND e.position > p.after
+                               AND e.position <= $5 AND {FILTER_MATCHES})
+              ORDER BY p.partition"
+        ))
+        .await
+        .map_err(StoreError::db("preparing a progress check"))?;
+    let (partitions, afters): (Vec<i16>, Vec<Position>) = positions.iter().copied().unzip();
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &partitions,
+                &afters,
+                &filter.categories,
+                &filter.event_types,
+                &upto,
+            ],
+        )
+        .await
+        .map_err(StoreError::db("checking progress against the log"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }

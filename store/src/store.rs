@@ -8,7 +8,7 @@ use crate::error::{Result, StoreError};
 use crate::heads::Heads;
 use crate::migrate;
 use crate::model::{AppendOutcome, AppendRequest, Position, RecordedEvent, StreamVersion};
-use crate::read::{self, Direction, LogFilter};
+use crate::read::{self, Direction, LogFilter, PartitionBacklog};
 use crate::subscribe::{self, SubscribeOptions};
 use crate::tls::PgTls;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -177,6 +177,47 @@ impl EventStore {
     ) -> Result<Vec<RecordedEvent>> {
         let client = self.inner.pool.get().await?;
         read::read_log(&client, after, filter, limit).await
+    }
+
+    /// The number of events after `after` up to `upto` (inclusive) that pass `filter`
+    /// (a build's total, for its progress).
+    pub async fn count_events(
+        &self,
+        after: Position,
+        upto: Position,
+        filter: &LogFilter,
+    ) -> Result<i64> {
+        let client = self.inner.pool.get().await?;
+        read::count_events(&client, after, upto, filter).await
+    }
+
+    /// For a consumer that keeps one position per partition (a projection's checkpoints):
+    /// per `(partition, position)`, how many events passing `filter` lie after the position
+    /// up to `upto` (counted up to `cap`, so a huge backlog costs no more than `cap` rows),
+    /// and how old the oldest of them is. One query for every partition. `filter.partition`
+    /// is not used: each entry names its partition.
+    pub async fn backlog(
+        &self,
+        positions: &[(i16, Position)],
+        upto: Position,
+        filter: &LogFilter,
+        cap: i64,
+    ) -> Result<Vec<PartitionBacklog>> {
+        let client = self.inner.pool.get().await?;
+        read::backlog(&client, positions, upto, filter, cap).await
+    }
+
+    /// Of `positions` (one per partition), the partitions that have an event passing
+    /// `filter` after their position, up to `upto`: the ones a reader waiting for `upto`
+    /// still waits for. Cheaper than [`EventStore::backlog`]: it stops at the first event.
+    pub async fn partitions_behind(
+        &self,
+        positions: &[(i16, Position)],
+        upto: Position,
+        filter: &LogFilter,
+    ) -> Result<Vec<i16>> {
+        let client = self.inner.pool.get().await?;
+        read::partitions_behind(&client, positions, upto, filter).await
     }
 
     /// The last version of a stream, or `None` if it has no events.

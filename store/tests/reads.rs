@@ -322,3 +322,82 @@ async fn category_event_type_and_partition_filters_return_exactly_the_matching_e
         "the test streams land in several partitions: {sizes:?}"
     );
 }
+
+/// The counts consumers keeping positions use (a projection's lag, waits and build totals)
+/// agree with what a log read returns, for every filter, cut and cap.
+#[tokio::test]
+async fn counts_after_positions_agree_with_the_log() {
+    let db = TestDatabase::create().await;
+    let (store, _) = store_with_log(&db).await;
+    let full = read_all(&store).await;
+    let head = store.head_position().await.expect("the head");
+    let filters = [
+        LogFilter::all(),
+        LogFilter::category("order"),
+        LogFilter::event_types(["Created", "Deleted"]),
+        LogFilter::event_types(["Nothing"]),
+    ];
+    for filter in &filters {
+        for (after, upto) in [(0, head), (17, head), (17, 60), (head, head)] {
+            let expected = full
+                .iter()
+                .filter(|e| e.position > after && e.position <= upto && filter.matches(e))
+                .count() as i64;
+            assert_eq!(
+                store.count_events(after, upto, filter).await.unwrap(),
+                expected,
+                "{filter:?} in ({after}, {upto}]"
+            );
+        }
+        // One position per partition, each at a different cut.
+        let positions: Vec<(i16, Position)> = (0..PARTITIONS as i16)
+            .map(|p| (p, i64::from(p) * 13))
+            .collect();
+        let upto = head - 5;
+        let pending = |partition: i16, after: Position| -> Vec<&RecordedEvent> {
+            full.iter()
+                .filter(|e| {
+                    e.partition == partition
+                        && e.position > after
+                        && e.position <= upto
+                        && filter.matches(e)
+                })
+                .collect()
+        };
+        let backlog = store
+            .backlog(&positions, upto, filter, 1_000)
+            .await
+            .unwrap();
+        assert_eq!(backlog.len(), positions.len());
+        let mut behind = Vec::new();
+        for (&(partition, after), measured) in positions.iter().zip(&backlog) {
+            let events = pending(partition, after);
+            assert_eq!(measured.partition, partition);
+            assert_eq!(
+                measured.events,
+                events.len() as i64,
+                "{filter:?} #{partition}"
+            );
+            assert_eq!(
+                measured.oldest_age_seconds.is_some(),
+                !events.is_empty(),
+                "an age exactly when events are pending"
+            );
+            if !events.is_empty() {
+                behind.push(partition);
+            }
+        }
+        assert_eq!(
+            store
+                .partitions_behind(&positions, upto, filter)
+                .await
+                .unwrap(),
+            behind,
+            "{filter:?}"
+        );
+        let capped = store.backlog(&positions, upto, filter, 2).await.unwrap();
+        for (capped, full) in capped.iter().zip(&backlog) {
+            assert_eq!(capped.events, full.events.min(2), "counted up to the cap");
+        }
+    }
+}

@@ -107,15 +107,10 @@ fn fingerprint(status: &ProjectionStatus) -> String {
         .iter()
         .map(|p| (p.checkpoint, p.lag_events))
         .collect();
-    let build = status.last_rebuild.as_ref().map(|b| {
-        (
-            b.id,
-            b.status.clone(),
-            b.events_done,
-            b.events_total,
-            b.position,
-        )
-    });
+    let build = status
+        .last_rebuild
+        .as_ref()
+        .map(|b| (b.id, b.status, b.events_done, b.events_total, b.position));
     let unowned: Vec<i16> = status
         .unowned_partitions
         .iter()

@@ -6,7 +6,7 @@ use async_graphql::{
 };
 use chrono::{DateTime, Utc};
 use tidemark_projections::{
-    DeadLetter, PartitionLag, ProjectionStatus, RebuildProgress, WorkerInfo,
+    BuildStatus, DeadLetter, PartitionLag, ProjectionStatus, RebuildProgress, WorkerInfo,
 };
 use tidemark_store::{AppendOutcome, ExpectedVersion, RecordedEvent};
 use uuid::Uuid;
@@ -266,10 +266,11 @@ impl Build {
     }
     /// `rebuild`, `replay` or `as_of`.
     async fn kind(&self) -> &str {
-        &self.0.kind
+        self.0.kind.as_sql()
     }
-    async fn target(&self) -> &str {
-        &self.0.target
+    /// `shadow` or `as_of:<label>`.
+    async fn target(&self) -> String {
+        self.0.target.to_string()
     }
     async fn from_position(&self) -> i64 {
         self.0.from_position
@@ -286,7 +287,7 @@ impl Build {
     /// Done / total, from 0 to 1.
     async fn fraction(&self) -> f64 {
         if self.0.events_total <= 0 {
-            if self.0.status == "done" {
+            if self.0.status == BuildStatus::Done {
                 1.0
             } else {
                 0.0
@@ -307,7 +308,7 @@ impl Build {
     }
     /// `running`, `done` or `failed`.
     async fn status(&self) -> &str {
-        &self.0.status
+        self.0.status.as_sql()
     }
     async fn error(&self) -> Option<&str> {
         self.0.error.as_deref()
@@ -434,7 +435,7 @@ impl From<ProjectionStatus> for Projection {
             name: status.name.clone(),
             version: status.version,
             live_version: status.live_version,
-            status: status.status.clone(),
+            status: status.status.as_sql().to_string(),
             schema: status.schema.clone(),
             head: status.head,
             checkpoint: status.caught_up_to(),

@@ -262,9 +262,9 @@ async fn applied_from_checkpoints(
         .query_one(
             "SELECT count(*) FROM events e
                JOIN projection_checkpoints c
-                 ON c.projection = $1 AND c.target = 'live' AND c.partition = e.partition
+                 ON c.projection = $1 AND c.target = $3 AND c.partition = e.partition
               WHERE e.position <= c.position AND ($2::text IS NULL OR e.category = $2)",
-            &[&projection, &category],
+            &[&projection, &category, &tidemark_projections::Target::Live],
         )
         .await
         .expect("reading checkpoints")

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tidemark_example_bank::projections::{AlertSink, LargeWithdrawalAlerts};
 use tidemark_projections::{
     EngineConfig, EventSelector, FailurePolicy, Handler, ProjectionEngine, ProjectionError,
-    RecordedEvent, Registry,
+    ProjectionState, RecordedEvent, Registry,
 };
 use tidemark_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent, Position};
 use tidemark_testkit::TestDatabase;
@@ -120,7 +120,7 @@ async fn a_poison_event_is_parked_after_its_attempts_the_partition_goes_on_and_i
     assert!(stats.poison_attempts.load(Ordering::SeqCst) >= 3);
     let status = engine.projection_status("poison_continue").await.unwrap();
     assert_eq!(status.parked, 1);
-    assert_eq!(status.status, "running");
+    assert_eq!(status.status, ProjectionState::Running);
 
     let client = connect(&db).await;
     let log = read_all(&store).await;
@@ -259,7 +259,7 @@ async fn park_and_stop_halts_the_partition_until_the_parked_event_is_replayed() 
             .await
             .unwrap()
             .status,
-        "stopped"
+        ProjectionState::Stopped
     );
 
     // While stopped, new events reach the other partitions but not this one.
@@ -302,7 +302,7 @@ async fn park_and_stop_halts_the_partition_until_the_parked_event_is_replayed() 
     assert_each_once_in_stream_order(&applied, &log);
     assert_eq!(engine.replay_parked("poison_stop", None).await.unwrap(), 0);
     let status = engine.projection_status("poison_stop").await.unwrap();
-    assert_eq!(status.status, "running");
+    assert_eq!(status.status, ProjectionState::Running);
     assert_eq!(status.parked, 0);
     engine.shutdown().await;
     assert_eq!(read_applied(&client, "rm_poison_stop").await, applied);

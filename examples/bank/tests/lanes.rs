@@ -14,7 +14,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tidemark_example_bank::projections::{AccountBalances, CategoryTotals};
 use tidemark_projections::{
-    ApplyContext, EngineConfig, EventSelector, Projection, ProjectionError, RecordedEvent, Registry,
+    ApplyContext, EngineConfig, EventSelector, Projection, ProjectionError, ProjectionState,
+    RecordedEvent, Registry,
 };
 use tidemark_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
 use tidemark_testkit::TestDatabase;
@@ -250,7 +251,7 @@ async fn status_reports_lag_in_events_and_seconds_until_the_projection_catches_u
         .expect("status after catching up");
     assert_eq!(after.lag_events(), 0);
     assert_eq!(after.lag_seconds(), 0.0);
-    assert_eq!(after.status, "running");
+    assert_eq!(after.status, ProjectionState::Running);
     assert_eq!(after.live_version, Some(1));
     engine.shutdown().await;
 

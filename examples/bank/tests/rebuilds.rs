@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidemark_example_bank::projections::{fold, AccountBalances};
 use tidemark_projections::{
-    ApplyContext, EventSelector, Projection, ProjectionError, RecordedEvent, Registry,
+    ApplyContext, BuildKind, BuildStatus, EventSelector, Projection, ProjectionError,
+    ProjectionState, RecordedEvent, Registry,
 };
 use tidemark_store::{AppendRequest, ExpectedVersion, Position};
 use tidemark_testkit::TestDatabase;
@@ -119,8 +120,8 @@ async fn a_rebuild_while_appends_continue_swaps_in_the_fold_and_the_live_model_a
     let status = engine.projection_status("account_balances").await.unwrap();
     let rebuild = status.last_rebuild.expect("the rebuild is recorded");
     assert_eq!(
-        (rebuild.kind.as_str(), rebuild.status.as_str()),
-        ("rebuild", "done")
+        (rebuild.kind, rebuild.status),
+        (BuildKind::Rebuild, BuildStatus::Done)
     );
     assert!(rebuild.events_done > 0);
     engine.shutdown().await;
@@ -323,11 +324,11 @@ async fn bumping_a_projections_version_rebuilds_its_read_model_on_start() {
         "the read model was rebuilt by v2"
     );
     let status = v2.projection_status("versioned_balances").await.unwrap();
-    assert_eq!(status.status, "running");
+    assert_eq!(status.status, ProjectionState::Running);
     let rebuild = status.last_rebuild.expect("the rebuild is recorded");
     assert_eq!(
-        (rebuild.kind.as_str(), rebuild.status.as_str()),
-        ("rebuild", "done")
+        (rebuild.kind, rebuild.status),
+        (BuildKind::Rebuild, BuildStatus::Done)
     );
     // And it keeps running live after the swap.
     append_backlog(&store, backlog(500, seed + 2)).await;

@@ -465,8 +465,8 @@ impl Cluster {
             .sql
             .query(
                 "SELECT partition, position FROM projection_checkpoints
-                  WHERE projection = $1 AND target = 'live'",
-                &[&projection],
+                  WHERE projection = $1 AND target = $2",
+                &[&projection, &tidemark_projections::Target::Live],
             )
             .await
             .expect("reading checkpoints")
