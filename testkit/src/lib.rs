@@ -24,7 +24,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
-use tidemark_store::embedded::{connection_url, EmbeddedOptions, EmbeddedPostgres};
+use tidemark_pg_embedded::{connection_url, EmbeddedOptions, EmbeddedPostgres};
 use tokio::sync::OnceCell;
 use tokio_postgres::{Config, NoTls};
 
@@ -164,8 +164,7 @@ async fn admin_config() -> Config {
     }
 }
 
-async fn start_embedded_cluster(
-) -> Result<EmbeddedPostgres, tidemark_store::embedded::EmbeddedError> {
+async fn start_embedded_cluster() -> Result<EmbeddedPostgres, tidemark_pg_embedded::EmbeddedError> {
     let clusters_dir = clusters_dir();
     remove_abandoned_clusters(&clusters_dir);
     let data_dir = clusters_dir
