@@ -280,14 +280,18 @@ impl EmbeddedPostgres {
         // Lives only for this call; it ends when `client` is dropped below.
         let connection = tokio::spawn(connection);
         let result = async {
-            let exists = client
-                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+            // The server quotes the name (`%I`), so no second copy of its quoting rules
+            // lives here.
+            let row = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1::text),
+                            format('CREATE DATABASE %I', $1::text)",
+                    &[&name],
+                )
                 .await?;
-            if exists.is_none() {
-                match client
-                    .batch_execute(&format!("CREATE DATABASE {}", quote_identifier(name)))
-                    .await
-                {
+            let (exists, create): (bool, String) = (row.get(0), row.get(1));
+            if !exists {
+                match client.batch_execute(&create).await {
                     // A concurrent creator won; it can also surface as a unique violation.
                     Err(error)
                         if error.code() == Some(&SqlState::DUPLICATE_DATABASE)
@@ -344,8 +348,4 @@ fn free_loopback_port() -> Result<u16, EmbeddedError> {
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .map_err(EmbeddedError::io("find a free port on 127.0.0.1"))
-}
-
-fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
