@@ -6,7 +6,7 @@ use crate::auth::ConfiguredKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use tidemark_store::embedded::RestartPolicy;
+use tidemark_pg_embedded::RestartPolicy;
 use tidemark_store::TlsOptions;
 
 /// Where the events live.

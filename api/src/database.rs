@@ -4,7 +4,7 @@
 
 use crate::config::DatabaseConfig;
 use anyhow::anyhow;
-use tidemark_store::embedded::{
+use tidemark_pg_embedded::{
     ClusterHealth, EmbeddedOptions, EmbeddedPostgres, RestartPolicy, SupervisedPostgres,
 };
 use tidemark_store::{build_pool, EventStore, PgTls, StoreConfig, TlsOptions};

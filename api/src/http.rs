@@ -31,7 +31,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tidemark_store::embedded::ClusterHealth;
+use tidemark_pg_embedded::ClusterHealth;
 use tokio::sync::{watch, Semaphore};
 
 /// What the handlers share.

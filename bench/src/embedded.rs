@@ -1,12 +1,12 @@
 //! The embedded PostgreSQL cluster used when no database URL is given: a throwaway cluster
-//! in a temporary directory, started with the store's launcher and removed after the run.
+//! in a temporary directory, started with the launcher of `tidemark-pg-embedded` and removed after the run.
 //!
 //! It runs with fsync on (commits are as durable as on a real server) and
 //! `max_connections = 300`, so the raw baseline can open 256 client connections.
 
 use anyhow::{Context, Result};
 use std::os::unix::fs::PermissionsExt;
-use tidemark_store::embedded::{EmbeddedOptions, EmbeddedPostgres, SUPERUSER};
+use tidemark_pg_embedded::{EmbeddedOptions, EmbeddedPostgres, SUPERUSER};
 use tokio_postgres::Config;
 
 /// A private cluster for one benchmark run.

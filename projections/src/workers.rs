@@ -12,8 +12,13 @@ use crate::scaling::ScalingSignal;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use std::time::Duration;
+use tidemark_pg_embedded::process::still_running;
 use tidemark_store::EventStore;
 use uuid::Uuid;
+
+/// Where a pid means something, and which process had it (the one implementation, in the
+/// launcher crate's `process` module, re-exported here for the worker registry's users).
+pub use tidemark_pg_embedded::process::ProcessIdentity;
 
 /// A registered worker process, as listed by `tidemark workers` and the API.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,64 +99,6 @@ pub struct WorkerIdentity {
     /// Enough to tell from the same machine whether the process still runs; `None` where
     /// the platform does not say.
     pub process: Option<ProcessIdentity>,
-}
-
-/// Where a pid means something, and which process had it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessIdentity {
-    /// The kernel's boot id and the pid namespace: two workers with the same scope see the
-    /// same processes under the same pids.
-    pub scope: String,
-    /// Start time of the process in clock ticks since boot: a pid reused by another
-    /// process has another start time.
-    pub started: i64,
-}
-
-impl ProcessIdentity {
-    /// This process (Linux: `/proc`).
-    pub fn this_process() -> Option<Self> {
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-        let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
-        Some(ProcessIdentity {
-            scope: format!("{} {}", boot.trim(), namespace.display()),
-            started: process_state(std::process::id() as i32)?.started,
-        })
-    }
-}
-
-/// What `/proc/<pid>/stat` says about a process.
-struct ProcessState {
-    /// A zombie (dead, not yet reaped by its parent) or dead.
-    defunct: bool,
-    started: i64,
-}
-
-/// `None` when no process has `pid` (or `/proc` cannot tell).
-fn process_state(pid: i32) -> Option<ProcessState> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ...`: comm may contain spaces and parentheses, so split after the
-    // last ')'. The start time is field 22 of the line, the 20th after the comm.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = *fields.first()?;
-    let started = fields.get(19)?.parse().ok()?;
-    Some(ProcessState {
-        defunct: matches!(state, "Z" | "X" | "x"),
-        started,
-    })
-}
-
-/// Is the process a worker entry of this machine names still running? Only asked for
-/// entries with our own process scope, so the pid is one we can look up.
-fn still_running(pid: i32, started: Option<i64>) -> bool {
-    match process_state(pid) {
-        None => {
-            // Either no such process, or `/proc` is unreadable: tell them apart by looking
-            // at ourselves, so an unreadable `/proc` never declares a live worker dead.
-            process_state(std::process::id() as i32).is_none()
-        }
-        Some(state) => !state.defunct && started.is_none_or(|s| s == state.started),
-    }
 }
 
 impl WorkerIdentity {
@@ -345,36 +292,4 @@ pub async fn list(store: &EventStore, timeout: Duration) -> Result<Vec<WorkerInf
             leases: r.get(14),
         })
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn this_process_is_running_under_its_own_start_time() {
-        let Some(me) = ProcessIdentity::this_process() else {
-            return; // no /proc: workers are only ever found dead by their heartbeat
-        };
-        let pid = std::process::id() as i32;
-        assert!(still_running(pid, Some(me.started)));
-        assert!(
-            !still_running(pid, Some(me.started + 1)),
-            "a pid reused by a process started at another time is not the worker"
-        );
-    }
-
-    #[test]
-    fn a_reaped_child_is_no_longer_running() {
-        if ProcessIdentity::this_process().is_none() {
-            return;
-        }
-        let mut child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawning `true`");
-        let pid = child.id() as i32;
-        let started = process_state(pid).map(|s| s.started);
-        child.wait().expect("reaping the child");
-        assert!(!still_running(pid, started));
-    }
 }

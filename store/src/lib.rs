@@ -19,7 +19,6 @@
 //!   of the on-disk contract that must never change.
 //! - [`validate`], [`error`]: what is refused, and why.
 //! - [`migrate`]: applies `migrations/*.sql` once, under an advisory lock, checksummed.
-//! - [`embedded`]: runs a private PostgreSQL cluster from the installed binaries.
 //! - [`config`]: limits and pipeline settings with their defaults.
 //! - [`tls`]: the one TLS connector of every connection, honouring `sslmode`.
 //! - [`backoff`]: the one exponential backoff of every reconnect and retry loop.
@@ -32,7 +31,6 @@ pub mod aggregate;
 mod append;
 pub mod backoff;
 pub mod config;
-pub mod embedded;
 pub mod error;
 pub mod hashing;
 mod heads;

@@ -21,10 +21,8 @@ pub mod tls;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
-use tidemark_store::embedded::{connection_url, EmbeddedOptions, EmbeddedPostgres};
+use tidemark_pg_embedded::process;
+use tidemark_pg_embedded::{connection_url, EmbeddedOptions, EmbeddedPostgres};
 use tokio::sync::OnceCell;
 use tokio_postgres::{Config, NoTls};
 
@@ -164,8 +162,7 @@ async fn admin_config() -> Config {
     }
 }
 
-async fn start_embedded_cluster(
-) -> Result<EmbeddedPostgres, tidemark_store::embedded::EmbeddedError> {
+async fn start_embedded_cluster() -> Result<EmbeddedPostgres, tidemark_pg_embedded::EmbeddedError> {
     let clusters_dir = clusters_dir();
     remove_abandoned_clusters(&clusters_dir);
     let data_dir = clusters_dir
@@ -221,11 +218,7 @@ fn server_running(data_dir: &Path) -> bool {
 }
 
 fn is_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    // EPERM: it exists but belongs to another user.
-    matches!(kill(Pid::from_raw(pid), None), Ok(()) | Err(Errno::EPERM))
+    i32::try_from(pid).is_ok_and(process::is_alive)
 }
 
 /// Runs one statement on the admin database over a connection that lives only for this call.

@@ -167,7 +167,7 @@ impl FaultProxy {
 
     /// A `postgresql://` URL for the database through this proxy.
     pub fn url(&self) -> String {
-        tidemark_store::embedded::connection_url(&self.config())
+        tidemark_pg_embedded::connection_url(&self.config())
     }
 
     /// From now on, append transactions get the cuts of `plan` in turn, from its start.

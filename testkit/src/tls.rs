@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use tidemark_store::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use tidemark_pg_embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 /// The database [`TlsCluster::start`] creates.
 pub const TLS_DATABASE: &str = "tls";

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tidemark_store::embedded::RestartPolicy;
+use tidemark_pg_embedded::RestartPolicy;
 use uuid::Uuid;
 
 /// Far beyond a restart (crash recovery of a small cluster takes well under a second; a

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_postgres::Config;
 use tokio_util::sync::CancellationToken;
 
-use super::{connection_url, EmbeddedError, EmbeddedPostgres};
+use crate::{connection_url, EmbeddedError, EmbeddedPostgres, SUPERUSER};
 
 /// How the supervisor restarts a dead cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,7 +178,7 @@ impl SupervisedPostgres {
         metrics::gauge!("tidemark_embedded_postgres_up")
             .set(f64::from(u8::from(initial.is_running())));
         let (publish, health) = watch::channel(initial);
-        let config = server.connection_config(super::SUPERUSER);
+        let config = server.connection_config(SUPERUSER);
         let stop = CancellationToken::new();
         let supervisor = Supervisor {
             server,
