@@ -194,6 +194,12 @@ pub(crate) async fn read_stream<C: deadpool_postgres::GenericClient>(
 const FILTER_MATCHES: &str = "(cardinality($3::text[]) = 0 OR e.category = ANY($3::text[]))
      AND (cardinality($4::text[]) = 0 OR e.event_type = ANY($4::text[]))";
 
+/// SQL: events `e` of partition `p.partition` after `p.after`, up to `$5`. Spelled as row
+/// comparisons so the planner scans the (partition, position) index for exactly that range;
+/// with separate conditions it walks the position index over every partition's events.
+const IN_PARTITION_RANGE: &str = "(e.partition, e.position) > (p.partition, p.after)
+     AND (e.partition, e.position) <= (p.partition, $5)";
+
 /// How far behind one partition's position the log is: see [`crate::EventStore::backlog`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PartitionBacklog {
@@ -245,16 +251,13 @@ pub(crate) async fn backlog<C: deadpool_postgres::GenericClient>(
     filter: &LogFilter,
     cap: i64,
 ) -> Result<Vec<PartitionBacklog>> {
-    let pending = format!(
-        "events e WHERE e.partition = p.partition AND e.position > p.after
-           AND e.position <= $5 AND {FILTER_MATCHES}"
-    );
+    let pending = format!("events e WHERE {IN_PARTITION_RANGE} AND {FILTER_MATCHES}");
     let statement = client
         .prepare_cached(&format!(
             "SELECT p.partition,
                     (SELECT count(*) FROM (SELECT 1 FROM {pending} LIMIT $6) AS pending),
                     (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM {pending}
-                      ORDER BY e.position LIMIT 1)
+                      ORDER BY e.partition, e.position LIMIT 1)
                FROM unnest($1::smallint[], $2::bigint[]) AS p(partition, after)
               ORDER BY p.partition"
         ))
@@ -296,8 +299,7 @@ pub(crate) async fn partitions_behind<C: deadpool_postgres::GenericClient>(
         .prepare_cached(&format!(
             "SELECT p.partition FROM unnest($1::smallint[], $2::bigint[]) AS p(partition, after)
               WHERE EXISTS (SELECT 1 FROM events e
-                             WHERE e.partition = p.partition AND e.position > p.after
-                               AND e.position <= $5 AND {FILTER_MATCHES})
+                             WHERE {IN_PARTITION_RANGE} AND {FILTER_MATCHES})
               ORDER BY p.partition"
         ))
         .await
