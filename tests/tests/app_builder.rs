@@ -8,7 +8,7 @@ use async_graphql::{Context, Object};
 use async_trait::async_trait;
 use common::*;
 use serde_json::json;
-use tidemark_api::{ApiError, Role, RoleGuard, Tidemark, TidemarkApp};
+use tidemark_api::{ApiResult, Role, RoleGuard, Tidemark, TidemarkApp};
 use tidemark_projections::{
     ApplyContext, EventSelector, Projection, ProjectionError, RecordedEvent,
 };
@@ -122,18 +122,9 @@ struct CounterMutation;
 impl CounterMutation {
     /// Adds `by` to a counter; returns the position to wait for.
     #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn increment(
-        &self,
-        ctx: &Context<'_>,
-        id: String,
-        by: i64,
-    ) -> async_graphql::Result<i64> {
+    async fn increment(&self, ctx: &Context<'_>, id: String, by: i64) -> ApiResult<i64> {
         let tidemark = Tidemark::from_ctx(ctx)?;
-        let outcome = tidemark
-            .commands()
-            .execute::<Counter>(&id, &by)
-            .await
-            .map_err(ApiError::from)?;
+        let outcome = tidemark.commands().execute::<Counter>(&id, &by).await?;
         Ok(outcome.position())
     }
 }
