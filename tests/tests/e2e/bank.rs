@@ -1,157 +1,22 @@
 //! The example bank application (`tidemark-example-bank`) end to end: the real server on a
-//! free port with the bank's projections, handler and GraphQL objects, real HTTP and
-//! WebSocket clients. Commands change read models that `@waitFor` reads back; the domain's
-//! rules hold over the API, also under racing clients; the alert handler fires once per
-//! large withdrawal; read keys read and do not write; and the README's walkthrough runs
-//! exactly as written.
+//! free port with the bank's projections, handler and GraphQL objects, driven by
+//! [`BankClient`] over real HTTP. Each test states one behaviour: commands change read
+//! models that `@waitFor` reads back; the domain's rules hold over the API (`REJECTED`,
+//! the rule's sentence, nothing written), also under racing clients; the alert handler
+//! fires once per large withdrawal; read keys read and do not write; and the README's
+//! walkthrough runs exactly as written. The rules themselves, case by case, are unit tests
+//! of the bank's domain.
 
-use crate::common;
+mod client;
 
-use common::*;
+use crate::common::*;
+use client::{Alert, Answer, BankClient, Expect, RecordingAlerts};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use tidemark_example_bank::projections::{fold, AlertSink};
+use std::sync::Arc;
+use tidemark_example_bank::projections::fold;
 use tidemark_example_bank::LARGE_WITHDRAWAL;
 use tidemark_store::RecordedEvent;
-
-// ------------------------------------------------------------------ support
-
-/// One alert as the handler sent it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Alert {
-    id: String,
-    account: String,
-    amount: i64,
-}
-
-/// An [`AlertSink`] that records every alert, duplicates included.
-#[derive(Default)]
-struct RecordingAlerts {
-    sent: Mutex<Vec<Alert>>,
-}
-
-impl RecordingAlerts {
-    fn sent(&self) -> Vec<Alert> {
-        self.sent.lock().unwrap().clone()
-    }
-}
-
-#[async_trait::async_trait]
-impl AlertSink for RecordingAlerts {
-    async fn send(&self, alert_id: String, account: &str, amount: i64) -> Result<(), String> {
-        self.sent.lock().unwrap().push(Alert {
-            id: alert_id,
-            account: account.to_string(),
-            amount,
-        });
-        Ok(())
-    }
-}
-
-/// The bank on a fresh database, with a recording alert sink.
-async fn spawn_bank() -> (TestApp, Arc<RecordingAlerts>) {
-    let alerts = Arc::new(RecordingAlerts::default());
-    let app = spawn_app_with(tidemark_example_bank::app(alerts.clone()), |_| {}).await;
-    (app, alerts)
-}
-
-/// Runs a mutation with the append key; panics on errors; returns `data`.
-async fn command(app: &TestApp, mutation: &str, variables: Value) -> Value {
-    app.graphql_data(mutation, variables, Some(APPEND_KEY))
-        .await
-}
-
-/// Runs a mutation that must be refused with `REJECTED`; returns the sentence.
-async fn rejected(app: &TestApp, mutation: &str, variables: Value) -> String {
-    let body = app.graphql(mutation, variables, Some(APPEND_KEY)).await;
-    let error = assert_error(&body, "REJECTED");
-    assert!(
-        body["data"].is_null(),
-        "a refused command has no data: {body}"
-    );
-    error["message"].as_str().expect("a message").to_string()
-}
-
-/// Opens `account` for `owner` and deposits `amount`; returns the position of the deposit.
-async fn open_account(app: &TestApp, account: &str, owner: &str, amount: i64) -> i64 {
-    let data = command(
-        app,
-        "mutation($a: String!, $o: String!, $amount: Int!) {
-           open: openAccount(accountId: $a, owner: $o) { position }
-           deposit(accountId: $a, amount: $amount) { position streamVersion changed }
-         }",
-        json!({ "a": account, "o": owner, "amount": amount }),
-    )
-    .await;
-    assert_eq!(data["deposit"]["streamVersion"], 1);
-    assert_eq!(data["deposit"]["changed"], true);
-    data["deposit"]["position"].as_i64().unwrap()
-}
-
-/// Registers `customer` (name = id, email `<id>@example.com`); returns the position.
-async fn register(app: &TestApp, customer: &str) -> i64 {
-    let data = command(
-        app,
-        "mutation($c: String!, $e: String!) { registerCustomer(customerId: $c, name: $c, email: $e) { position } }",
-        json!({ "c": customer, "e": format!("{customer}@example.com") }),
-    )
-    .await;
-    data["registerCustomer"]["position"].as_i64().unwrap()
-}
-
-/// The account as `account_balances` has it once it applied `position` (read key).
-async fn account_at(app: &TestApp, account: &str, position: i64) -> Value {
-    let data = app
-        .graphql_data(
-            "query($a: String!, $p: Int!) {
-               account(id: $a) @waitFor(projection: \"account_balances\", position: $p) { id owner balance version }
-             }",
-            json!({ "a": account, "p": position }),
-            Some(READ_KEY),
-        )
-        .await;
-    data["account"].clone()
-}
-
-async fn balance_at(app: &TestApp, account: &str, position: i64) -> i64 {
-    account_at(app, account, position).await["balance"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("account {account} is in the read model"))
-}
-
-/// The order as the `orders` read model has it once it applied `position`.
-async fn order_at(app: &TestApp, order: &str, position: i64) -> Value {
-    let data = app
-        .graphql_data(
-            "query($o: String!, $p: Int!) {
-               order(id: $o) @waitFor(projection: \"orders\", position: $p) { id customerId accountId amount status }
-             }",
-            json!({ "o": order, "p": position }),
-            Some(READ_KEY),
-        )
-        .await;
-    data["order"].clone()
-}
-
-/// The events of one stream, through the API.
-async fn stream_events(app: &TestApp, stream: &str) -> Vec<Value> {
-    let data = app
-        .graphql_data(
-            "query($s: String!) { stream(id: $s, first: 1000) { events { eventId type data streamVersion position } } }",
-            json!({ "s": stream }),
-            Some(READ_KEY),
-        )
-        .await;
-    data["stream"]["events"].as_array().unwrap().clone()
-}
-
-async fn head(app: &TestApp) -> i64 {
-    app.graphql_data("{ head }", json!({}), Some(READ_KEY))
-        .await["head"]
-        .as_i64()
-        .unwrap()
-}
 
 /// Balances folded from the log (the store's own read, not the API), after checking that no
 /// account's running balance ever went below zero.
@@ -183,32 +48,33 @@ fn balances_never_negative(events: &[RecordedEvent]) -> BTreeMap<String, i64> {
 // ------------------------------------------------------------------ read models
 
 #[tokio::test]
+async fn a_deposit_answers_the_streams_new_version_and_the_head_position() {
+    let bank = BankClient::start().await;
+    bank.open_funded("acc-1", "ann", 10_000).await;
+
+    let deposit = bank.deposit("acc-1", 2550).await.done();
+    assert_eq!(deposit.stream_id, "account-acc-1");
+    assert_eq!(deposit.stream_version, Some(2));
+    assert!(deposit.changed);
+    assert_eq!(deposit.position, bank.head().await);
+}
+
+#[tokio::test]
 async fn a_deposit_is_read_back_from_the_balances_read_model_with_wait_for() {
-    let (app, _) = spawn_bank().await;
-    let position = open_account(&app, "acc-1", "ann", 10_000).await;
+    let bank = BankClient::start().await;
+    let position = bank.open_funded("acc-1", "ann", 10_000).await;
 
     // One request: the write is visible as soon as the field's wait returns.
-    let account = account_at(&app, "acc-1", position).await;
     assert_eq!(
-        account,
+        bank.account("acc-1", position).await,
         json!({ "id": "acc-1", "owner": "ann", "balance": 10_000, "version": 1 })
     );
-
-    let data = command(
-        &app,
-        "mutation { deposit(accountId: \"acc-1\", amount: 2550) { streamId streamVersion position changed } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(data["deposit"]["streamId"], "account-acc-1");
-    assert_eq!(data["deposit"]["streamVersion"], 2);
-    assert_eq!(data["deposit"]["changed"], true);
-    let position = data["deposit"]["position"].as_i64().unwrap();
-    assert_eq!(position, head(&app).await);
-    assert_eq!(balance_at(&app, "acc-1", position).await, 12_550);
+    let position = bank.deposit("acc-1", 2550).await.done().position;
+    assert_eq!(bank.balance("acc-1", position).await, 12_550);
 
     // The list of accounts reads the same model.
-    let data = app
+    let data = bank
+        .app
         .graphql_data(
             "query($p: Int!) { accounts @waitFor(projection: \"account_balances\", position: $p) { id balance } }",
             json!({ "p": position }),
@@ -223,56 +89,45 @@ async fn a_deposit_is_read_back_from_the_balances_read_model_with_wait_for() {
 
 #[tokio::test]
 async fn an_order_goes_placed_paid_shipped_in_the_orders_read_model() {
-    let (app, _) = spawn_bank().await;
-    register(&app, "bob").await;
-    open_account(&app, "bob-1", "bob", 10_000).await;
+    let bank = BankClient::start().await;
+    bank.register("bob").await.done();
+    bank.open_funded("bob-1", "bob", 10_000).await;
 
-    let data = command(
-        &app,
-        "mutation { placeOrder(orderId: \"o-1\", customerId: \"bob\", accountId: \"bob-1\", amount: 2500) { streamId position } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(data["placeOrder"]["streamId"], "order-o-1");
-    let placed = data["placeOrder"]["position"].as_i64().unwrap();
+    let placed = bank.place_order("o-1", "bob", "bob-1", 2500).await.done();
+    assert_eq!(placed.stream_id, "order-o-1");
     assert_eq!(
-        order_at(&app, "o-1", placed).await,
+        bank.order("o-1", placed.position).await,
         json!({ "id": "o-1", "customerId": "bob", "accountId": "bob-1", "amount": 2500, "status": "placed" })
     );
 
-    let data = command(
-        &app,
-        "mutation { payOrder(orderId: \"o-1\") { position changed } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(data["payOrder"]["changed"], true);
-    let paid = data["payOrder"]["position"].as_i64().unwrap();
-    assert_eq!(order_at(&app, "o-1", paid).await["status"], "paid");
+    let paid = bank.pay_order("o-1").await.done();
+    assert!(paid.changed);
+    assert_eq!(bank.order("o-1", paid.position).await["status"], "paid");
     // Paying withdrew from the account, before the order was marked paid.
-    assert_eq!(balance_at(&app, "bob-1", paid).await, 7_500);
+    assert_eq!(bank.balance("bob-1", paid.position).await, 7_500);
 
-    let data = command(
-        &app,
-        "mutation { shipOrder(orderId: \"o-1\") { position } }",
-        json!({}),
-    )
-    .await;
-    let shipped = data["shipOrder"]["position"].as_i64().unwrap();
-    assert_eq!(order_at(&app, "o-1", shipped).await["status"], "shipped");
+    let shipped = bank.ship_order("o-1").await.done().position;
+    assert_eq!(bank.order("o-1", shipped).await["status"], "shipped");
+}
 
-    // A second order, cancelled: the status filter tells them apart.
-    let data = command(
-        &app,
-        "mutation {
-           place: placeOrder(orderId: \"o-2\", customerId: \"bob\", accountId: \"bob-1\", amount: 100) { position }
-           cancel: cancelOrder(orderId: \"o-2\") { position }
-         }",
-        json!({}),
-    )
-    .await;
-    let last = data["cancel"]["position"].as_i64().unwrap();
-    let data = app
+/// Bob's shipped order `o-1` (2500 from `bob-1`, funded with 10,000) and cancelled order
+/// `o-2` (100); the position of the cancel.
+async fn a_shipped_and_a_cancelled_order(bank: &BankClient) -> i64 {
+    bank.register("bob").await.done();
+    bank.open_funded("bob-1", "bob", 10_000).await;
+    bank.place_order("o-1", "bob", "bob-1", 2500).await.done();
+    bank.pay_order("o-1").await.done();
+    bank.ship_order("o-1").await.done();
+    bank.place_order("o-2", "bob", "bob-1", 100).await.done();
+    bank.cancel_order("o-2").await.done().position
+}
+
+#[tokio::test]
+async fn orders_are_listed_newest_change_first_and_filtered_by_status() {
+    let bank = BankClient::start().await;
+    let last = a_shipped_and_a_cancelled_order(&bank).await;
+    let data = bank
+        .app
         .graphql_data(
             "query($p: Int!) {
                shipped: orders(status: \"shipped\") @waitFor(projection: \"orders\", position: $p) { id }
@@ -290,31 +145,16 @@ async fn an_order_goes_placed_paid_shipped_in_the_orders_read_model() {
         json!([{ "id": "o-2", "status": "cancelled" }, { "id": "o-1", "status": "shipped" }]),
         "newest change first"
     );
+}
 
-    // The cross-stream read model counts every category's events and sums their amounts,
-    // exactly as a fresh fold of the whole log does.
-    let data = app
-        .graphql_data(
-            "query($p: Int!) { categoryTotals @waitFor(projection: \"category_totals\", position: $p) { category eventType events amount } }",
-            json!({ "p": last }),
-            Some(READ_KEY),
-        )
-        .await;
-    let served: BTreeMap<(String, String), (i64, i64)> = data["categoryTotals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                (
-                    t["category"].as_str().unwrap().to_string(),
-                    t["eventType"].as_str().unwrap().to_string(),
-                ),
-                (t["events"].as_i64().unwrap(), t["amount"].as_i64().unwrap()),
-            )
-        })
-        .collect();
-    assert_eq!(served, fold::totals(&app.all_events().await));
+/// The cross-stream read model counts every category's events and sums their amounts,
+/// exactly as a fresh fold of the whole log does.
+#[tokio::test]
+async fn category_totals_count_and_sum_every_category_like_a_fold_of_the_log() {
+    let bank = BankClient::start().await;
+    let last = a_shipped_and_a_cancelled_order(&bank).await;
+    let served = bank.category_totals(last).await;
+    assert_eq!(served, fold::totals(&bank.app.all_events().await));
     let expected: BTreeMap<(String, String), (i64, i64)> = [
         ("account", "AccountOpened", 1, 0),
         ("account", "MoneyDeposited", 1, 10_000),
@@ -333,119 +173,122 @@ async fn an_order_goes_placed_paid_shipped_in_the_orders_read_model() {
 
 // ------------------------------------------------------------------ rules
 
-#[tokio::test]
-async fn the_bank_rules_hold_over_the_api() {
-    let (app, _) = spawn_bank().await;
-    register(&app, "cat").await;
-    open_account(&app, "cat-1", "cat", 100).await;
-    let head_before = head(&app).await;
+/// Each rule test: the command is `REJECTED` with the rule's sentence and writes nothing.
+async fn assert_nothing_written(bank: &BankClient, head_before: i64) {
+    assert_eq!(bank.head().await, head_before, "a refused command wrote");
+}
 
-    // No overdraft.
-    let message = rejected(
-        &app,
-        "mutation { withdraw(accountId: \"cat-1\", amount: 150) { position } }",
-        json!({}),
-    )
-    .await;
+#[tokio::test]
+async fn an_overdraft_is_rejected_with_the_balance_and_the_withdrawal() {
+    let bank = BankClient::start().await;
+    let head = bank.open_funded("cat-1", "cat", 100).await;
+
     assert_eq!(
-        message,
+        bank.withdraw("cat-1", 150).await.rejected(),
         "insufficient funds: the balance is 100, the withdrawal 150"
     );
-    // Amounts are positive.
-    for mutation in [
-        "mutation { withdraw(accountId: \"cat-1\", amount: -5) { position } }",
-        "mutation { deposit(accountId: \"cat-1\", amount: 0) { position } }",
+    assert_nothing_written(&bank, head).await;
+}
+
+#[tokio::test]
+async fn amounts_must_be_positive() {
+    let bank = BankClient::start().await;
+    let head = bank.open_funded("cat-1", "cat", 100).await;
+
+    for refused in [
+        bank.withdraw("cat-1", -5).await,
+        bank.deposit("cat-1", 0).await,
     ] {
-        let message = rejected(&app, mutation, json!({})).await;
+        let message = refused.rejected();
         assert!(message.starts_with("amounts must be positive"), "{message}");
     }
-    // Money only moves on accounts that exist, and the message names the account.
-    let message = rejected(
-        &app,
-        "mutation { deposit(accountId: \"nope\", amount: 5) { position } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(message, "account nope does not exist");
-    // Emails must look like one; a customer registers once.
-    for email in ["cat", "cat@localhost", "@example.com"] {
-        let message = rejected(
-            &app,
-            "mutation($e: String!) { registerCustomer(customerId: \"dan\", name: \"Dan\", email: $e) { position } }",
-            json!({ "e": email }),
-        )
-        .await;
-        assert_eq!(message, format!("'{email}' is not a valid email address"));
-    }
-    let message = rejected(
-        &app,
-        "mutation { registerCustomer(customerId: \"cat\", name: \"Cat\", email: \"cat@example.org\") { position } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(message, "customer cat is already registered");
-    // Orders need a registered customer and an existing account.
-    let message = rejected(
-        &app,
-        "mutation { placeOrder(orderId: \"o\", customerId: \"ghost\", accountId: \"cat-1\", amount: 5) { position } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(message, "customer ghost is not registered");
-    let message = rejected(
-        &app,
-        "mutation { shipOrder(orderId: \"nope\") { position } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(message, "order nope does not exist");
-    // None of that wrote anything.
-    assert_eq!(head(&app).await, head_before);
+    assert_nothing_written(&bank, head).await;
+}
+
+#[tokio::test]
+async fn money_moves_only_on_an_account_that_exists_and_the_refusal_names_it() {
+    let bank = BankClient::start().await;
+    let head = bank.open_funded("cat-1", "cat", 100).await;
+
     assert_eq!(
-        app.graphql_data(
-            "{ stream(id: \"customer-dan\") { version } }",
-            json!({}),
-            Some(READ_KEY)
-        )
-        .await["stream"]["version"],
-        Value::Null
+        bank.deposit("nope", 5).await.rejected(),
+        "account nope does not exist"
     );
+    assert_nothing_written(&bank, head).await;
+}
 
-    // An unpaid order cannot ship.
-    command(
-        &app,
-        "mutation { placeOrder(orderId: \"o-1\", customerId: \"cat\", accountId: \"cat-1\", amount: 60) { position } }",
-        json!({}),
-    )
-    .await;
-    let message = rejected(
-        &app,
-        "mutation { shipOrder(orderId: \"o-1\") { position } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(message, "order o-1 is not paid and cannot be shipped");
+#[tokio::test]
+async fn a_customer_needs_a_plausible_email_and_registers_once() {
+    let bank = BankClient::start().await;
+    let head = bank.register("cat").await.done().position;
 
-    // Paying twice withdraws once: the second call changes nothing.
-    let data = command(
-        &app,
-        "mutation { payOrder(orderId: \"o-1\") { position changed } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(data["payOrder"]["changed"], true);
-    let paid = data["payOrder"]["position"].as_i64().unwrap();
-    let data = command(
-        &app,
-        "mutation { payOrder(orderId: \"o-1\") { position changed } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(data["payOrder"]["changed"], false);
-    assert_eq!(data["payOrder"]["position"], 0, "nothing written");
-    assert_eq!(head(&app).await, paid);
-    assert_eq!(balance_at(&app, "cat-1", paid).await, 40);
-    let withdrawals: Vec<Value> = stream_events(&app, "account-cat-1")
+    for email in ["cat", "cat@localhost", "@example.com"] {
+        assert_eq!(
+            bank.register_with_email("dan", email).await.rejected(),
+            format!("'{email}' is not a valid email address")
+        );
+    }
+    assert_eq!(
+        bank.register_with_email("cat", "cat@example.org")
+            .await
+            .rejected(),
+        "customer cat is already registered"
+    );
+    assert_nothing_written(&bank, head).await;
+    assert_eq!(bank.stream_version("customer-dan").await, Value::Null);
+}
+
+#[tokio::test]
+async fn an_order_needs_a_registered_customer_and_only_a_placed_order_ships() {
+    let bank = BankClient::start().await;
+    bank.register("cat").await.done();
+    let head = bank.open_funded("cat-1", "cat", 100).await;
+
+    assert_eq!(
+        bank.place_order("o", "ghost", "cat-1", 5).await.rejected(),
+        "customer ghost is not registered"
+    );
+    assert_eq!(
+        bank.ship_order("nope").await.rejected(),
+        "order nope does not exist"
+    );
+    assert_nothing_written(&bank, head).await;
+}
+
+#[tokio::test]
+async fn an_unpaid_order_cannot_ship() {
+    let bank = BankClient::start().await;
+    bank.register("cat").await.done();
+    bank.open_funded("cat-1", "cat", 100).await;
+    let head = bank
+        .place_order("o-1", "cat", "cat-1", 60)
+        .await
+        .done()
+        .position;
+
+    assert_eq!(
+        bank.ship_order("o-1").await.rejected(),
+        "order o-1 is not paid and cannot be shipped"
+    );
+    assert_nothing_written(&bank, head).await;
+}
+
+#[tokio::test]
+async fn paying_an_order_twice_withdraws_once() {
+    let bank = BankClient::start().await;
+    bank.register("cat").await.done();
+    bank.open_funded("cat-1", "cat", 100).await;
+    bank.place_order("o-1", "cat", "cat-1", 60).await.done();
+
+    let paid = bank.pay_order("o-1").await.done();
+    assert!(paid.changed);
+    let again = bank.pay_order("o-1").await.done();
+    assert!(!again.changed, "the second payment changes nothing");
+    assert_eq!(again.position, 0, "nothing written");
+    assert_eq!(bank.head().await, paid.position);
+    assert_eq!(bank.balance("cat-1", paid.position).await, 40);
+    let withdrawals: Vec<Value> = bank
+        .stream_events("account-cat-1")
         .await
         .into_iter()
         .filter(|e| e["type"] == "MoneyWithdrawn")
@@ -455,145 +298,116 @@ async fn the_bank_rules_hold_over_the_api() {
         withdrawals[0]["data"],
         json!({ "amount": 60, "order_id": "o-1" })
     );
-    // An order the account cannot pay is refused and stays unpaid.
-    command(
-        &app,
-        "mutation { placeOrder(orderId: \"o-2\", customerId: \"cat\", accountId: \"cat-1\", amount: 41) { position } }",
-        json!({}),
-    )
-    .await;
-    let message = rejected(
-        &app,
-        "mutation { payOrder(orderId: \"o-2\") { position } }",
-        json!({}),
-    )
-    .await;
+}
+
+#[tokio::test]
+async fn an_order_the_account_cannot_pay_is_refused_and_stays_unpaid_until_cancelled() {
+    let bank = BankClient::start().await;
+    bank.register("cat").await.done();
+    bank.open_funded("cat-1", "cat", 40).await;
+    let head = bank
+        .place_order("o-2", "cat", "cat-1", 41)
+        .await
+        .done()
+        .position;
+
     assert_eq!(
-        message,
+        bank.pay_order("o-2").await.rejected(),
         "insufficient funds: the balance is 40, the withdrawal 41"
     );
-    let data = command(
-        &app,
-        "mutation { cancelOrder(orderId: \"o-2\") { position } }",
-        json!({}),
-    )
-    .await;
-    let cancelled = data["cancelOrder"]["position"].as_i64().unwrap();
-    assert_eq!(
-        order_at(&app, "o-2", cancelled).await["status"],
-        "cancelled"
-    );
+    assert_nothing_written(&bank, head).await;
+    assert_eq!(bank.order("o-2", head).await["status"], "placed");
+    let cancelled = bank.cancel_order("o-2").await.done().position;
+    assert_eq!(bank.order("o-2", cancelled).await["status"], "cancelled");
+}
 
-    // Closing needs a zero balance; a closed account takes no more money.
-    let message = rejected(
-        &app,
-        "mutation { closeAccount(accountId: \"cat-1\") { position } }",
-        json!({}),
-    )
-    .await;
+#[tokio::test]
+async fn closing_needs_a_zero_balance_and_a_closed_account_takes_no_more_money() {
+    let bank = BankClient::start().await;
+    bank.register("cat").await.done();
+    let funded = bank.open_funded("cat-1", "cat", 40).await;
+
     assert_eq!(
-        message,
+        bank.close_account("cat-1").await.rejected(),
         "an account can only be closed with a zero balance (it holds 40)"
     );
-    let data = command(
-        &app,
-        "mutation {
-           withdraw(accountId: \"cat-1\", amount: 40) { position }
-           closeAccount(accountId: \"cat-1\") { position changed }
-         }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(data["closeAccount"]["changed"], true);
-    let message = rejected(
-        &app,
-        "mutation { deposit(accountId: \"cat-1\", amount: 5) { position } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(message, "account cat-1 is closed");
-    let message = rejected(
-        &app,
-        "mutation { placeOrder(orderId: \"o-3\", customerId: \"cat\", accountId: \"cat-1\", amount: 5) { position } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(message, "account cat-1 is closed");
+    assert_nothing_written(&bank, funded).await;
+    bank.withdraw("cat-1", 40).await.done();
+    assert!(bank.close_account("cat-1").await.done().changed);
+    let closed = bank.head().await;
+    assert_eq!(
+        bank.deposit("cat-1", 5).await.rejected(),
+        "account cat-1 is closed"
+    );
+    assert_eq!(
+        bank.place_order("o-3", "cat", "cat-1", 5).await.rejected(),
+        "account cat-1 is closed"
+    );
+    assert_nothing_written(&bank, closed).await;
 
-    let balances = balances_never_negative(&app.all_events().await);
+    let balances = balances_never_negative(&bank.app.all_events().await);
     assert_eq!(balances["account-cat-1"], 0);
 }
 
-/// Races of concurrent clients withdrawing from one account, each client on its own
-/// connection, released together: the balance never goes below zero, in the log and in the
-/// read model, and exactly as many withdrawals succeed as the balance allows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn racing_withdrawals_never_overdraw() {
-    const RACES: usize = 12;
-    const CLIENTS: usize = 8;
-    let (app, _) = spawn_bank().await;
+// ------------------------------------------------------------------ racing clients
 
-    async fn race(app: &TestApp, account: &str, amount: i64) -> (usize, Vec<String>) {
-        let start = Arc::new(tokio::sync::Barrier::new(CLIENTS));
-        let racers: Vec<_> = (0..CLIENTS)
-            .map(|_| {
-                let start = start.clone();
-                let url = format!("{}/graphql", app.address);
-                let body = json!({
-                    "query": "mutation($a: String!, $n: Int!) { withdraw(accountId: $a, amount: $n) { position } }",
-                    "variables": { "a": account, "n": amount },
-                });
-                tokio::spawn(async move {
-                    // Its own client: its own connection, like a separate process.
-                    let client = reqwest::Client::new();
-                    start.wait().await;
-                    let response = client
-                        .post(url)
-                        .header("authorization", format!("Bearer {APPEND_KEY}"))
-                        .json(&body)
-                        .send()
-                        .await
-                        .expect("the server answers");
-                    response.json::<Value>().await.expect("a JSON body")
-                })
-            })
-            .collect();
-        let mut succeeded = 0;
-        let mut refusals = Vec::new();
-        for racer in racers {
-            let body = racer.await.unwrap();
-            match error_code(&body) {
-                None => succeeded += 1,
-                Some("REJECTED") | Some("WRONG_EXPECTED_VERSION") => {
-                    refusals.push(format!(
-                        "{}: {}",
-                        error_code(&body).unwrap(),
-                        body["errors"][0]["message"].as_str().unwrap()
-                    ));
-                }
-                Some(other) => panic!("unexpected {other}: {body}"),
+const RACES: usize = 12;
+const CLIENTS: usize = 8;
+
+/// What one race of withdrawals came to: how many went through, and each refusal as
+/// `<code>: <message>`.
+async fn race(bank: &BankClient, account: &str, amount: i64) -> (usize, Vec<String>) {
+    let answers: Vec<Answer> = bank.withdraw_at_once(account, amount, CLIENTS).await;
+    let mut succeeded = 0;
+    let mut refusals = Vec::new();
+    for answer in answers {
+        match answer {
+            Ok(_) => succeeded += 1,
+            Err(refused)
+                if refused.code == "REJECTED" || refused.code == "WRONG_EXPECTED_VERSION" =>
+            {
+                refusals.push(format!("{}: {}", refused.code, refused.message));
             }
+            Err(refused) => panic!("unexpected {}: {}", refused.code, refused.body),
         }
-        (succeeded, refusals)
     }
+    (succeeded, refusals)
+}
 
-    /// Commands the bus decided again after a conflict, so far (a process-wide counter).
-    async fn retries(app: &TestApp) -> u64 {
-        let (_, metrics) = app.get("/metrics").await;
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("tidemark_command_retries_total "))
-            .map_or(0, |n| n.trim().parse::<f64>().unwrap() as u64)
-    }
+/// Commands the bus decided again after a conflict, so far (a process-wide counter, so
+/// other tests of this binary add theirs: for the log only).
+async fn retries(bank: &BankClient) -> u64 {
+    let (_, metrics) = bank.app.get("/metrics").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidemark_command_retries_total "))
+        .map_or(0, |n| n.trim().parse::<f64>().unwrap() as u64)
+}
 
-    let retries_before = retries(&app).await;
+/// After races: no running balance below zero in the log, the balances the answers
+/// promised, and the read model agreeing with the log.
+async fn assert_balances(bank: &BankClient, accounts: &BTreeMap<String, i64>) {
+    let events = bank.app.all_events().await;
+    let folded = balances_never_negative(&events);
+    assert_eq!(&folded, accounts);
+    let served = bank.balances(bank.head().await).await;
+    assert_eq!(&served, accounts);
+    assert!(served.values().all(|b| *b >= 0));
+}
+
+/// Races of concurrent clients withdrawing 70 from a balance of 100, each client on its
+/// own connection, released together: exactly one withdrawal goes through; the others
+/// are refused for the balance or give up after their retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_racing_withdrawals_only_one_goes_through_when_the_balance_allows_one() {
+    let bank = BankClient::start().await;
+    let retries_before = retries(&bank).await;
     let mut conflicts = 0;
     let mut accounts = BTreeMap::new();
     for round in 0..RACES {
-        // Balance 100, everyone withdraws 70: exactly one can.
         let account = format!("race-{round}");
-        open_account(&app, &account, "racer", 100).await;
-        let (succeeded, refusals) = race(&app, &account, 70).await;
+        bank.open_funded(&account, "racer", 100).await;
+        let (succeeded, refusals) = race(&bank, &account, 70).await;
         assert_eq!(succeeded, 1, "race {round}: {refusals:?}");
         for refusal in &refusals {
             if refusal.starts_with("WRONG_EXPECTED_VERSION") {
@@ -607,15 +421,27 @@ async fn racing_withdrawals_never_overdraw() {
         }
         accounts.insert(format!("account-{account}"), 30);
     }
-    let exclusive_retries = retries(&app).await - retries_before;
-    let exclusive_conflicts = conflicts;
+    eprintln!(
+        "{RACES} races of {CLIENTS} clients withdrawing 70 of 100: {} commands retried after \
+         a conflict, {conflicts} gave up with WRONG_EXPECTED_VERSION",
+        retries(&bank).await - retries_before
+    );
+    assert_balances(&bank, &accounts).await;
+}
+
+/// Races of concurrent clients withdrawing 30 from a balance of 100: at most three go
+/// through (a client may also give up after its retries while others keep moving the
+/// stream), and the balance never goes below zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_withdrawals_never_overdraw() {
+    let bank = BankClient::start().await;
+    let mut conflicts = 0;
     let mut split_succeeded = Vec::new();
+    let mut accounts = BTreeMap::new();
     for round in 0..RACES / 3 {
-        // Balance 100, everyone withdraws 30: at most three can; a client may also give up
-        // after its retries while others keep moving the stream.
         let account = format!("split-{round}");
-        open_account(&app, &account, "racer", 100).await;
-        let (succeeded, refusals) = race(&app, &account, 30).await;
+        bank.open_funded(&account, "racer", 100).await;
+        let (succeeded, refusals) = race(&bank, &account, 30).await;
         assert!((1..=3).contains(&succeeded), "{succeeded}: {refusals:?}");
         conflicts += refusals
             .iter()
@@ -626,78 +452,31 @@ async fn racing_withdrawals_never_overdraw() {
         accounts.insert(format!("account-{account}"), expected);
     }
     eprintln!(
-        "{RACES} races of {CLIENTS} clients withdrawing 70 of 100: {exclusive_retries} commands \
-         retried after a conflict, {exclusive_conflicts} gave up with WRONG_EXPECTED_VERSION; \
-         {} races withdrawing 30 of 100: {split_succeeded:?} succeeded, {} gave up",
+        "{} races of {CLIENTS} clients withdrawing 30 of 100: {split_succeeded:?} succeeded, \
+         {conflicts} gave up",
         RACES / 3,
-        conflicts - exclusive_conflicts
     );
-
-    // The log: no running balance below zero, and the balances the answers promised.
-    let events = app.all_events().await;
-    let folded = balances_never_negative(&events);
-    assert_eq!(folded, accounts);
-    // The read model agrees with the log.
-    let position = head(&app).await;
-    let data = app
-        .graphql_data(
-            "query($p: Int!) { accounts(first: 1000) @waitFor(projection: \"account_balances\", position: $p) { id balance } }",
-            json!({ "p": position }),
-            Some(READ_KEY),
-        )
-        .await;
-    let served: BTreeMap<String, i64> = data["accounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                format!("account-{}", a["id"].as_str().unwrap()),
-                a["balance"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(served, accounts);
-    assert!(served.values().all(|b| *b >= 0));
+    assert_balances(&bank, &accounts).await;
 }
 
 // ------------------------------------------------------------------ handler
 
-#[tokio::test]
-async fn a_large_withdrawal_is_alerted_once_per_event() {
-    let (app, alerts) = spawn_bank().await;
-    register(&app, "eve").await;
-    open_account(&app, "eve-1", "eve", 4 * LARGE_WITHDRAWAL).await;
-    command(
-        &app,
-        "mutation($small: Int!, $large: Int!, $larger: Int!) {
-           small: withdraw(accountId: \"eve-1\", amount: $small) { position }
-           large: withdraw(accountId: \"eve-1\", amount: $large) { position }
-           order: placeOrder(orderId: \"big\", customerId: \"eve\", accountId: \"eve-1\", amount: $larger) { position }
-         }",
-        json!({ "small": LARGE_WITHDRAWAL - 1, "large": LARGE_WITHDRAWAL, "larger": LARGE_WITHDRAWAL + 5 }),
-    )
-    .await;
-    let data = command(
-        &app,
-        "mutation { payOrder(orderId: \"big\") { position } deposit(accountId: \"eve-1\", amount: 900000) { position } }",
-        json!({}),
-    )
-    .await;
-    let last = data["deposit"]["position"].as_i64().unwrap();
+/// Eve withdraws just under the alert threshold, at it, and pays an order just over it,
+/// then deposits; the alerts those withdrawals call for (by event id), and the position of
+/// the deposit.
+async fn small_large_and_order_withdrawals(bank: &BankClient) -> (Vec<Alert>, i64) {
+    bank.register("eve").await.done();
+    bank.open_funded("eve-1", "eve", 4 * LARGE_WITHDRAWAL).await;
+    bank.withdraw("eve-1", LARGE_WITHDRAWAL - 1).await.done();
+    bank.withdraw("eve-1", LARGE_WITHDRAWAL).await.done();
+    bank.place_order("big", "eve", "eve-1", LARGE_WITHDRAWAL + 5)
+        .await
+        .done();
+    bank.pay_order("big").await.done();
+    let last = bank.deposit("eve-1", 900_000).await.done().position;
 
-    let data = app
-        .graphql_data(
-            "query($p: Int!) { waitFor(projection: \"large_withdrawal_alerts\", position: $p, timeoutMs: 20000) { reached } }",
-            json!({ "p": last }),
-            Some(READ_KEY),
-        )
-        .await;
-    assert_eq!(data["waitFor"]["reached"], true);
-
-    // Exactly the withdrawals of LARGE_WITHDRAWAL or more, the order payment included,
-    // each alerted once under its event id; deposits and small withdrawals are not.
-    let mut expected: Vec<Alert> = stream_events(&app, "account-eve-1")
+    let mut expected: Vec<Alert> = bank
+        .stream_events("account-eve-1")
         .await
         .into_iter()
         .filter(|e| e["type"] == "MoneyWithdrawn")
@@ -708,18 +487,35 @@ async fn a_large_withdrawal_is_alerted_once_per_event() {
             amount: e["data"]["amount"].as_i64().unwrap(),
         })
         .collect();
-    assert_eq!(
-        expected.iter().map(|a| a.amount).collect::<Vec<_>>(),
-        [LARGE_WITHDRAWAL, LARGE_WITHDRAWAL + 5]
-    );
-    let mut sent = alerts.sent();
-    sent.sort_by(|a, b| a.id.cmp(&b.id));
     expected.sort_by(|a, b| a.id.cmp(&b.id));
-    assert_eq!(sent, expected);
+    (expected, last)
+}
 
-    // Rebuilding the handler from position 0 (an admin's replay of the whole log) alerts
-    // nothing again: each event id is alerted once.
-    let data = app
+/// Exactly the withdrawals of `LARGE_WITHDRAWAL` or more, the order payment included, are
+/// alerted, each once under its event id; deposits and small withdrawals are not.
+#[tokio::test]
+async fn a_large_withdrawal_is_alerted_once_per_event() {
+    let bank = BankClient::start().await;
+    let (expected, last) = small_large_and_order_withdrawals(&bank).await;
+    assert!(bank.wait_for("large_withdrawal_alerts", last).await);
+
+    let mut amounts: Vec<i64> = expected.iter().map(|a| a.amount).collect();
+    amounts.sort();
+    assert_eq!(amounts, [LARGE_WITHDRAWAL, LARGE_WITHDRAWAL + 5]);
+    assert_eq!(bank.alerts.sent(), expected);
+}
+
+/// Rebuilding the handler from position 0 (an admin's replay of the whole log) alerts
+/// nothing again: each event id is alerted once.
+#[tokio::test]
+async fn rebuilding_the_alert_handler_sends_no_alert_twice() {
+    let bank = BankClient::start().await;
+    let (expected, last) = small_large_and_order_withdrawals(&bank).await;
+    assert!(bank.wait_for("large_withdrawal_alerts", last).await);
+    assert_eq!(bank.alerts.sent(), expected);
+
+    let data = bank
+        .app
         .graphql_data(
             "mutation { rebuildProjection(name: \"large_withdrawal_alerts\") { kind } }",
             json!({}),
@@ -727,26 +523,13 @@ async fn a_large_withdrawal_is_alerted_once_per_event() {
         )
         .await;
     assert_eq!(data["rebuildProjection"]["kind"], "REBUILD");
-    let build = eventually("the rebuild to finish", WAIT, || async {
-        let data = app
-            .graphql_data(
-                "{ projection(name: \"large_withdrawal_alerts\") { lastBuild { status error eventsDone } } }",
-                json!({}),
-                Some(READ_KEY),
-            )
-            .await;
-        let build = data["projection"]["lastBuild"].clone();
-        (build["status"] != "running" && !build.is_null()).then_some(build)
-    })
-    .await;
+    let build = bank.finished_build("large_withdrawal_alerts").await;
     assert_eq!(build["status"], "done", "{build}");
     assert_eq!(
         build["eventsDone"], 3,
         "the rebuild went over the three withdrawals again"
     );
-    let mut after = alerts.sent();
-    after.sort_by(|a, b| a.id.cmp(&b.id));
-    assert_eq!(after, expected, "no alert is sent twice");
+    assert_eq!(bank.alerts.sent(), expected, "no alert is sent twice");
 }
 
 // ------------------------------------------------------------------ auth
@@ -764,11 +547,12 @@ const BANK_MUTATIONS: [&str; 9] = [
 ];
 
 #[tokio::test]
-async fn a_read_key_reads_the_bank_but_runs_no_command() {
-    let (app, _) = spawn_bank().await;
-    let position = open_account(&app, "x-1", "x", 500).await;
+async fn a_read_key_reads_every_read_model_of_the_bank() {
+    let bank = BankClient::start().await;
+    let position = bank.open_funded("x-1", "x", 500).await;
 
-    let data = app
+    let data = bank
+        .app
         .graphql_data(
             "query($p: Int!) {
                account(id: \"x-1\") @waitFor(projection: \"account_balances\", position: $p) { balance }
@@ -785,6 +569,13 @@ async fn a_read_key_reads_the_bank_but_runs_no_command() {
     assert_eq!(data["accounts"], json!([{ "id": "x-1" }]));
     assert_eq!(data["orders"], json!([]));
     assert_eq!(data["order"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_read_key_runs_no_command_and_without_a_key_nothing_runs() {
+    let bank = BankClient::start().await;
+    let position = bank.open_funded("x-1", "x", 500).await;
+    let app = &bank.app;
 
     for mutation in BANK_MUTATIONS {
         let body = app.graphql(mutation, json!({}), Some(READ_KEY)).await;
@@ -799,8 +590,8 @@ async fn a_read_key_reads_the_bank_but_runs_no_command() {
     assert_error(&body, "UNAUTHENTICATED");
 
     // Nothing was written by the refused calls.
-    assert_eq!(head(&app).await, position);
-    assert_eq!(balance_at(&app, "x-1", position).await, 500);
+    assert_eq!(bank.head().await, position);
+    assert_eq!(bank.balance("x-1", position).await, 500);
 }
 
 // ------------------------------------------------------------------ the README
@@ -848,17 +639,9 @@ fn squeeze(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The walkthrough, run as written against a freshly started bank in `--insecure-dev`
-/// mode (no key, like the README): each GraphQL block in order, each answer compared with
-/// the JSON block after it when there is one, the subscription over WebSocket receiving
-/// the history and then the next step's deposit live. The run command and the curl line
-/// are checked against the real command line and the first GraphQL block.
-#[tokio::test]
-async fn the_readme_walkthrough_works_as_written() {
-    let (blocks, section) = walkthrough();
-
-    // The run command at the top of the README is the bank's `serve --insecure-dev` on the
-    // default address, and the walkthrough quotes what `serve` prints for it.
+/// The address the README's run command serves on: it is the bank's `serve
+/// --insecure-dev`, parsed by the real command line.
+fn readme_serve_address() -> std::net::SocketAddr {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let run = readme
@@ -879,6 +662,15 @@ async fn the_readme_walkthrough_works_as_written() {
         panic!("the run command serves");
     };
     assert!(serve.insecure_dev);
+    serve.listen
+}
+
+/// The run command at the top of the README is the bank's `serve --insecure-dev` on the
+/// default address, and the walkthrough quotes what `serve` prints for it.
+#[test]
+fn the_readme_run_command_serves_the_bank_and_the_walkthrough_quotes_what_it_prints() {
+    let (_, section) = walkthrough();
+    let listen = readme_serve_address();
     // What `serve` prints (api/src/cli.rs), for the default address.
     const PRINTED: &str =
         "Tidemark is listening on http://{0}/ (GraphiQL: http://{0}/, GraphQL: http://{0}/graphql)";
@@ -886,15 +678,20 @@ async fn the_readme_walkthrough_works_as_written() {
         include_str!("../../../api/src/cli.rs").contains(&format!("\"{PRINTED}\"")),
         "`serve` prints something else now: update the walkthrough and this test"
     );
-    let printed = PRINTED.replace("{0}", &serve.listen.to_string());
+    let printed = PRINTED.replace("{0}", &listen.to_string());
     assert!(
         section.contains(&printed),
         "the walkthrough quotes {printed}"
     );
-    let url = format!("http://{}/", serve.listen);
+    let url = format!("http://{listen}/");
     assert!(section.contains(&format!("<{url}>")), "GraphiQL at {url}");
+}
 
-    // The curl line posts the first GraphQL block to the same server.
+/// The curl line posts the first GraphQL block to the server the run command starts.
+#[test]
+fn the_readme_curl_line_runs_step_one() {
+    let (blocks, _) = walkthrough();
+    let url = format!("http://{}/", readme_serve_address());
     let graphql: Vec<&Block> = blocks.iter().filter(|b| b.lang == "graphql").collect();
     let curl = blocks
         .iter()
@@ -916,7 +713,16 @@ async fn the_readme_walkthrough_works_as_written() {
         squeeze(&graphql[0].text),
         "the curl line runs step 1"
     );
+}
 
+/// The walkthrough, run as written against a freshly started bank in `--insecure-dev`
+/// mode (no key, like the README): each GraphQL block in order, each answer compared with
+/// the JSON block after it when there is one, the subscription over WebSocket receiving
+/// the history and then the next step's deposit live.
+#[tokio::test]
+async fn the_readme_walkthrough_works_as_written() {
+    let (blocks, section) = walkthrough();
+    let graphql: Vec<&Block> = blocks.iter().filter(|b| b.lang == "graphql").collect();
     assert_eq!(
         graphql
             .iter()
