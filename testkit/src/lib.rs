@@ -16,10 +16,12 @@
 //! - [`connect`]: a raw connection to a test database, as another process would have;
 //!   [`read_all`]: the whole log, as a fold to compare read models with reads it.
 //! - [`wait`]: polling a condition until it holds, failing the test at a deadline.
+//! - [`aggregate`]: given/when/then for aggregates, without a database.
 //! - [`proxy::FaultProxy`] sits between a store and its database and breaks append
 //!   transactions around COMMIT, to test what clients are told when the connection dies.
 //! - [`tls::TlsCluster`] is a cluster that refuses unencrypted TCP, for the TLS tests.
 
+pub mod aggregate;
 pub mod proxy;
 pub mod tls;
 pub mod wait;
