@@ -7,9 +7,21 @@
 //! #[async_graphql::Object]
 //! impl BankQuery {
 //!     #[graphql(guard = "RoleGuard(Role::Read)")]
-//!     async fn balance(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<i64> {
+//!     async fn balance(&self, ctx: &Context<'_>, id: String) -> ApiResult<i64> {
 //!         let tidemark = Tidemark::from_ctx(ctx)?;
 //!         /* query the read model through tidemark.store().pool() */
+//!     }
+//! }
+//! #[derive(Default, Clone)]
+//! struct BankMutation;
+//! #[async_graphql::Object]
+//! impl BankMutation {
+//!     #[graphql(guard = "RoleGuard(Role::Append)")]
+//!     async fn deposit(&self, ctx: &Context<'_>, id: String, amount: i64) -> ApiResult<i64> {
+//!         let bus = Tidemark::from_ctx(ctx)?.commands();
+//!         // `?`: a refusal is REJECTED, a lasting conflict WRONG_EXPECTED_VERSION, ...
+//!         let outcome = bus.execute::<Account>(&id, &AccountCommand::Deposit { amount }).await?;
+//!         Ok(outcome.position())
 //!     }
 //! }
 //!

@@ -2,14 +2,17 @@
 //! become stable GraphQL error codes, and the pass that gives every error in a response a
 //! code ([`normalize`]).
 //!
-//! Resolvers return `async_graphql::Result` and use `?` on [`StoreError`], [`EngineError`]
-//! or [`ApiError`]: async-graphql keeps the original error as the source, and [`normalize`]
-//! turns it into a message and `extensions.code` here. A [`CommandError`] is generic over
-//! the aggregate's error, which `normalize` cannot downcast: map it with
-//! `.map_err(ApiError::from)?`. Errors without a
-//! code and without a source are async-graphql's own (parse, validation, argument coercion,
-//! depth and complexity limits): they are the client's input, `BAD_INPUT`. Errors with a
-//! source this module does not know are `INTERNAL`: their text is logged, never shown.
+//! An application's resolvers return [`ApiResult`] and use `?` on a
+//! [`CommandError`], a [`StoreError`] or an [`EngineError`]: each converts into
+//! [`ApiError`] by the mapping here (a refused command is `REJECTED` with the aggregate's
+//! sentence, a lasting conflict `WRONG_EXPECTED_VERSION`, ...). `async_graphql::Result`
+//! works for store and engine errors too, because [`normalize`] finds them as the error's
+//! source; but not for a [`CommandError`]: it is generic over the aggregate's error, so it
+//! cannot be downcast, and `?` into an `async_graphql::Error` would compile and answer
+//! `INTERNAL`. Errors without a code and without a source are async-graphql's own (parse,
+//! validation, argument coercion, depth and complexity limits): they are the client's
+//! input, `BAD_INPUT`. Errors with a source this module does not know are `INTERNAL`: their
+//! text is logged, never shown.
 
 use async_graphql::{ErrorExtensionValues, ServerError, Value};
 use std::fmt;
@@ -81,6 +84,10 @@ impl fmt::Display for ErrorCode {
         f.write_str(self.as_str())
     }
 }
+
+/// What resolvers return: `?` maps command, store and engine errors to their codes (see
+/// the module documentation).
+pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Advice given with `OVERLOADED`.
 pub const RETRY_AFTER_MS: u64 = 250;
@@ -514,6 +521,51 @@ mod tests {
         assert_eq!(
             ApiError::from_store(&before_commit).code,
             ErrorCode::Overloaded
+        );
+    }
+
+    /// What an application resolver does: `?` on the command bus's answer, returning
+    /// [`ApiResult`]; async-graphql then turns the `ApiError` into a response error.
+    fn through_a_resolver(error: CommandError<std::io::Error>) -> ServerError {
+        fn resolver(answer: Result<(), CommandError<std::io::Error>>) -> ApiResult<()> {
+            answer?;
+            Ok(())
+        }
+        let error = resolver(Err(error)).expect_err("the command failed");
+        let mut error = async_graphql::Error::from(error).into_server_error(Default::default());
+        normalize(&mut error);
+        error
+    }
+
+    #[test]
+    fn a_command_error_keeps_its_code_through_question_mark() {
+        let refused = through_a_resolver(CommandError::Rejected(std::io::Error::other(
+            "the balance is 3",
+        )));
+        assert_eq!(code_of(&refused), "REJECTED");
+        assert_eq!(refused.message, "the balance is 3");
+
+        let conflict = through_a_resolver(CommandError::Store(StoreError::WrongExpectedVersion {
+            stream_id: "account-1".into(),
+            expected: tidemark_store::ExpectedVersion::Exact(1),
+            actual: Some(2),
+        }));
+        assert_eq!(code_of(&conflict), "WRONG_EXPECTED_VERSION");
+        let extensions = conflict.extensions.expect("extensions");
+        assert_eq!(extensions.get("streamId"), Some(&Value::from("account-1")));
+        assert_eq!(extensions.get("actualVersion"), Some(&Value::from(2)));
+
+        let undecodable = through_a_resolver(CommandError::Decode {
+            stream_id: "account-1".into(),
+            stream_version: 0,
+            event_type: "Secret".into(),
+            message: "unknown variant".into(),
+        });
+        assert_eq!(code_of(&undecodable), "INTERNAL");
+        assert!(
+            !undecodable.message.contains("Secret"),
+            "{}",
+            undecodable.message
         );
     }
 

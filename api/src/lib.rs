@@ -10,8 +10,9 @@
 //!   ([`schema::query`], [`schema::mutation`], [`schema::subscription`], their types in
 //!   [`schema::types`], the `@waitFor` directive in [`schema::directive`]), merged with the
 //!   application's; `api/schema.graphql` is its SDL.
-//! - [`error`]: [`ApiError`] and the stable `extensions.code`s; the one place store and
-//!   engine errors are mapped, and the pass that codes every error of every response.
+//! - [`error`]: [`ApiError`] and the stable `extensions.code`s; the one place store,
+//!   engine and command errors are mapped, and the pass that codes every error of every
+//!   response. Application resolvers return [`ApiResult`] and use `?`.
 //! - [`auth`]: API keys, roles (read < append < admin) and the per-field [`RoleGuard`].
 //! - [`http`]: routes — `POST /graphql`, WebSocket subscriptions on `GET /graphql`,
 //!   GraphiQL at `/`, `/health`, `/ready`, `/metrics` — limits on bodies and sockets, and
@@ -44,7 +45,7 @@ pub mod telemetry;
 pub use app::{Tidemark, TidemarkApp, TidemarkAppBuilder};
 pub use auth::{Principal, Role, RoleGuard};
 pub use config::{ApiLimits, DatabaseConfig, ServerConfig};
-pub use error::{ApiError, ErrorCode};
+pub use error::{ApiError, ApiResult, ErrorCode};
 pub use startup::Application;
 
 /// The async-graphql this crate is built with. Applications deriving GraphQL objects also

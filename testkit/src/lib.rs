@@ -1,28 +1,39 @@
-//! Test support: one fresh PostgreSQL database per test, so tests never share state.
+//! Test support: one fresh PostgreSQL database per test, so tests never share state, and
+//! the helpers every test suite of the workspace uses.
 //!
 //! [`TestDatabase::create`] makes a database named `tidemark_test_<uuid>` on the server named
 //! by `TIDEMARK_TEST_DATABASE_URL` (an admin database, e.g.
 //! `postgresql://postgres@127.0.0.1:5432/postgres`), or else on an embedded cluster that this
 //! test process starts on first use, in `<temp dir>/tidemark-test-clusters/<pid>`, with fsync
-//! off. Dropping the `TestDatabase` drops the database.
+//! off. Dropping the `TestDatabase` drops the database. A test binary runs many tests, so
+//! it starts one cluster for all of them, each test in its own database.
 //!
 //! Each `#[tokio::test]` has its own runtime, and a tokio-postgres connection dies with the
 //! runtime that drives it. So nothing shared here is tied to a test's runtime: the embedded
 //! cluster is a plain child process (stopped by a parent-death signal when the test process
 //! exits), and each connection this crate opens lives only within one call.
 //!
-//! [`proxy::FaultProxy`] sits between a store and its database and breaks append
-//! transactions around COMMIT, to test what clients are told when the connection dies.
-//! [`tls::TlsCluster`] is a cluster that refuses unencrypted TCP, for the TLS tests.
+//! - [`connect`]: a raw connection to a test database, as another process would have;
+//!   [`read_all`]: the whole log, as a fold to compare read models with reads it.
+//! - [`wait`]: polling a condition until it holds, failing the test at a deadline.
+//! - [`aggregate`]: given/when/then for aggregates, without a database.
+//! - [`proxy::FaultProxy`] sits between a store and its database and breaks append
+//!   transactions around COMMIT, to test what clients are told when the connection dies.
+//! - [`tls::TlsCluster`] is a cluster that refuses unencrypted TCP, for the TLS tests.
 
+pub mod aggregate;
 pub mod proxy;
 pub mod tls;
+pub mod wait;
+
+pub use wait::{eventually, wait_until};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tidemark_pg_embedded::process;
 use tidemark_pg_embedded::{connection_url, EmbeddedOptions, EmbeddedPostgres};
+use tidemark_store::{EventStore, LogFilter, RecordedEvent};
 use tokio::sync::OnceCell;
 use tokio_postgres::{Config, NoTls};
 
@@ -133,6 +144,39 @@ impl Drop for TestDatabase {
                 "warning: could not drop test database {}: {error}",
                 self.name
             );
+        }
+    }
+}
+
+/// A raw connection to `db`, outside any store (as another process, or a reader of read
+/// models, would have), driven by the calling test's runtime.
+pub async fn connect(db: &TestDatabase) -> tokio_postgres::Client {
+    let (client, connection) = db
+        .pg_config()
+        .connect(NoTls)
+        .await
+        .expect("a raw connection to the test database");
+    tokio::spawn(async move {
+        // The connection ends when the client is dropped; errors then are expected.
+        let _ = connection.await;
+    });
+    client
+}
+
+/// The whole log of `store`, in position order, read in pages.
+pub async fn read_all(store: &EventStore) -> Vec<RecordedEvent> {
+    const PAGE: usize = 5000;
+    let mut all: Vec<RecordedEvent> = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |e| e.position);
+        let page = store
+            .read_log(after, &LogFilter::all(), PAGE)
+            .await
+            .expect("reading the log");
+        let short = page.len() < PAGE;
+        all.extend(page);
+        if short {
+            return all;
         }
     }
 }

@@ -460,127 +460,347 @@ pub async fn pay_order(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    //! The bank's rules, one behaviour each, as given (the stream's events) / when (a
+    //! command) / then (the events it produces, or the refusal). No database: the rules
+    //! are the aggregates' pure `handle`; refusals about the aggregate itself carry no id
+    //! here, [`execute`] names it (see the last tests).
 
-    fn given<A: Aggregate>(events: Vec<A::Event>) -> A {
-        let mut state = A::default();
-        for e in events {
-            state.apply(e);
+    use super::*;
+    use tidemark_testkit::aggregate::AggregateTest;
+
+    fn opened() -> AccountEvent {
+        AccountEvent::AccountOpened {
+            owner: "ann".into(),
         }
-        state
+    }
+
+    fn deposited(amount: i64) -> AccountEvent {
+        AccountEvent::MoneyDeposited { amount }
+    }
+
+    fn withdrawn(amount: i64) -> AccountEvent {
+        AccountEvent::MoneyWithdrawn {
+            amount,
+            order_id: None,
+        }
+    }
+
+    fn paid_for(order: &str, amount: i64) -> AccountEvent {
+        AccountEvent::MoneyWithdrawn {
+            amount,
+            order_id: Some(order.into()),
+        }
+    }
+
+    fn placed(amount: i64) -> OrderEvent {
+        OrderEvent::OrderPlaced {
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            account_id: "a".into(),
+            amount,
+        }
+    }
+
+    fn register(email: &str) -> CustomerCommand {
+        CustomerCommand::Register {
+            customer_id: "c1".into(),
+            name: "Ann".into(),
+            email: email.into(),
+        }
+    }
+
+    fn registered() -> CustomerEvent {
+        CustomerEvent::CustomerRegistered {
+            customer_id: "c1".into(),
+            name: "Ann".into(),
+            email: "ann@example.com".into(),
+        }
+    }
+
+    // ------------------------------------------------------------ customer
+
+    #[test]
+    fn a_new_customer_is_registered() {
+        AggregateTest::<Customer>::given_no_previous_events()
+            .when(register("ann@example.com"))
+            .then_expect_events([registered()]);
+    }
+
+    #[test]
+    fn customers_need_a_plausible_email() {
+        for email in ["ann", "ann@localhost", "@example.com"] {
+            AggregateTest::<Customer>::given_no_previous_events()
+                .when(register(email))
+                .then_expect_error(BankError::InvalidEmail(email.into()));
+        }
+        AggregateTest::<Customer>::given([registered()])
+            .when(CustomerCommand::ChangeEmail {
+                email: "ann".into(),
+            })
+            .then_expect_error(BankError::InvalidEmail("ann".into()));
+    }
+
+    #[test]
+    fn a_customer_registers_once() {
+        AggregateTest::<Customer>::given([registered()])
+            .when(register("ann@example.org"))
+            .then_expect_error(BankError::CustomerExists("c1".into()));
+    }
+
+    #[test]
+    fn only_a_registered_customer_changes_email_and_the_same_email_changes_nothing() {
+        AggregateTest::<Customer>::given_no_previous_events()
+            .when(CustomerCommand::ChangeEmail {
+                email: "ann@example.org".into(),
+            })
+            .then_expect_error(BankError::UnknownCustomer(String::new()));
+        AggregateTest::<Customer>::given([registered()])
+            .when(CustomerCommand::ChangeEmail {
+                email: "ann@example.com".into(),
+            })
+            .then_expect_no_change();
+        AggregateTest::<Customer>::given([registered()])
+            .when(CustomerCommand::ChangeEmail {
+                email: "ann@example.org".into(),
+            })
+            .then_expect_events([CustomerEvent::EmailChanged {
+                email: "ann@example.org".into(),
+            }]);
+    }
+
+    // ------------------------------------------------------------ account
+
+    #[test]
+    fn an_account_opens_once() {
+        let open = || AccountCommand::Open {
+            account_id: "a1".into(),
+            owner: "ann".into(),
+        };
+        AggregateTest::<Account>::given_no_previous_events()
+            .when(open())
+            .then_expect_events([opened()]);
+        AggregateTest::<Account>::given([opened()])
+            .when(open())
+            .then_expect_error(BankError::AccountExists("a1".into()));
+    }
+
+    #[test]
+    fn a_deposit_adds_a_positive_amount() {
+        AggregateTest::<Account>::given([opened()])
+            .when(AccountCommand::Deposit { amount: 5 })
+            .then_expect_events([deposited(5)]);
+        for amount in [0, -5] {
+            AggregateTest::<Account>::given([opened()])
+                .when(AccountCommand::Deposit { amount })
+                .then_expect_error(BankError::NonPositiveAmount(amount));
+        }
     }
 
     #[test]
     fn an_account_cannot_be_overdrawn() {
-        let account: Account = given(vec![
-            AccountEvent::AccountOpened {
-                owner: "ann".into(),
-            },
-            AccountEvent::MoneyDeposited { amount: 100 },
-        ]);
-        assert_eq!(
-            account.handle(&AccountCommand::Withdraw { amount: 101 }),
-            Err(BankError::InsufficientFunds {
-                balance: 100,
-                amount: 101
-            })
-        );
-        assert!(account
-            .handle(&AccountCommand::Withdraw { amount: 100 })
-            .is_ok());
+        let funded = || [opened(), deposited(100), withdrawn(30)];
+        AggregateTest::<Account>::given(funded())
+            .when(AccountCommand::Withdraw { amount: 71 })
+            .then_expect_error(BankError::InsufficientFunds {
+                balance: 70,
+                amount: 71,
+            });
+        AggregateTest::<Account>::given(funded())
+            .when(AccountCommand::Withdraw { amount: 70 })
+            .then_expect_events([withdrawn(70)]);
     }
 
     #[test]
-    fn an_order_is_paid_from_an_account_once() {
-        let account: Account = given(vec![
-            AccountEvent::AccountOpened {
-                owner: "ann".into(),
-            },
-            AccountEvent::MoneyDeposited { amount: 100 },
-            AccountEvent::MoneyWithdrawn {
-                amount: 10,
-                order_id: Some("o1".into()),
-            },
-        ]);
-        assert_eq!(
-            account.handle(&AccountCommand::PayOrder {
+    fn a_withdrawal_takes_a_positive_amount() {
+        for amount in [0, -5] {
+            AggregateTest::<Account>::given([opened(), deposited(100)])
+                .when(AccountCommand::Withdraw { amount })
+                .then_expect_error(BankError::NonPositiveAmount(amount));
+        }
+    }
+
+    #[test]
+    fn no_money_moves_on_an_account_that_was_never_opened() {
+        for command in [
+            AccountCommand::Deposit { amount: 1 },
+            AccountCommand::Withdraw { amount: 1 },
+            AccountCommand::PayOrder {
                 order_id: "o1".into(),
-                amount: 10
-            }),
-            Ok(vec![])
-        );
-    }
-
-    #[test]
-    fn an_unpaid_order_cannot_ship() {
-        let order: Order = given(vec![OrderEvent::OrderPlaced {
-            order_id: "o1".into(),
-            customer_id: "c".into(),
-            account_id: "a".into(),
-            amount: 5,
-        }]);
-        assert_eq!(
-            order.handle(&OrderCommand::Ship),
-            Err(BankError::NotPaid("o1".into()))
-        );
+                amount: 1,
+            },
+            AccountCommand::Close,
+        ] {
+            AggregateTest::<Account>::given_no_previous_events()
+                .when(command)
+                .then_expect_error(BankError::UnknownAccount(String::new()));
+        }
     }
 
     #[test]
     fn a_closed_account_takes_no_deposits_and_needs_zero_balance_to_close() {
-        let open: Account = given(vec![
-            AccountEvent::AccountOpened {
-                owner: "ann".into(),
-            },
-            AccountEvent::MoneyDeposited { amount: 1 },
-        ]);
-        assert_eq!(
-            open.handle(&AccountCommand::Close),
-            Err(BankError::BalanceNotZero(1))
-        );
-        let closed: Account = given(vec![
-            AccountEvent::AccountOpened {
-                owner: "ann".into(),
-            },
-            AccountEvent::AccountClosed {},
-        ]);
-        assert!(matches!(
-            closed.handle(&AccountCommand::Deposit { amount: 1 }),
-            Err(BankError::AccountClosed(_))
-        ));
+        AggregateTest::<Account>::given([opened(), deposited(1)])
+            .when(AccountCommand::Close)
+            .then_expect_error(BankError::BalanceNotZero(1));
+        AggregateTest::<Account>::given([opened(), deposited(1), withdrawn(1)])
+            .when(AccountCommand::Close)
+            .then_expect_events([AccountEvent::AccountClosed {}]);
+        for command in [
+            AccountCommand::Deposit { amount: 1 },
+            AccountCommand::Withdraw { amount: 1 },
+            AccountCommand::Close,
+        ] {
+            AggregateTest::<Account>::given([opened(), AccountEvent::AccountClosed {}])
+                .when(command)
+                .then_expect_error(BankError::AccountClosed(String::new()));
+        }
     }
 
     #[test]
+    fn an_order_is_paid_from_an_account_once() {
+        let pay = || AccountCommand::PayOrder {
+            order_id: "o1".into(),
+            amount: 10,
+        };
+        AggregateTest::<Account>::given([opened(), deposited(100)])
+            .when(pay())
+            .then_expect_events([paid_for("o1", 10)]);
+        AggregateTest::<Account>::given([opened(), deposited(100), paid_for("o1", 10)])
+            .when(pay())
+            .then_expect_no_change();
+    }
+
+    #[test]
+    fn an_order_the_balance_cannot_cover_is_not_paid() {
+        AggregateTest::<Account>::given([opened(), deposited(9)])
+            .when(AccountCommand::PayOrder {
+                order_id: "o1".into(),
+                amount: 10,
+            })
+            .then_expect_error(BankError::InsufficientFunds {
+                balance: 9,
+                amount: 10,
+            });
+    }
+
+    // ------------------------------------------------------------ order
+
+    #[test]
+    fn an_order_is_placed_once_for_a_positive_amount() {
+        let place = |amount| OrderCommand::Place {
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            account_id: "a".into(),
+            amount,
+        };
+        AggregateTest::<Order>::given_no_previous_events()
+            .when(place(5))
+            .then_expect_events([placed(5)]);
+        AggregateTest::<Order>::given_no_previous_events()
+            .when(place(0))
+            .then_expect_error(BankError::NonPositiveAmount(0));
+        AggregateTest::<Order>::given([placed(5)])
+            .when(place(5))
+            .then_expect_error(BankError::OrderExists("o1".into()));
+    }
+
+    #[test]
+    fn nothing_happens_to_an_order_that_was_never_placed() {
+        for command in [
+            OrderCommand::MarkPaid,
+            OrderCommand::Ship,
+            OrderCommand::Cancel,
+        ] {
+            AggregateTest::<Order>::given_no_previous_events()
+                .when(command)
+                .then_expect_error(BankError::UnknownOrder(String::new()));
+        }
+    }
+
+    #[test]
+    fn an_order_is_marked_paid_once_with_its_amount() {
+        AggregateTest::<Order>::given([placed(5)])
+            .when(OrderCommand::MarkPaid)
+            .then_expect_events([OrderEvent::OrderPaid { amount: 5 }]);
+        AggregateTest::<Order>::given([placed(5), OrderEvent::OrderPaid { amount: 5 }])
+            .when(OrderCommand::MarkPaid)
+            .then_expect_no_change();
+    }
+
+    #[test]
+    fn an_unpaid_order_cannot_ship() {
+        AggregateTest::<Order>::given([placed(5)])
+            .when(OrderCommand::Ship)
+            .then_expect_error(BankError::NotPaid("o1".into()));
+    }
+
+    #[test]
+    fn a_paid_order_ships_once() {
+        let paid = || [placed(5), OrderEvent::OrderPaid { amount: 5 }];
+        AggregateTest::<Order>::given(paid())
+            .when(OrderCommand::Ship)
+            .then_expect_events([OrderEvent::OrderShipped {}]);
+        AggregateTest::<Order>::given(paid().into_iter().chain([OrderEvent::OrderShipped {}]))
+            .when(OrderCommand::Ship)
+            .then_expect_no_change();
+    }
+
+    #[test]
+    fn a_shipped_order_cannot_be_cancelled() {
+        AggregateTest::<Order>::given([
+            placed(5),
+            OrderEvent::OrderPaid { amount: 5 },
+            OrderEvent::OrderShipped {},
+        ])
+        .when(OrderCommand::Cancel)
+        .then_expect_error(BankError::AlreadyShipped("o1".into()));
+    }
+
+    #[test]
+    fn a_cancelled_order_is_not_paid_shipped_or_cancelled_again() {
+        AggregateTest::<Order>::given([placed(5)])
+            .when(OrderCommand::Cancel)
+            .then_expect_events([OrderEvent::OrderCancelled {}]);
+        for command in [
+            OrderCommand::MarkPaid,
+            OrderCommand::Ship,
+            OrderCommand::Cancel,
+        ] {
+            AggregateTest::<Order>::given([placed(5), OrderEvent::OrderCancelled {}])
+                .when(command)
+                .then_expect_error(BankError::OrderCancelled("o1".into()));
+        }
+    }
+
+    // ------------------------------------------------------------ refusals
+
+    #[test]
     fn refusals_about_the_aggregate_itself_name_it() {
-        let nothing = Account::default();
-        let refused = nothing
-            .handle(&AccountCommand::Deposit { amount: 1 })
+        let refused = AggregateTest::<Account>::given_no_previous_events()
+            .when(AccountCommand::Deposit { amount: 1 })
+            .inspect_result()
             .unwrap_err();
         assert_eq!(
             refused.naming("a-1").to_string(),
             "account a-1 does not exist"
         );
-        let closed: Account = given(vec![
-            AccountEvent::AccountOpened {
-                owner: "ann".into(),
-            },
-            AccountEvent::AccountClosed {},
-        ]);
-        let refused = closed.handle(&AccountCommand::Close).unwrap_err();
+        let refused = AggregateTest::<Account>::given([opened(), AccountEvent::AccountClosed {}])
+            .when(AccountCommand::Close)
+            .inspect_result()
+            .unwrap_err();
         assert_eq!(refused.naming("a-1").to_string(), "account a-1 is closed");
     }
 
     #[test]
-    fn customers_need_a_plausible_email() {
-        let nobody = Customer::default();
-        let register = |email: &str| CustomerCommand::Register {
-            customer_id: "c1".into(),
-            name: "Ann".into(),
-            email: email.into(),
-        };
-        assert!(nobody.handle(&register("ann@example.com")).is_ok());
-        assert_eq!(
-            nobody.handle(&register("ann")),
-            Err(BankError::InvalidEmail("ann".into()))
-        );
+    fn refusals_read_as_a_client_is_shown_them() {
+        AggregateTest::<Account>::given([opened(), deposited(100)])
+            .when(AccountCommand::Withdraw { amount: 150 })
+            .then_expect_error_message(
+                "insufficient funds: the balance is 100, the withdrawal 150",
+            );
+        AggregateTest::<Account>::given([opened(), deposited(40)])
+            .when(AccountCommand::Close)
+            .then_expect_error_message(
+                "an account can only be closed with a zero balance (it holds 40)",
+            );
     }
 }

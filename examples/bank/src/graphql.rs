@@ -5,11 +5,11 @@
 //! `@waitFor(projection: "account_balances", position: <it>)` on the field it reads.
 
 use crate::domain::{
-    self, Account, AccountCommand, Customer, CustomerCommand, Order, OrderCommand,
+    self, Account, AccountCommand, BankError, Customer, CustomerCommand, Order, OrderCommand,
 };
-use async_graphql::{Context, Object, Result, SimpleObject};
-use tidemark_api::{ApiError, Role, RoleGuard, Tidemark};
-use tidemark_store::aggregate::CommandOutcome;
+use async_graphql::{Context, Object, SimpleObject};
+use tidemark_api::{ApiError, ApiResult, Role, RoleGuard, Tidemark};
+use tidemark_store::aggregate::{CommandError, CommandOutcome};
 use tidemark_store::StoreError;
 use uuid::Uuid;
 
@@ -79,17 +79,18 @@ pub struct CategoryTotal {
 }
 
 /// A connection for reading read models.
-async fn read_client(ctx: &Context<'_>) -> Result<deadpool_postgres::Object> {
+async fn read_client(ctx: &Context<'_>) -> ApiResult<deadpool_postgres::Object> {
     let pool = Tidemark::from_ctx(ctx)?.store().pool();
-    Ok(pool
-        .get()
-        .await
-        .map_err(|e| ApiError::from(StoreError::from(e)))?)
+    // The store's reading of a failed checkout (the database is unavailable: retry).
+    Ok(pool.get().await.map_err(StoreError::from)?)
 }
 
-fn positive_limit(first: i32) -> Result<i64> {
+fn positive_limit(first: i32) -> ApiResult<i64> {
     if !(1..=1000).contains(&first) {
-        return Err(ApiError::bad_input("first", "first must be between 1 and 1000").into());
+        return Err(ApiError::bad_input(
+            "first",
+            "first must be between 1 and 1000",
+        ));
     }
     Ok(i64::from(first))
 }
@@ -102,7 +103,7 @@ pub struct BankQuery;
 impl BankQuery {
     /// One account's balance.
     #[graphql(guard = "RoleGuard(Role::Read)")]
-    async fn account(&self, ctx: &Context<'_>, id: String) -> Result<Option<AccountView>> {
+    async fn account(&self, ctx: &Context<'_>, id: String) -> ApiResult<Option<AccountView>> {
         let client = read_client(ctx).await?;
         let row = client
             .query_opt(
@@ -125,7 +126,7 @@ impl BankQuery {
         &self,
         ctx: &Context<'_>,
         #[graphql(default = 50)] first: i32,
-    ) -> Result<Vec<AccountView>> {
+    ) -> ApiResult<Vec<AccountView>> {
         let limit = positive_limit(first)?;
         let client = read_client(ctx).await?;
         let rows = client
@@ -152,7 +153,7 @@ impl BankQuery {
 
     /// One order.
     #[graphql(guard = "RoleGuard(Role::Read)")]
-    async fn order(&self, ctx: &Context<'_>, id: String) -> Result<Option<OrderView>> {
+    async fn order(&self, ctx: &Context<'_>, id: String) -> ApiResult<Option<OrderView>> {
         Ok(self
             .orders_where(ctx, Some(id), None, 1)
             .await?
@@ -167,14 +168,14 @@ impl BankQuery {
         ctx: &Context<'_>,
         status: Option<String>,
         #[graphql(default = 50)] first: i32,
-    ) -> Result<Vec<OrderView>> {
+    ) -> ApiResult<Vec<OrderView>> {
         self.orders_where(ctx, None, status, positive_limit(first)?)
             .await
     }
 
     /// Event counts and amount sums per category and event type, across all streams.
     #[graphql(guard = "RoleGuard(Role::Read)")]
-    async fn category_totals(&self, ctx: &Context<'_>) -> Result<Vec<CategoryTotal>> {
+    async fn category_totals(&self, ctx: &Context<'_>) -> ApiResult<Vec<CategoryTotal>> {
         let client = read_client(ctx).await?;
         let rows = client
             .query(
@@ -202,7 +203,7 @@ impl BankQuery {
         id: Option<String>,
         status: Option<String>,
         limit: i64,
-    ) -> Result<Vec<OrderView>> {
+    ) -> ApiResult<Vec<OrderView>> {
         let client = read_client(ctx).await?;
         let rows = client
             .query(
@@ -244,7 +245,7 @@ impl BankMutation {
             desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
-    ) -> Result<CommandResult> {
+    ) -> ApiResult<CommandResult> {
         let command = CustomerCommand::Register {
             customer_id: customer_id.clone(),
             name,
@@ -264,7 +265,7 @@ impl BankMutation {
             desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
-    ) -> Result<CommandResult> {
+    ) -> ApiResult<CommandResult> {
         let command = AccountCommand::Open {
             account_id: account_id.clone(),
             owner,
@@ -283,7 +284,7 @@ impl BankMutation {
             desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
-    ) -> Result<CommandResult> {
+    ) -> ApiResult<CommandResult> {
         run::<Account>(
             ctx,
             &account_id,
@@ -304,7 +305,7 @@ impl BankMutation {
             desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
-    ) -> Result<CommandResult> {
+    ) -> ApiResult<CommandResult> {
         run::<Account>(
             ctx,
             &account_id,
@@ -324,7 +325,7 @@ impl BankMutation {
             desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
-    ) -> Result<CommandResult> {
+    ) -> ApiResult<CommandResult> {
         run::<Account>(ctx, &account_id, &AccountCommand::Close, command_id).await
     }
 
@@ -341,33 +342,18 @@ impl BankMutation {
             desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
-    ) -> Result<CommandResult> {
+    ) -> ApiResult<CommandResult> {
         let bus = Tidemark::from_ctx(ctx)?.commands();
-        let (customer, _) = bus
-            .load::<Customer>(&customer_id)
-            .await
-            .map_err(ApiError::from)?;
+        let (customer, _) = bus.load::<Customer>(&customer_id).await?;
         if customer.id.is_none() {
-            return Err(ApiError::rejected(
-                domain::BankError::UnknownCustomer(customer_id).to_string(),
-            )
-            .into());
+            return Err(CommandError::Rejected(BankError::UnknownCustomer(customer_id)).into());
         }
-        let (account, _) = bus
-            .load::<Account>(&account_id)
-            .await
-            .map_err(ApiError::from)?;
+        let (account, _) = bus.load::<Account>(&account_id).await?;
         if account.owner.is_none() {
-            return Err(ApiError::rejected(
-                domain::BankError::UnknownAccount(account_id).to_string(),
-            )
-            .into());
+            return Err(CommandError::Rejected(BankError::UnknownAccount(account_id)).into());
         }
         if account.closed {
-            return Err(ApiError::rejected(
-                domain::BankError::AccountClosed(account_id).to_string(),
-            )
-            .into());
+            return Err(CommandError::Rejected(BankError::AccountClosed(account_id)).into());
         }
         let command = OrderCommand::Place {
             order_id: order_id.clone(),
@@ -388,12 +374,9 @@ impl BankMutation {
             desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
-    ) -> Result<CommandResult> {
+    ) -> ApiResult<CommandResult> {
         let bus = Tidemark::from_ctx(ctx)?.commands();
-        Ok(domain::pay_order(bus, &order_id, command_id)
-            .await
-            .map_err(ApiError::from)?
-            .into())
+        Ok(domain::pay_order(bus, &order_id, command_id).await?.into())
     }
 
     /// Ships a paid order.
@@ -406,7 +389,7 @@ impl BankMutation {
             desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
-    ) -> Result<CommandResult> {
+    ) -> ApiResult<CommandResult> {
         run::<Order>(ctx, &order_id, &OrderCommand::Ship, command_id).await
     }
 
@@ -420,7 +403,7 @@ impl BankMutation {
             desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
         )]
         command_id: Option<Uuid>,
-    ) -> Result<CommandResult> {
+    ) -> ApiResult<CommandResult> {
         run::<Order>(ctx, &order_id, &OrderCommand::Cancel, command_id).await
     }
 }
@@ -430,17 +413,19 @@ async fn run<A>(
     id: &str,
     command: &A::Command,
     command_id: Option<Uuid>,
-) -> Result<CommandResult>
+) -> ApiResult<CommandResult>
 where
     A: tidemark_store::aggregate::Aggregate<Error = domain::BankError>,
 {
     if id.is_empty() || id.len() > 100 || id.chars().any(|c| c.is_control()) {
-        return Err(ApiError::bad_input("id", "ids must be 1 to 100 printable characters").into());
+        return Err(ApiError::bad_input(
+            "id",
+            "ids must be 1 to 100 printable characters",
+        ));
     }
     let bus = Tidemark::from_ctx(ctx)?.commands();
     Ok(domain::execute::<A>(bus, id, command, command_id)
-        .await
-        .map_err(ApiError::from)?
+        .await?
         .into())
 }
 

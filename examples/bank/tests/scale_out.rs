@@ -10,6 +10,11 @@
 //! [`SCHEDULING`], also in lease periods; nothing compares a measured duration with a fixed
 //! number of seconds. Quiet periods are never waited out: a test that must show something
 //! did not happen appends a sentinel after it and waits for that instead.
+//!
+//! A test binary of its own, not a module of `tests/projections`: its tests measure
+//! takeovers in lease periods of separate processes and run one at a time
+//! ([`one_at_a_time`]); in a shared binary the other tests would run beside them on the
+//! two cores of CI and stretch every lease period they measure.
 
 mod scale_out_support;
 

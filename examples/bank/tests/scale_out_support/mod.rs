@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidemark_example_bank::projections::fold;
 use tidemark_store::{
-    AppendRequest, EventStore, ExpectedVersion, LogFilter, NewEvent, RecordedEvent, StoreConfig,
+    AppendRequest, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreConfig,
 };
 use tidemark_testkit::TestDatabase;
 use uuid::Uuid;
@@ -208,14 +208,7 @@ impl Cluster {
         )
         .await
         .expect("the store opens on a fresh test database");
-        let (sql, connection) = db
-            .pg_config()
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("a connection to the test database");
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let sql = tidemark_testkit::connect(&db).await;
         let opens = (0..ACCOUNTS).map(|n| {
             store.append(AppendRequest::new(
                 format!("account-{n}"),
@@ -520,22 +513,9 @@ impl Cluster {
         }
     }
 
-    /// The whole log, in pages.
+    /// The whole log.
     pub async fn read_all(&self) -> Vec<RecordedEvent> {
-        let mut all: Vec<RecordedEvent> = Vec::new();
-        loop {
-            let after = all.last().map_or(0, |e| e.position);
-            let page = self
-                .store
-                .read_log(after, &LogFilter::all(), 5000)
-                .await
-                .expect("reading the log");
-            let done = page.len() < 5000;
-            all.extend(page);
-            if done {
-                return all;
-            }
-        }
+        tidemark_testkit::read_all(&self.store).await
     }
 
     /// Asserts that each of `projections`' read model equals a fresh fold of the whole

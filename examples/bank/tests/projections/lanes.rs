@@ -1,0 +1,289 @@
+//! How lanes run (docs/design.md §8, Parallelism and Lag): partitions of one projection run
+//! concurrently, each in stream order; projections run independently, so a slow one holds
+//! back no other; and status reports lag in events and seconds.
+
+use crate::common;
+
+use async_trait::async_trait;
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tidemark_example_bank::projections::{AccountBalances, CategoryTotals};
+use tidemark_projections::{
+    ApplyContext, EngineConfig, EventSelector, Projection, ProjectionError, ProjectionState,
+    RecordedEvent, Registry,
+};
+use tidemark_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
+use tidemark_testkit::TestDatabase;
+
+/// Four writers, each appending 150 times 1-5 events to random streams of 96.
+async fn interleaved_appends(store: &EventStore, seed: u64, round: u64) {
+    let writers: Vec<_> = (0..4u64)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed ^ (round << 8) ^ writer);
+                for _ in 0..150 {
+                    let stream = format!("account-{}", rng.random_range(0..96));
+                    let count = rng.random_range(1..=5);
+                    let events = bank_events(&mut rng, &stream, count, false);
+                    store
+                        .append(AppendRequest::new(stream, ExpectedVersion::Any, events))
+                        .await
+                        .expect("appending");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("a writer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_stream_is_applied_in_version_order_while_sixteen_partitions_run_concurrently() {
+    let seed = seed(0x0e0e_0001);
+    let db = TestDatabase::create().await;
+    let store = open_store(&db).await;
+    assert_eq!(store.partitions(), 16);
+
+    // Small interleaved appends to many streams from several writers: half before the
+    // engine starts (a backlog), half while it runs (live).
+    interleaved_appends(&store, seed, 0).await;
+
+    let mut recorder = Recorder::new("order_recorder");
+    recorder.transient_rate = 0.05;
+    recorder.rng = std::sync::Mutex::new(StdRng::seed_from_u64(seed));
+    let stats = recorder.stats.clone();
+    let engine = tidemark_projections::ProjectionEngine::new(
+        store.clone(),
+        Registry::new().projection(recorder),
+        EngineConfig {
+            batch_size: 20,
+            ..engine_config()
+        },
+    );
+    engine.start().await.expect("the engine starts");
+    interleaved_appends(&store, seed, 1).await;
+    caught_up(&engine, "order_recorder", DEADLINE).await;
+    // The lanes record the rate they apply at with their checkpoints (it used to read 0).
+    let status = engine
+        .projection_status("order_recorder")
+        .await
+        .expect("status");
+    assert!(
+        status.events_per_second() > 0.0,
+        "a projection that just applied a backlog reports a rate: {status:?}"
+    );
+    engine.shutdown().await;
+
+    let log = read_all(&store).await;
+    let applied = read_applied(&connect(&db).await, "rm_order_recorder").await;
+    let partitions: BTreeSet<i16> = log.iter().map(|e| e.partition).collect();
+    assert_eq!(
+        partitions.len(),
+        16,
+        "the streams must cover all 16 partitions"
+    );
+    assert_each_once_in_stream_order(&applied, &log);
+    let max_in_flight = stats.max_in_flight.load(Ordering::SeqCst);
+    let retried = stats.transient_failures.load(Ordering::SeqCst);
+    println!(
+        "{} events; up to {max_in_flight} batches at once; {retried} batches failed and were retried",
+        log.len()
+    );
+    assert!(
+        max_in_flight > 1,
+        "partitions must apply concurrently, yet at most one batch ran at a time"
+    );
+    assert!(
+        retried > 0,
+        "some batches must have failed and been retried"
+    );
+    store.shutdown().await;
+}
+
+/// `AccountBalances` under another name, whose batches wait at a gate (closed until the
+/// test opens it) and then take 200 ms: a projection stuck far behind.
+struct Slow {
+    gate: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl Projection for Slow {
+    fn name(&self) -> &str {
+        "slow_balances"
+    }
+
+    fn selector(&self) -> EventSelector {
+        AccountBalances.selector()
+    }
+
+    async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
+        AccountBalances.setup(ctx).await
+    }
+
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut gate = self.gate.clone();
+        gate.wait_for(|open| *open)
+            .await
+            .map_err(|_| ProjectionError::transient("the gate is gone"))?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        AccountBalances.apply(ctx, events).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_projection_does_not_hold_back_the_checkpoints_of_another() {
+    let seed = seed(0x0e0e_0002);
+    let db = TestDatabase::create().await;
+    let store = open_store(&db).await;
+    append_backlog(
+        &store,
+        Backlog {
+            events: 4_000,
+            per_append: 20,
+            accounts: 64,
+            audit_every: 10,
+            seed,
+        },
+    )
+    .await;
+    let log = read_all(&store).await;
+    let account_events = log.iter().filter(|e| e.category() == "account").count() as i64;
+
+    let (open_gate, gate) = tokio::sync::watch::channel(false);
+    let engine = tidemark_projections::ProjectionEngine::new(
+        store.clone(),
+        Registry::new()
+            .projection(Slow { gate })
+            .projection(CategoryTotals),
+        EngineConfig {
+            batch_size: 100,
+            ..engine_config()
+        },
+    );
+    engine.start().await.expect("the engine starts");
+    caught_up(&engine, "category_totals", DEADLINE).await;
+
+    // The fast projection is done while every batch of the slow one is still waiting.
+    let slow = engine
+        .projection_status("slow_balances")
+        .await
+        .expect("status of the slow projection");
+    assert_eq!(
+        slow.lag_events(),
+        account_events,
+        "the slow projection has committed nothing yet"
+    );
+    assert_same_rows(
+        "category totals",
+        &read_totals(&connect(&db).await, "rm_category_totals").await,
+        &tidemark_example_bank::projections::fold::totals(&log),
+    );
+
+    // And the slow one was only slow: opened, it catches up too.
+    open_gate.send_replace(true);
+    caught_up(&engine, "slow_balances", DEADLINE).await;
+    engine.shutdown().await;
+    assert_same_rows(
+        "slow balances",
+        &read_balances(&connect(&db).await, "rm_slow_balances").await,
+        &tidemark_example_bank::projections::fold::balances(&log),
+    );
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_reports_lag_in_events_and_seconds_until_the_projection_catches_up() {
+    let seed = seed(0x0e0e_0003);
+    let db = TestDatabase::create().await;
+    let store = open_store(&db).await;
+    let head = append_backlog(
+        &store,
+        Backlog {
+            events: 2_000,
+            per_append: 20,
+            accounts: 32,
+            audit_every: 5,
+            seed,
+        },
+    )
+    .await;
+    let log = read_all(&store).await;
+    let account_events = log.iter().filter(|e| e.category() == "account").count() as i64;
+    assert!(
+        account_events < head,
+        "the log also holds events the projection skips"
+    );
+
+    let engine = engine(&store, Registry::new().projection(AccountBalances));
+    let before = engine
+        .projection_status("account_balances")
+        .await
+        .expect("status before start");
+    assert_eq!(before.head, head);
+    assert_eq!(before.partitions.len(), 16);
+    assert_eq!(
+        before.lag_events(),
+        account_events,
+        "before starting, every matching event is lag"
+    );
+    assert!(
+        before.lag_seconds() > 0.0,
+        "lag in seconds is the age of the oldest unprocessed event"
+    );
+    assert_eq!(before.live_version, None);
+
+    engine.start().await.expect("the engine starts");
+    caught_up(&engine, "account_balances", DEADLINE).await;
+    let after = engine
+        .projection_status("account_balances")
+        .await
+        .expect("status after catching up");
+    assert_eq!(after.lag_events(), 0);
+    assert_eq!(after.lag_seconds(), 0.0);
+    assert_eq!(after.status, ProjectionState::Running);
+    assert_eq!(after.live_version, Some(1));
+    engine.shutdown().await;
+
+    // Stopped, it falls behind again by exactly what is appended.
+    for n in 0..10 {
+        store
+            .append(AppendRequest::new(
+                "account-lagging",
+                ExpectedVersion::Any,
+                vec![NewEvent::new("MoneyDeposited", json!({ "amount": n }))],
+            ))
+            .await
+            .expect("appending");
+    }
+    let behind = engine
+        .projection_status("account_balances")
+        .await
+        .expect("status while stopped");
+    assert_eq!(behind.lag_events(), 10);
+    assert!(behind.lag_seconds() > 0.0);
+    let lagging = store.partition_of("account-lagging");
+    for partition in &behind.partitions {
+        let expected = if partition.partition == lagging {
+            10
+        } else {
+            0
+        };
+        assert_eq!(
+            partition.lag_events, expected,
+            "lag of partition {}",
+            partition.partition
+        );
+    }
+    store.shutdown().await;
+}

@@ -1,0 +1,22 @@
+//! End-to-end tests, one binary with a module per feature: each test starts the real server
+//! (`tidemark_api::Application`) on a free port against a database of its own and talks to
+//! it over HTTP and WebSocket (`common`). The embedded cluster that holds the databases is
+//! started once for the whole binary; `embedded_recovery` and `tls` run servers on private
+//! clusters of their own.
+//!
+//! Run one feature with `cargo test -p tidemark-tests --test e2e <module>::`.
+
+mod common;
+
+mod app_builder;
+mod auth;
+mod bad_input;
+mod bank;
+mod embedded_recovery;
+mod events;
+mod http_service;
+mod outcome;
+mod ownership;
+mod restart;
+mod subscriptions;
+mod tls;
