@@ -19,6 +19,8 @@
 //!   and go. Every live lane runs under a lease.
 //! - [`scaling`]: adaptive concurrency inside a process and the `desired_workers` signal.
 //! - [`dead_letter`], [`status`], `metrics`: parked events, lag, Prometheus gauges.
+//! - `migrations`: the engine's tables ([`MIGRATIONS`]), registered with the store's runner;
+//!   [`migrations()`] is the whole set a database with projections needs.
 //!
 //! Projections know nothing of HTTP or GraphQL.
 
@@ -31,6 +33,7 @@ mod fence;
 mod lane;
 mod lease;
 mod metrics;
+mod migrations;
 pub mod projection;
 pub mod rebuild;
 pub mod registry;
@@ -44,6 +47,7 @@ pub use engine::ProjectionEngine;
 pub use error::{EngineError, ProjectionError};
 pub use fence::LeaseToken;
 pub use lane::{LaneProgress, ALL_PARTITIONS, LIVE};
+pub use migrations::{migrations, MIGRATIONS};
 pub use projection::{
     quote_ident, ApplyContext, EventSelector, FailurePolicy, Handler, Projection,
 };
