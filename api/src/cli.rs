@@ -308,7 +308,7 @@ async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
             anyhow!("cannot connect to the database ({}); check DATABASE_URL and that PostgreSQL is running", tidemark_store::error::describe_postgres_error(&e))
         })?;
         let driver = tokio::spawn(connection);
-        let report = tidemark_store::migrate::run(&mut client).await;
+        let report = tidemark_store::migrate::run(&mut client, &crate::all_migrations()).await;
         drop(client);
         let _ = driver.await;
         let report = report?;
@@ -330,7 +330,11 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let db = Database::open(database).await?;
-    let store = match db.open_store(8, StoreConfig::default()).await {
+    let config = StoreConfig {
+        migrations: crate::all_migrations(),
+        ..StoreConfig::default()
+    };
+    let store = match db.open_store(8, config).await {
         Ok(store) => store,
         Err(error) => {
             db.stop().await;

@@ -77,8 +77,9 @@ impl Database {
         }
     }
 
-    /// Opens the event store on this database (applying migrations when `config.migrate`),
-    /// with this database's TLS options.
+    /// Opens the event store on this database (applying `config.migrations` when
+    /// `config.migrate`; a server's database needs [`crate::all_migrations`]), with this
+    /// database's TLS options.
     pub async fn open_store(
         &self,
         max_connections: usize,

@@ -354,7 +354,7 @@ async fn ready(State(state): State<AppState>) -> Response {
             .simple_query("SELECT 1")
             .await
             .map_err(|e| e.to_string())?;
-        tidemark_store::migrate::is_up_to_date(&client)
+        tidemark_store::migrate::is_up_to_date(&client, &store.config().migrations)
             .await
             .map_err(|e| e.to_string())
     };

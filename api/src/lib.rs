@@ -24,6 +24,8 @@
 //!   `run_until_stopped(shutdown)` with an ordered graceful shutdown.
 //! - [`config`], [`database`], [`telemetry`]: settings with defaults, the database (URL or
 //!   embedded), logs and the Prometheus recorder.
+//! - [`migrations`]: the API's own migration (API keys) and [`all_migrations`], the set a
+//!   server's database needs (store, engine, API), for every command that migrates.
 //! - [`cli`]: `tidemark serve | migrate | projections | events | keys`, reusable by
 //!   application binaries through [`cli::run`].
 //!
@@ -38,6 +40,7 @@ mod drain;
 pub mod error;
 pub mod http;
 mod log_limit;
+pub mod migrations;
 pub mod schema;
 pub mod startup;
 pub mod telemetry;
@@ -46,6 +49,7 @@ pub use app::{Tidemark, TidemarkApp, TidemarkAppBuilder};
 pub use auth::{Principal, Role, RoleGuard};
 pub use config::{ApiLimits, DatabaseConfig, ServerConfig};
 pub use error::{ApiError, ApiResult, ErrorCode};
+pub use migrations::all_migrations;
 pub use startup::Application;
 
 /// The async-graphql this crate is built with. Applications deriving GraphQL objects also

@@ -74,6 +74,7 @@ impl Application {
                 admission_budget: limits.admission_budget,
                 ..PipelineConfig::default()
             },
+            migrations: crate::all_migrations(),
             ..StoreConfig::default()
         };
         let store = match database

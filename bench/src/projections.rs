@@ -16,6 +16,14 @@ use tidemark_projections::{
 };
 use tidemark_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreConfig};
 
+/// The store's and the engine's migrations: the seeded schema has only the store's.
+fn store_config() -> StoreConfig {
+    StoreConfig {
+        migrations: tidemark_projections::migrations(),
+        ..StoreConfig::default()
+    }
+}
+
 /// Counts events per partition: about the cheapest read model there is, so the figure is
 /// the engine's own cost (fetch, decode, transaction, checkpoint).
 struct Counting {
@@ -100,7 +108,7 @@ async fn counted(store: &EventStore, schema: &str) -> Result<i64> {
 /// Runs the counting projection from position 0 over the whole log of `schema` (which
 /// holds `total` events) and returns how long it took to catch up.
 pub async fn catch_up(schema: &Schema, total: u64) -> Result<Duration> {
-    let store = EventStore::open(schema.config.clone(), StoreConfig::default()).await?;
+    let store = EventStore::open(schema.config.clone(), store_config()).await?;
     let name = "bench_catch_up";
     let engine = engine_for(
         &store,
@@ -132,7 +140,7 @@ pub async fn catch_up(schema: &Schema, total: u64) -> Result<Duration> {
 /// and measures, for each, the time from the append call to the commit of the checkpoint
 /// that covers it (seen by polling the engine's lane progress every millisecond).
 pub async fn read_model_latency(schema: &Schema, rate: u32, events: u64) -> Result<Latencies> {
-    let store = EventStore::open(schema.config.clone(), StoreConfig::default()).await?;
+    let store = EventStore::open(schema.config.clone(), store_config()).await?;
     let name = "bench_latency";
     let applied: Arc<Mutex<Pending>> = Arc::default();
     let engine = engine_for(

@@ -53,7 +53,7 @@ const COPY_TYPES: [Type; 10] = [
 /// seeds the store, so both start from the same state), and analyses it.
 pub async fn create_table(schema: &Schema, seed: u64) -> Result<()> {
     let mut client = connect(&schema.config).await?;
-    tidemark_store::migrate::run(&mut client)
+    tidemark_store::migrate::run(&mut client, &tidemark_store::migrate::MigrationSet::store())
         .await
         .context("creating the store's tables to copy the events table from")?;
     client

@@ -78,7 +78,7 @@ const SEED_STREAMS: usize = 10_000;
 /// exactly that.)
 pub async fn seed_store(schema: &Schema, events: u64, partitions: u16) -> Result<()> {
     let mut client = crate::env::connect(&schema.config).await?;
-    tidemark_store::migrate::run(&mut client)
+    tidemark_store::migrate::run(&mut client, &tidemark_store::MigrationSet::store())
         .await
         .context("migrating the seeded store")?;
     let tx = client.transaction().await?;

@@ -27,6 +27,8 @@
 //! - `kinds`: [`Target`], [`BuildKind`], [`BuildStatus`], [`ProjectionState`], each with its
 //!   SQL spelling in one place.
 //! - [`windowing`]: pure core of event-time windowed projections (`docs/windowing.md`).
+//! - `migrations`: the engine's tables ([`MIGRATIONS`]), registered with the store's runner;
+//!   [`migrations()`] is the whole set a database with projections needs.
 //!
 //! Projections know nothing of HTTP or GraphQL.
 
@@ -40,6 +42,7 @@ mod kinds;
 mod lane;
 mod lease;
 mod metrics;
+mod migrations;
 pub mod projection;
 pub mod rebuild;
 mod registration;
@@ -58,6 +61,7 @@ pub use error::{BoxError, EngineError, ProjectionError};
 pub use fence::LeaseToken;
 pub use kinds::{BuildKind, BuildStatus, ProjectionState, Target};
 pub use lane::{LaneProgress, ALL_PARTITIONS};
+pub use migrations::{migrations, MIGRATIONS};
 pub use projection::{
     quote_ident, ApplyContext, EventSelector, FailurePolicy, Handler, Projection,
 };

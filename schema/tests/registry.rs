@@ -17,11 +17,11 @@ async fn database() -> TestDatabase {
     let db = TestDatabase::create().await;
     let (mut client, connection) = db.pg_config().connect(NoTls).await.unwrap();
     let connection = tokio::spawn(connection);
-    tidemark_store::migrate::run(&mut client).await.unwrap();
-    // The store's runner knows only its own list until the integration registers ours.
-    for migration in tidemark_schema::MIGRATIONS {
-        client.batch_execute(migration.sql).await.unwrap();
-    }
+    let migrations =
+        tidemark_store::migrate::MigrationSet::store().with(tidemark_schema::MIGRATIONS);
+    tidemark_store::migrate::run(&mut client, &migrations)
+        .await
+        .unwrap();
     drop(client);
     connection.await.unwrap().unwrap();
     db

@@ -75,6 +75,10 @@ pub struct StoreConfig {
     pub poll_interval: Duration,
     /// Run pending migrations when opening.
     pub migrate: bool,
+    /// The migrations applied when opening (or, with `migrate` off, checked): the store's own
+    /// by default. A database shared with other crates needs all of theirs too (e.g.
+    /// `tidemark_projections::migrations()`), since one it does not know is refused.
+    pub migrations: crate::migrate::MigrationSet,
     /// How TLS connections check the server (`sslmode` itself is in the connection string).
     pub tls: crate::tls::TlsOptions,
 }
@@ -87,6 +91,7 @@ impl Default for StoreConfig {
             pipeline: PipelineConfig::default(),
             poll_interval: Duration::from_millis(500),
             migrate: true,
+            migrations: crate::migrate::MigrationSet::store(),
             tls: crate::tls::TlsOptions::default(),
         }
     }

@@ -18,7 +18,9 @@
 //! - [`hashing`]: canonical JSON, content hashes, derived event ids, partitions: the parts
 //!   of the on-disk contract that must never change.
 //! - [`validate`], [`error`]: what is refused, and why.
-//! - [`migrate`]: applies `migrations/*.sql` once, under an advisory lock, checksummed.
+//! - [`migrate`]: the one migration runner. The store registers the event log's migration;
+//!   a [`migrate::MigrationSet`] merges it with those of other crates (projections, API),
+//!   applied once each in version order, under an advisory lock, checksummed.
 //! - [`config`]: limits and pipeline settings with their defaults.
 //! - [`tls`]: the one TLS connector of every connection, honouring `sslmode`.
 //! - [`backoff`]: the one exponential backoff of every reconnect and retry loop.
@@ -44,6 +46,7 @@ pub mod validate;
 
 pub use config::{Limits, PipelineConfig, StoreConfig};
 pub use error::{OverloadReason, Result, StoreError, ValidationError};
+pub use migrate::MigrationSet;
 pub use model::{
     category_of, AppendOutcome, AppendRequest, AppendedEvent, ExpectedVersion, NewEvent, Position,
     RecordedEvent, StreamVersion,

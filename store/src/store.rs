@@ -90,9 +90,9 @@ impl EventStore {
             other => other,
         })?;
         if config.migrate {
-            migrate::run(&mut client).await?;
+            migrate::run(&mut client, &config.migrations).await?;
         } else {
-            migrate::verify(&client).await?;
+            migrate::verify(&client, &config.migrations).await?;
         }
         let partitions = i32::from(config.partitions.max(1));
         client

@@ -1,15 +1,57 @@
 //! Migrations: runners started at once (as several processes starting together) apply each
-//! migration exactly once; a database whose recorded history differs from this build (a
-//! tampered checksum, an unknown migration, or none at all when not migrating) is refused
-//! with `StoreError::Migration`.
+//! migration exactly once; the lists of several crates are applied as one history in version
+//! order, and a version listed twice is refused; a database whose recorded history differs
+//! from this build (a tampered checksum, an unknown migration, or none at all when not
+//! migrating) is refused with `StoreError::Migration`.
 
 use crate::common;
 
 use common::{append_ok, connect, event, open_default, wait_until, within_deadline, DEADLINE};
 use std::collections::BTreeMap;
-use tidemark_store::migrate::{self, MigrationReport, MIGRATIONS, MIGRATION_LOCK_KEY};
+use tidemark_store::migrate::{
+    self, Migration, MigrationReport, MigrationSet, MIGRATIONS, MIGRATION_LOCK_KEY,
+};
 use tidemark_store::{EventStore, ExpectedVersion, StoreConfig, StoreError};
 use tidemark_testkit::TestDatabase;
+
+/// The migrations of a crate built on the store, numbered around another crate's (as the
+/// projection engine's are around the API's).
+const ENGINE_LIKE: &[Migration] = &[
+    Migration {
+        version: 2,
+        name: "engine_registry",
+        sql: "CREATE TABLE engine_registry (name text PRIMARY KEY)",
+        earlier_checksums: &[],
+    },
+    Migration {
+        version: 4,
+        name: "engine_registry_owner",
+        // Needs version 3's table: applied out of order, it would fail.
+        sql: "ALTER TABLE engine_registry ADD COLUMN owner text REFERENCES api_like_keys (key)",
+        earlier_checksums: &[],
+    },
+];
+
+/// Another crate's migration, between the first crate's two.
+const API_LIKE: &[Migration] = &[Migration {
+    version: 3,
+    name: "api_like_keys",
+    sql: "CREATE TABLE api_like_keys (key text PRIMARY KEY)",
+    earlier_checksums: &[],
+}];
+
+/// The store's migrations and two other crates', as a server's database has them.
+fn several_crates() -> MigrationSet {
+    MigrationSet::store().with(ENGINE_LIKE).with(API_LIKE)
+}
+
+fn versions_of(set: &MigrationSet) -> Vec<i32> {
+    set.ordered()
+        .expect("no duplicate versions")
+        .iter()
+        .map(|m| m.version)
+        .collect()
+}
 
 /// `(version, name, checksum)` rows of `tidemark_migrations`.
 async fn recorded_migrations(db: &TestDatabase) -> Vec<(i32, String, Vec<u8>)> {
@@ -26,8 +68,9 @@ async fn recorded_migrations(db: &TestDatabase) -> Vec<(i32, String, Vec<u8>)> {
         .collect()
 }
 
-fn shipped_migrations() -> Vec<(i32, String, Vec<u8>)> {
-    MIGRATIONS
+fn shipped_migrations(set: &MigrationSet) -> Vec<(i32, String, Vec<u8>)> {
+    set.ordered()
+        .expect("no duplicate versions")
         .iter()
         .map(|m| (m.version, m.name.to_string(), m.checksum()))
         .collect()
@@ -61,7 +104,8 @@ async fn table_exists(client: &tokio_postgres::Client, table: &str) -> bool {
 /// The race the runners used to lose: both start on a fresh database at the same instant.
 /// A third session holds the migration lock until both runners wait for it, so they are
 /// released together every time instead of by luck of timing. While they wait, nothing may
-/// have touched the catalog yet: every statement of a run happens under the lock.
+/// have touched the catalog yet: every statement of a run happens under the lock. The
+/// runners apply the migrations of several crates, so they take turns over several steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_migration_runners_at_once_apply_each_migration_exactly_once() {
     let db = TestDatabase::create().await;
@@ -73,10 +117,16 @@ async fn two_migration_runners_at_once_apply_each_migration_exactly_once() {
 
     let mut first = connect(&db).await;
     let mut second = connect(&db).await;
-    let runners = tokio::spawn(async move {
-        let (a, b) =
-            futures::future::join(migrate::run(&mut first), migrate::run(&mut second)).await;
-        (a, b)
+    let set = several_crates();
+    let runners = tokio::spawn({
+        let set = set.clone();
+        async move {
+            futures::future::join(
+                migrate::run(&mut first, &set),
+                migrate::run(&mut second, &set),
+            )
+            .await
+        }
     });
 
     wait_until(
@@ -107,7 +157,7 @@ async fn two_migration_runners_at_once_apply_each_migration_exactly_once() {
             *applied_by.entry(*version).or_default() += 1;
         }
     }
-    for migration in MIGRATIONS {
+    for migration in set.ordered().expect("no duplicate versions") {
         assert_eq!(
             applied_by.get(&migration.version),
             Some(&1),
@@ -122,10 +172,18 @@ async fn two_migration_runners_at_once_apply_each_migration_exactly_once() {
             "each runner accounts for every migration: {reports:?}"
         );
     }
-    assert_eq!(recorded_migrations(&db).await, shipped_migrations());
+    assert_eq!(recorded_migrations(&db).await, shipped_migrations(&set));
 
     // The schema works.
-    let store = open_default(&db).await;
+    let store = EventStore::open(
+        db.pg_config(),
+        StoreConfig {
+            migrations: set,
+            ..StoreConfig::default()
+        },
+    )
+    .await
+    .expect("the store opens on the database it migrated");
     append_ok(
         &store,
         "acct-1",
@@ -148,8 +206,9 @@ async fn a_cancelled_migration_run_leaves_no_lock_behind() {
     let observer = connect(&db).await;
 
     let mut pooled = connect(&db).await;
+    let store_only = MigrationSet::store();
     {
-        let waiting = migrate::run(&mut pooled);
+        let waiting = migrate::run(&mut pooled, &store_only);
         tokio::pin!(waiting);
         tokio::select! {
             _ = &mut waiting => panic!("the run cannot finish while the lock is held elsewhere"),
@@ -166,9 +225,12 @@ async fn a_cancelled_migration_run_leaves_no_lock_behind() {
     // The abandoned statement may still complete on the server; whatever it did ends with
     // its transaction. A run from another session is not blocked by it.
     let mut elsewhere = connect(&db).await;
-    let report = within_deadline("a run on another connection", migrate::run(&mut elsewhere))
-        .await
-        .expect("migrating from another connection");
+    let report = within_deadline(
+        "a run on another connection",
+        migrate::run(&mut elsewhere, &store_only),
+    )
+    .await
+    .expect("migrating from another connection");
     assert_eq!(
         report.applied.len() + report.already_applied.len(),
         MIGRATIONS.len()
@@ -189,16 +251,103 @@ async fn a_cancelled_migration_run_leaves_no_lock_behind() {
 async fn running_the_migrations_again_applies_nothing() {
     let db = TestDatabase::create().await;
     let mut client = connect(&db).await;
-    let first = migrate::run(&mut client).await.expect("first run");
+    let store_only = MigrationSet::store();
+    let first = migrate::run(&mut client, &store_only)
+        .await
+        .expect("first run");
     assert_eq!(
         first.applied,
         MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>()
     );
-    let second = migrate::run(&mut client).await.expect("second run");
+    let second = migrate::run(&mut client, &store_only)
+        .await
+        .expect("second run");
     assert!(second.applied.is_empty());
     assert_eq!(second.already_applied, first.applied);
-    assert!(migrate::is_up_to_date(&client).await.expect("checking"));
-    assert_eq!(recorded_migrations(&db).await, shipped_migrations());
+    assert!(migrate::is_up_to_date(&client, &store_only)
+        .await
+        .expect("checking"));
+    assert_eq!(
+        recorded_migrations(&db).await,
+        shipped_migrations(&store_only)
+    );
+}
+
+/// Lists registered by several crates make one history: applied in version order whatever
+/// the order of the lists (version 4 needs version 3's table), recorded as one list would
+/// be, checked as a whole.
+#[tokio::test]
+async fn the_migrations_of_several_crates_are_applied_in_one_version_order() {
+    let db = TestDatabase::create().await;
+    let mut client = connect(&db).await;
+    let set = MigrationSet::new([API_LIKE, ENGINE_LIKE, MIGRATIONS]);
+    assert_eq!(versions_of(&set), [1, 2, 3, 4]);
+    let report = migrate::run(&mut client, &set).await.expect("migrating");
+    assert_eq!(report.applied, [1, 2, 3, 4]);
+    assert_eq!(recorded_migrations(&db).await, shipped_migrations(&set));
+    assert!(migrate::is_up_to_date(&client, &several_crates())
+        .await
+        .expect("checking"));
+    // Without the crates that own versions 2 to 4, the database is not this build's.
+    assert!(!migrate::is_up_to_date(&client, &MigrationSet::store())
+        .await
+        .expect("checking"));
+}
+
+/// A database that has the store's migrations gets another crate's on top, pending ones only;
+/// a process that leaves that crate's list out is then refused, naming what it lacks.
+#[tokio::test]
+async fn a_crates_migrations_are_added_on_top_and_then_required() {
+    let db = TestDatabase::create().await;
+    open_default(&db).await.shutdown().await;
+    let report = migrate::run(&mut connect(&db).await, &several_crates())
+        .await
+        .expect("adding the other crates' migrations");
+    assert_eq!(report.applied, [2, 3, 4]);
+    assert_eq!(report.already_applied, [1]);
+    assert_eq!(
+        recorded_migrations(&db).await,
+        shipped_migrations(&several_crates())
+    );
+
+    let message = open_fails_with_migration_error(&db, StoreConfig::default()).await;
+    assert!(
+        message.contains("migration 2 (engine_registry)"),
+        "the message names it: {message}"
+    );
+}
+
+/// Two crates that claim one number are a bug in the build: refused before any statement.
+#[tokio::test]
+async fn a_migration_number_listed_twice_is_refused_before_touching_the_database() {
+    const CLASHING: &[Migration] = &[Migration {
+        version: 3,
+        name: "clashing",
+        sql: "CREATE TABLE clashing (v int)",
+        earlier_checksums: &[],
+    }];
+    let db = TestDatabase::create().await;
+    let mut client = connect(&db).await;
+    let clash = several_crates().with(CLASHING);
+    match migrate::run(&mut client, &clash).await {
+        Err(StoreError::Migration(message)) => assert!(
+            message.contains("migration 3")
+                && message.contains("api_like_keys")
+                && message.contains("clashing"),
+            "the message names both: {message}"
+        ),
+        other => panic!("expected StoreError::Migration, got {other:?}"),
+    }
+    assert!(
+        !table_exists(&client, "tidemark_migrations").await,
+        "nothing was run"
+    );
+    let config = StoreConfig {
+        migrations: clash,
+        ..StoreConfig::default()
+    };
+    let message = open_fails_with_migration_error(&db, config).await;
+    assert!(message.contains("listed twice"), "{message}");
 }
 
 /// Opens a store on `db`, expecting a migration error; returns its message.
@@ -279,7 +428,7 @@ async fn opening_an_unmigrated_database_without_migrating_fails_with_a_migration
     open_fails_with_migration_error(&db, config.clone()).await;
 
     // Once migrated (by someone else), the same configuration opens.
-    migrate::run(&mut connect(&db).await)
+    migrate::run(&mut connect(&db).await, &MigrationSet::store())
         .await
         .expect("migrating");
     let store = EventStore::open(db.pg_config(), config)

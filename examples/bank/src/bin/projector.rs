@@ -55,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
         pg_config,
         StoreConfig {
             migrate: true,
+            // The bank's database is a server's: the store's, the engine's and the API's.
+            migrations: tidemark_api::all_migrations(),
             ..StoreConfig::default()
         },
     )

@@ -34,10 +34,12 @@ pub fn seed(default: u64) -> u64 {
     seed
 }
 
-/// Store settings for tests: the defaults, with a short polling fallback so waits that
+/// Store settings for tests: a server's migrations, and a short polling fallback so waits that
 /// depend on it (a stopped lane noticing it was resumed) stay short.
 pub fn store_config() -> StoreConfig {
     StoreConfig {
+        // The bank's database is a server's (the bank and projector binaries share it).
+        migrations: tidemark_api::all_migrations(),
         poll_interval: Duration::from_millis(50),
         ..StoreConfig::default()
     }

@@ -203,6 +203,8 @@ impl Cluster {
             db.pg_config(),
             StoreConfig {
                 poll_interval: Duration::from_millis(50),
+                // Shared with the projector processes, which migrate as a server does.
+                migrations: tidemark_api::all_migrations(),
                 ..StoreConfig::default()
             },
         )
