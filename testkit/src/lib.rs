@@ -14,7 +14,7 @@
 //! exits), and each connection this crate opens lives only within one call.
 //!
 //! - [`connect`]: a raw connection to a test database, as another process would have;
-//!   [`read_all`]: the whole log, as a fold to compare read models with reads it.
+//!   [`read_all`]: the whole log, which tests fold to check read models against.
 //! - [`wait`]: polling a condition until it holds, failing the test at a deadline.
 //! - [`aggregate`]: given/when/then for aggregates, without a database.
 //! - [`proxy::FaultProxy`] sits between a store and its database and breaks append

@@ -173,7 +173,7 @@ async fn category_totals_count_and_sum_every_category_like_a_fold_of_the_log() {
 
 // ------------------------------------------------------------------ rules
 
-/// Each rule test: the command is `REJECTED` with the rule's sentence and writes nothing.
+/// The head has not moved from `head_before`: the refused commands wrote nothing.
 async fn assert_nothing_written(bank: &BankClient, head_before: i64) {
     assert_eq!(bank.head().await, head_before, "a refused command wrote");
 }
