@@ -162,6 +162,9 @@ impl FaultProxy {
         if let Some(dbname) = self.target_config.get_dbname() {
             config.dbname(dbname);
         }
+        // The proxy reads the protocol to find append transactions: it must see plaintext,
+        // even when the server behind it offers TLS (the default `prefer` would take it).
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
         config
     }
 
