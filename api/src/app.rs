@@ -337,23 +337,6 @@ impl Tidemark {
         schema::query::clamp_wait(timeout_ms, self.inner.limits.max_wait)
     }
 
-    /// Refuses a second build of `name` while one is running (in any process).
-    pub(crate) async fn refuse_if_building(&self, name: &str) -> Result<(), ApiError> {
-        let status = self.engine().projection_status(name).await?;
-        match status.last_rebuild {
-            Some(build)
-                if build.status == tidemark_projections::BuildStatus::Running
-                    && build.target == tidemark_projections::Target::Shadow =>
-            {
-                Err(ApiError::bad_input(
-                    "name",
-                    format!("a {} of '{name}' is already running", build.kind),
-                ))
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// Runs work that outlives the request (rebuilds); shutdown waits for it.
     pub(crate) fn spawn_background(&self, work: impl Future<Output = ()> + Send + 'static) {
         self.inner.background.spawn(work);

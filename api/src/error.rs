@@ -259,6 +259,7 @@ impl ApiError {
                 "the projection engine is shutting down; retry after the restart",
             ),
             EngineError::Projection { .. }
+            | EngineError::LanePanicked { .. }
             | EngineError::Database { .. }
             | EngineError::CheckpointMoved { .. } => ApiError::internal(error),
         }

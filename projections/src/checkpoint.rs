@@ -1,9 +1,12 @@
-//! Checkpoints per (projection, target, partition) in `projection_checkpoints`.
+//! Checkpoints per (projection, target, partition) in `projection_checkpoints`: every
+//! statement that writes that table is here (a tidy test checks it). Lanes move their own
+//! checkpoint only through the lane's commit primitive (`lane::commit`); builds reset a
+//! target's checkpoints and the swap moves the live ones.
 
 use crate::error::{EngineError, Result};
 use crate::fence::Fence;
 use crate::kinds::Target;
-use crate::lane::LaneSpec;
+use crate::spec::{LaneSpec, ALL_PARTITIONS};
 use chrono::{DateTime, Utc};
 use tidemark_store::{EventStore, Position};
 
@@ -23,19 +26,22 @@ pub(crate) async fn load(store: &EventStore, spec: &LaneSpec) -> Result<Position
     Ok(row.get(0))
 }
 
-/// First statement of every batch transaction: locks the checkpoint row and checks that it
-/// still holds `expected` and, for leased lanes, that the lease is still ours. Locking the
-/// checkpoint before touching the read model also orders us behind a read-model swap.
-///
-/// Returns `false` when the lane lost its lease (the fence is marked lost). A checkpoint
-/// moved by someone else (a swap after a rebuild) is an error that restarts the lane from
-/// the new checkpoint.
-pub(crate) async fn lock_and_check(
+/// What locking a lane's checkpoint found.
+pub(crate) enum Locked {
+    /// The lane lost its lease (the fence is marked lost); nothing may be written.
+    LeaseLost,
+    /// The checkpoint row is locked; its position (`None`: the lane has no row yet).
+    Row(Option<Position>),
+}
+
+/// First statement of every transaction that applies events: locks the checkpoint row and,
+/// for leased lanes, checks the lease is still ours. Locking the checkpoint before touching
+/// the read model also orders us behind a read-model swap.
+pub(crate) async fn lock(
     tx: &deadpool_postgres::Transaction<'_>,
     spec: &LaneSpec,
     fence: &Fence,
-    expected: Position,
-) -> Result<bool> {
+) -> Result<Locked> {
     if fence.lease.is_some() {
         // A worker paused inside this transaction (SIGSTOP, a stall) must not keep its locks
         // forever: the server ends the session once it has idled past the limit.
@@ -46,7 +52,7 @@ pub(crate) async fn lock_and_check(
         .await
         .map_err(EngineError::db("limiting idle time"))?;
         if !lease_still_held(tx, spec, fence).await? {
-            return Ok(false);
+            return Ok(Locked::LeaseLost);
         }
     }
     let statement = tx
@@ -68,15 +74,75 @@ pub(crate) async fn lock_and_check(
         )
         .await
         .map_err(EngineError::db("locking a checkpoint"))?;
-    let actual: Option<Position> = row.map(|r| r.get(0));
-    if actual != Some(expected) {
-        return Err(EngineError::CheckpointMoved {
-            projection: spec.projection.name().to_string(),
-            expected,
-            actual,
-        });
-    }
-    Ok(true)
+    Ok(Locked::Row(row.map(|r| r.get(0))))
+}
+
+/// Locks the live checkpoints of every partition of `projection`: live lanes lock their
+/// checkpoint first in every batch, so holding these waits for the batches in flight and
+/// keeps new ones out until the transaction ends (the swap pauses the live lanes so).
+pub(crate) async fn lock_live(
+    tx: &deadpool_postgres::Transaction<'_>,
+    projection: &str,
+) -> Result<()> {
+    tx.execute(
+        "SELECT 1 FROM projection_checkpoints WHERE projection = $1 AND target = $2
+          ORDER BY partition FOR UPDATE",
+        &[&projection, &Target::Live],
+    )
+    .await
+    .map_err(EngineError::db("pausing the live lanes"))?;
+    Ok(())
+}
+
+/// A build starts over: the checkpoints of `target` are replaced by one all-partitions
+/// checkpoint at `from`.
+pub(crate) async fn restart_target(
+    tx: &deadpool_postgres::Transaction<'_>,
+    projection: &str,
+    target: &Target,
+    from: Position,
+) -> Result<()> {
+    remove_target(tx, projection, target).await?;
+    tx.execute(
+        "INSERT INTO projection_checkpoints (projection, target, partition, position) VALUES ($1, $2, $3, $4)",
+        &[&projection, target, &ALL_PARTITIONS, &from],
+    )
+    .await
+    .map_err(EngineError::db("starting build checkpoints"))?;
+    Ok(())
+}
+
+/// After a swap: every live partition of `projection` reflects the log up to `position`.
+pub(crate) async fn move_live(
+    tx: &deadpool_postgres::Transaction<'_>,
+    projection: &str,
+    partitions: u16,
+    position: Position,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO projection_checkpoints (projection, target, partition, position)
+         SELECT $1, $4, p, $3 FROM generate_series(0, $2 - 1) AS p
+         ON CONFLICT (projection, target, partition) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+        &[&projection, &i32::from(partitions), &position, &Target::Live],
+    )
+    .await
+    .map_err(EngineError::db("moving the live checkpoints"))?;
+    Ok(())
+}
+
+/// Drops the checkpoints of `target` (a finished or restarted build's).
+pub(crate) async fn remove_target(
+    tx: &deadpool_postgres::Transaction<'_>,
+    projection: &str,
+    target: &Target,
+) -> Result<()> {
+    tx.execute(
+        "DELETE FROM projection_checkpoints WHERE projection = $1 AND target = $2",
+        &[&projection, target],
+    )
+    .await
+    .map_err(EngineError::db("removing build checkpoints"))?;
+    Ok(())
 }
 
 /// Does this lane still hold its lease (owner, epoch, not expired by the clock now)? Checked
@@ -126,7 +192,8 @@ pub(crate) async fn lease_still_held(
 }
 
 /// Moves the (locked) checkpoint to `position`, recording the lane's recent rate when given
-/// (status shows it while the checkpoint is fresh; see `status`).
+/// (status shows it while the checkpoint is fresh; see `status`). Called by the lane's commit
+/// primitive only.
 pub(crate) async fn advance(
     tx: &deadpool_postgres::Transaction<'_>,
     spec: &LaneSpec,

@@ -1,12 +1,11 @@
-//! Parked events: what a projection could not apply after its retries, and replaying them.
+//! Parked events (dead letters) in `projection_dead_letters`: what a projection could not
+//! apply after its retries. The statements on that table live here; parking and replaying
+//! apply through the lane's commit primitive (`lane::park`, `lane::replay`).
 
 use crate::error::{EngineError, Result};
-use crate::fence::Fence;
 use crate::kinds::{ProjectionState, Target};
-use crate::lane::{Commit, LaneSpec};
-use crate::projection::{ApplyContext, Projection};
+use crate::spec::LaneSpec;
 use chrono::{DateTime, Utc};
-use std::sync::Arc;
 use tidemark_store::{EventStore, Position, RecordedEvent};
 use uuid::Uuid;
 
@@ -24,27 +23,15 @@ pub struct DeadLetter {
     pub replayed_at: Option<DateTime<Utc>>,
 }
 
-/// Parks `event` and moves the checkpoint past it, in one transaction (so the event is
-/// either parked and skipped, or neither). With `stop`, also marks the projection stopped.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn park(
-    store: &EventStore,
+/// Records `event` as parked (or parked again, after a replay that failed), in the
+/// transaction that also moves the lane past it (see `Lane::park`).
+pub(crate) async fn record(
+    tx: &deadpool_postgres::Transaction<'_>,
     spec: &LaneSpec,
-    fence: &Fence,
-    checkpoint: Position,
     event: &RecordedEvent,
     error: &str,
     attempts: u32,
-    stop: bool,
-) -> Result<Commit> {
-    let mut client = store.pool().get().await?;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(EngineError::db("starting to park an event"))?;
-    if !crate::checkpoint::lock_and_check(&tx, spec, fence, checkpoint).await? {
-        return Ok(Commit::Fenced);
-    }
+) -> Result<()> {
     tx.execute(
         "INSERT INTO projection_dead_letters (projection, partition, position, event_id, error, attempts)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -54,30 +41,22 @@ pub(crate) async fn park(
     )
     .await
     .map_err(EngineError::db("parking an event"))?;
-    if !stop {
-        crate::checkpoint::advance(&tx, spec, event.position, None).await?;
-    } else {
-        tx.execute(
-            "UPDATE projections SET status = $2, updated_at = now() WHERE name = $1",
-            &[&spec.projection.name(), &ProjectionState::Stopped],
-        )
-        .await
-        .map_err(EngineError::db("stopping a projection"))?;
-    }
-    tx.commit()
-        .await
-        .map_err(EngineError::db("committing a parked event"))?;
-    metrics::counter!("tidemark_projection_parked_total", "projection" => spec.projection.name().to_string()).increment(1);
-    tracing::error!(
-        projection = spec.projection.name(),
-        position = event.position,
-        event_id = %event.event_id,
-        attempts,
-        error,
-        stopped = stop,
-        "event parked as a dead letter"
-    );
-    Ok(Commit::Done)
+    Ok(())
+}
+
+/// Marks `projection` stopped on a poison event (`ParkAndStop`): its lanes wait until an
+/// operator replays the parked event.
+pub(crate) async fn stop_projection(
+    tx: &deadpool_postgres::Transaction<'_>,
+    projection: &str,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE projections SET status = $2, updated_at = now() WHERE name = $1",
+        &[&projection, &ProjectionState::Stopped],
+    )
+    .await
+    .map_err(EngineError::db("stopping a projection"))?;
+    Ok(())
 }
 
 /// Positions of this lane's parked, unreplayed events after `checkpoint`: a partition
@@ -167,118 +146,47 @@ pub async fn list(
         .collect())
 }
 
-/// Applies each parked event of `projection` (or only `ids`) to its live read model, once:
-/// the apply and the `replayed_at` mark commit together, so a second replay skips it.
-/// Returns how many were applied; stops at the first that still fails.
-pub(crate) async fn replay(
-    store: &EventStore,
-    projection: &Arc<dyn Projection>,
-    schema: &str,
-    ids: Option<&[i64]>,
-) -> Result<usize> {
-    let parked = list(store, Some(projection.name()), false).await?;
-    let mut applied = 0;
-    for letter in parked
-        .iter()
-        .filter(|l| ids.is_none_or(|ids| ids.contains(&l.id)))
-    {
-        let events = store
-            .read_log(letter.position - 1, &Default::default(), 1)
-            .await?;
-        let Some(event) = events
-            .into_iter()
-            .next()
-            .filter(|e| e.event_id == letter.event_id)
-        else {
-            return Err(EngineError::ParkedEventMissing {
-                event_id: letter.event_id,
-                position: letter.position,
-            });
-        };
-        let mut client = store.pool().get().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(EngineError::db("starting a replay"))?;
-        // Lock the row so two concurrent replays cannot both apply it.
-        let still_parked = tx
-            .query_opt(
-                "SELECT 1 FROM projection_dead_letters WHERE id = $1 AND replayed_at IS NULL FOR UPDATE",
-                &[&letter.id],
-            )
-            .await
-            .map_err(EngineError::db("locking a parked event"))?
-            .is_some();
-        if !still_parked {
-            continue;
-        }
-        // A partition stopped on this event (`ParkAndStop`) still has its checkpoint just
-        // before it and would apply it again on resuming: move that checkpoint past the event
-        // in this transaction. Locking it also orders the replay with the partition's batches.
-        let checkpoint: Option<Position> = tx
-            .query_opt(
-                "SELECT position FROM projection_checkpoints
-                  WHERE projection = $1 AND target = $2 AND partition = $3
-                  FOR UPDATE",
-                &[&projection.name(), &Target::Live, &letter.partition],
-            )
-            .await
-            .map_err(EngineError::db("locking a checkpoint for a replay"))?
-            .map(|r| r.get(0));
-        let stopped_here = match checkpoint {
-            Some(checkpoint) if checkpoint < letter.position => store
-                .read_log(
-                    checkpoint,
-                    &projection.selector().log_filter(Some(letter.partition)),
-                    1,
-                )
-                .await?
-                .first()
-                .is_some_and(|next| next.event_id == letter.event_id),
-            _ => false,
-        };
-        let ctx = ApplyContext { tx: &tx, schema };
-        projection
-            .apply(&ctx, std::slice::from_ref(&event))
-            .await
-            .map_err(|source| EngineError::Projection {
-                projection: projection.name().to_string(),
-                phase: "replaying a parked event",
-                position: letter.position,
-                source,
-            })?;
-        tx.execute(
-            "UPDATE projection_dead_letters SET replayed_at = now() WHERE id = $1",
-            &[&letter.id],
+/// Locks the parked event `id` if it is still unreplayed (so two concurrent replays cannot
+/// both apply it). `false`: someone replayed it meanwhile.
+pub(crate) async fn lock_unreplayed(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: i64,
+) -> Result<bool> {
+    Ok(tx
+        .query_opt(
+            "SELECT 1 FROM projection_dead_letters WHERE id = $1 AND replayed_at IS NULL FOR UPDATE",
+            &[&id],
         )
         .await
-        .map_err(EngineError::db("marking a parked event replayed"))?;
-        if stopped_here {
-            tx.execute(
-                "UPDATE projection_checkpoints SET position = $4, updated_at = now()
-                  WHERE projection = $1 AND target = $2 AND partition = $3",
-                &[
-                    &projection.name(),
-                    &Target::Live,
-                    &letter.partition,
-                    &letter.position,
-                ],
-            )
-            .await
-            .map_err(EngineError::db(
-                "moving a stopped checkpoint past a replayed event",
-            ))?;
-        }
-        tx.execute(
-            "UPDATE projections SET status = $2, updated_at = now() WHERE name = $1 AND status = $3",
-            &[&projection.name(), &ProjectionState::Running, &ProjectionState::Stopped],
-        )
-        .await
-        .map_err(EngineError::db("resuming a projection"))?;
-        tx.commit()
-            .await
-            .map_err(EngineError::db("committing a replay"))?;
-        applied += 1;
-    }
-    Ok(applied)
+        .map_err(EngineError::db("locking a parked event"))?
+        .is_some())
+}
+
+/// Marks the parked event `id` replayed, in the transaction that applied it.
+pub(crate) async fn mark_replayed(tx: &deadpool_postgres::Transaction<'_>, id: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE projection_dead_letters SET replayed_at = now() WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .map_err(EngineError::db("marking a parked event replayed"))?;
+    Ok(())
+}
+
+/// A projection stopped on a poison event runs again once that event is replayed.
+pub(crate) async fn resume_projection(
+    tx: &deadpool_postgres::Transaction<'_>,
+    projection: &str,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE projections SET status = $2, updated_at = now() WHERE name = $1 AND status = $3",
+        &[
+            &projection,
+            &ProjectionState::Running,
+            &ProjectionState::Stopped,
+        ],
+    )
+    .await
+    .map_err(EngineError::db("resuming a projection"))?;
+    Ok(())
 }

@@ -10,12 +10,13 @@
 
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
-use crate::lane::LaneProgress;
+use crate::lane::{Lane, LaneProgress};
 use crate::lease::{Coordinator, CoordinatorHandle, Setup};
 use crate::projection::Projection;
 use crate::registration::{self, Registration};
 use crate::registry::Registry;
 use crate::scaling::ScalingSignal;
+use crate::spec::LaneSpec;
 use crate::status::{self, ProjectionStatus};
 use crate::supervisor::Supervisor;
 use crate::workers::{WorkerIdentity, WorkerInfo};
@@ -145,7 +146,7 @@ impl ProjectionEngine {
                     );
                     let engine = self.clone();
                     self.inner.tasks.spawn(async move {
-                        let rebuilt = engine.rebuild_into_shadow(&projection, 0, crate::kinds::BuildKind::Rebuild, None).await;
+                        let rebuilt = engine.rebuild(projection.name(), None).await;
                         match rebuilt.and(Ok(())) {
                             Ok(()) => {
                                 if let Err(error) = engine.activate(&projection).await {
@@ -188,14 +189,28 @@ impl ProjectionEngine {
         timeout: Duration,
     ) -> Result<bool> {
         let projection = self.projection(name)?;
-        crate::waits::wait_for_position(&self.inner.store, projection.as_ref(), position, timeout)
-            .await
+        let local_lanes = self.inner.supervisor.progress_watches(name);
+        crate::waits::wait_for_position(
+            &self.inner.store,
+            projection.as_ref(),
+            position,
+            timeout,
+            local_lanes,
+        )
+        .await
     }
 
     /// Waits until `name` has applied everything committed when this is called.
     pub async fn run_until_caught_up(&self, name: &str, timeout: Duration) -> Result<bool> {
         let projection = self.projection(name)?;
-        crate::waits::wait_until_caught_up(&self.inner.store, projection.as_ref(), timeout).await
+        let local_lanes = self.inner.supervisor.progress_watches(name);
+        crate::waits::wait_until_caught_up(
+            &self.inner.store,
+            projection.as_ref(),
+            timeout,
+            local_lanes,
+        )
+        .await
     }
 
     /// Status and lag of every registered projection.
@@ -254,7 +269,28 @@ impl ProjectionEngine {
     /// Replays parked events of `name` (all, or only `ids`) into its live read model.
     pub async fn replay_parked(&self, name: &str, ids: Option<&[i64]>) -> Result<usize> {
         let projection = self.projection(name)?.clone();
-        crate::dead_letter::replay(&self.inner.store, &projection, &projection.schema(), ids).await
+        crate::lane::replay_parked(&self.inner.store, &projection, ids).await
+    }
+
+    /// Creates the read models of this pool's projections (on first run) and records them,
+    /// without starting any lane: for driving lanes by hand with [`ProjectionEngine::lane`].
+    pub async fn create_read_models(&self) -> Result<()> {
+        for projection in self.local_projections() {
+            registration::register_projection(&self.inner.store, projection.as_ref()).await?;
+        }
+        Ok(())
+    }
+
+    /// The live lane of `name` for one partition, to drive by hand with [`Lane::step`]:
+    /// tests and tools that want each batch applied when they say so. It holds no lease; do
+    /// not step a lane the engine runs.
+    pub fn lane(&self, name: &str, partition: i16) -> Result<Lane> {
+        let projection = self.projection(name)?.clone();
+        Ok(Lane::new(
+            LaneSpec::live(projection, Some(partition)),
+            self.inner.store.clone(),
+            self.inner.config.clone(),
+        ))
     }
 
     /// Stops every lane after the batch in hand commits, and waits for them.

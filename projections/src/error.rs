@@ -88,6 +88,9 @@ pub enum EngineError {
     /// keeps serving.
     #[error("the build of '{projection}' stopped on a poison event; see its dead letters, fix the projection and build again")]
     BuildStopped { projection: String },
+    /// A projection panicked while a build lane ran it (live lanes restart instead).
+    #[error("lane {lane} panicked: {message}; the build stopped")]
+    LanePanicked { lane: String, message: String },
     /// A parked event's position no longer holds it. The log is append-only, so this is a bug
     /// (or a database edited by hand).
     #[error("parked event {event_id} (position {position}) is no longer in the log")]

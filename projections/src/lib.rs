@@ -11,11 +11,15 @@
 //!   parts: `registration` (the worker and the projections at start), `supervisor`
 //!   (spawns, restarts and bounds the live lanes), `waits` (read-your-writes).
 //! - `lane`: the one loop that applies events — fetch ahead into a bounded channel, apply a
-//!   batch and advance the checkpoint in one transaction, isolate and park poison events.
-//!   Live partitions, rebuilds, replays and as-of builds are all lanes.
-//! - `checkpoint` and `fence`: the checkpoint row locked and checked at the start of every
-//!   batch; the lease check that fences a worker that lost its partition.
-//! - [`rebuild`]: shadow builds swapped in atomically, replays from a position, as-of builds.
+//!   batch and advance the checkpoint in one transaction, isolate and park poison events,
+//!   restart after failures with the one retry policy. Live partitions, rebuilds, replays,
+//!   as-of builds and a hand-driven [`Lane::step`] are all lanes. Its commit primitive
+//!   (`lane::commit`, lock–check–apply–advance–lease check–commit) is the only way events
+//!   reach a read model: the swap's last events and replayed parked events use it too.
+//! - `spec`, `checkpoint` and `fence`: what names a lane; every write to the checkpoint
+//!   table; the lease check that fences a worker that lost its partition.
+//! - [`rebuild`]: shadow builds swapped in atomically (of the whole log, or of the events
+//!   after a position), as-of builds; each takes its build lock first ([`PendingBuild`]).
 //! - `lease` and [`workers`]: the worker registry and the coordinator that heartbeats,
 //!   claims a fair share of partition leases, renews them, and rebalances when workers come
 //!   and go. Every live lane runs under a lease. The coordinator knows the engine only
@@ -48,6 +52,7 @@ pub mod rebuild;
 mod registration;
 pub mod registry;
 pub mod scaling;
+mod spec;
 pub mod status;
 mod supervisor;
 mod waits;
@@ -60,14 +65,15 @@ pub use engine::ProjectionEngine;
 pub use error::{BoxError, EngineError, ProjectionError};
 pub use fence::LeaseToken;
 pub use kinds::{BuildKind, BuildStatus, ProjectionState, Target};
-pub use lane::{LaneProgress, ALL_PARTITIONS};
+pub use lane::{Lane, LaneProgress, Step};
 pub use migrations::{migrations, MIGRATIONS};
 pub use projection::{
     quote_ident, ApplyContext, EventSelector, FailurePolicy, Handler, Projection,
 };
-pub use rebuild::{BuildReport, Progress, ProgressCallback};
+pub use rebuild::{BuildReport, BuildRequest, PendingBuild, Progress, ProgressCallback};
 pub use registry::Registry;
 pub use scaling::ScalingSignal;
+pub use spec::ALL_PARTITIONS;
 pub use status::{PartitionLag, ProjectionStatus, RebuildProgress, UnownedPartition};
 pub use tidemark_store::{EventStore, Position, RecordedEvent};
 pub use workers::{PoolScaling, ProcessIdentity, WorkerIdentity, WorkerInfo};

@@ -1,24 +1,26 @@
-//! Rebuild, replay and as-of builds. Each builds a separate copy of the read model with a
+//! Rebuilds and as-of builds ([`BuildRequest`]). A build first takes its build lock
+//! ([`ProjectionEngine::prepare_build`], so a second build of the same target is refused
+//! at once, in any process), then builds a separate copy of the read model with a
 //! lane that reads every partition in log order:
 //!
-//! - rebuild (from 0) and replay (from P) build into `<schema>__shadow` while the live read
-//!   model keeps serving; once the shadow is near the head, one transaction locks the live
-//!   checkpoints (pausing live lanes between batches), applies the last events, swaps the
-//!   schemas by renaming, moves the live checkpoints to the swap position, and drops the old
-//!   read model;
+//! - a rebuild (the whole log) and a build from the events after P (discarding what the
+//!   earlier events built) go into `<schema>__shadow` while the live read model keeps
+//!   serving; once the shadow is near the head, one transaction locks the live checkpoints
+//!   (pausing live lanes between batches), applies the last events through the lane's commit
+//!   primitive, swaps the schemas by renaming, moves the live checkpoints to the swap
+//!   position, and drops the old read model;
 //! - as-of P builds `<schema>__asof_<label>` from the log up to P and leaves it there.
 
 use crate::engine::ProjectionEngine;
 use crate::error::{EngineError, Result};
-use crate::fence::Fence;
 use crate::kinds::{BuildKind, BuildStatus, ProjectionState, Target};
-use crate::lane::{Lane, LaneExit, LaneProgress, LaneSpec, ALL_PARTITIONS};
-use crate::projection::{quote_ident, ApplyContext, Projection};
+use crate::lane::{Lane, LaneExit, LockedCheckpoint, Restart};
+use crate::projection::{quote_ident, Projection};
 use crate::registration::create_schema;
+use crate::spec::LaneSpec;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidemark_store::{EventStore, Position};
-use tokio::sync::watch;
 
 /// A progress update for a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,27 +71,126 @@ impl Tracker {
 /// Catch-up rounds before the swap closes the remaining gap itself.
 const MAX_CATCH_UP_ROUNDS: usize = 4;
 
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildRequest {
+    /// The whole log into a shadow read model, swapped in once it has caught up.
+    Rebuild,
+    /// Only the events after this position into a shadow read model, swapped in once it has
+    /// caught up. Whatever the events up to the position built is discarded: the result is
+    /// the fold of the later events alone (for a read model meant to forget old history; a
+    /// repair wants [`BuildRequest::Rebuild`]).
+    FromEventsAfter(Position),
+    /// The log up to `position` into `<schema>__asof_<label>`, which stays for inspection
+    /// (building the same label again replaces it).
+    AsOf { position: Position, label: String },
+}
+
+impl BuildRequest {
+    pub fn kind(&self) -> BuildKind {
+        match self {
+            BuildRequest::Rebuild => BuildKind::Rebuild,
+            BuildRequest::FromEventsAfter(_) => BuildKind::Replay,
+            BuildRequest::AsOf { .. } => BuildKind::AsOf,
+        }
+    }
+
+    fn target(&self) -> Target {
+        match self {
+            BuildRequest::Rebuild | BuildRequest::FromEventsAfter(_) => Target::Shadow,
+            BuildRequest::AsOf { label, .. } => Target::AsOf(label.clone()),
+        }
+    }
+}
+
+/// A build that holds its build lock (so no other build of the same target can start, in
+/// any process) and has not started yet: a server answers "started" or `BUILD_RUNNING`
+/// before running it in the background.
+pub struct PendingBuild {
+    engine: ProjectionEngine,
+    projection: Arc<dyn Projection>,
+    request: BuildRequest,
+    /// Released when the build ends (or is dropped).
+    _lock: deadpool_postgres::ClientWrapper,
+}
+
+impl PendingBuild {
+    pub fn kind(&self) -> BuildKind {
+        self.request.kind()
+    }
+
+    /// Runs the build to the end, reporting progress about twice a second.
+    pub async fn run(self, on_progress: Option<ProgressCallback>) -> Result<BuildReport> {
+        let PendingBuild {
+            engine,
+            projection,
+            request,
+            _lock,
+        } = self;
+        match request {
+            BuildRequest::Rebuild => {
+                engine
+                    .rebuild_into_shadow(&projection, 0, BuildKind::Rebuild, on_progress)
+                    .await
+            }
+            BuildRequest::FromEventsAfter(after) => {
+                engine
+                    .rebuild_into_shadow(&projection, after, BuildKind::Replay, on_progress)
+                    .await
+            }
+            BuildRequest::AsOf { position, label } => {
+                engine
+                    .build_as_of_into(&projection, position, &label, on_progress)
+                    .await
+            }
+        }
+    }
+}
+
 impl ProjectionEngine {
-    /// Rebuilds `name` from position 0 into a shadow read model and swaps it in.
+    /// Takes the build lock for `request` on `name`: [`EngineError::BuildRunning`] when a
+    /// build of the same target runs anywhere. Run the result to build.
+    pub async fn prepare_build(&self, name: &str, request: BuildRequest) -> Result<PendingBuild> {
+        if let BuildRequest::AsOf { label, .. } = &request {
+            if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(EngineError::InvalidLabel {
+                    label: label.clone(),
+                });
+            }
+        }
+        let projection = self.projection(name)?.clone();
+        let lock = self.build_lock(&projection, &request.target()).await?;
+        Ok(PendingBuild {
+            engine: self.clone(),
+            projection,
+            request,
+            _lock: lock,
+        })
+    }
+
+    /// Rebuilds `name` from the whole log into a shadow read model and swaps it in.
     pub async fn rebuild(
         &self,
         name: &str,
         on_progress: Option<ProgressCallback>,
     ) -> Result<BuildReport> {
-        let projection = self.projection(name)?.clone();
-        self.rebuild_into_shadow(&projection, 0, BuildKind::Rebuild, on_progress)
+        self.prepare_build(name, BuildRequest::Rebuild)
+            .await?
+            .run(on_progress)
             .await
     }
 
-    /// Rebuilds `name` from the events after `from` only (a replay), then swaps it in.
-    pub async fn replay_from(
+    /// Builds `name` from the events after `after` only and swaps it in, discarding what the
+    /// earlier events built (see [`BuildRequest::FromEventsAfter`]).
+    pub async fn rebuild_from_events_after(
         &self,
         name: &str,
-        from: Position,
+        after: Position,
         on_progress: Option<ProgressCallback>,
     ) -> Result<BuildReport> {
-        let projection = self.projection(name)?.clone();
-        self.rebuild_into_shadow(&projection, from, BuildKind::Replay, on_progress)
+        self.prepare_build(name, BuildRequest::FromEventsAfter(after))
+            .await?
+            .run(on_progress)
             .await
     }
 
@@ -102,19 +203,30 @@ impl ProjectionEngine {
         label: &str,
         on_progress: Option<ProgressCallback>,
     ) -> Result<BuildReport> {
-        if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(EngineError::InvalidLabel {
-                label: label.to_string(),
-            });
-        }
-        let projection = self.projection(name)?.clone();
+        let request = BuildRequest::AsOf {
+            position,
+            label: label.to_string(),
+        };
+        self.prepare_build(name, request)
+            .await?
+            .run(on_progress)
+            .await
+    }
+
+    /// An as-of build, under its build lock.
+    async fn build_as_of_into(
+        &self,
+        projection: &Arc<dyn Projection>,
+        position: Position,
+        label: &str,
+        on_progress: Option<ProgressCallback>,
+    ) -> Result<BuildReport> {
         let target = Target::AsOf(label.to_string());
         let schema = target.schema(&projection.schema());
         let started = Instant::now();
-        let _guard = self.build_lock(&projection, &target).await?;
         let tracker = self
             .begin_build(
-                &projection,
+                projection,
                 &target,
                 &schema,
                 BuildKind::AsOf,
@@ -124,7 +236,7 @@ impl ProjectionEngine {
             .await?;
         let result = self
             .run_build_lane(
-                &projection,
+                projection,
                 &target,
                 &schema,
                 Some(position),
@@ -143,7 +255,8 @@ impl ProjectionEngine {
         })
     }
 
-    pub(crate) async fn rebuild_into_shadow(
+    /// A shadow build (rebuild, or from the events after `from`), under its build lock.
+    async fn rebuild_into_shadow(
         &self,
         projection: &Arc<dyn Projection>,
         from: Position,
@@ -153,7 +266,6 @@ impl ProjectionEngine {
         let started = Instant::now();
         let live_schema = projection.schema();
         let shadow_schema = Target::Shadow.schema(&live_schema);
-        let _guard = self.build_lock(projection, &Target::Shadow).await?;
         let tracker = self
             .begin_build(
                 projection,
@@ -241,18 +353,7 @@ impl ProjectionEngine {
             .await
             .map_err(EngineError::db("starting a build"))?;
         create_schema(&tx, projection.as_ref(), schema).await?;
-        tx.execute(
-            "DELETE FROM projection_checkpoints WHERE projection = $1 AND target = $2",
-            &[&projection.name(), &target],
-        )
-        .await
-        .map_err(EngineError::db("clearing build checkpoints"))?;
-        tx.execute(
-            "INSERT INTO projection_checkpoints (projection, target, partition, position) VALUES ($1, $2, $3, $4)",
-            &[&projection.name(), &target, &ALL_PARTITIONS, &from],
-        )
-        .await
-        .map_err(EngineError::db("starting build checkpoints"))?;
+        crate::checkpoint::restart_target(&tx, projection.name(), target, from).await?;
         let upto = match to {
             Some(to) => to,
             None => self.store().head_position().await?,
@@ -312,27 +413,24 @@ impl ProjectionEngine {
             *tracker.state.lock().unwrap_or_else(|e| e.into_inner()),
         ));
         let shared = tracker_state.clone();
-        let (progress, _progress_rx) = watch::channel(LaneProgress::default());
-        let lane = Lane {
-            spec: LaneSpec {
+        let mut lane = Lane::new(
+            LaneSpec {
                 projection: projection.clone(),
                 target: target.clone(),
                 schema: schema.to_string(),
                 partition: None,
                 until,
             },
-            store: self.store().clone(),
-            config: self.config().clone(),
-            fence: Fence::default(),
-            progress,
-            permits: None,
-            on_commit: Some(Arc::new(move |applied, position| {
-                let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
-                state.done += applied as i64;
-                state.position = position;
-                state.total = state.total.max(state.done);
-            })),
-        };
+            self.store().clone(),
+            self.config().clone(),
+        );
+        lane.on_commit = Some(Arc::new(move |applied, position| {
+            let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
+            state.done += applied as i64;
+            state.position = position;
+            state.total = state.total.max(state.done);
+        }));
+        let lane = Arc::new(lane);
         let stop = self.shutdown_token().child_token();
         let reporter_stop = stop.child_token();
         let reporter = {
@@ -361,7 +459,7 @@ impl ProjectionEngine {
                 }
             })
         };
-        let exit = lane.run(stop).await;
+        let exit = lane.run(&stop, Restart::OnTransientErrors).await;
         reporter_stop.cancel();
         let _ = reporter.await;
         *tracker.state.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -391,39 +489,29 @@ impl ProjectionEngine {
             .transaction()
             .await
             .map_err(EngineError::db("starting the swap"))?;
-        // Live lanes lock their checkpoint first in every batch: holding these locks waits
-        // for batches in flight and keeps new ones out until we commit. Lock order is
-        // checkpoints, then the projection row — the same order as parking an event.
-        tx.execute(
-            "SELECT 1 FROM projection_checkpoints WHERE projection = $1 AND target = $2
-              ORDER BY partition FOR UPDATE",
-            &[&name, &Target::Live],
-        )
-        .await
-        .map_err(EngineError::db("pausing the live lanes"))?;
+        // Pause the live lanes (they lock their checkpoint first in every batch). Lock order
+        // is live checkpoints, then the projection row, then the shadow checkpoint — the
+        // projection row after the checkpoints, as parking an event does.
+        crate::checkpoint::lock_live(&tx, name).await?;
         tx.query_one(
             "SELECT 1 FROM projections WHERE name = $1 FOR UPDATE",
             &[&name],
         )
         .await
         .map_err(EngineError::db("locking the projection for the swap"))?;
-        let shadow_checkpoint: Position = tx
-            .query_one(
-                "SELECT position FROM projection_checkpoints WHERE projection = $1 AND target = $2 AND partition = $3",
-                &[&name, &Target::Shadow, &ALL_PARTITIONS],
-            )
-            .await
-            .map_err(EngineError::db("reading the shadow checkpoint"))?
-            .get(0);
         // Read once the live lanes are paused: the live checkpoints move to this head.
         let head = self.store().head_position().await?;
-        let filter = projection.selector().log_filter(None);
-        let mut after = shadow_checkpoint;
-        let ctx = ApplyContext {
-            tx: &tx,
-            schema: shadow_schema,
+        let shadow = LaneSpec {
+            projection: projection.clone(),
+            target: Target::Shadow,
+            schema: shadow_schema.to_string(),
+            partition: None,
+            until: Some(head),
         };
+        let mut locked = LockedCheckpoint::lock_unleased(tx, &shadow, None).await?;
+        let filter = projection.selector().log_filter(None);
         loop {
+            let after = locked.position().unwrap_or(0);
             let events: Vec<_> = self
                 .store()
                 .read_log(after, &filter, self.config().batch_size)
@@ -432,18 +520,13 @@ impl ProjectionEngine {
                 .filter(|e| e.position <= head)
                 .collect();
             let Some(last) = events.last() else { break };
-            after = last.position;
-            projection
-                .apply(&ctx, &events)
-                .await
-                .map_err(|source| EngineError::Projection {
-                    projection: name.to_string(),
-                    phase: "applying the last events before the swap",
-                    position: after,
-                    source,
-                })?;
+            locked
+                .apply(&events, "applying the last events before the swap")
+                .await?;
+            locked.advance(last.position, None).await?;
             tracker.state.lock().unwrap_or_else(|e| e.into_inner()).done += events.len() as i64;
         }
+        let tx = locked.tx();
         tx.batch_execute(&format!(
             "DROP SCHEMA IF EXISTS {retired} CASCADE;
              ALTER SCHEMA {live} RENAME TO {retired};
@@ -455,29 +538,15 @@ impl ProjectionEngine {
         ))
         .await
         .map_err(EngineError::db("swapping the read models"))?;
-        tx.execute(
-            "INSERT INTO projection_checkpoints (projection, target, partition, position)
-             SELECT $1, $4, p, $3 FROM generate_series(0, $2 - 1) AS p
-             ON CONFLICT (projection, target, partition) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
-            &[&name, &i32::from(self.store().partitions()), &head, &Target::Live],
-        )
-        .await
-        .map_err(EngineError::db("moving the live checkpoints"))?;
-        tx.execute(
-            "DELETE FROM projection_checkpoints WHERE projection = $1 AND target = $2",
-            &[&name, &Target::Shadow],
-        )
-        .await
-        .map_err(EngineError::db("removing the shadow checkpoint"))?;
+        crate::checkpoint::move_live(tx, name, self.store().partitions(), head).await?;
+        crate::checkpoint::remove_target(tx, name, &Target::Shadow).await?;
         tx.execute(
             "UPDATE projections SET version = $2, status = $3, updated_at = now() WHERE name = $1",
             &[&name, &projection.version(), &ProjectionState::Running],
         )
         .await
         .map_err(EngineError::db("recording the new version"))?;
-        tx.commit()
-            .await
-            .map_err(EngineError::db("committing the swap"))?;
+        locked.commit("committing the swap").await?;
         tracing::info!(
             projection = name,
             position = head,

@@ -7,15 +7,15 @@
 use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::fence::Fence;
-use crate::kinds::{ProjectionState, Target};
-use crate::lane::{Lane, LaneExit, LaneProgress, LaneSpec};
+use crate::kinds::ProjectionState;
+use crate::lane::{Lane, LaneExit, LaneProgress, Restart};
 use crate::lease::LaneHost;
 use crate::projection::Projection;
 use crate::scaling::AdaptiveLimit;
+use crate::spec::LaneSpec;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tidemark_store::backoff::Backoff;
 use tidemark_store::EventStore;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -72,13 +72,7 @@ impl Supervisor {
             .insert((name.clone(), partition), progress_rx);
         let processed = self.inner.processed.clone();
         let lane = Lane {
-            spec: LaneSpec {
-                schema: projection.schema(),
-                projection,
-                target: Target::Live,
-                partition: Some(partition),
-                until: None,
-            },
+            spec: LaneSpec::live(projection, Some(partition)),
             store: self.inner.store.clone(),
             config: self.inner.config.clone(),
             fence,
@@ -103,23 +97,13 @@ impl Supervisor {
         })
     }
 
-    /// Keeps a lane running: restarts it after errors and panics, pauses it while its
-    /// projection is stopped on a poison event.
+    /// Keeps a lane running: it restarts itself after errors and panics (`Restart::Always`);
+    /// here it only pauses while its projection is stopped on a poison event.
     async fn supervise(&self, lane: Lane, stop: CancellationToken) {
         let lane = Arc::new(lane);
-        let mut backoff = Backoff::new(self.inner.config.retry_base, self.inner.config.retry_max);
         loop {
-            let checkpoint_before = lane.progress.borrow().checkpoint;
-            let running = lane.clone();
-            let token = stop.clone();
-            let outcome = tokio::spawn(async move { running.run(token).await }).await;
-            if lane.progress.borrow().checkpoint > checkpoint_before {
-                // It made progress before failing: a new incident, not a repeat.
-                backoff.reset();
-            }
-            match outcome {
-                Ok(Ok(LaneExit::Shutdown | LaneExit::ReachedEnd | LaneExit::Fenced)) => return,
-                Ok(Ok(LaneExit::Stopped)) => {
+            match lane.run(&stop, Restart::Always).await {
+                Ok(LaneExit::Stopped) => {
                     if !self
                         .wait_until_resumed(lane.spec.projection.name(), &stop)
                         .await
@@ -127,17 +111,13 @@ impl Supervisor {
                         return;
                     }
                 }
-                Ok(Err(EngineError::ShuttingDown)) => return,
-                Ok(Err(error)) => {
-                    tracing::error!(projection = lane.spec.projection.name(), partition = ?lane.spec.partition, %error, "lane failed; restarting");
+                Ok(LaneExit::Shutdown | LaneExit::ReachedEnd | LaneExit::Fenced) => return,
+                Err(EngineError::ShuttingDown) => return,
+                Err(error) => {
+                    // `Restart::Always` retries every failure itself; nothing else ends it.
+                    tracing::error!(lane = %lane.spec.describe(), %error, "lane ended with an error");
+                    return;
                 }
-                Err(join_error) => {
-                    tracing::error!(projection = lane.spec.projection.name(), partition = ?lane.spec.partition, %join_error, "lane panicked; restarting from its checkpoint");
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
     }
@@ -180,6 +160,16 @@ impl Supervisor {
             .collect();
         lanes.sort_by_key(|(p, _)| *p);
         lanes
+    }
+
+    /// Watches of the progress of the live lanes of `name` running in this process (waits
+    /// wake on them).
+    pub fn progress_watches(&self, name: &str) -> Vec<watch::Receiver<LaneProgress>> {
+        self.lanes_mut()
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|(_, rx)| rx.clone())
+            .collect()
     }
 
     /// The concurrency limit of one projection's lanes in this process.

@@ -1,4 +1,4 @@
-//! `tidemark projections ...`: status, rebuilds and replays with progress bars, parked events.
+//! `tidemark projections ...`: status, rebuilds with progress bars, parked events.
 
 use crate::TidemarkApp;
 use anyhow::anyhow;
@@ -6,7 +6,8 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Arc;
 use tidemark_projections::{
-    BuildReport, EngineConfig, Progress, ProgressCallback, ProjectionEngine, ProjectionStatus,
+    BuildReport, BuildRequest, EngineConfig, Progress, ProgressCallback, ProjectionEngine,
+    ProjectionStatus,
 };
 use tidemark_store::EventStore;
 
@@ -19,19 +20,20 @@ pub enum ProjectionsCommand {
         /// A projection name; all when omitted.
         name: Option<String>,
     },
-    /// Rebuild a read model from the start (or, with --from, from a position) beside the
-    /// serving one, then swap it in. Shows progress; a running server keeps serving.
+    /// Rebuild a read model from the whole log beside the serving one, then swap it in.
+    /// Shows progress; a running server keeps serving.
+    ///
+    /// With --from-events-after P the new read model is the fold of the events after P
+    /// only: whatever the events up to P built is discarded when it is swapped in (for a
+    /// read model meant to forget old history). That needs --discard-earlier-events.
     Rebuild {
         name: String,
-        /// Replay only the events after this position.
+        /// Build from the events after this position only (see above).
+        #[arg(long, value_name = "POSITION", requires = "discard_earlier_events")]
+        from_events_after: Option<i64>,
+        /// Confirms that --from-events-after discards what the earlier events built.
         #[arg(long)]
-        from: Option<i64>,
-    },
-    /// Replay a projection from a position (the events after it), then swap it in.
-    Replay {
-        name: String,
-        #[arg(long)]
-        from: i64,
+        discard_earlier_events: bool,
     },
     /// List parked events (dead letters); with --replay, apply them again.
     Parked {
@@ -85,17 +87,23 @@ pub async fn run(
                 print_status(&status);
             }
         }
-        ProjectionsCommand::Rebuild { name, from } => {
-            let (bar, callback) = progress_bar(&name);
-            let report = match from {
-                Some(from) if from > 0 => engine.replay_from(&name, from, Some(callback)).await,
-                _ => engine.rebuild(&name, Some(callback)).await,
+        ProjectionsCommand::Rebuild {
+            name,
+            from_events_after,
+            discard_earlier_events: _,
+        } => {
+            let request = match from_events_after {
+                Some(after) if after < 0 => {
+                    return Err(anyhow!("--from-events-after must not be negative"))
+                }
+                Some(after) if after > 0 => BuildRequest::FromEventsAfter(after),
+                _ => BuildRequest::Rebuild,
             };
-            finish(bar, report)?;
-        }
-        ProjectionsCommand::Replay { name, from } => {
             let (bar, callback) = progress_bar(&name);
-            let report = engine.replay_from(&name, from, Some(callback)).await;
+            let report = match engine.prepare_build(&name, request).await {
+                Ok(build) => build.run(Some(callback)).await,
+                Err(error) => Err(error),
+            };
             finish(bar, report)?;
         }
         ProjectionsCommand::Parked { name, replay, all } => {

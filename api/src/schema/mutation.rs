@@ -7,6 +7,7 @@ use crate::auth::{Role, RoleGuard};
 use crate::error::ApiError;
 use crate::Tidemark;
 use async_graphql::{Context, Object, Result};
+use tidemark_projections::BuildRequest;
 use tidemark_store::{AppendRequest, ExpectedVersion, NewEvent};
 
 /// Mutations every Tidemark server has. Applications add theirs beside these.
@@ -65,35 +66,49 @@ impl BuiltinMutation {
         Ok(outcome.into())
     }
 
-    /// Rebuilds a projection in the background: from position 0, or with `from`, replays
-    /// the events after that position. The serving read model stays until the new one has
-    /// caught up and is swapped in. Follow it with `projections { lastBuild }` or the
-    /// `projectionProgress` subscription.
+    /// Rebuilds a projection in the background from the whole log. With `from` (> 0) it is
+    /// built from the events after that position only, and whatever the earlier events built
+    /// is discarded: that needs `discardEarlierEvents: true`. The serving read model stays
+    /// until the new one has caught up and is swapped in. A build of the same projection
+    /// already running (in any process) is refused with `BUILD_RUNNING`. Follow it with
+    /// `projections { lastBuild }` or the `projectionProgress` subscription.
     #[graphql(guard = "RoleGuard(Role::Admin)")]
     async fn rebuild_projection(
         &self,
         ctx: &Context<'_>,
         name: String,
         from: Option<i64>,
+        #[graphql(
+            default = false,
+            desc = "Confirms that a build `from` a position discards what the events up to it built"
+        )]
+        discard_earlier_events: bool,
     ) -> Result<BuildStarted> {
         let tidemark = Tidemark::from_ctx(ctx)?;
-        let projection = tidemark.engine().projection(&name)?.clone();
-        if from.is_some_and(|p| p < 0) {
-            return Err(ApiError::bad_input("from", "from must not be negative").into());
-        }
-        tidemark.refuse_if_building(&name).await?;
-        let kind = match from {
-            Some(p) if p > 0 => BuildKind::Replay,
-            _ => BuildKind::Rebuild,
+        let request = match from {
+            Some(p) if p < 0 => {
+                return Err(ApiError::bad_input("from", "from must not be negative").into())
+            }
+            Some(p) if p > 0 && !discard_earlier_events => {
+                return Err(ApiError::bad_input(
+                    "discardEarlierEvents",
+                    format!(
+                        "a build from position {p} keeps only what the events after it build and \
+                         discards the rest; pass discardEarlierEvents: true to confirm, or omit \
+                         `from` to rebuild from the whole log"
+                    ),
+                )
+                .into());
+            }
+            Some(p) if p > 0 => BuildRequest::FromEventsAfter(p),
+            _ => BuildRequest::Rebuild,
         };
-        let engine = tidemark.engine().clone();
+        let schema = tidemark.engine().projection(&name)?.schema();
+        let build = tidemark.engine().prepare_build(&name, request).await?;
+        let kind = build.kind().into();
         let task_name = name.clone();
         tidemark.spawn_background(async move {
-            let result = match from {
-                Some(p) if p > 0 => engine.replay_from(&task_name, p, None).await,
-                _ => engine.rebuild(&task_name, None).await,
-            };
-            match result {
+            match build.run(None).await {
                 Ok(report) => tracing::info!(
                     projection = task_name,
                     events = report.events_applied,
@@ -111,12 +126,13 @@ impl BuiltinMutation {
             kind,
             from_position: from.unwrap_or(0),
             to_position: None,
-            schema: projection.schema(),
+            schema,
         })
     }
 
     /// Builds a projection over the log up to `position` into its own schema
-    /// (`<schema>__asof_<label>`), in the background, for inspection or audits.
+    /// (`<schema>__asof_<label>`), in the background, for inspection or audits. A build of
+    /// the same label already running is refused with `BUILD_RUNNING`.
     #[graphql(guard = "RoleGuard(Role::Admin)")]
     async fn build_projection_as_of(
         &self,
@@ -126,24 +142,21 @@ impl BuiltinMutation {
         #[graphql(desc = "Letters, digits and '_'; names the schema")] label: String,
     ) -> Result<BuildStarted> {
         let tidemark = Tidemark::from_ctx(ctx)?;
-        let projection = tidemark.engine().projection(&name)?.clone();
-        if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ApiError::bad_input(
-                "label",
-                "label must be non-empty letters, digits or '_'",
-            )
-            .into());
-        }
         if position < 0 {
             return Err(ApiError::bad_input("position", "position must not be negative").into());
         }
-        let engine = tidemark.engine().clone();
-        let (task_name, task_label) = (name.clone(), label.clone());
+        let schema = format!(
+            "{}__asof_{label}",
+            tidemark.engine().projection(&name)?.schema()
+        );
+        let request = BuildRequest::AsOf {
+            position,
+            label: label.clone(),
+        };
+        let build = tidemark.engine().prepare_build(&name, request).await?;
+        let task_name = name.clone();
         tidemark.spawn_background(async move {
-            match engine
-                .build_as_of(&task_name, position, &task_label, None)
-                .await
-            {
+            match build.run(None).await {
                 Ok(report) => tracing::info!(
                     projection = task_name,
                     schema = report.schema,
@@ -153,7 +166,7 @@ impl BuiltinMutation {
             }
         });
         Ok(BuildStarted {
-            schema: format!("{}__asof_{label}", projection.schema()),
+            schema,
             projection: name,
             kind: BuildKind::AsOf,
             from_position: 0,

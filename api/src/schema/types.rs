@@ -552,12 +552,22 @@ pub struct WaitResult {
 /// Which build to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 pub enum BuildKind {
-    /// From position 0.
+    /// From the whole log.
     Rebuild,
-    /// From a position (`from`).
+    /// From the events after a position (`from`) only, discarding what earlier events built.
     Replay,
     /// Up to a position, into a separate schema.
     AsOf,
+}
+
+impl From<tidemark_projections::BuildKind> for BuildKind {
+    fn from(kind: tidemark_projections::BuildKind) -> Self {
+        match kind {
+            tidemark_projections::BuildKind::Rebuild => BuildKind::Rebuild,
+            tidemark_projections::BuildKind::Replay => BuildKind::Replay,
+            tidemark_projections::BuildKind::AsOf => BuildKind::AsOf,
+        }
+    }
 }
 
 /// A build started in the background; follow it with `projections` or the

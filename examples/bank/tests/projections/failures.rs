@@ -554,10 +554,10 @@ async fn large_withdrawals_are_alerted_at_least_once_and_recorded_once_across_cr
     );
     assert_eq!(after_restart.len(), new_large.len(), "each once");
 
-    // Even reprocessing the whole log (a replay from 0) alerts nothing already recorded.
+    // Even reprocessing the whole log (a rebuild) alerts nothing already recorded.
     let before = sink.alerts.lock().unwrap().len();
     engine
-        .replay_from("large_withdrawal_alerts", 0, None)
+        .rebuild("large_withdrawal_alerts", None)
         .await
         .expect("replaying the handler from 0");
     assert_eq!(

@@ -287,3 +287,96 @@ async fn status_reports_lag_in_events_and_seconds_until_the_projection_catches_u
     }
     store.shutdown().await;
 }
+
+/// `Lane::step` applies exactly one page per call, through the same commit as a running
+/// lane: driven by hand over every partition, the read model equals the fold, each step
+/// moves the checkpoint by at most a batch, and a step after catching up applies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stepping_lanes_by_hand_applies_one_batch_per_step_and_reaches_the_fold() {
+    let db = TestDatabase::create().await;
+    let store = open_store(&db).await;
+    let head = append_backlog(
+        &store,
+        Backlog {
+            events: 600,
+            per_append: 6,
+            accounts: 40,
+            audit_every: 5,
+            seed: seed(0x0e0e_0005),
+        },
+    )
+    .await;
+    let batch_size = 7;
+    let engine = tidemark_projections::ProjectionEngine::new(
+        store.clone(),
+        Registry::new().projection(AccountBalances),
+        EngineConfig {
+            batch_size,
+            ..engine_config()
+        },
+    );
+    engine.create_read_models().await.expect("the read models");
+    let client = connect(&db).await;
+    assert!(
+        read_balances(&client, "rm_account_balances")
+            .await
+            .is_empty(),
+        "nothing applies until a lane is stepped"
+    );
+
+    let mut steps = 0;
+    for partition in 0..store.partitions() as i16 {
+        let lane = engine
+            .lane("account_balances", partition)
+            .expect("the projection is registered");
+        let mut checkpoint = 0;
+        loop {
+            match lane.step().await.expect("a step") {
+                tidemark_projections::Step::Applied {
+                    events,
+                    checkpoint: now,
+                } => {
+                    assert!(
+                        (1..=batch_size).contains(&events),
+                        "{events} events in one step"
+                    );
+                    assert!(now > checkpoint, "the checkpoint moves forward");
+                    checkpoint = now;
+                    steps += 1;
+                }
+                tidemark_projections::Step::CaughtUp { through } => {
+                    assert_eq!(through, head, "caught up to the head");
+                    break;
+                }
+                tidemark_projections::Step::Stopped => panic!("no poison event here"),
+            }
+        }
+        assert_eq!(
+            lane.step().await.expect("a step after catching up"),
+            tidemark_projections::Step::CaughtUp { through: head },
+            "a step after catching up applies nothing"
+        );
+    }
+    let log = read_all(&store).await;
+    let accounts = log
+        .iter()
+        .filter(|e| e.stream_id.starts_with("account-"))
+        .count();
+    assert!(
+        steps >= accounts.div_ceil(batch_size),
+        "{steps} steps for {accounts} events"
+    );
+    assert_same_rows(
+        "balances after stepping every partition",
+        &read_balances(&client, "rm_account_balances").await,
+        &tidemark_example_bank::projections::fold::balances(&log),
+    );
+    assert!(
+        engine
+            .run_until_caught_up("account_balances", DEADLINE)
+            .await
+            .expect("status"),
+        "the checkpoints the steps wrote say the projection is caught up"
+    );
+    store.shutdown().await;
+}

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidemark_example_bank::projections::{fold, AccountBalances};
 use tidemark_projections::{
-    ApplyContext, BuildKind, BuildStatus, EventSelector, Projection, ProjectionError,
-    ProjectionState, RecordedEvent, Registry,
+    ApplyContext, BuildKind, BuildRequest, BuildStatus, EngineError, EventSelector, Projection,
+    ProjectionError, ProjectionState, RecordedEvent, Registry,
 };
 use tidemark_store::{AppendRequest, ExpectedVersion, Position};
 use tidemark_testkit::TestDatabase;
@@ -157,15 +157,15 @@ async fn caught_up_bank(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replay_from_a_position_equals_the_fold_of_the_events_after_it() {
+async fn a_build_from_the_events_after_a_position_equals_their_fold_alone() {
     let db = TestDatabase::create().await;
     let (store, engine, log) = caught_up_bank(&db, seed(0x0b0b_0002)).await;
     // Mid-append, so the cut falls between events of one append.
     let from: Position = 2_525;
     let report = engine
-        .replay_from("account_balances", from, None)
+        .rebuild_from_events_after("account_balances", from, None)
         .await
-        .expect("the replay");
+        .expect("the build from the events after 2525");
     assert_eq!(report.position, log.last().unwrap().position);
     let after = |log: &[RecordedEvent]| {
         fold::balances(log.iter().filter(|e| e.position > from).collect::<Vec<_>>())
@@ -340,4 +340,67 @@ async fn bumping_a_projections_version_rebuilds_its_read_model_on_start() {
     );
     v2.shutdown().await;
     store.shutdown().await;
+}
+
+/// The build lock is taken before a build starts, in any process: while one rebuild holds
+/// it, a second is refused with `BuildRunning` at once (not after a racy status check), a
+/// build of another target (an as-of label) is not, and the lock frees when the build ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_build_of_the_same_target_is_refused_while_the_first_holds_its_lock() {
+    let db = TestDatabase::create().await;
+    let store = open_store(&db).await;
+    append_backlog(
+        &store,
+        Backlog {
+            events: 200,
+            per_append: 10,
+            accounts: 10,
+            audit_every: 0,
+            seed: 3,
+        },
+    )
+    .await;
+    let first_engine = engine(&store, Registry::new().projection(AccountBalances));
+    first_engine.start().await.expect("the engine starts");
+    // A second process's engine over the same database.
+    let other_store = open_store(&db).await;
+    let other_engine = engine(&other_store, Registry::new().projection(AccountBalances));
+
+    let first = first_engine
+        .prepare_build("account_balances", BuildRequest::Rebuild)
+        .await
+        .expect("the first build takes the lock");
+    for request in [BuildRequest::Rebuild, BuildRequest::FromEventsAfter(50)] {
+        match other_engine
+            .prepare_build("account_balances", request.clone())
+            .await
+        {
+            Err(EngineError::BuildRunning { projection, .. }) => {
+                assert_eq!(projection, "account_balances")
+            }
+            Err(other) => panic!("{request:?}: expected BuildRunning, got {other}"),
+            Ok(_) => panic!("{request:?}: a second shadow build started beside the first"),
+        }
+    }
+    let as_of = other_engine
+        .prepare_build(
+            "account_balances",
+            BuildRequest::AsOf {
+                position: 100,
+                label: "audit".into(),
+            },
+        )
+        .await
+        .expect("an as-of build has a target of its own");
+    drop(as_of);
+
+    let report = first.run(None).await.expect("the first build");
+    assert_eq!(report.schema, "rm_account_balances");
+    other_engine
+        .prepare_build("account_balances", BuildRequest::Rebuild)
+        .await
+        .expect("the lock is free once the first build ended");
+    first_engine.shutdown().await;
+    store.shutdown().await;
+    other_store.shutdown().await;
 }

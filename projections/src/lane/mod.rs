@@ -1,0 +1,546 @@
+//! A lane: one projection, one target read model, one partition (or all of them, in log
+//! order). Every way a projection runs — live partitions, rebuilds, replays, as-of builds,
+//! a hand-driven [`Lane::step`] — is a lane, and every event reaches a read model through
+//! [`LockedCheckpoint`]: a transaction that first locks the lane's checkpoint row and checks
+//! it still holds the position the caller started from (so nobody commits on top of someone
+//! else's work), then applies, advances the checkpoint, checks the lease once more, and
+//! commits. The swap after a rebuild and the replay of parked events use the same primitive.
+//!
+//! A running lane fetches pages after its checkpoint into a bounded channel (fetch-ahead
+//! with backpressure). Failures go through one retry policy ([`Retry`]): a failing batch is
+//! retried event by event so only the bad event is parked, and a lane that fails as a whole
+//! restarts from its checkpoint (a panic included) with backoff that starts over once the
+//! lane made progress.
+
+mod commit;
+mod replay;
+mod retry;
+
+pub(crate) use commit::{Commit, LockedCheckpoint};
+pub(crate) use replay::replay_parked;
+pub(crate) use retry::Retry;
+
+use crate::config::EngineConfig;
+use crate::error::{EngineError, Result};
+use crate::fence::Fence;
+use crate::projection::FailurePolicy;
+use crate::spec::LaneSpec;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Instant;
+use tidemark_store::{EventStore, Page, Position, RecordedEvent, SubscribeOptions};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Why a lane stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LaneExit {
+    /// Cancelled; the batch in hand was committed.
+    Shutdown,
+    /// Reached `until`.
+    ReachedEnd,
+    /// A poison event under `ParkAndStop`.
+    Stopped,
+    /// The lane lost the right to write (lease taken, checkpoint moved by someone else).
+    Fenced,
+}
+
+/// What a failure of the whole lane leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Restart {
+    /// Only connection trouble is retried; any other failure ends the lane with its error
+    /// (a build reports it as failed).
+    OnTransientErrors,
+    /// Every failure and panic is logged, counted and retried from the checkpoint (live
+    /// lanes keep going; a bug fixed by a redeploy resumes where it stopped).
+    Always,
+}
+
+/// Live progress of a lane, published after each batch: the engine's read-your-writes
+/// waits watch it to wake as soon as a local lane passes the position they wait for.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LaneProgress {
+    /// Last committed checkpoint.
+    pub checkpoint: Position,
+    /// Every matching event at or before this position is applied.
+    pub processed_through: Position,
+    pub events_per_second: f64,
+}
+
+/// What one [`Lane::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Applied (or parked) the events of one page; the checkpoint is now here.
+    Applied { events: usize, checkpoint: Position },
+    /// Nothing to apply: the read model reflects the log up to `through`.
+    CaughtUp { through: Position },
+    /// A poison event stopped the partition (`ParkAndStop`); replay it to go on.
+    Stopped,
+}
+
+/// Events handed from the fetcher to the applier.
+enum Fetched {
+    Page(Page),
+    Failed(EngineError),
+}
+
+/// After a page: go on from a checkpoint, or stop.
+enum Next {
+    Continue(Position),
+    Exit(LaneExit),
+}
+
+/// One projection applying to one read model from one partition (or all). The engine runs
+/// live lanes and build lanes; [`crate::ProjectionEngine::lane`] gives one to drive by hand.
+pub struct Lane {
+    pub(crate) spec: LaneSpec,
+    pub(crate) store: EventStore,
+    pub(crate) config: EngineConfig,
+    pub(crate) fence: Fence,
+    pub(crate) progress: watch::Sender<LaneProgress>,
+    /// Called after each committed batch with the number of events applied.
+    pub(crate) on_commit: Option<Arc<dyn Fn(usize, Position) + Send + Sync>>,
+    /// A permit is held while a batch is applied (bounds partitions applying at once).
+    pub(crate) permits: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl Lane {
+    /// A lane of `spec` with no lease, no concurrency bound and its own progress channel.
+    pub(crate) fn new(spec: LaneSpec, store: EventStore, config: EngineConfig) -> Self {
+        Lane {
+            spec,
+            store,
+            config,
+            fence: Fence::default(),
+            progress: watch::channel(LaneProgress::default()).0,
+            on_commit: None,
+            permits: None,
+        }
+    }
+
+    /// Applies the next page of events after the checkpoint (at most the engine's batch
+    /// size), exactly as a running lane would: same commit, same retries and parking. For
+    /// tests and tools that want to apply deterministically instead of waiting on the
+    /// engine's background lanes. Do not step a lane the engine also runs: both would
+    /// commit, and the checkpoint check makes one of them fail and retry.
+    pub async fn step(&self) -> Result<Step> {
+        let checkpoint = self.load_checkpoint().await?;
+        // Read before the page: a short page then means everything up to here is seen.
+        let head = self.store.head_position().await?;
+        let filter = self
+            .spec
+            .projection
+            .selector()
+            .log_filter(self.spec.partition);
+        let events = self
+            .store
+            .read_log(checkpoint, &filter, self.config.batch_size)
+            .await?;
+        let count = events.len();
+        let short = count < self.config.batch_size;
+        let page = Page {
+            events,
+            caught_up_to: short.then_some(head),
+        };
+        let parked_ahead =
+            crate::dead_letter::parked_ahead(&self.store, &self.spec, checkpoint).await?;
+        let never = CancellationToken::new();
+        let next = self
+            .apply_page(
+                checkpoint,
+                page,
+                &parked_ahead,
+                &mut Rate::default(),
+                &never,
+            )
+            .await?;
+        Ok(match next {
+            Next::Exit(_) => Step::Stopped,
+            Next::Continue(checkpoint) if count > 0 => Step::Applied {
+                events: count,
+                checkpoint,
+            },
+            Next::Continue(checkpoint) => Step::CaughtUp {
+                through: head.max(checkpoint),
+            },
+        })
+    }
+
+    /// Runs until cancelled, fenced, stopped by a poison event, or past `until`, restarting
+    /// from the checkpoint after failures as `restart` says. Each run is a task of its own,
+    /// so a panic in a projection is caught here.
+    pub(crate) async fn run(
+        self: &Arc<Self>,
+        shutdown: &CancellationToken,
+        restart: Restart,
+    ) -> Result<LaneExit> {
+        let mut retry = Retry::new(&self.config);
+        loop {
+            let lane = self.clone();
+            let token = shutdown.clone();
+            let outcome = tokio::spawn(async move { lane.run_once(&token).await }).await;
+            let projection = self.spec.projection.name().to_string();
+            match outcome {
+                Ok(Ok(exit)) => return Ok(exit),
+                Ok(Err(EngineError::ShuttingDown)) => return Err(EngineError::ShuttingDown),
+                Ok(Err(error)) if error.is_transient() => {
+                    tracing::warn!(lane = %self.spec.describe(), %error, "lane interrupted; resuming from its checkpoint");
+                    metrics::counter!("tidemark_projection_errors_total", "projection" => projection, "kind" => "transient").increment(1);
+                }
+                Ok(Err(error)) if restart == Restart::Always => {
+                    tracing::error!(lane = %self.spec.describe(), %error, "lane failed; restarting from its checkpoint");
+                    metrics::counter!("tidemark_projection_errors_total", "projection" => projection, "kind" => "lane").increment(1);
+                }
+                Ok(Err(error)) => return Err(error),
+                Err(panic) if restart == Restart::Always => {
+                    tracing::error!(lane = %self.spec.describe(), %panic, "lane panicked; restarting from its checkpoint");
+                    metrics::counter!("tidemark_projection_errors_total", "projection" => projection, "kind" => "panic").increment(1);
+                }
+                Err(panic) => {
+                    return Err(EngineError::LanePanicked {
+                        lane: self.spec.describe(),
+                        message: panic.to_string(),
+                    })
+                }
+            }
+            let progress = self.progress.borrow().checkpoint;
+            if !retry.pause(progress, shutdown).await {
+                return Ok(LaneExit::Shutdown);
+            }
+        }
+    }
+
+    async fn load_checkpoint(&self) -> Result<Position> {
+        let checkpoint = crate::checkpoint::load(&self.store, &self.spec).await?;
+        self.progress.send_modify(|p| {
+            p.checkpoint = checkpoint;
+            p.processed_through = p.processed_through.max(checkpoint);
+        });
+        Ok(checkpoint)
+    }
+
+    async fn run_once(&self, shutdown: &CancellationToken) -> Result<LaneExit> {
+        let mut checkpoint = self.load_checkpoint().await?;
+        if self.spec.until.is_some_and(|until| checkpoint >= until) {
+            return Ok(LaneExit::ReachedEnd);
+        }
+        let parked_ahead =
+            crate::dead_letter::parked_ahead(&self.store, &self.spec, checkpoint).await?;
+        let (pages_tx, mut pages) = mpsc::channel(self.config.fetch_ahead_pages.max(1));
+        let fetch_stop = shutdown.child_token();
+        let fetcher = tokio::spawn(fetch(
+            self.store.clone(),
+            SubscribeOptions {
+                after: checkpoint,
+                filter: self
+                    .spec
+                    .projection
+                    .selector()
+                    .log_filter(self.spec.partition),
+                page_size: self.config.batch_size,
+            },
+            pages_tx,
+            fetch_stop.clone(),
+        ));
+        let _stop_fetcher = fetch_stop.drop_guard();
+        let mut rate = Rate::default();
+        loop {
+            let fetched = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(LaneExit::Shutdown),
+                fetched = pages.recv() => fetched,
+            };
+            let page = match fetched {
+                Some(Fetched::Page(page)) => page,
+                Some(Fetched::Failed(error)) => return Err(error),
+                None => {
+                    let _ = fetcher.await;
+                    return Err(EngineError::Unavailable("the event fetcher stopped".into()));
+                }
+            };
+            match self
+                .apply_page(checkpoint, page, &parked_ahead, &mut rate, shutdown)
+                .await?
+            {
+                Next::Continue(next) => checkpoint = next,
+                Next::Exit(exit) => return Ok(exit),
+            }
+        }
+    }
+
+    /// Applies one page read after `checkpoint`: where pages become commits, for a running
+    /// lane and for [`Lane::step`] alike.
+    async fn apply_page(
+        &self,
+        checkpoint: Position,
+        page: Page,
+        parked_ahead: &[Position],
+        rate: &mut Rate,
+        shutdown: &CancellationToken,
+    ) -> Result<Next> {
+        let until = self.spec.until.unwrap_or(Position::MAX);
+        let events: Vec<RecordedEvent> = page
+            .events
+            .into_iter()
+            .filter(|e| e.position <= until)
+            .collect();
+        let mut checkpoint = checkpoint;
+        if !events.is_empty() {
+            // Events per second as they pass through the lane: this batch over the time
+            // since the previous commit (idle time included), smoothed. Written with the
+            // checkpoint, so status and metrics read what the lane last did.
+            let per_second = rate.record(events.len());
+            match self
+                .apply_with_retries(checkpoint, &events, parked_ahead, per_second, shutdown)
+                .await?
+            {
+                Some(new_checkpoint) => checkpoint = new_checkpoint,
+                None => return Ok(Next::Exit(self.stopped_or_fenced())),
+            }
+            rate.committed();
+            self.progress.send_modify(|p| {
+                p.checkpoint = checkpoint;
+                p.processed_through = p.processed_through.max(checkpoint);
+                p.events_per_second = per_second;
+            });
+            if let Some(on_commit) = &self.on_commit {
+                on_commit(events.len(), checkpoint);
+            }
+        }
+        if let Some(caught_up) = page.caught_up_to {
+            self.progress.send_modify(|p| {
+                p.processed_through = p.processed_through.max(caught_up.min(until))
+            });
+            if caught_up >= until {
+                return Ok(Next::Exit(LaneExit::ReachedEnd));
+            }
+        }
+        if self.spec.until.is_some_and(|u| checkpoint >= u) {
+            return Ok(Next::Exit(LaneExit::ReachedEnd));
+        }
+        Ok(Next::Continue(checkpoint))
+    }
+
+    fn stopped_or_fenced(&self) -> LaneExit {
+        if self.fence.is_lost() {
+            LaneExit::Fenced
+        } else {
+            LaneExit::Stopped
+        }
+    }
+
+    /// Applies `events` (after `checkpoint`) and returns the new checkpoint, or `None` when the
+    /// lane must stop (fenced, or a poison event under `ParkAndStop`). A failing batch is
+    /// retried event by event so that only the bad event is parked.
+    async fn apply_with_retries(
+        &self,
+        checkpoint: Position,
+        events: &[RecordedEvent],
+        parked_ahead: &[Position],
+        events_per_second: f64,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Position>> {
+        match self
+            .commit(checkpoint, events, parked_ahead, events_per_second)
+            .await
+        {
+            Ok(Commit::Done) => return Ok(events.last().map(|e| e.position)),
+            Ok(Commit::Fenced) => return Ok(None),
+            Err(error) if error.is_transient() => return Err(error),
+            Err(error) => {
+                tracing::warn!(lane = %self.spec.describe(), %error, events = events.len(), "batch failed; isolating the bad event");
+            }
+        }
+        let mut checkpoint = checkpoint;
+        for event in events {
+            let mut attempts = 0u32;
+            let mut retry = Retry::new(&self.config);
+            loop {
+                let error = match self
+                    .commit(
+                        checkpoint,
+                        std::slice::from_ref(event),
+                        parked_ahead,
+                        events_per_second,
+                    )
+                    .await
+                {
+                    Ok(Commit::Done) => {
+                        checkpoint = event.position;
+                        break;
+                    }
+                    Ok(Commit::Fenced) => return Ok(None),
+                    Err(error) if error.is_transient() => return Err(error),
+                    Err(error) => error,
+                };
+                attempts += 1;
+                metrics::counter!("tidemark_projection_errors_total", "projection" => self.spec.projection.name().to_string(), "kind" => "failed").increment(1);
+                if attempts >= self.config.max_attempts {
+                    let stop = self.spec.projection.failure_policy() == FailurePolicy::ParkAndStop;
+                    match self.park(checkpoint, event, &error, attempts, stop).await? {
+                        Commit::Fenced => return Ok(None),
+                        Commit::Done if stop => return Ok(None),
+                        Commit::Done => {
+                            checkpoint = event.position;
+                            break;
+                        }
+                    }
+                }
+                tracing::warn!(lane = %self.spec.describe(), position = event.position, attempts, %error, "event failed; retrying");
+                if !retry.pause(checkpoint, shutdown).await {
+                    return Err(EngineError::ShuttingDown);
+                }
+            }
+        }
+        Ok(Some(checkpoint))
+    }
+
+    /// One batch: lock and check the checkpoint (and lease), apply, advance (resolving parked
+    /// events the batch applied, see `dead_letter::parked_ahead`), commit.
+    async fn commit(
+        &self,
+        checkpoint: Position,
+        events: &[RecordedEvent],
+        parked_ahead: &[Position],
+        events_per_second: f64,
+    ) -> Result<Commit> {
+        let Some(last) = events.last() else {
+            return Ok(Commit::Done);
+        };
+        let _permit = match &self.permits {
+            Some(permits) => Some(
+                permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| EngineError::ShuttingDown)?,
+            ),
+            None => None,
+        };
+        let mut client = self.store.pool().get().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(EngineError::db("starting a projection batch"))?;
+        let Some(mut locked) =
+            LockedCheckpoint::lock(tx, &self.spec, &self.fence, Some(checkpoint)).await?
+        else {
+            return Ok(Commit::Fenced);
+        };
+        locked.apply(events, "applying events").await?;
+        locked
+            .advance(last.position, Some(events_per_second))
+            .await?;
+        if parked_ahead
+            .iter()
+            .any(|p| *p > checkpoint && *p <= last.position)
+        {
+            crate::dead_letter::resolve_applied(locked.tx(), &self.spec, checkpoint, last.position)
+                .await?;
+        }
+        locked.commit("committing a projection batch").await
+    }
+
+    /// Parks `event` and moves the checkpoint past it, in one transaction (so the event is
+    /// either parked and skipped, or neither). With `stop`, the checkpoint stays before it
+    /// and the projection is marked stopped instead.
+    async fn park(
+        &self,
+        checkpoint: Position,
+        event: &RecordedEvent,
+        error: &EngineError,
+        attempts: u32,
+        stop: bool,
+    ) -> Result<Commit> {
+        let error = error.to_string();
+        let mut client = self.store.pool().get().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(EngineError::db("starting to park an event"))?;
+        let Some(mut locked) =
+            LockedCheckpoint::lock(tx, &self.spec, &self.fence, Some(checkpoint)).await?
+        else {
+            return Ok(Commit::Fenced);
+        };
+        crate::dead_letter::record(locked.tx(), &self.spec, event, &error, attempts).await?;
+        if stop {
+            crate::dead_letter::stop_projection(locked.tx(), self.spec.projection.name()).await?;
+        } else {
+            locked.advance(event.position, None).await?;
+        }
+        let commit = locked.commit("committing a parked event").await?;
+        if commit == Commit::Done {
+            metrics::counter!("tidemark_projection_parked_total", "projection" => self.spec.projection.name().to_string()).increment(1);
+            tracing::error!(
+                projection = self.spec.projection.name(),
+                position = event.position,
+                event_id = %event.event_id,
+                attempts,
+                error,
+                stopped = stop,
+                "event parked as a dead letter"
+            );
+        }
+        Ok(commit)
+    }
+}
+
+/// Feeds pages from the store's subscription into the lane's bounded channel.
+async fn fetch(
+    store: EventStore,
+    options: SubscribeOptions,
+    pages: mpsc::Sender<Fetched>,
+    stop: CancellationToken,
+) {
+    let mut stream = std::pin::pin!(store.subscribe_pages(options));
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = stream.next() => next,
+        };
+        let fetched = match next {
+            Some(Ok(page)) => Fetched::Page(page),
+            Some(Err(error)) => Fetched::Failed(error.into()),
+            None => return,
+        };
+        let failed = matches!(fetched, Fetched::Failed(_));
+        // Waiting here is the backpressure: the fetcher runs at most `fetch_ahead_pages` ahead.
+        if pages.send(fetched).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Events per second over recent batches (exponentially weighted), measured from one
+/// commit to the next.
+struct Rate {
+    value: f64,
+    last_commit: Instant,
+}
+
+impl Default for Rate {
+    fn default() -> Self {
+        Rate {
+            value: 0.0,
+            last_commit: Instant::now(),
+        }
+    }
+}
+
+impl Rate {
+    fn record(&mut self, events: usize) -> f64 {
+        let took = self.last_commit.elapsed();
+        let instant = events as f64 / took.as_secs_f64().max(1e-6);
+        self.value = if self.value == 0.0 {
+            instant
+        } else {
+            0.8 * self.value + 0.2 * instant
+        };
+        self.value
+    }
+
+    fn committed(&mut self) {
+        self.last_commit = Instant::now();
+    }
+}
