@@ -232,6 +232,122 @@ fn kind_literals_outside_their_enum(files: &[File]) -> Vec<String> {
     violations
 }
 
+/// The lane's commit primitive: the one place events are applied to a read model.
+const LANE_COMMIT: &str = "projections/src/lane/commit.rs";
+/// Builds an `ApplyContext` to run a projection's `setup` (creating tables), never `apply`.
+const SETUP_ONLY: &str = "projections/src/registration.rs";
+
+/// Only the lane's commit primitive applies events: a projection is applied through an
+/// `ApplyContext`, so no other production file may build one (the registration builds one
+/// for `setup` and must not apply with it).
+fn events_applied_outside_the_lane(files: &[File]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|f| f.is_production_rust() && f.path != LANE_COMMIT)
+        .filter_map(|file| {
+            let code = file.code();
+            let builds_context = code.contains("ApplyContext {");
+            let applies = code.contains(".apply(");
+            (builds_context && (file.path != SETUP_ONLY || applies)).then(|| {
+                format!(
+                    "{} builds an ApplyContext: apply events through the lane's commit primitive ({LANE_COMMIT})",
+                    file.path
+                )
+            })
+        })
+        .collect()
+}
+
+/// Only `projections/src/checkpoint.rs` writes `projection_checkpoints`.
+fn checkpoint_writes_outside_their_module(files: &[File]) -> Vec<String> {
+    let writes = [
+        "INSERT INTO projection_checkpoints",
+        "UPDATE projection_checkpoints",
+        "DELETE FROM projection_checkpoints",
+    ];
+    files
+        .iter()
+        .filter(|f| f.is_production_rust() && f.path != "projections/src/checkpoint.rs")
+        .filter_map(|file| {
+            let code = file.code();
+            writes.iter().find(|w| code.contains(*w)).map(|w| {
+                format!(
+                    "{} runs `{w}`: checkpoints are written in projections/src/checkpoint.rs only",
+                    file.path
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_lane_commit_applies_events() {
+    let files = repository_files();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.path == LANE_COMMIT && f.code().contains("ApplyContext {")),
+        "{LANE_COMMIT} no longer builds the ApplyContext: update this rule"
+    );
+    let violations = events_applied_outside_the_lane(&files);
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn only_the_checkpoint_module_writes_checkpoints() {
+    let violations = checkpoint_writes_outside_their_module(&repository_files());
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn apply_rule_catches_a_second_apply_loop() {
+    let files = [
+        File::new(
+            LANE_COMMIT,
+            "//! Commit.\nlet ctx = ApplyContext { tx, schema };\np.apply(&ctx, events);\n",
+        ),
+        File::new(
+            SETUP_ONLY,
+            "//! Setup.\nlet ctx = ApplyContext { tx, schema };\np.setup(&ctx);\n",
+        ),
+        File::new(
+            "projections/src/rebuild.rs",
+            "//! Rebuild.\nlet ctx = ApplyContext { tx: &tx, schema };\nprojection.apply(&ctx, &events);\n",
+        ),
+    ];
+    assert_eq!(
+        events_applied_outside_the_lane(&files),
+        ["projections/src/rebuild.rs builds an ApplyContext: apply events through the lane's commit primitive (projections/src/lane/commit.rs)"]
+    );
+    let setup_applying = [File::new(
+        SETUP_ONLY,
+        "//! Setup.\nlet ctx = ApplyContext { tx, schema };\np.apply(&ctx, events);\n",
+    )];
+    assert_eq!(events_applied_outside_the_lane(&setup_applying).len(), 1);
+}
+
+#[test]
+fn checkpoint_rule_catches_a_write_elsewhere() {
+    let files = [
+        File::new(
+            "projections/src/checkpoint.rs",
+            "//! Checkpoints.\nconst Q: &str = \"UPDATE projection_checkpoints SET position = $1\";\n",
+        ),
+        File::new(
+            "projections/src/status.rs",
+            "//! Status.\nconst Q: &str = \"SELECT position FROM projection_checkpoints\";\n",
+        ),
+        File::new(
+            "projections/src/dead_letter.rs",
+            "//! Parked.\n// UPDATE projection_checkpoints in a comment is fine\nconst Q: &str = \"UPDATE projection_checkpoints SET position = $4\";\n",
+        ),
+    ];
+    assert_eq!(
+        checkpoint_writes_outside_their_module(&files),
+        ["projections/src/dead_letter.rs runs `UPDATE projection_checkpoints`: checkpoints are written in projections/src/checkpoint.rs only"]
+    );
+}
+
 #[test]
 fn every_rust_file_opens_with_a_module_doc() {
     let violations = files_without_module_doc(&repository_files());

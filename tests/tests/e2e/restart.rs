@@ -192,6 +192,71 @@ async fn an_admin_rebuild_runs_in_the_background_and_reports_progress() {
     }
 }
 
+/// A build already running anywhere (here: its build lock held by another session, as
+/// another server process holds it) refuses a second at once with `BUILD_RUNNING`; a build
+/// from a position must be confirmed, since it discards what the earlier events built.
+#[tokio::test]
+async fn a_second_rebuild_is_refused_while_a_build_holds_the_lock() {
+    let app = spawn_app_with(
+        TidemarkApp::builder().projection(AppliedCounts).build(),
+        |_| {},
+    )
+    .await;
+    for i in 0..5 {
+        app.append(&format!("c-{i}"), json!([{ "type": "E", "data": {} }]))
+            .await;
+    }
+    let unconfirmed = app
+        .graphql(
+            "mutation { rebuildProjection(name: \"applied_counts\", from: 3) { kind } }",
+            json!({}),
+            Some(ADMIN_KEY),
+        )
+        .await;
+    let error = assert_error(&unconfirmed, "BAD_INPUT");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("discardEarlierEvents")),
+        "{unconfirmed}"
+    );
+
+    let other_process = tidemark_testkit::connect(app.database()).await;
+    other_process
+        .execute(
+            "SELECT pg_advisory_lock(hashtextextended('tidemark.build.applied_counts.shadow', 0))",
+            &[],
+        )
+        .await
+        .expect("holding the build lock");
+    for mutation in [
+        "mutation { rebuildProjection(name: \"applied_counts\") { kind } }",
+        "mutation { rebuildProjection(name: \"applied_counts\", from: 3, discardEarlierEvents: true) { kind } }",
+    ] {
+        let refused = app.graphql(mutation, json!({}), Some(ADMIN_KEY)).await;
+        assert_error(&refused, "BUILD_RUNNING");
+    }
+    other_process
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended('tidemark.build.applied_counts.shadow', 0))",
+            &[],
+        )
+        .await
+        .expect("releasing the build lock");
+    let started = app
+        .graphql(
+            "mutation { rebuildProjection(name: \"applied_counts\", from: 3, discardEarlierEvents: true) { kind fromPosition } }",
+            json!({}),
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_eq!(
+        started["data"]["rebuildProjection"]["kind"], "REPLAY",
+        "{started}"
+    );
+    assert_eq!(started["data"]["rebuildProjection"]["fromPosition"], 3);
+}
+
 #[tokio::test]
 async fn shutdown_drains_in_flight_appends() {
     let mut app = spawn_app().await;
