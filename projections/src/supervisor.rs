@@ -57,46 +57,6 @@ impl Supervisor {
         }
     }
 
-    /// Spawns a supervised live lane; it ends when `stop` is cancelled or it is fenced.
-    pub fn spawn_lane(
-        &self,
-        projection: Arc<dyn Projection>,
-        partition: i16,
-        fence: Fence,
-        stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let (progress, progress_rx) = watch::channel(LaneProgress::default());
-        let name = projection.name().to_string();
-        let own_progress = progress_rx.clone();
-        self.lanes_mut()
-            .insert((name.clone(), partition), progress_rx);
-        let processed = self.inner.processed.clone();
-        let lane = Lane {
-            spec: LaneSpec::live(projection, Some(partition)),
-            store: self.inner.store.clone(),
-            config: self.inner.config.clone(),
-            fence,
-            progress,
-            on_commit: Some(Arc::new(move |applied, _| {
-                processed.fetch_add(applied as u64, Ordering::Relaxed);
-            })),
-            permits: Some(self.limit_of(&name).semaphore()),
-        };
-        let supervisor = self.clone();
-        self.inner.tasks.spawn(async move {
-            supervisor.supervise(lane, stop).await;
-            // A newer lane of the same partition (re-claimed while this one was ending)
-            // keeps its entry.
-            let mut lanes = supervisor.lanes_mut();
-            if lanes
-                .get(&(name.clone(), partition))
-                .is_some_and(|current| current.same_channel(&own_progress))
-            {
-                lanes.remove(&(name, partition));
-            }
-        })
-    }
-
     /// Keeps a lane running: it restarts itself after errors and panics (`Restart::Always`);
     /// here it only pauses while its projection is stopped on a poison event.
     async fn supervise(&self, lane: Lane, stop: CancellationToken) {
@@ -188,6 +148,7 @@ impl Supervisor {
 }
 
 impl LaneHost for Supervisor {
+    /// Spawns a supervised live lane; it ends when `stop` is cancelled or it is fenced.
     fn start_lane(
         &self,
         projection: Arc<dyn Projection>,
@@ -195,7 +156,36 @@ impl LaneHost for Supervisor {
         fence: Fence,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        self.spawn_lane(projection, partition, fence, stop)
+        let (progress, progress_rx) = watch::channel(LaneProgress::default());
+        let name = projection.name().to_string();
+        let own_progress = progress_rx.clone();
+        self.lanes_mut()
+            .insert((name.clone(), partition), progress_rx);
+        let processed = self.inner.processed.clone();
+        let lane = Lane {
+            spec: LaneSpec::live(projection, Some(partition)),
+            store: self.inner.store.clone(),
+            config: self.inner.config.clone(),
+            fence,
+            progress,
+            on_commit: Some(Arc::new(move |applied, _| {
+                processed.fetch_add(applied as u64, Ordering::Relaxed);
+            })),
+            permits: Some(self.limit_of(&name).semaphore()),
+        };
+        let supervisor = self.clone();
+        self.inner.tasks.spawn(async move {
+            supervisor.supervise(lane, stop).await;
+            // A newer lane of the same partition (re-claimed while this one was ending)
+            // keeps its entry.
+            let mut lanes = supervisor.lanes_mut();
+            if lanes
+                .get(&(name.clone(), partition))
+                .is_some_and(|current| current.same_channel(&own_progress))
+            {
+                lanes.remove(&(name, partition));
+            }
+        })
     }
 
     fn events_applied(&self) -> u64 {

@@ -66,15 +66,14 @@ pub struct PoolScaling {
 /// `desired_workers` per pool, for autoscalers and operators.
 pub async fn pool_scaling(store: &EventStore, timeout: Duration) -> Result<Vec<PoolScaling>> {
     let client = store.pool().get().await?;
-    let rows = client
-        .query(
-            "SELECT pool, count(*), max(desired_workers), max(lag_events) FROM workers
-              WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $1)
-              GROUP BY pool ORDER BY pool",
-            &[&timeout.as_secs_f64()],
-        )
-        .await
-        .map_err(EngineError::db("reading pool scaling"))?;
+    let rows = live_workers_query(
+        &client,
+        "pool, count(*), max(desired_workers), max(lag_events)",
+        "GROUP BY pool ORDER BY pool",
+        timeout,
+    )
+    .await
+    .map_err(EngineError::db("reading pool scaling"))?;
     Ok(rows
         .iter()
         .map(|r| PoolScaling {
@@ -84,6 +83,26 @@ pub async fn pool_scaling(store: &EventStore, timeout: Duration) -> Result<Vec<P
             lag_events: r.get(3),
         })
         .collect())
+}
+
+/// `SELECT columns FROM workers` of the live workers (not stopped, heartbeat within
+/// `timeout`): the one definition of "live" every reader of the registry uses.
+async fn live_workers_query(
+    client: &deadpool_postgres::Client,
+    columns: &str,
+    then: &str,
+    timeout: Duration,
+) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    client
+        .query(
+            &format!(
+                "SELECT {columns} FROM workers
+                  WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $1)
+                  {then}"
+            ),
+            &[&timeout.as_secs_f64()],
+        )
+        .await
 }
 
 /// What a worker says about itself when it registers.
@@ -181,13 +200,7 @@ pub(crate) async fn heartbeat(
         // Our entry is gone (cleaned up by an operator): register again.
         register(pool, me, projections).await?;
     }
-    let rows = client
-        .query(
-            "SELECT id, pool, projections FROM workers
-              WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $1)
-              ORDER BY id",
-            &[&timeout.as_secs_f64()],
-        )
+    let rows = live_workers_query(&client, "id, pool, projections", "ORDER BY id", timeout)
         .await
         .map_err(EngineError::db("listing live workers"))?;
     Ok(rows
