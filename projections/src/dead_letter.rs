@@ -24,7 +24,9 @@ pub struct DeadLetter {
 }
 
 /// Records `event` as parked (or parked again, after a replay that failed), in the
-/// transaction that also moves the lane past it (see `Lane::park`).
+/// transaction that also moves the lane past it (see `Lane::park`). Its partition is the
+/// lane's (for a keyed projection, the lane of its key, not of its stream), so a replay
+/// orders itself with the lane that parked it.
 pub(crate) async fn record(
     tx: &deadpool_postgres::Transaction<'_>,
     spec: &LaneSpec,
@@ -37,7 +39,7 @@ pub(crate) async fn record(
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (projection, event_id) DO UPDATE
             SET error = EXCLUDED.error, attempts = EXCLUDED.attempts, parked_at = now(), replayed_at = NULL",
-        &[&spec.projection.name(), &event.partition, &event.position, &event.event_id, &error, &(attempts as i32)],
+        &[&spec.projection.name(), &spec.partition.unwrap_or(event.partition), &event.position, &event.event_id, &error, &(attempts as i32)],
     )
     .await
     .map_err(EngineError::db("parking an event"))?;

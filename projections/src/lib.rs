@@ -68,7 +68,7 @@ pub use kinds::{BuildKind, BuildStatus, ProjectionState, Target};
 pub use lane::{Lane, LaneProgress, Step};
 pub use migrations::{migrations, MIGRATIONS};
 pub use projection::{
-    quote_ident, ApplyContext, EventSelector, FailurePolicy, Handler, Projection,
+    quote_ident, ApplyContext, EventSelector, FailurePolicy, Grouping, Handler, Projection,
 };
 pub use rebuild::{BuildReport, BuildRequest, PendingBuild, Progress, ProgressCallback};
 pub use registry::Registry;

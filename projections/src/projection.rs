@@ -15,6 +15,22 @@ pub enum FailurePolicy {
     ParkAndStop,
 }
 
+/// Which lane applies an event: how a projection's events are grouped over its partitions.
+#[derive(Debug, Clone, Default)]
+pub enum Grouping {
+    /// By stream (the default): partition `p` applies the events of the streams the store
+    /// hashes to `p`, each stream in version order.
+    #[default]
+    ByStream,
+    /// By a key (a field, the stream, a function): every event with one key is applied by
+    /// the same lane, in log order, whatever stream it came from. A projection that updates
+    /// a row shared by many streams (a total per category) needs this: grouped by stream,
+    /// partitions applying in parallel update that row in any order and can deadlock.
+    /// Each lane reads the whole log (filtered by the selector) and applies its keys' share;
+    /// an event without a usable key is parked.
+    ByKey(crate::windowing::KeySource),
+}
+
 /// Which events a projection reads. Empty lists mean "all".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventSelector {
@@ -108,6 +124,11 @@ pub trait Projection: Send + Sync + 'static {
 
     fn failure_policy(&self) -> FailurePolicy {
         FailurePolicy::default()
+    }
+
+    /// Which lane applies which events (by stream unless the projection says otherwise).
+    fn grouping(&self) -> Grouping {
+        Grouping::ByStream
     }
 
     /// Creates the read-model tables in `ctx.schema` (which exists and is empty).

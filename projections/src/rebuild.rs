@@ -413,17 +413,9 @@ impl ProjectionEngine {
             *tracker.state.lock().unwrap_or_else(|e| e.into_inner()),
         ));
         let shared = tracker_state.clone();
-        let mut lane = Lane::new(
-            LaneSpec {
-                projection: projection.clone(),
-                target: target.clone(),
-                schema: schema.to_string(),
-                partition: None,
-                until,
-            },
-            self.store().clone(),
-            self.config().clone(),
-        );
+        let spec = LaneSpec::new(projection.clone(), target.clone(), None, until);
+        debug_assert_eq!(spec.schema, schema);
+        let mut lane = Lane::new(spec, self.store().clone(), self.config().clone());
         lane.on_commit = Some(Arc::new(move |applied, position| {
             let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
             state.done += applied as i64;
@@ -501,15 +493,9 @@ impl ProjectionEngine {
         .map_err(EngineError::db("locking the projection for the swap"))?;
         // Read once the live lanes are paused: the live checkpoints move to this head.
         let head = self.store().head_position().await?;
-        let shadow = LaneSpec {
-            projection: projection.clone(),
-            target: Target::Shadow,
-            schema: shadow_schema.to_string(),
-            partition: None,
-            until: Some(head),
-        };
+        let shadow = LaneSpec::new(projection.clone(), Target::Shadow, None, Some(head));
         let mut locked = LockedCheckpoint::lock_unleased(tx, &shadow, None).await?;
-        let filter = projection.selector().log_filter(None);
+        let filter = shadow.read_filter();
         loop {
             let after = locked.position().unwrap_or(0);
             let events: Vec<_> = self

@@ -2,9 +2,10 @@
 //! partition, and where it stops. The checkpoint and dead-letter modules key their rows by it.
 
 use crate::kinds::Target;
-use crate::projection::Projection;
+use crate::projection::{Grouping, Projection};
+use crate::windowing::key_partition;
 use std::sync::Arc;
-use tidemark_store::Position;
+use tidemark_store::{LogFilter, Position, RecordedEvent};
 
 /// Checkpoint partition number of a lane that reads every partition.
 pub const ALL_PARTITIONS: i16 = -1;
@@ -19,17 +20,57 @@ pub(crate) struct LaneSpec {
     pub partition: Option<i16>,
     /// Stop once every event up to this position is applied (as-of builds, swaps).
     pub until: Option<Position>,
+    /// The projection's grouping, asked once.
+    pub grouping: Grouping,
 }
 
 impl LaneSpec {
     /// The live lane of one partition (or of all, with `None`).
     pub fn live(projection: Arc<dyn Projection>, partition: Option<i16>) -> Self {
+        LaneSpec::new(projection, Target::Live, partition, None)
+    }
+
+    /// A lane of `projection` into `target`'s schema.
+    pub fn new(
+        projection: Arc<dyn Projection>,
+        target: Target,
+        partition: Option<i16>,
+        until: Option<Position>,
+    ) -> Self {
         LaneSpec {
-            schema: projection.schema(),
+            schema: target.schema(&projection.schema()),
+            grouping: projection.grouping(),
             projection,
-            target: Target::Live,
+            target,
             partition,
-            until: None,
+            until,
+        }
+    }
+
+    /// What the lane reads: the selector's events of its partition, or of every partition
+    /// when it reads all of them or groups by key (it then keeps its keys' share, see
+    /// [`LaneSpec::applies`]).
+    pub fn read_filter(&self) -> LogFilter {
+        let partition = match self.grouping {
+            Grouping::ByStream => self.partition,
+            Grouping::ByKey(_) => None,
+        };
+        self.projection.selector().log_filter(partition)
+    }
+
+    /// Does this lane apply `event` (one it read)? A lane of every partition applies all;
+    /// a keyed lane applies the events whose key hashes to its partition, and those without
+    /// a usable key from the streams of its partition (where they are parked).
+    pub fn applies(&self, event: &RecordedEvent, partitions: u16) -> bool {
+        let Some(partition) = self.partition else {
+            return true;
+        };
+        match &self.grouping {
+            Grouping::ByStream => event.partition == partition,
+            Grouping::ByKey(source) => match source.key_of(event) {
+                Ok(key) => key_partition(&key, partitions) == partition,
+                Err(_) => event.partition == partition,
+            },
         }
     }
 

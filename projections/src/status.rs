@@ -3,10 +3,10 @@
 
 use crate::error::{EngineError, Result};
 use crate::kinds::{BuildKind, BuildStatus, ProjectionState, Target};
-use crate::projection::Projection;
+use crate::projection::{Grouping, Projection};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
-use tidemark_store::{EventStore, Position};
+use tidemark_store::{EventStore, PartitionBacklog, Position};
 
 /// Lag of one partition of a projection.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,18 +114,40 @@ pub(crate) async fn partition_lag(
     upto: Position,
 ) -> Result<Vec<PartitionLag>> {
     let checkpoints = crate::checkpoint::live(store, projection.name()).await?;
-    let positions: Vec<(i16, Position)> = checkpoints
-        .iter()
-        .map(|c| (c.partition, c.position))
-        .collect();
-    let backlog = store
-        .backlog(
-            &positions,
-            upto,
-            &projection.selector().log_filter(None),
-            LAG_COUNT_CAP,
-        )
-        .await?;
+    let filter = projection.selector().log_filter(None);
+    let backlog = match projection.grouping() {
+        Grouping::ByStream => {
+            let positions: Vec<(i16, Position)> = checkpoints
+                .iter()
+                .map(|c| (c.partition, c.position))
+                .collect();
+            store
+                .backlog(&positions, upto, &filter, LAG_COUNT_CAP)
+                .await?
+        }
+        // A keyed lane reads every partition: its backlog is what follows its checkpoint
+        // anywhere in the log (an upper bound: some of it is other lanes' keys).
+        Grouping::ByKey(_) => {
+            let mut backlogs = Vec::with_capacity(checkpoints.len());
+            for checkpoint in &checkpoints {
+                let everywhere: Vec<(i16, Position)> = (0..store.partitions() as i16)
+                    .map(|p| (p, checkpoint.position))
+                    .collect();
+                let parts = store
+                    .backlog(&everywhere, upto, &filter, LAG_COUNT_CAP)
+                    .await?;
+                backlogs.push(PartitionBacklog {
+                    partition: checkpoint.partition,
+                    events: parts.iter().map(|b| b.events).sum(),
+                    oldest_age_seconds: parts
+                        .iter()
+                        .filter_map(|b| b.oldest_age_seconds)
+                        .reduce(f64::max),
+                });
+            }
+            backlogs
+        }
+    };
     Ok(checkpoints
         .into_iter()
         .zip(backlog)
@@ -286,11 +308,21 @@ pub(crate) async fn partitions_behind(
     projection: &dyn Projection,
     position: Position,
 ) -> Result<usize> {
-    let positions: Vec<(i16, Position)> = crate::checkpoint::live(store, projection.name())
-        .await?
-        .iter()
-        .map(|c| (c.partition, c.position))
-        .collect();
+    let checkpoints = crate::checkpoint::live(store, projection.name()).await?;
+    let positions: Vec<(i16, Position)> = match projection.grouping() {
+        Grouping::ByStream => checkpoints
+            .iter()
+            .map(|c| (c.partition, c.position))
+            .collect(),
+        // Keyed lanes read every partition: the log is applied everywhere up to the lowest
+        // of their checkpoints (a wait past it waits for every keyed lane; never too short).
+        Grouping::ByKey(_) => {
+            let lowest = checkpoints.iter().map(|c| c.position).min().unwrap_or(0);
+            (0..store.partitions() as i16)
+                .map(|p| (p, lowest))
+                .collect()
+        }
+    };
     Ok(store
         .partitions_behind(
             &positions,

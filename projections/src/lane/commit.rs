@@ -6,9 +6,9 @@
 //! go through it.
 
 use crate::checkpoint::{self, Locked};
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, ProjectionError, Result};
 use crate::fence::Fence;
-use crate::projection::ApplyContext;
+use crate::projection::{ApplyContext, Grouping};
 use crate::spec::LaneSpec;
 use std::sync::LazyLock;
 use tidemark_store::{Position, RecordedEvent};
@@ -88,7 +88,21 @@ impl<'c, 's> LockedCheckpoint<'c, 's> {
     }
 
     /// Applies `events` to the lane's read model. `phase` names the work in the error.
+    /// An event of a keyed projection without a usable key fails here, and is parked like any
+    /// event that cannot be applied.
     pub async fn apply(&self, events: &[RecordedEvent], phase: &'static str) -> Result<()> {
+        let failed = |source| EngineError::Projection {
+            projection: self.spec.projection.name().to_string(),
+            phase,
+            position: self.position.unwrap_or(0),
+            source,
+        };
+        if let Grouping::ByKey(keys) = &self.spec.grouping {
+            for event in events {
+                keys.key_of(event)
+                    .map_err(|error| failed(ProjectionError::failed(error)))?;
+            }
+        }
         let ctx = ApplyContext {
             tx: &self.tx,
             schema: &self.spec.schema,
@@ -97,12 +111,7 @@ impl<'c, 's> LockedCheckpoint<'c, 's> {
             .projection
             .apply(&ctx, events)
             .await
-            .map_err(|source| EngineError::Projection {
-                projection: self.spec.projection.name().to_string(),
-                phase,
-                position: self.position.unwrap_or(0),
-                source,
-            })
+            .map_err(failed)
     }
 
     /// Moves the checkpoint to `to`, recording the lane's recent rate when given.

@@ -127,11 +127,7 @@ impl Lane {
         let checkpoint = self.load_checkpoint().await?;
         // Read before the page: a short page then means everything up to here is seen.
         let head = self.store.head_position().await?;
-        let filter = self
-            .spec
-            .projection
-            .selector()
-            .log_filter(self.spec.partition);
+        let filter = self.spec.read_filter();
         let events = self
             .store
             .read_log(checkpoint, &filter, self.config.batch_size)
@@ -232,11 +228,7 @@ impl Lane {
             self.store.clone(),
             SubscribeOptions {
                 after: checkpoint,
-                filter: self
-                    .spec
-                    .projection
-                    .selector()
-                    .log_filter(self.spec.partition),
+                filter: self.spec.read_filter(),
                 page_size: self.config.batch_size,
             },
             pages_tx,
@@ -279,10 +271,19 @@ impl Lane {
         shutdown: &CancellationToken,
     ) -> Result<Next> {
         let until = self.spec.until.unwrap_or(Position::MAX);
+        // The last position of the page this lane is done with: a keyed lane reads every
+        // partition and moves past the events other lanes apply.
+        let read_through = page
+            .events
+            .iter()
+            .map(|e| e.position)
+            .filter(|p| *p <= until)
+            .max();
+        let partitions = self.store.partitions();
         let events: Vec<RecordedEvent> = page
             .events
             .into_iter()
-            .filter(|e| e.position <= until)
+            .filter(|e| e.position <= until && self.spec.applies(e, partitions))
             .collect();
         let mut checkpoint = checkpoint;
         if !events.is_empty() {
@@ -306,6 +307,19 @@ impl Lane {
             if let Some(on_commit) = &self.on_commit {
                 on_commit(events.len(), checkpoint);
             }
+        }
+        if let Some(through) = read_through.filter(|t| *t > checkpoint) {
+            match self
+                .commit(checkpoint, &[], through, parked_ahead, rate.value)
+                .await?
+            {
+                Commit::Done => checkpoint = through,
+                Commit::Fenced => return Ok(Next::Exit(LaneExit::Fenced)),
+            }
+            self.progress.send_modify(|p| {
+                p.checkpoint = checkpoint;
+                p.processed_through = p.processed_through.max(checkpoint);
+            });
         }
         if let Some(caught_up) = page.caught_up_to {
             self.progress.send_modify(|p| {
@@ -340,11 +354,20 @@ impl Lane {
         events_per_second: f64,
         shutdown: &CancellationToken,
     ) -> Result<Option<Position>> {
+        let Some(last) = events.last() else {
+            return Ok(Some(checkpoint));
+        };
         match self
-            .commit(checkpoint, events, parked_ahead, events_per_second)
+            .commit(
+                checkpoint,
+                events,
+                last.position,
+                parked_ahead,
+                events_per_second,
+            )
             .await
         {
-            Ok(Commit::Done) => return Ok(events.last().map(|e| e.position)),
+            Ok(Commit::Done) => return Ok(Some(last.position)),
             Ok(Commit::Fenced) => return Ok(None),
             Err(error) if error.is_transient() => return Err(error),
             Err(error) => {
@@ -360,6 +383,7 @@ impl Lane {
                     .commit(
                         checkpoint,
                         std::slice::from_ref(event),
+                        event.position,
                         parked_ahead,
                         events_per_second,
                     )
@@ -395,18 +419,17 @@ impl Lane {
         Ok(Some(checkpoint))
     }
 
-    /// One batch: lock and check the checkpoint (and lease), apply, advance (resolving parked
-    /// events the batch applied, see `dead_letter::parked_ahead`), commit.
+    /// One batch: lock and check the checkpoint (and lease), apply `events`, advance to
+    /// `through` (resolving parked events the batch passed, see `dead_letter::parked_ahead`),
+    /// commit. `events` may be empty: a keyed lane moves past events other lanes apply.
     async fn commit(
         &self,
         checkpoint: Position,
         events: &[RecordedEvent],
+        through: Position,
         parked_ahead: &[Position],
         events_per_second: f64,
     ) -> Result<Commit> {
-        let Some(last) = events.last() else {
-            return Ok(Commit::Done);
-        };
         let _permit = match &self.permits {
             Some(permits) => Some(
                 permits
@@ -427,15 +450,15 @@ impl Lane {
         else {
             return Ok(Commit::Fenced);
         };
-        locked.apply(events, "applying events").await?;
-        locked
-            .advance(last.position, Some(events_per_second))
-            .await?;
+        if !events.is_empty() {
+            locked.apply(events, "applying events").await?;
+        }
+        locked.advance(through, Some(events_per_second)).await?;
         if parked_ahead
             .iter()
-            .any(|p| *p > checkpoint && *p <= last.position)
+            .any(|p| *p > checkpoint && *p <= through)
         {
-            crate::dead_letter::resolve_applied(locked.tx(), &self.spec, checkpoint, last.position)
+            crate::dead_letter::resolve_applied(locked.tx(), &self.spec, checkpoint, through)
                 .await?;
         }
         locked.commit("committing a projection batch").await

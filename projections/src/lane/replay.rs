@@ -9,7 +9,7 @@ use crate::error::{EngineError, Result};
 use crate::projection::Projection;
 use crate::spec::LaneSpec;
 use std::sync::Arc;
-use tidemark_store::EventStore;
+use tidemark_store::{EventStore, Position, RecordedEvent};
 
 /// Applies each parked event of `projection` (or only `ids`) to its live read model, once:
 /// the apply and the `replayed_at` mark commit together, so a second replay skips it.
@@ -50,15 +50,11 @@ pub(crate) async fn replay_parked(
         // before it and would apply it again on resuming: move that checkpoint past the
         // event in this transaction.
         let stopped_here = match locked.position() {
-            Some(checkpoint) if checkpoint < letter.position => store
-                .read_log(
-                    checkpoint,
-                    &projection.selector().log_filter(Some(letter.partition)),
-                    1,
-                )
-                .await?
-                .first()
-                .is_some_and(|next| next.event_id == letter.event_id),
+            Some(checkpoint) if checkpoint < letter.position => {
+                next_event_of_lane(store, &spec, checkpoint, letter.position)
+                    .await?
+                    .is_some_and(|next| next.event_id == letter.event_id)
+            }
             _ => false,
         };
         locked
@@ -73,4 +69,32 @@ pub(crate) async fn replay_parked(
         applied += 1;
     }
     Ok(applied)
+}
+
+/// The first event after `after` (up to `upto`) that the lane of `spec` applies: for a lane
+/// grouped by stream the next event it reads; a keyed lane skips the other lanes' events.
+async fn next_event_of_lane(
+    store: &EventStore,
+    spec: &LaneSpec,
+    mut after: Position,
+    upto: Position,
+) -> Result<Option<RecordedEvent>> {
+    const PAGE: usize = 500;
+    let filter = spec.read_filter();
+    loop {
+        let page = store.read_log(after, &filter, PAGE).await?;
+        let short = page.len() < PAGE;
+        for event in page {
+            if event.position > upto {
+                return Ok(None);
+            }
+            if spec.applies(&event, store.partitions()) {
+                return Ok(Some(event));
+            }
+            after = event.position;
+        }
+        if short {
+            return Ok(None);
+        }
+    }
 }
