@@ -29,6 +29,17 @@ pub enum Grouping {
     /// Each lane reads the whole log (filtered by the selector) and applies its keys' share;
     /// an event without a usable key is parked.
     ByKey(crate::windowing::KeySource),
+    /// Evenly, by event id, with no order at all: for handlers whose side effects need none
+    /// (sending mail), so one busy stream's events spread over every worker. Each lane reads
+    /// the whole log (filtered by the selector) and applies its share.
+    Shuffle,
+}
+
+impl Grouping {
+    /// Does each lane read every partition (and keep its share)?
+    pub(crate) fn reads_every_partition(&self) -> bool {
+        !matches!(self, Grouping::ByStream)
+    }
 }
 
 /// Which events a projection reads. Empty lists mean "all".
@@ -164,6 +175,12 @@ pub trait Handler: Send + Sync + 'static {
         "default"
     }
 
+    /// Which lane handles which events (by stream unless the handler says otherwise;
+    /// [`Grouping::Shuffle`] when order does not matter).
+    fn grouping(&self) -> Grouping {
+        Grouping::ByStream
+    }
+
     async fn handle(&self, event: &RecordedEvent) -> Result<(), ProjectionError>;
 }
 
@@ -182,6 +199,10 @@ impl<H: Handler> Projection for HandlerProjection<H> {
 
     fn pool(&self) -> &str {
         self.0.pool()
+    }
+
+    fn grouping(&self) -> Grouping {
+        self.0.grouping()
     }
 
     async fn setup(&self, _ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {

@@ -48,12 +48,13 @@ impl LaneSpec {
     }
 
     /// What the lane reads: the selector's events of its partition, or of every partition
-    /// when it reads all of them or groups by key (it then keeps its keys' share, see
+    /// when it reads all of them or groups by key or shuffles (it then keeps its share, see
     /// [`LaneSpec::applies`]).
     pub fn read_filter(&self) -> LogFilter {
-        let partition = match self.grouping {
-            Grouping::ByStream => self.partition,
-            Grouping::ByKey(_) => None,
+        let partition = if self.grouping.reads_every_partition() {
+            None
+        } else {
+            self.partition
         };
         self.projection.selector().log_filter(partition)
     }
@@ -71,6 +72,9 @@ impl LaneSpec {
                 Ok(key) => key_partition(&key, partitions) == partition,
                 Err(_) => event.partition == partition,
             },
+            Grouping::Shuffle => {
+                key_partition(&event.event_id.to_string(), partitions) == partition
+            }
         }
     }
 

@@ -127,7 +127,7 @@ pub(crate) async fn partition_lag(
         }
         // A keyed lane reads every partition: its backlog is what follows its checkpoint
         // anywhere in the log (an upper bound: some of it is other lanes' keys).
-        Grouping::ByKey(_) => {
+        Grouping::ByKey(_) | Grouping::Shuffle => {
             let mut backlogs = Vec::with_capacity(checkpoints.len());
             for checkpoint in &checkpoints {
                 let everywhere: Vec<(i16, Position)> = (0..store.partitions() as i16)
@@ -316,7 +316,7 @@ pub(crate) async fn partitions_behind(
             .collect(),
         // Keyed lanes read every partition: the log is applied everywhere up to the lowest
         // of their checkpoints (a wait past it waits for every keyed lane; never too short).
-        Grouping::ByKey(_) => {
+        Grouping::ByKey(_) | Grouping::Shuffle => {
             let lowest = checkpoints.iter().map(|c| c.position).min().unwrap_or(0);
             (0..store.partitions() as i16)
                 .map(|p| (p, lowest))

@@ -571,3 +571,73 @@ async fn events_grouped_by_key_are_applied_by_one_lane_in_log_order_across_strea
     );
     store.shutdown().await;
 }
+
+/// A handler of one busy stream that takes a while per event; it counts calls in flight.
+struct SlowMailer {
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    handled: std::sync::Arc<std::sync::Mutex<Vec<uuid::Uuid>>>,
+}
+
+#[async_trait]
+impl tidemark_projections::Handler for SlowMailer {
+    fn name(&self) -> &str {
+        "slow_mailer"
+    }
+
+    fn grouping(&self) -> tidemark_projections::Grouping {
+        tidemark_projections::Grouping::Shuffle
+    }
+
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.handled.lock().unwrap().push(event.event_id);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Shuffle grouping: the events of one stream (one partition, one lane if grouped by stream)
+/// are spread over the lanes by event id, so several are handled at once, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shuffled_handler_spreads_one_streams_events_over_its_lanes() {
+    let db = TestDatabase::create().await;
+    let store = open_store(&db).await;
+    let events: Vec<NewEvent> = (0..120)
+        .map(|i| NewEvent::new("MailRequested", json!({ "n": i })))
+        .collect();
+    store
+        .append(AppendRequest::new(
+            "mailbox-1",
+            ExpectedVersion::Any,
+            events,
+        ))
+        .await
+        .expect("appending one stream");
+    let mailer = SlowMailer {
+        in_flight: Default::default(),
+        max_in_flight: Default::default(),
+        handled: Default::default(),
+    };
+    let (max_in_flight, handled) = (mailer.max_in_flight.clone(), mailer.handled.clone());
+    let engine = tidemark_projections::ProjectionEngine::new(
+        store.clone(),
+        Registry::new().handler(mailer),
+        engine_config(),
+    );
+    engine.start().await.expect("the engine starts");
+    caught_up(&engine, "slow_mailer", DEADLINE).await;
+    engine.shutdown().await;
+
+    let handled = handled.lock().unwrap().clone();
+    let distinct: BTreeSet<_> = handled.iter().collect();
+    assert_eq!(distinct.len(), 120, "every event handled");
+    assert_eq!(handled.len(), 120, "each once (no failures were injected)");
+    assert!(
+        max_in_flight.load(Ordering::SeqCst) > 1,
+        "one stream's events were handled one at a time: not spread over lanes"
+    );
+    store.shutdown().await;
+}
