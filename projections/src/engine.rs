@@ -287,7 +287,7 @@ impl ProjectionEngine {
     pub fn lane(&self, name: &str, partition: i16) -> Result<Lane> {
         let projection = self.projection(name)?.clone();
         Ok(Lane::new(
-            LaneSpec::live(projection, Some(partition)),
+            LaneSpec::live(projection, Some(partition), self.inner.store.partitions()),
             self.inner.store.clone(),
             self.inner.config.clone(),
         ))

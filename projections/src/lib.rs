@@ -30,7 +30,8 @@
 //! - [`dead_letter`], [`status`], `metrics`: parked events, lag, Prometheus gauges.
 //! - `kinds`: [`Target`], [`BuildKind`], [`BuildStatus`], [`ProjectionState`], each with its
 //!   SQL spelling in one place.
-//! - [`windowing`]: pure core of event-time windowed projections (`docs/windowing.md`).
+//! - [`windowing`]: pure core of event-time windowed projections (`docs/windowing.md`);
+//!   [`windowed`]: [`WindowedProjection`], that core as the fold of an ordinary projection.
 //! - `migrations`: the engine's tables ([`MIGRATIONS`]), registered with the store's runner;
 //!   [`migrations()`] is the whole set a database with projections needs.
 //!
@@ -56,6 +57,7 @@ mod spec;
 pub mod status;
 mod supervisor;
 mod waits;
+pub mod windowed;
 pub mod windowing;
 pub mod workers;
 
@@ -76,4 +78,5 @@ pub use scaling::ScalingSignal;
 pub use spec::ALL_PARTITIONS;
 pub use status::{PartitionLag, ProjectionStatus, RebuildProgress, UnownedPartition};
 pub use tidemark_store::{EventStore, Position, RecordedEvent};
+pub use windowed::WindowedProjection;
 pub use workers::{PoolScaling, ProcessIdentity, WorkerIdentity, WorkerInfo};

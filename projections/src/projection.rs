@@ -83,6 +83,9 @@ impl EventSelector {
 pub struct ApplyContext<'a> {
     pub tx: &'a deadpool_postgres::Transaction<'a>,
     pub schema: &'a str,
+    /// The store's partition count: what keys are hashed onto
+    /// ([`crate::windowing::key_partition`]), e.g. to keep state per lane of a keyed projection.
+    pub partitions: u16,
 }
 
 impl ApplyContext<'_> {

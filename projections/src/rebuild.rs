@@ -352,7 +352,7 @@ impl ProjectionEngine {
             .transaction()
             .await
             .map_err(EngineError::db("starting a build"))?;
-        create_schema(&tx, projection.as_ref(), schema).await?;
+        create_schema(&tx, projection.as_ref(), schema, self.store().partitions()).await?;
         crate::checkpoint::restart_target(&tx, projection.name(), target, from).await?;
         let upto = match to {
             Some(to) => to,
@@ -413,7 +413,13 @@ impl ProjectionEngine {
             *tracker.state.lock().unwrap_or_else(|e| e.into_inner()),
         ));
         let shared = tracker_state.clone();
-        let spec = LaneSpec::new(projection.clone(), target.clone(), None, until);
+        let spec = LaneSpec::new(
+            projection.clone(),
+            target.clone(),
+            None,
+            until,
+            self.store().partitions(),
+        );
         debug_assert_eq!(spec.schema, schema);
         let mut lane = Lane::new(spec, self.store().clone(), self.config().clone());
         lane.on_commit = Some(Arc::new(move |applied, position| {
@@ -493,7 +499,13 @@ impl ProjectionEngine {
         .map_err(EngineError::db("locking the projection for the swap"))?;
         // Read once the live lanes are paused: the live checkpoints move to this head.
         let head = self.store().head_position().await?;
-        let shadow = LaneSpec::new(projection.clone(), Target::Shadow, None, Some(head));
+        let shadow = LaneSpec::new(
+            projection.clone(),
+            Target::Shadow,
+            None,
+            Some(head),
+            self.store().partitions(),
+        );
         let mut locked = LockedCheckpoint::lock_unleased(tx, &shadow, None).await?;
         let filter = shadow.read_filter();
         loop {

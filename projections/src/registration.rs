@@ -63,7 +63,7 @@ pub(crate) async fn register_projection(
         .map_err(EngineError::db("reading a projection"))?
         .get(0);
     if inserted == 1 {
-        create_schema(&tx, projection, &schema).await?;
+        create_schema(&tx, projection, &schema, store.partitions()).await?;
     }
     tx.commit()
         .await
@@ -80,6 +80,7 @@ pub(crate) async fn create_schema(
     tx: &deadpool_postgres::Transaction<'_>,
     projection: &dyn Projection,
     schema: &str,
+    partitions: u16,
 ) -> Result<()> {
     tx.batch_execute(&format!(
         "DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}",
@@ -87,7 +88,11 @@ pub(crate) async fn create_schema(
     ))
     .await
     .map_err(EngineError::db("creating a read-model schema"))?;
-    let ctx = ApplyContext { tx, schema };
+    let ctx = ApplyContext {
+        tx,
+        schema,
+        partitions,
+    };
     projection
         .setup(&ctx)
         .await

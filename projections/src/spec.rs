@@ -22,12 +22,14 @@ pub(crate) struct LaneSpec {
     pub until: Option<Position>,
     /// The projection's grouping, asked once.
     pub grouping: Grouping,
+    /// The store's partition count (keys are hashed onto it).
+    pub partitions: u16,
 }
 
 impl LaneSpec {
     /// The live lane of one partition (or of all, with `None`).
-    pub fn live(projection: Arc<dyn Projection>, partition: Option<i16>) -> Self {
-        LaneSpec::new(projection, Target::Live, partition, None)
+    pub fn live(projection: Arc<dyn Projection>, partition: Option<i16>, partitions: u16) -> Self {
+        LaneSpec::new(projection, Target::Live, partition, None, partitions)
     }
 
     /// A lane of `projection` into `target`'s schema.
@@ -36,8 +38,10 @@ impl LaneSpec {
         target: Target,
         partition: Option<i16>,
         until: Option<Position>,
+        partitions: u16,
     ) -> Self {
         LaneSpec {
+            partitions,
             schema: target.schema(&projection.schema()),
             grouping: projection.grouping(),
             projection,
@@ -62,7 +66,8 @@ impl LaneSpec {
     /// Does this lane apply `event` (one it read)? A lane of every partition applies all;
     /// a keyed lane applies the events whose key hashes to its partition, and those without
     /// a usable key from the streams of its partition (where they are parked).
-    pub fn applies(&self, event: &RecordedEvent, partitions: u16) -> bool {
+    pub fn applies(&self, event: &RecordedEvent) -> bool {
+        let partitions = self.partitions;
         let Some(partition) = self.partition else {
             return true;
         };

@@ -163,7 +163,7 @@ impl LaneHost for Supervisor {
             .insert((name.clone(), partition), progress_rx);
         let processed = self.inner.processed.clone();
         let lane = Lane {
-            spec: LaneSpec::live(projection, Some(partition)),
+            spec: LaneSpec::live(projection, Some(partition), self.inner.store.partitions()),
             store: self.inner.store.clone(),
             config: self.inner.config.clone(),
             fence,

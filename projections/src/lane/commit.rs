@@ -106,6 +106,7 @@ impl<'c, 's> LockedCheckpoint<'c, 's> {
         let ctx = ApplyContext {
             tx: &self.tx,
             schema: &self.spec.schema,
+            partitions: self.spec.partitions,
         };
         self.spec
             .projection

@@ -279,11 +279,10 @@ impl Lane {
             .map(|e| e.position)
             .filter(|p| *p <= until)
             .max();
-        let partitions = self.store.partitions();
         let events: Vec<RecordedEvent> = page
             .events
             .into_iter()
-            .filter(|e| e.position <= until && self.spec.applies(e, partitions))
+            .filter(|e| e.position <= until && self.spec.applies(e))
             .collect();
         let mut checkpoint = checkpoint;
         if !events.is_empty() {

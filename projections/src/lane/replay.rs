@@ -35,7 +35,11 @@ pub(crate) async fn replay_parked(
                 event_id: letter.event_id,
                 position: letter.position,
             })?;
-        let spec = LaneSpec::live(projection.clone(), Some(letter.partition));
+        let spec = LaneSpec::live(
+            projection.clone(),
+            Some(letter.partition),
+            store.partitions(),
+        );
         let mut client = store.pool().get().await?;
         let tx = client
             .transaction()
@@ -88,7 +92,7 @@ async fn next_event_of_lane(
             if event.position > upto {
                 return Ok(None);
             }
-            if spec.applies(&event, store.partitions()) {
+            if spec.applies(&event) {
                 return Ok(Some(event));
             }
             after = event.position;

@@ -1,0 +1,355 @@
+//! A windowed projection: the event-time window operator ([`crate::windowing`]) run as the
+//! fold of an ordinary projection, so it runs in the same lanes, commits with the same
+//! checkpoint, rebuilds and replays like any projection, and is exactly-once the same way.
+//!
+//! Grouped by its key ([`Grouping::ByKey`]): every event of a key is applied by one lane in
+//! log order. The operator state is kept per *shard* — the partition its keys hash to
+//! ([`key_partition`]) — whichever lane applies it: a live lane applies one shard, a build
+//! lane (every partition, in log order) all of them, each shard's events in the same order.
+//! So a shard's operator sees the same events in the same order live, after a crash, and in a
+//! rebuild, and its results are the same. Processing time (for idleness) is the events'
+//! `recorded_at`, never the wall clock, for the same reason.
+//!
+//! Per batch and shard, one transaction (the lane's): load the shard's state, apply the
+//! events, write the result rows the changes net to ([`row_ops`]), store the changed keys and
+//! the shard's watermark. Tables in the projection's schema:
+//! - `windows`: one row per (key, window): status (`open`, `complete`, `final`, `revised`),
+//!   the aggregate as JSON, events, revision;
+//! - `window_state`: per (shard, key) the open (and retained) windows' accumulators;
+//! - `window_meta`: per shard the watermark state and the late counters (also as columns,
+//!   for status and metrics).
+
+use crate::error::ProjectionError;
+use crate::projection::{ApplyContext, EventSelector, Grouping, Projection};
+use crate::windowing::{
+    event_time, key_partition, row_ops, to_datetime, EventTimeSource, KeySource, KeyState,
+    MissingTimePolicy, OperatorMeta, RowOp, TimeMs, WindowChange, WindowConfig, WindowFold,
+    WindowInput, WindowOperator, WindowingError,
+};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use tidemark_store::RecordedEvent;
+
+/// A projection whose read model is keyed event-time windows and their aggregates.
+pub struct WindowedProjection<F: WindowFold + Clone> {
+    name: String,
+    version: i32,
+    pool: String,
+    selector: EventSelector,
+    time: EventTimeSource,
+    missing_time: MissingTimePolicy,
+    key: KeySource,
+    config: WindowConfig,
+    fold: F,
+}
+
+impl<F: WindowFold + Clone> WindowedProjection<F> {
+    /// Windows of `config` folded with `fold` (an [`crate::windowing::Aggregate`] or your
+    /// own), over every event, one key, event time `recorded_at`; refine with the `with_*`
+    /// methods. An invalid configuration is refused here, not at the first event.
+    pub fn new(
+        name: impl Into<String>,
+        config: WindowConfig,
+        fold: F,
+    ) -> Result<Self, WindowingError> {
+        config.validate()?;
+        Ok(WindowedProjection {
+            name: name.into(),
+            version: 1,
+            pool: "default".into(),
+            selector: EventSelector::all(),
+            time: EventTimeSource::RecordedAt,
+            missing_time: MissingTimePolicy::Park,
+            key: KeySource::Global,
+            config,
+            fold,
+        })
+    }
+
+    /// Which events it reads.
+    pub fn with_selector(mut self, selector: EventSelector) -> Self {
+        self.selector = selector;
+        self
+    }
+
+    /// Where an event's time comes from, and what an event without one gets (parked, or its
+    /// `recorded_at`).
+    pub fn with_event_time(mut self, source: EventTimeSource, missing: MissingTimePolicy) -> Self {
+        self.time = source;
+        self.missing_time = missing;
+        self
+    }
+
+    /// What the windows are per (a field, the stream, a function); one group by default.
+    pub fn with_key(mut self, key: KeySource) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Bump to rebuild (a changed window spec or lateness needs it: stored state built with
+    /// another one is refused).
+    pub fn with_version(mut self, version: i32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The worker pool it runs in.
+    pub fn in_pool(mut self, pool: impl Into<String>) -> Self {
+        self.pool = pool.into();
+        self
+    }
+
+    /// The shard's operator as stored (a fresh one when the shard has no state yet).
+    async fn load(
+        &self,
+        ctx: &ApplyContext<'_>,
+        shard: i16,
+    ) -> Result<WindowOperator<F>, ProjectionError> {
+        let meta = ctx
+            .tx
+            .query_opt(
+                &format!(
+                    "SELECT meta FROM {} WHERE shard = $1",
+                    ctx.table("window_meta")
+                ),
+                &[&shard],
+            )
+            .await?;
+        let Some(meta) = meta else {
+            return WindowOperator::new(self.config.clone(), self.fold.clone())
+                .map_err(ProjectionError::failed);
+        };
+        let meta: OperatorMeta = serde_json::from_value(meta.get(0))
+            .map_err(|e| ProjectionError::failed(format!("stored window meta: {e}")))?;
+        let rows = ctx
+            .tx
+            .query(
+                &format!(
+                    "SELECT key, windows FROM {} WHERE shard = $1",
+                    ctx.table("window_state")
+                ),
+                &[&shard],
+            )
+            .await?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in rows {
+            let state: KeyState<F::Acc> = serde_json::from_value(row.get(1))
+                .map_err(|e| ProjectionError::failed(format!("stored window state: {e}")))?;
+            keys.push((row.get::<_, String>(0), state));
+        }
+        WindowOperator::restore_parts(self.config.clone(), self.fold.clone(), meta, keys)
+            .map_err(ProjectionError::failed)
+    }
+
+    /// Stores what the batch changed in the shard's state.
+    async fn save(
+        &self,
+        ctx: &ApplyContext<'_>,
+        shard: i16,
+        operator: &mut WindowOperator<F>,
+    ) -> Result<(), ProjectionError> {
+        let delta = operator.take_delta();
+        let upsert = ctx
+            .tx
+            .prepare_cached(&format!(
+                "INSERT INTO {} (shard, key, windows) VALUES ($1, $2, $3)
+                 ON CONFLICT (shard, key) DO UPDATE SET windows = EXCLUDED.windows",
+                ctx.table("window_state")
+            ))
+            .await?;
+        let delete = ctx
+            .tx
+            .prepare_cached(&format!(
+                "DELETE FROM {} WHERE shard = $1 AND key = $2",
+                ctx.table("window_state")
+            ))
+            .await?;
+        for (key, state) in &delta.keys {
+            match state {
+                Some(state) => {
+                    let windows = serde_json::to_value(state)
+                        .map_err(|e| ProjectionError::failed(format!("window state: {e}")))?;
+                    ctx.tx.execute(&upsert, &[&shard, key, &windows]).await?;
+                }
+                None => {
+                    ctx.tx.execute(&delete, &[&shard, key]).await?;
+                }
+            }
+        }
+        let meta = serde_json::to_value(&delta.meta)
+            .map_err(|e| ProjectionError::failed(format!("window meta: {e}")))?;
+        let watermark = delta.meta.watermark.watermark.map(to_datetime);
+        ctx.tx
+            .execute(
+                &format!(
+                    "INSERT INTO {} (shard, meta, watermark, late_dropped, late_parked)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (shard) DO UPDATE SET meta = EXCLUDED.meta,
+                        watermark = EXCLUDED.watermark, late_dropped = EXCLUDED.late_dropped,
+                        late_parked = EXCLUDED.late_parked",
+                    ctx.table("window_meta")
+                ),
+                &[
+                    &shard,
+                    &meta,
+                    &watermark,
+                    &(delta.meta.late_dropped as i64),
+                    &(delta.meta.late_parked as i64),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Writes the result rows a batch's changes net to.
+async fn write_results(
+    ctx: &ApplyContext<'_>,
+    changes: &[WindowChange],
+) -> Result<(), ProjectionError> {
+    let upsert = ctx
+        .tx
+        .prepare_cached(&format!(
+            "INSERT INTO {} (key, window_start, window_end, status, aggregate, events, revision)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (key, window_start, window_end) DO UPDATE SET status = EXCLUDED.status,
+                aggregate = EXCLUDED.aggregate, events = EXCLUDED.events,
+                revision = EXCLUDED.revision",
+            ctx.table("windows")
+        ))
+        .await?;
+    let delete = ctx
+        .tx
+        .prepare_cached(&format!(
+            "DELETE FROM {} WHERE key = $1 AND window_start = $2 AND window_end = $3",
+            ctx.table("windows")
+        ))
+        .await?;
+    for op in row_ops(changes) {
+        match op {
+            RowOp::Upsert { status, result } => {
+                ctx.tx
+                    .execute(
+                        &upsert,
+                        &[
+                            &result.key,
+                            &to_datetime(result.window.start),
+                            &to_datetime(result.window.end),
+                            &status.as_str(),
+                            &result.aggregate,
+                            &(result.events as i64),
+                            &(result.revision as i32),
+                        ],
+                    )
+                    .await?;
+            }
+            RowOp::Delete { key, window } => {
+                ctx.tx
+                    .execute(
+                        &delete,
+                        &[&key, &to_datetime(window.start), &to_datetime(window.end)],
+                    )
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl<F: WindowFold + Clone> Projection for WindowedProjection<F> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn version(&self) -> i32 {
+        self.version
+    }
+
+    fn selector(&self) -> EventSelector {
+        self.selector.clone()
+    }
+
+    fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    fn grouping(&self) -> Grouping {
+        Grouping::ByKey(self.key.clone())
+    }
+
+    async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
+        ctx.tx
+            .batch_execute(&format!(
+                "CREATE TABLE {windows} (
+                    key text NOT NULL,
+                    window_start timestamptz NOT NULL,
+                    window_end timestamptz NOT NULL,
+                    status text NOT NULL,
+                    aggregate jsonb NOT NULL,
+                    events bigint NOT NULL,
+                    revision integer NOT NULL,
+                    PRIMARY KEY (key, window_start, window_end));
+                 CREATE TABLE {state} (
+                    shard smallint NOT NULL,
+                    key text NOT NULL,
+                    windows jsonb NOT NULL,
+                    PRIMARY KEY (shard, key));
+                 CREATE TABLE {meta} (
+                    shard smallint PRIMARY KEY,
+                    meta jsonb NOT NULL,
+                    watermark timestamptz,
+                    late_dropped bigint NOT NULL,
+                    late_parked bigint NOT NULL);",
+                windows = ctx.table("windows"),
+                state = ctx.table("window_state"),
+                meta = ctx.table("window_meta"),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// An event without a usable time or key, with a value the fold refuses, or too late
+    /// under `LatePolicy::Park` fails the batch; the lane then applies the batch event by
+    /// event and parks that one (the state is reloaded from the transaction each time, so a
+    /// failed attempt leaves nothing behind).
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut shards: BTreeMap<i16, Vec<(&RecordedEvent, String, TimeMs)>> = BTreeMap::new();
+        for event in events {
+            let key = self.key.key_of(event).map_err(ProjectionError::failed)?;
+            let time = event_time(event, &self.time, self.missing_time)
+                .map_err(ProjectionError::failed)?;
+            shards
+                .entry(key_partition(&key, ctx.partitions))
+                .or_default()
+                .push((event, key, time));
+        }
+        for (shard, events) in shards {
+            let mut operator = self.load(ctx, shard).await?;
+            let mut changes = Vec::new();
+            for (event, key, time) in events {
+                let input = WindowInput {
+                    partition: event.partition,
+                    key: &key,
+                    time,
+                    value: &event.payload,
+                };
+                let out = operator.apply(input, event.recorded_at.timestamp_millis());
+                if let Some(WindowChange::Park { reason }) = out.first() {
+                    return Err(ProjectionError::failed(format!(
+                        "event {} cannot be windowed: {reason}",
+                        event.event_id
+                    )));
+                }
+                changes.extend(out);
+            }
+            write_results(ctx, &changes).await?;
+            self.save(ctx, shard, &mut operator).await?;
+        }
+        Ok(())
+    }
+}
