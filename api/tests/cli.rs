@@ -1,7 +1,12 @@
-//! The command line next to a running server, with real processes: `tidemark serve` runs the
-//! embedded PostgreSQL of a data directory, and `tidemark keys ...` on the same directory
-//! connects to that cluster while the server runs (no wait, no second cluster, no advice to
-//! kill anything), leaves it running, and starts the cluster itself once the server is gone.
+//! The `tidemark` command line as an operator meets it, with real processes:
+//!
+//! - next to a running server: `tidemark serve` runs the embedded PostgreSQL of a data
+//!   directory, and `tidemark keys ...` on the same directory connects to that cluster while
+//!   the server runs (no wait, no second cluster, no advice to kill anything), leaves it
+//!   running, and starts the cluster itself once the server is gone;
+//! - `events tail | head` ends quietly when its reader goes away;
+//! - `projections parked <unknown>` says the projection is unknown;
+//! - a server with authentication on and no key says at start how to create the first one.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -28,9 +33,14 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &Path, log: &Path) -> Server {
+        Server::start_with(data_dir, log, &[])
+    }
+
+    fn start_with(data_dir: &Path, log: &Path, args: &[&str]) -> Server {
         let mut child = Command::new(TIDEMARK)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env_remove("DATABASE_URL")
             .env("TIDEMARK_LOG", "info")
             .stdin(Stdio::null())
@@ -67,7 +77,11 @@ impl Server {
 
     /// POSTs a GraphQL query with `key`; the JSON answer.
     fn graphql(&self, query: &str, key: &str) -> Value {
-        let body = serde_json::json!({ "query": query }).to_string();
+        self.graphql_with(query, serde_json::json!({}), key)
+    }
+
+    fn graphql_with(&self, query: &str, variables: Value, key: &str) -> Value {
+        let body = serde_json::json!({ "query": query, "variables": variables }).to_string();
         let request = format!(
             "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
              Authorization: Bearer {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -216,4 +230,108 @@ fn a_command_uses_the_running_servers_cluster_and_starts_its_own_only_when_none_
         !data_dir.join("tidemark.running").exists(),
         "the command removed the record of the cluster it stopped"
     );
+}
+
+/// An admin key made with the command line on the server's data directory.
+fn create_admin_key(data_dir: &Path) -> String {
+    let created = tidemark(data_dir, &["keys", "create", "--role", "admin"]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    text(&created.stdout).trim().to_string()
+}
+
+fn append(server: &Server, key: &str, stream: &str) {
+    let answer = server.graphql_with(
+        "mutation($s: String!) { appendEvents(streamId: $s, events: [{type: \"Seen\", data: {}}]) { lastPosition } }",
+        serde_json::json!({ "s": stream }),
+        key,
+    );
+    assert!(answer["errors"].is_null(), "{answer}");
+}
+
+#[test]
+fn events_tail_into_a_pipe_whose_reader_left_ends_quietly() {
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let data_dir = temp.path().join("pg");
+    let server = Server::start(&data_dir, &temp.path().join("server.log"));
+    let key = create_admin_key(&data_dir);
+    append(&server, &key, "pipe-1");
+
+    // `events tail --after 0 | head -1`: read one line, then close the pipe.
+    let mut tail = Command::new(TIDEMARK)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["events", "tail", "--after", "0"])
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let mut first = String::new();
+    BufReader::new(tail.stdout.take().expect("piped"))
+        .read_line(&mut first)
+        .expect("a line");
+    let first: Value = serde_json::from_str(&first).expect("a JSON line");
+    assert_eq!(first["streamId"], "pipe-1");
+
+    // The next event is written into the closed pipe.
+    append(&server, &key, "pipe-2");
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(tail.wait_with_output());
+    });
+    let output = finished
+        .recv_timeout(STARTUP)
+        .expect("the tail ends once its reader is gone")
+        .expect("it ran");
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    server.stop();
+}
+
+#[test]
+fn parked_events_of_an_unknown_projection_are_an_error_saying_so() {
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let data_dir = temp.path().join("pg");
+    let parked = tidemark(&data_dir, &["projections", "parked", "nope"]);
+    let stderr = text(&parked.stderr);
+    assert!(!parked.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("error: no projection named 'nope'"),
+        "{stderr}"
+    );
+    // Without a name, an empty list is the honest answer.
+    let all = tidemark(&data_dir, &["projections", "parked"]);
+    assert!(all.status.success(), "{}", text(&all.stderr));
+    assert_eq!(text(&all.stdout).trim(), "no parked events");
+}
+
+#[test]
+fn a_server_with_authentication_and_no_key_says_how_to_create_the_first_one() {
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let log = temp.path().join("server.log");
+    let server = Server::start(&temp.path().join("pg"), &log);
+    let logged = std::fs::read_to_string(&log).expect("the log");
+    let warning = logged
+        .lines()
+        .find(|line| line.contains("there is no API key"))
+        .unwrap_or_else(|| panic!("no warning about keys in:\n{logged}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("tidemark keys create --role admin"),
+        "{warning}"
+    );
+    server.stop();
+
+    // With a key configured there is nothing to warn about.
+    let log = temp.path().join("keyed.log");
+    let server = Server::start_with(
+        &temp.path().join("pg"),
+        &log,
+        &["--api-keys", "admin:0123456789abcdef0123"],
+    );
+    let logged = std::fs::read_to_string(&log).expect("the log");
+    assert!(!logged.contains("there is no API key"), "{logged}");
+    server.stop();
 }
