@@ -5,9 +5,14 @@
 //!
 //! Needs Debian's `chromium` (`apt-get install -y chromium`; `.ci/run` installs it).
 
-use crate::common::{spawn_app, READ_KEY, WAIT};
+use crate::common::{spawn_app, READ_KEY};
 use serde_json::{json, Value};
+use std::time::Duration;
 use tidemark_testkit::browser::{Browser, Page};
+
+/// How long the page may take to show something: loading and compiling a megabyte of
+/// GraphiQL takes seconds on a two-core machine that runs the rest of the suite meanwhile.
+const WAIT: Duration = Duration::from_secs(60);
 
 /// The result pane's text: GraphiQL's response editor is CodeMirror 5, whose element
 /// carries the editor (`.CodeMirror`), so the whole text is read, not just what is visible.
