@@ -128,7 +128,8 @@ impl Database {
                 "the embedded PostgreSQL in {} is run by another Tidemark process (pid {}), and \
                  a server cannot share it (it would lose its database when that process \
                  exits): give this server another --data-dir, or run both on one PostgreSQL \
-                 with DATABASE_URL",
+                 with DATABASE_URL (if that process is a command, it stops the cluster when it \
+                 finishes: then start the server again)",
                 running.data_dir().display(),
                 running.owner_pid()
             ));
