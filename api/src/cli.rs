@@ -293,11 +293,13 @@ async fn dispatch(cli: Cli, app: TidemarkApp) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs, database: DatabaseConfig, app: TidemarkApp) -> anyhow::Result<()> {
     let config = args.server_config(database)?;
     let application = Application::build(config, app).await?;
+    // Before saying where it listens: whoever reads that may stop it right away.
+    let shutdown = shutdown_signal();
     println!(
         "Tidemark is listening on http://{0}/ (GraphiQL: http://{0}/, GraphQL: http://{0}/graphql)",
         application.address()
     );
-    application.run_until_stopped(shutdown_signal()).await
+    application.run_until_stopped(shutdown).await
 }
 
 async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {

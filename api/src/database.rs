@@ -1,11 +1,19 @@
 //! Connecting to the database named by the configuration: an existing server
 //! (`DATABASE_URL`) or an embedded cluster started here, restarted by a supervisor if it
 //! dies, and stopped on exit.
+//!
+//! A command (`projections status`, `events tail`, ...) run next to a server that runs the
+//! embedded cluster of the same data directory connects to that cluster (the launcher
+//! records how to reach it there) and leaves it running; it starts the cluster only when
+//! none runs. A second server refuses to share another process's cluster: it would lose its
+//! database when that process exits.
 
 use crate::config::DatabaseConfig;
 use anyhow::anyhow;
+use std::path::Path;
 use tidemark_pg_embedded::{
-    ClusterHealth, EmbeddedOptions, EmbeddedPostgres, RestartPolicy, SupervisedPostgres,
+    ClusterHealth, EmbeddedError, EmbeddedOptions, EmbeddedPostgres, RestartPolicy, RunningCluster,
+    SupervisedPostgres,
 };
 use tidemark_store::{build_pool, EventStore, PgTls, StoreConfig, TlsOptions};
 
@@ -19,19 +27,41 @@ pub struct Database {
     /// How TLS checks the server (the embedded cluster's unix socket never uses TLS).
     pub tls: TlsOptions,
     pub embedded: Option<SupervisedPostgres>,
+    /// The embedded cluster another process runs, when this one attached to it.
+    pub attached: Option<RunningCluster>,
+}
+
+/// Whether this process may use an embedded cluster another process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    /// A command: use the running cluster, start one only when none runs.
+    Attach,
+    /// A server: run its own cluster, supervised; refuse one another process runs.
+    Own,
 }
 
 impl Database {
-    /// Parses the URL, or starts the embedded cluster (creating it on first use) and
-    /// supervises it with the default [`RestartPolicy`].
+    /// For a command: parses the URL, or connects to the embedded cluster a running server
+    /// runs on the data directory, or else starts it (creating it on first use) for the
+    /// time of the command.
     pub async fn open(config: &DatabaseConfig) -> anyhow::Result<Database> {
-        Database::open_with(config, RestartPolicy::default()).await
+        Database::open_as(config, RestartPolicy::default(), Sharing::Attach).await
     }
 
-    /// [`Database::open`], restarting a dead embedded cluster as `restart` says.
+    /// For a server: parses the URL, or starts the embedded cluster and supervises it,
+    /// restarting it as `restart` says when it dies. Refuses a data directory whose cluster
+    /// another process runs.
     pub async fn open_with(
         config: &DatabaseConfig,
         restart: RestartPolicy,
+    ) -> anyhow::Result<Database> {
+        Database::open_as(config, restart, Sharing::Own).await
+    }
+
+    async fn open_as(
+        config: &DatabaseConfig,
+        restart: RestartPolicy,
+        sharing: Sharing,
     ) -> anyhow::Result<Database> {
         match config {
             DatabaseConfig::Url { url, tls } => {
@@ -44,20 +74,34 @@ impl Database {
                     pg_config,
                     tls: tls.clone(),
                     embedded: None,
+                    attached: None,
                 })
             }
             DatabaseConfig::Embedded { data_dir } => {
+                if let Some(running) = find_running(data_dir).await? {
+                    return Database::attach(running, sharing).await;
+                }
                 tracing::info!(
                     data_dir = %data_dir.display(),
                     "no DATABASE_URL: starting an embedded PostgreSQL"
                 );
-                // The launcher's errors are single sentences saying what to do.
-                let server = EmbeddedPostgres::start(EmbeddedOptions {
+                let started = EmbeddedPostgres::start(EmbeddedOptions {
                     data_dir: data_dir.clone(),
                     ..EmbeddedOptions::default()
                 })
-                .await
-                .map_err(|error| anyhow!("{error}"))?;
+                .await;
+                let server = match started {
+                    Ok(server) => server,
+                    // Another process started it meanwhile: once it is up, it is recorded.
+                    Err(error @ EmbeddedError::AlreadyRunning { .. }) => {
+                        return match find_running(data_dir).await? {
+                            Some(running) => Database::attach(running, sharing).await,
+                            None => Err(anyhow!("{error}")),
+                        };
+                    }
+                    // The launcher's errors are single sentences saying what to do.
+                    Err(error) => return Err(anyhow!("{error}")),
+                };
                 server
                     .ensure_database(EMBEDDED_DATABASE)
                     .await
@@ -72,9 +116,40 @@ impl Database {
                     pg_config: server.connection_config(EMBEDDED_DATABASE),
                     tls: TlsOptions::default(),
                     embedded: Some(server),
+                    attached: None,
                 })
             }
         }
+    }
+
+    async fn attach(running: RunningCluster, sharing: Sharing) -> anyhow::Result<Database> {
+        if sharing == Sharing::Own {
+            return Err(anyhow!(
+                "the embedded PostgreSQL in {} is run by another Tidemark process (pid {}), and \
+                 a server cannot share it (it would lose its database when that process \
+                 exits): give this server another --data-dir, or run both on one PostgreSQL \
+                 with DATABASE_URL (if that process is a command, it stops the cluster when it \
+                 finishes: then start the server again)",
+                running.data_dir().display(),
+                running.owner_pid()
+            ));
+        }
+        running
+            .ensure_database(EMBEDDED_DATABASE)
+            .await
+            .map_err(|error| anyhow!("{error}"))?;
+        tracing::info!(
+            data_dir = %running.data_dir().display(),
+            server_pid = running.owner_pid(),
+            postgres_pid = running.pid(),
+            "using the embedded PostgreSQL of the running server"
+        );
+        Ok(Database {
+            pg_config: running.connection_config(EMBEDDED_DATABASE),
+            tls: TlsOptions::default(),
+            embedded: None,
+            attached: Some(running),
+        })
     }
 
     /// Opens the event store on this database (applying `config.migrations` when
@@ -98,7 +173,7 @@ impl Database {
         self.embedded.as_ref().map(SupervisedPostgres::subscribe)
     }
 
-    /// Stops the embedded server, if this started one.
+    /// Stops the embedded server, if this started one (never one it attached to).
     pub async fn stop(self) {
         if let Some(server) = self.embedded {
             if let Err(error) = server.stop().await {
@@ -106,4 +181,11 @@ impl Database {
             }
         }
     }
+}
+
+/// The embedded cluster another process runs on `data_dir`, once it accepts connections.
+async fn find_running(data_dir: &Path) -> anyhow::Result<Option<RunningCluster>> {
+    RunningCluster::find(data_dir, EmbeddedOptions::default().startup_timeout)
+        .await
+        .map_err(|error| anyhow!("{error}"))
 }

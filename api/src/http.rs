@@ -4,7 +4,8 @@
 //!
 //! | route            | what                                                          |
 //! |------------------|---------------------------------------------------------------|
-//! | `GET /`          | GraphiQL                                                      |
+//! | `GET /`          | GraphiQL (served from the binary, see `graphiql`)             |
+//! | `GET /assets/*`  | GraphiQL's scripts and styles                                 |
 //! | `POST /graphql`  | queries and mutations (JSON body, batches allowed)            |
 //! | `GET /graphql`   | subscriptions over WebSocket (graphql-transport-ws, graphql-ws) |
 //! | `GET /health`    | liveness: the process is worth keeping (503 while an embedded PostgreSQL cannot be restarted) |
@@ -16,16 +17,18 @@ use crate::config::ApiLimits;
 use crate::error::{ApiError, ErrorCode};
 use crate::schema::ApiSchema;
 use crate::Tidemark;
-use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::{BatchRequest, Data, Executor};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State, WebSocketUpgrade};
+use axum::extract::{
+    DefaultBodyLimit, MatchedPath, Path, RawQuery, Request, State, WebSocketUpgrade,
+};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -56,6 +59,7 @@ pub(crate) fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     Router::new()
         .route("/", get(graphiql))
+        .route("/assets/{name}", get(graphiql_asset))
         .route("/graphql", get(graphql_ws).post(graphql_http))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -77,14 +81,21 @@ fn error_response(status: StatusCode, error: ApiError) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql")
-            .title("Tidemark GraphiQL")
-            .finish(),
-    )
+async fn graphiql() -> Response {
+    crate::graphiql::page()
+}
+
+async fn graphiql_asset(
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    crate::graphiql::asset(&name, query.as_deref(), &headers).unwrap_or_else(|| {
+        error_response(
+            StatusCode::NOT_FOUND,
+            ApiError::not_found(format!("no asset named {name:?}")),
+        )
+    })
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {

@@ -17,6 +17,8 @@
 //! - [`http`]: routes — `POST /graphql`, WebSocket subscriptions on `GET /graphql`,
 //!   GraphiQL at `/`, `/health`, `/ready`, `/metrics` — limits on bodies and sockets, and
 //!   admission control (a bounded number of requests at once, refused past a wait budget).
+//! - `graphiql`: the GraphiQL page and its vendored scripts, embedded in the binary, under a
+//!   Content-Security-Policy that allows only the page's own origin.
 //! - `drain`: on shutdown, responses close their connections and idle ones close only
 //!   once requests have stopped, so no request read on a keep-alive connection goes unanswered.
 //! - `log_limit`: a repeated error cause is logged once per window with a count.
@@ -38,6 +40,7 @@ pub mod config;
 pub mod database;
 mod drain;
 pub mod error;
+mod graphiql;
 pub mod http;
 mod log_limit;
 pub mod migrations;

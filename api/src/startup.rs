@@ -50,11 +50,6 @@ impl Application {
         config.validate().map_err(|message| anyhow!(message))?;
         crate::telemetry::prometheus();
         tracing::info!(app = app.name(), config = %config.describe(), "starting");
-        if !config.insecure_dev && config.api_keys.is_empty() {
-            tracing::info!(
-                "authentication is on: requests need an API key from `tidemark keys create` or TIDEMARK_API_KEYS"
-            );
-        }
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -87,6 +82,9 @@ impl Application {
                 return Err(error);
             }
         };
+        if !config.insecure_dev && config.api_keys.is_empty() {
+            warn_when_no_key_exists(&store).await;
+        }
         let engine = ProjectionEngine::new(
             store.clone(),
             app.registry().clone(),
@@ -234,24 +232,51 @@ impl Application {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled: a signal sent as soon as the server says it listens
+/// then stops it gracefully instead of killing it.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let wait = |installed: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match installed {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(interrupt) => {}
+                _ = wait(terminate) => {}
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// With authentication on, no configured key and no active key stored, every request is
+/// refused: say so at start, with how to make the first key, instead of leaving a new
+/// operator to find out from `UNAUTHENTICATED` answers.
+async fn warn_when_no_key_exists(store: &tidemark_store::EventStore) {
+    match crate::auth::list_keys(store.pool()).await {
+        Ok(keys) if keys.iter().all(|key| key.revoked_at.is_some()) => tracing::warn!(
+            "authentication is on and there is no API key, so every request will be refused: \
+             create the first one with `tidemark keys create --role admin` (same database \
+             settings as this server; it prints the key once), or pass keys with \
+             --api-keys / TIDEMARK_API_KEYS (`role:key`); for local development only, \
+             --insecure-dev turns authentication off"
+        ),
+        Ok(_) => tracing::info!(
+            "authentication is on: requests need an API key (`Authorization: Bearer <key>`)"
+        ),
+        Err(error) => tracing::warn!(%error, "could not count the stored API keys"),
     }
 }

@@ -17,6 +17,7 @@ use crate::initdb::{init_cluster, read_cluster_version};
 use crate::launch::Launch;
 use crate::pidfile::{clear_stale_pid_file, end_orphaned_backends};
 use crate::root::{check_owner, check_reachable_by, create_private_dir, ServerUser};
+use crate::running::{remove_record, write_record, Record};
 use crate::url::{connection_url, superuser_config};
 use crate::SUPERUSER;
 
@@ -156,7 +157,7 @@ impl EmbeddedPostgres {
             };
             match launch.run().await {
                 Ok(server) => {
-                    return Ok(EmbeddedPostgres {
+                    let cluster = EmbeddedPostgres {
                         data_dir,
                         socket_dir,
                         port,
@@ -167,7 +168,9 @@ impl EmbeddedPostgres {
                         tcp,
                         run_as,
                         options,
-                    })
+                    };
+                    cluster.record();
+                    return Ok(cluster);
                 }
                 Err(EmbeddedError::StartFailed { log_tail, .. })
                     if options.port.is_none()
@@ -229,6 +232,7 @@ impl EmbeddedPostgres {
         };
         self.server = Some(launch.run().await?);
         self.exited_pid = None;
+        self.record();
         Ok(())
     }
 
@@ -271,40 +275,25 @@ impl EmbeddedPostgres {
 
     /// Creates database `name` unless it exists (safe when several callers race).
     pub async fn ensure_database(&self, name: &str) -> Result<(), EmbeddedError> {
-        let action = format!("create database {name}");
-        let (client, connection) = self
-            .connection_config(SUPERUSER)
-            .connect(NoTls)
-            .await
-            .map_err(EmbeddedError::database(action.clone()))?;
-        // Lives only for this call; it ends when `client` is dropped below.
-        let connection = tokio::spawn(connection);
-        let result = async {
-            // The server quotes the name (`%I`), so no second copy of its quoting rules
-            // lives here.
-            let row = client
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1::text),
-                            format('CREATE DATABASE %I', $1::text)",
-                    &[&name],
-                )
-                .await?;
-            let (exists, create): (bool, String) = (row.get(0), row.get(1));
-            if !exists {
-                match client.batch_execute(&create).await {
-                    // A concurrent creator won; it can also surface as a unique violation.
-                    Err(error)
-                        if error.code() == Some(&SqlState::DUPLICATE_DATABASE)
-                            || error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
-                    other => other?,
-                }
-            }
-            Ok(())
+        ensure_database(self.connection_config(SUPERUSER), name).await
+    }
+
+    /// Records in the data directory how to reach the running server, for other processes
+    /// (see `running`). A server that cannot be recorded still works; only attaching to it
+    /// from another process does not.
+    fn record(&self) {
+        let Some(postmaster_pid) = self.pid() else {
+            return;
+        };
+        let record = Record {
+            postmaster_pid,
+            owner_pid: std::process::id(),
+            port: self.port,
+            socket_dir: self.socket_dir.clone(),
+        };
+        if let Err(error) = write_record(&self.data_dir, &record) {
+            tracing::warn!(%error, "other processes will not find this embedded PostgreSQL");
         }
-        .await;
-        drop(client);
-        let _ = connection.await;
-        result.map_err(EmbeddedError::database(action))
     }
 
     /// Shuts the server down (fast shutdown: running transactions are rolled back) and waits
@@ -317,6 +306,8 @@ impl EmbeddedPostgres {
     pub(crate) async fn stop_in_place(&mut self) -> Result<(), EmbeddedError> {
         match self.server.take() {
             Some(mut server) => {
+                // First, so no other process attaches to a server that is going away.
+                remove_record(&self.data_dir, server.id());
                 let status = shut_down(&mut server).await?;
                 tracing::info!(data_dir = %self.data_dir.display(), %status, "embedded PostgreSQL stopped");
                 Ok(())
@@ -331,6 +322,7 @@ impl Drop for EmbeddedPostgres {
     /// dropping never blocks.
     fn drop(&mut self) {
         if let Some(mut server) = self.server.take() {
+            remove_record(&self.data_dir, server.id());
             let _ = send_signal(&server, Signal::SIGINT);
             let reaper = std::thread::Builder::new()
                 .name("tidemark-pg-reaper".into())
@@ -340,6 +332,44 @@ impl Drop for EmbeddedPostgres {
             }
         }
     }
+}
+
+/// Creates database `name` unless it exists, connected as `admin` (safe when several callers
+/// race).
+pub(crate) async fn ensure_database(admin: Config, name: &str) -> Result<(), EmbeddedError> {
+    let action = format!("create database {name}");
+    let (client, connection) = admin
+        .connect(NoTls)
+        .await
+        .map_err(EmbeddedError::database(action.clone()))?;
+    // Lives only for this call; it ends when `client` is dropped below.
+    let connection = tokio::spawn(connection);
+    let result = async {
+        // The server quotes the name (`%I`), so no second copy of its quoting rules
+        // lives here.
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1::text),
+                        format('CREATE DATABASE %I', $1::text)",
+                &[&name],
+            )
+            .await?;
+        let (exists, create): (bool, String) = (row.get(0), row.get(1));
+        if !exists {
+            match client.batch_execute(&create).await {
+                // A concurrent creator won; it can also surface as a unique violation.
+                Err(error)
+                    if error.code() == Some(&SqlState::DUPLICATE_DATABASE)
+                        || error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(client);
+    let _ = connection.await;
+    result.map_err(EmbeddedError::database(action))
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.

@@ -65,11 +65,26 @@ pub enum EmbeddedError {
     },
 
     #[error(
-        "a PostgreSQL server (pid {pid}) is already running on data directory {}: stop it (e.g. \
-         `kill -INT {pid}`) or use another data directory",
+        "a PostgreSQL server (pid {pid}) already runs on data directory {} and has not recorded \
+         how to reach it (it was not started by Tidemark, or is still starting): wait until it \
+         is up and try again, or point DATABASE_URL at it",
         .data_dir.display()
     )]
     AlreadyRunning { pid: i32, data_dir: PathBuf },
+
+    #[error(
+        "the PostgreSQL server (pid {pid}) running on data directory {} did not accept \
+         connections within {} s ({last_error}): it may be starting or recovering; see \
+         postgres.log in that directory and try again",
+        .data_dir.display(),
+        .waited.as_secs()
+    )]
+    NotAnswering {
+        pid: u32,
+        data_dir: PathBuf,
+        waited: std::time::Duration,
+        last_error: String,
+    },
 
     #[error(
         "processes of a PostgreSQL server that no longer runs (pids {pids:?}) still use data \

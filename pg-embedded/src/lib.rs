@@ -9,6 +9,9 @@
 //!   child process on a private unix socket (or a free loopback port) and waits until it
 //!   accepts connections; `restart` brings a dead server back in place; `stop` shuts it down
 //!   in order.
+//! - `running`: the record a running cluster leaves in its data directory (socket, port,
+//!   pid), and [`RunningCluster::find`], with which another process (a command line next to
+//!   a server) connects to that cluster instead of starting a second one.
 //! - `supervisor`: [`SupervisedPostgres`] restarts the server when it dies (kill -9, the OOM
 //!   killer) with bounded backoff ([`RestartPolicy`]) and reports [`ClusterHealth`]: is the
 //!   database up, and is the process that runs it worth keeping.
@@ -35,6 +38,7 @@ mod launch;
 mod pidfile;
 pub mod process;
 mod root;
+mod running;
 mod supervisor;
 mod url;
 
@@ -43,6 +47,7 @@ use std::time::Duration;
 pub use cluster::{EmbeddedOptions, EmbeddedPostgres};
 pub use discover::find_binaries;
 pub use error::EmbeddedError;
+pub use running::RunningCluster;
 pub use supervisor::{ClusterHealth, ClusterState, RestartPolicy, SupervisedPostgres};
 pub use url::connection_url;
 

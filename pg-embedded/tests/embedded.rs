@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tidemark_pg_embedded::{
     find_binaries, process, ClusterHealth, ClusterState, EmbeddedError, EmbeddedOptions,
-    EmbeddedPostgres, RestartPolicy, SupervisedPostgres,
+    EmbeddedPostgres, RestartPolicy, RunningCluster, SupervisedPostgres,
 };
 use tokio_postgres::NoTls;
 
@@ -431,4 +431,53 @@ async fn health_fails_while_restarts_keep_failing_and_recovers_when_they_succeed
     let reports = supervised.subscribe();
     supervised.stop().await.expect("stop");
     assert_eq!(reports.borrow().state, ClusterState::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_process_finds_a_running_cluster_until_it_stops_or_dies() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let data_dir = temp.path().join("pg");
+    let options = EmbeddedOptions {
+        data_dir: data_dir.clone(),
+        fsync: false,
+        ..Default::default()
+    };
+    let find = || RunningCluster::find(&data_dir, Duration::from_secs(10));
+    assert_eq!(find().await.expect("no cluster yet"), None);
+
+    let pg = EmbeddedPostgres::start(options.clone())
+        .await
+        .expect("start");
+    let running = find().await.expect("found").expect("a running cluster");
+    assert_eq!(Some(running.pid()), pg.pid());
+    assert_eq!(running.owner_pid(), std::process::id());
+    assert_eq!(running.url("postgres"), pg.url("postgres"));
+    running.ensure_database("attached").await.expect("create");
+    let client = connect(running.connection_config("attached")).await;
+    let answer: i32 = client
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(answer, 1);
+    drop(client);
+
+    // A stopped cluster is no longer found.
+    pg.stop().await.expect("stop");
+    assert_eq!(find().await.expect("no error"), None);
+
+    // Nor is one whose postmaster was killed (its record stays behind).
+    let mut pg = EmbeddedPostgres::start(options).await.expect("start again");
+    let pid = pg.pid().expect("running");
+    assert!(find().await.expect("found").is_some());
+    kill_postmaster(pid);
+    for _ in 0..400 {
+        if pg.exited().expect("checked").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(pg.pid(), None, "the killed postmaster was reaped");
+    assert_eq!(find().await.expect("no error"), None);
+    drop(pg);
 }

@@ -1,7 +1,9 @@
-//! `tidemark events tail`: follows the log, one JSON line per event.
+//! `tidemark events tail`: follows the log, one JSON line per event. A reader that goes
+//! away (`events tail | head`) ends the command quietly, as it does for other Unix tools.
 
 use clap::Subcommand;
 use futures::StreamExt;
+use std::io::{ErrorKind, Write};
 use tidemark_store::{EventStore, LogFilter, SubscribeOptions};
 
 #[derive(Debug, Subcommand)]
@@ -45,16 +47,27 @@ pub async fn run(command: EventsCommand, store: EventStore) -> anyhow::Result<()
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                     next = events.next() => match next {
-                        Some(Ok(event)) => println!("{}", serde_json::json!({
-                            "position": event.position,
-                            "streamId": event.stream_id,
-                            "streamVersion": event.stream_version,
-                            "eventId": event.event_id,
-                            "type": event.event_type,
-                            "data": event.payload,
-                            "metadata": event.metadata,
-                            "recordedAt": event.recorded_at,
-                        })),
+                        Some(Ok(event)) => {
+                            let line = serde_json::json!({
+                                "position": event.position,
+                                "streamId": event.stream_id,
+                                "streamVersion": event.stream_version,
+                                "eventId": event.event_id,
+                                "type": event.event_type,
+                                "data": event.payload,
+                                "metadata": event.metadata,
+                                "recordedAt": event.recorded_at,
+                            });
+                            // `println!` would panic once the reader has closed the pipe.
+                            let mut out = std::io::stdout().lock();
+                            match writeln!(out, "{line}").and_then(|()| out.flush()) {
+                                Ok(()) => {}
+                                Err(error) if error.kind() == ErrorKind::BrokenPipe => return Ok(()),
+                                Err(error) => {
+                                    return Err(anyhow::anyhow!("could not write to stdout: {error}"))
+                                }
+                            }
+                        }
                         Some(Err(error)) => return Err(error.into()),
                         None => return Ok(()),
                     }

@@ -114,6 +114,13 @@ pub async fn run(
                 return Ok(());
             }
             let letters = engine.dead_letters(name.as_deref(), all).await?;
+            // Events parked by a projection since removed from the application are still
+            // listed; a name that is neither registered nor parked anything is a mistake.
+            if let Some(name) = name.as_deref() {
+                if letters.is_empty() && app.registry().get(name).is_none() {
+                    return Err(unknown_projection(name, &app));
+                }
+            }
             if letters.is_empty() {
                 println!("no parked events");
             }
@@ -137,6 +144,19 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+fn unknown_projection(name: &str, app: &TidemarkApp) -> anyhow::Error {
+    let names = app.registry().names();
+    if names.is_empty() {
+        anyhow!("no projection named '{name}': this application registers no projections")
+    } else {
+        anyhow!(
+            "no projection named '{name}' is registered; the projections are: {} (see \
+             `projections list`)",
+            names.join(", ")
+        )
+    }
 }
 
 fn print_status(s: &ProjectionStatus) {

@@ -2,7 +2,7 @@
 //! (`tidemark_api::Application`) on a free port against a database of its own and talks to
 //! it over HTTP and WebSocket (`common`). The embedded cluster that holds the databases is
 //! started once for the whole binary; `embedded_recovery` and `tls` run servers on private
-//! clusters of their own.
+//! clusters of their own. `graphiql` drives a real headless Chromium (Debian's `chromium`).
 //!
 //! Run one feature with `cargo test -p tidemark-tests --test e2e <module>::`.
 
@@ -14,6 +14,7 @@ mod bad_input;
 mod bank;
 mod embedded_recovery;
 mod events;
+mod graphiql;
 mod http_service;
 mod outcome;
 mod ownership;

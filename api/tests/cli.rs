@@ -1,0 +1,337 @@
+//! The `tidemark` command line as an operator meets it, with real processes:
+//!
+//! - next to a running server: `tidemark serve` runs the embedded PostgreSQL of a data
+//!   directory, and `tidemark keys ...` on the same directory connects to that cluster while
+//!   the server runs (no wait, no second cluster, no advice to kill anything), leaves it
+//!   running, and starts the cluster itself once the server is gone;
+//! - `events tail | head` ends quietly when its reader goes away;
+//! - `projections parked <unknown>` says the projection is unknown;
+//! - a server with authentication on and no key says at start how to create the first one.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+const TIDEMARK: &str = env!("CARGO_BIN_EXE_tidemark");
+
+/// Generous: the first start of a cluster runs initdb, on a busy two-core machine.
+const STARTUP: Duration = Duration::from_secs(120);
+
+/// `tidemark serve`, killed when dropped (a failing test leaves no server behind; its
+/// PostgreSQL follows it by its parent-death signal).
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path, log: &Path) -> Server {
+        Server::start_with(data_dir, log, &[])
+    }
+
+    fn start_with(data_dir: &Path, log: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(TIDEMARK)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env("TIDEMARK_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("a log file"))
+            .spawn()
+            .expect("tidemark serve starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (lines, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            address: String::new(),
+        };
+        loop {
+            let line = received.recv_timeout(STARTUP).unwrap_or_else(|_| {
+                panic!(
+                    "the server did not say where it listens within {STARTUP:?}; its log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            });
+            if let Some(rest) = line.strip_prefix("Tidemark is listening on http://") {
+                server.address = rest[..rest.find('/').expect("a URL")].to_string();
+                return server;
+            }
+        }
+    }
+
+    /// POSTs a GraphQL query with `key`; the JSON answer.
+    fn graphql(&self, query: &str, key: &str) -> Value {
+        self.graphql_with(query, serde_json::json!({}), key)
+    }
+
+    fn graphql_with(&self, query: &str, variables: Value, key: &str) -> Value {
+        let body = serde_json::json!({ "query": query, "variables": variables }).to_string();
+        let request = format!(
+            "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Authorization: Bearer {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.address,
+            body.len()
+        );
+        let text = self.exchange(&request);
+        let json = &text[text.find("\r\n\r\n").expect("headers end") + 4..];
+        serde_json::from_str(json).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    }
+
+    /// `/health`'s JSON.
+    fn health(&self) -> Value {
+        let text = self.exchange(&format!(
+            "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.address
+        ));
+        serde_json::from_str(&text[text.find("\r\n\r\n").expect("headers end") + 4..])
+            .unwrap_or_else(|_| panic!("not JSON: {text}"))
+    }
+
+    fn exchange(&self, request: &str) -> String {
+        let mut stream = TcpStream::connect(&self.address).expect("the server accepts");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("a timeout");
+        stream.write_all(request.as_bytes()).expect("sent");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("an answer");
+        text
+    }
+
+    /// Ctrl-C, and the exit it leads to.
+    fn stop(mut self) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("a pid"));
+        kill(pid, Signal::SIGINT).expect("signalled");
+        let status = self.child.wait().expect("the server exits");
+        assert!(status.success(), "the server exited with {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command on `data_dir`, with a bound on how long it may take.
+fn tidemark(data_dir: &Path, args: &[&str]) -> Output {
+    let child = Command::new(TIDEMARK)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("TIDEMARK_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let pid = child.id();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    finished
+        .recv_timeout(STARTUP)
+        .unwrap_or_else(|_| {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            panic!(
+                "`tidemark {}` did not finish within {STARTUP:?}",
+                args.join(" ")
+            )
+        })
+        .expect("the command ran")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_command_uses_the_running_servers_cluster_and_starts_its_own_only_when_none_runs() {
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let data_dir = temp.path().join("pg");
+    let server = Server::start(&data_dir, &temp.path().join("server.log"));
+    let postgres_before = server.health()["embeddedPostgres"]["pid"].clone();
+    assert!(postgres_before.is_u64(), "{}", server.health());
+
+    // While the server runs: the key is created in the server's own database.
+    let created = tidemark(
+        &data_dir,
+        &["keys", "create", "--role", "admin", "--name", "ops"],
+    );
+    let stderr = text(&created.stderr);
+    assert!(created.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("using the embedded PostgreSQL of the running server"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("kill"), "{stderr}");
+    let key = text(&created.stdout).trim().to_string();
+    let answer = server.graphql("{ head }", &key);
+    assert!(answer["errors"].is_null(), "{answer}");
+    assert_eq!(answer["data"]["head"], 0, "{answer}");
+
+    // The command left the server's cluster as it was.
+    let health = server.health();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(
+        health["embeddedPostgres"]["pid"], postgres_before,
+        "{health}"
+    );
+    assert_eq!(health["embeddedPostgres"]["restarts"], 0, "{health}");
+
+    // A second server on the same directory is refused with what to do instead.
+    let second = Command::new(TIDEMARK)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let stderr = text(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(stderr.contains("another --data-dir"), "{stderr}");
+    assert!(!stderr.contains("kill"), "{stderr}");
+    assert_eq!(server.health()["embeddedPostgres"]["pid"], postgres_before);
+
+    // Once the server is gone, a command starts the cluster itself (and stops it again).
+    server.stop();
+    let listed = tidemark(&data_dir, &["keys", "list"]);
+    let stderr = text(&listed.stderr);
+    assert!(listed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no DATABASE_URL: starting an embedded PostgreSQL"),
+        "{stderr}"
+    );
+    assert!(
+        text(&listed.stdout).contains("ops"),
+        "{}",
+        text(&listed.stdout)
+    );
+    assert!(
+        !data_dir.join("tidemark.running").exists(),
+        "the command removed the record of the cluster it stopped"
+    );
+}
+
+/// An admin key made with the command line on the server's data directory.
+fn create_admin_key(data_dir: &Path) -> String {
+    let created = tidemark(data_dir, &["keys", "create", "--role", "admin"]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    text(&created.stdout).trim().to_string()
+}
+
+fn append(server: &Server, key: &str, stream: &str) {
+    let answer = server.graphql_with(
+        "mutation($s: String!) { appendEvents(streamId: $s, events: [{type: \"Seen\", data: {}}]) { lastPosition } }",
+        serde_json::json!({ "s": stream }),
+        key,
+    );
+    assert!(answer["errors"].is_null(), "{answer}");
+}
+
+#[test]
+fn events_tail_into_a_pipe_whose_reader_left_ends_quietly() {
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let data_dir = temp.path().join("pg");
+    let server = Server::start(&data_dir, &temp.path().join("server.log"));
+    let key = create_admin_key(&data_dir);
+    append(&server, &key, "pipe-1");
+
+    // `events tail --after 0 | head -1`: read one line, then close the pipe.
+    let mut tail = Command::new(TIDEMARK)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["events", "tail", "--after", "0"])
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let mut first = String::new();
+    BufReader::new(tail.stdout.take().expect("piped"))
+        .read_line(&mut first)
+        .expect("a line");
+    let first: Value = serde_json::from_str(&first).expect("a JSON line");
+    assert_eq!(first["streamId"], "pipe-1");
+
+    // The next event is written into the closed pipe.
+    append(&server, &key, "pipe-2");
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(tail.wait_with_output());
+    });
+    let output = finished
+        .recv_timeout(STARTUP)
+        .expect("the tail ends once its reader is gone")
+        .expect("it ran");
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    server.stop();
+}
+
+#[test]
+fn parked_events_of_an_unknown_projection_are_an_error_saying_so() {
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let data_dir = temp.path().join("pg");
+    let parked = tidemark(&data_dir, &["projections", "parked", "nope"]);
+    let stderr = text(&parked.stderr);
+    assert!(!parked.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("error: no projection named 'nope'"),
+        "{stderr}"
+    );
+    // Without a name, an empty list is the honest answer.
+    let all = tidemark(&data_dir, &["projections", "parked"]);
+    assert!(all.status.success(), "{}", text(&all.stderr));
+    assert_eq!(text(&all.stdout).trim(), "no parked events");
+}
+
+#[test]
+fn a_server_with_authentication_and_no_key_says_how_to_create_the_first_one() {
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let log = temp.path().join("server.log");
+    let server = Server::start(&temp.path().join("pg"), &log);
+    let logged = std::fs::read_to_string(&log).expect("the log");
+    let warning = logged
+        .lines()
+        .find(|line| line.contains("there is no API key"))
+        .unwrap_or_else(|| panic!("no warning about keys in:\n{logged}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("tidemark keys create --role admin"),
+        "{warning}"
+    );
+    server.stop();
+
+    // With a key configured there is nothing to warn about.
+    let log = temp.path().join("keyed.log");
+    let server = Server::start_with(
+        &temp.path().join("pg"),
+        &log,
+        &["--api-keys", "admin:0123456789abcdef0123"],
+    );
+    let logged = std::fs::read_to_string(&log).expect("the log");
+    assert!(!logged.contains("there is no API key"), "{logged}");
+    server.stop();
+}
