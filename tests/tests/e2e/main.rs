@@ -18,5 +18,6 @@ mod http_service;
 mod outcome;
 mod ownership;
 mod restart;
+mod schemas;
 mod subscriptions;
 mod tls;
