@@ -359,15 +359,17 @@ async fn the_command_line_registers_checks_and_lists_schema_files() {
 
     // The server sees what the command line did (its registry rereads within a second).
     let subjects = eventually("the server sees the CLI's changes", WAIT, || async {
-        let data = app
-            .graphql_data(
+        let body = app
+            .graphql(
                 "{ schemaSubjects { eventType validation versions }
                    schemaVersion(eventType: \"Deposited\", version: 1) { upcastToNext } }",
                 json!({}),
                 Some(READ_KEY),
             )
             .await;
-        (data["schemaSubjects"][0]["validation"] == json!("ENFORCE")).then_some(data)
+        let data = &body["data"];
+        (body["errors"].is_null() && data["schemaSubjects"][0]["validation"] == json!("ENFORCE"))
+            .then(|| data.clone())
     })
     .await;
     assert_eq!(subjects["schemaSubjects"][0]["versions"], json!([1, 2]));
