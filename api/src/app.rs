@@ -49,7 +49,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark_projections::{Handler, Projection, ProjectionEngine, Registry};
-use tidemark_schema::{Registry as SchemaRegistry, Upcasters};
+use tidemark_schema::{Registry as SchemaRegistry, SchemaDefinition, Upcasters};
 use tidemark_store::aggregate::CommandBus;
 use tidemark_store::{EventStore, Position};
 use tokio_util::sync::CancellationToken;
@@ -68,6 +68,7 @@ struct AppInner {
     name: String,
     registry: Registry,
     upcasters: Arc<Upcasters>,
+    schemas: Vec<(String, SchemaDefinition)>,
     schema: Box<SchemaFactory>,
 }
 
@@ -78,6 +79,7 @@ impl TidemarkApp {
             name: "tidemark".into(),
             registry: Registry::new(),
             upcasters: Upcasters::new(),
+            schemas: Vec::new(),
             query: EmptyMutation,
             mutation: EmptyMutation,
             subscription: EmptySubscription,
@@ -97,6 +99,11 @@ impl TidemarkApp {
     /// The application's Rust upcasters (see [`TidemarkAppBuilder::upcasters`]).
     pub fn upcasters(&self) -> &Arc<Upcasters> {
         &self.inner.upcasters
+    }
+
+    /// The event schemas the application registers at startup, in order.
+    pub fn schemas(&self) -> &[(String, SchemaDefinition)] {
+        &self.inner.schemas
     }
 
     /// The application's merged schema in SDL.
@@ -124,6 +131,7 @@ pub struct TidemarkAppBuilder<Q = EmptyMutation, M = EmptyMutation, S = EmptySub
     name: String,
     registry: Registry,
     upcasters: Upcasters,
+    schemas: Vec<(String, SchemaDefinition)>,
     query: Q,
     mutation: M,
     subscription: S,
@@ -165,6 +173,15 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
         self
     }
 
+    /// Registers `definition` as a version of `event_type` when the server (or a command
+    /// that reads through upcasting) starts, unless it is registered already; versions of
+    /// one type are registered in the order given. A schema that breaks the type's
+    /// compatibility mode stops the start with `SCHEMA_INCOMPATIBLE`.
+    pub fn schema(mut self, event_type: impl Into<String>, definition: SchemaDefinition) -> Self {
+        self.schemas.push((event_type.into(), definition));
+        self
+    }
+
     /// Uses a whole registry (replacing projections added so far).
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
@@ -180,6 +197,7 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
             name: self.name,
             registry: self.registry,
             upcasters: self.upcasters,
+            schemas: self.schemas,
             query,
             mutation: self.mutation,
             subscription: self.subscription,
@@ -196,6 +214,7 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
             name: self.name,
             registry: self.registry,
             upcasters: self.upcasters,
+            schemas: self.schemas,
             query: self.query,
             mutation,
             subscription: self.subscription,
@@ -212,6 +231,7 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
             name: self.name,
             registry: self.registry,
             upcasters: self.upcasters,
+            schemas: self.schemas,
             query: self.query,
             mutation: self.mutation,
             subscription,
@@ -234,6 +254,7 @@ where
                 name: self.name,
                 registry: self.registry,
                 upcasters: Arc::new(self.upcasters),
+                schemas: self.schemas,
                 schema: Box::new(move |settings| {
                     let settings = schema::SchemaSettings {
                         public_fields: public_fields.clone(),

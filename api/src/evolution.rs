@@ -11,7 +11,8 @@
 
 use std::sync::Arc;
 
-use tidemark_schema::{Registry, RegistryOptions, SchemaUpcaster, SchemaValidator, Upcasters};
+use crate::TidemarkApp;
+use tidemark_schema::{Registry, RegistryOptions, SchemaUpcaster, SchemaValidator};
 use tidemark_store::EventStore;
 
 /// The registry and the store handles it is installed on.
@@ -23,14 +24,20 @@ pub struct Evolution {
 }
 
 impl Evolution {
-    /// Opens the registry of `store`'s database (its migration applied), installs it as
-    /// the store's append validator, and makes the upcasting handle with `upcasters`.
+    /// Opens the registry of `store`'s database (its migration applied), registers the
+    /// application's schemas (idempotent: a schema already registered keeps its version),
+    /// installs the registry as the store's append validator, and makes the upcasting
+    /// handle with the application's Rust upcasters.
     pub async fn install(
         store: &EventStore,
-        upcasters: Arc<Upcasters>,
+        app: &TidemarkApp,
     ) -> Result<Evolution, tidemark_schema::SchemaError> {
         let registry =
             Arc::new(Registry::open(store.pool().clone(), RegistryOptions::default()).await?);
+        for (event_type, definition) in app.schemas() {
+            registry.register(event_type, definition).await?;
+        }
+        let upcasters = app.upcasters().clone();
         store.set_append_validator(Some(Arc::new(SchemaValidator::new(registry.clone()))));
         let upcasting =
             store.with_read_hook(Arc::new(SchemaUpcaster::new(registry.clone(), upcasters)));

@@ -88,7 +88,7 @@ impl Application {
                 return Err(error);
             }
         };
-        let evolution = match Evolution::install(&store, app.upcasters().clone()).await {
+        let evolution = match Evolution::install(&store, &app).await {
             Ok(evolution) => evolution,
             Err(error) => {
                 store.shutdown().await;

@@ -52,7 +52,7 @@ pub async fn run(
     app: TidemarkApp,
 ) -> anyhow::Result<()> {
     // Rebuilds from the CLI see events upcast, exactly as the server's projections do.
-    let evolution = crate::evolution::Evolution::install(&store, app.upcasters().clone()).await?;
+    let evolution = crate::evolution::Evolution::install(&store, &app).await?;
     let engine = ProjectionEngine::new(
         evolution.upcasting,
         app.registry().clone(),
