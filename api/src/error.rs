@@ -729,6 +729,44 @@ mod tests {
     }
 
     #[test]
+    fn schema_errors_keep_the_registry_codes() {
+        let cases = [
+            SchemaError::InvalidSchema {
+                event_type: "T".into(),
+                reason: "not a schema".into(),
+            },
+            SchemaError::NotFound {
+                event_type: "T".into(),
+                version: Some(2),
+            },
+            SchemaError::Unregistered {
+                event_type: "T".into(),
+            },
+            SchemaError::InUse {
+                event_type: "T".into(),
+                version: 1,
+                events: 3,
+            },
+            SchemaError::Violation {
+                event_type: "T".into(),
+                version: 1,
+                violations: Vec::new(),
+            },
+            SchemaError::Incompatible {
+                event_type: "T".into(),
+                mode: tidemark_schema::CompatibilityMode::Backward,
+                incompatibilities: Vec::new(),
+            },
+        ];
+        for schema in cases {
+            let mut error: ServerError =
+                async_graphql::Error::from(schema.clone()).into_server_error(Default::default());
+            normalize(&mut error);
+            assert_eq!(code_of(&error), schema.code());
+        }
+    }
+
+    #[test]
     fn engine_errors_each_have_their_own_code() {
         let cases = [
             (

@@ -8,14 +8,12 @@ use crate::error::{direction_name, ApiError, ApiResult};
 use crate::Tidemark;
 use async_graphql::{Context, Enum, Json, Object, SimpleObject};
 use std::sync::Arc;
-use tidemark_schema::{
-    CompatibilityMode as Compatibility, DeclarativeUpcast, SchemaDefinition,
-    UnregisteredPolicy as Unregistered, ValidationMode as Validation,
-};
+use tidemark_schema::{DeclarativeUpcast, SchemaDefinition};
 
 /// How a new schema version of a type is checked against the registered ones (as in
 /// Confluent Schema Registry).
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "tidemark_schema::CompatibilityMode")]
 pub enum CompatibilityMode {
     /// The new schema reads data of the latest version (upgrade readers first).
     Backward,
@@ -33,36 +31,9 @@ pub enum CompatibilityMode {
     None,
 }
 
-impl From<Compatibility> for CompatibilityMode {
-    fn from(mode: Compatibility) -> Self {
-        match mode {
-            Compatibility::Backward => CompatibilityMode::Backward,
-            Compatibility::BackwardTransitive => CompatibilityMode::BackwardTransitive,
-            Compatibility::Forward => CompatibilityMode::Forward,
-            Compatibility::ForwardTransitive => CompatibilityMode::ForwardTransitive,
-            Compatibility::Full => CompatibilityMode::Full,
-            Compatibility::FullTransitive => CompatibilityMode::FullTransitive,
-            Compatibility::None => CompatibilityMode::None,
-        }
-    }
-}
-
-impl From<CompatibilityMode> for Compatibility {
-    fn from(mode: CompatibilityMode) -> Self {
-        match mode {
-            CompatibilityMode::Backward => Compatibility::Backward,
-            CompatibilityMode::BackwardTransitive => Compatibility::BackwardTransitive,
-            CompatibilityMode::Forward => Compatibility::Forward,
-            CompatibilityMode::ForwardTransitive => Compatibility::ForwardTransitive,
-            CompatibilityMode::Full => Compatibility::Full,
-            CompatibilityMode::FullTransitive => Compatibility::FullTransitive,
-            CompatibilityMode::None => Compatibility::None,
-        }
-    }
-}
-
 /// What appends of a type with schemas get.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "tidemark_schema::ValidationMode")]
 pub enum ValidationMode {
     /// Not validated.
     Off,
@@ -72,51 +43,14 @@ pub enum ValidationMode {
     Enforce,
 }
 
-impl From<Validation> for ValidationMode {
-    fn from(mode: Validation) -> Self {
-        match mode {
-            Validation::Off => ValidationMode::Off,
-            Validation::Warn => ValidationMode::Warn,
-            Validation::Enforce => ValidationMode::Enforce,
-        }
-    }
-}
-
-impl From<ValidationMode> for Validation {
-    fn from(mode: ValidationMode) -> Self {
-        match mode {
-            ValidationMode::Off => Validation::Off,
-            ValidationMode::Warn => Validation::Warn,
-            ValidationMode::Enforce => Validation::Enforce,
-        }
-    }
-}
-
 /// What appends of a type without any schema get.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "tidemark_schema::UnregisteredPolicy")]
 pub enum UnregisteredPolicy {
     /// Written unchecked.
     Allow,
     /// Refused (`SCHEMA_REQUIRED`).
     Refuse,
-}
-
-impl From<Unregistered> for UnregisteredPolicy {
-    fn from(policy: Unregistered) -> Self {
-        match policy {
-            Unregistered::Allow => UnregisteredPolicy::Allow,
-            Unregistered::Refuse => UnregisteredPolicy::Refuse,
-        }
-    }
-}
-
-impl From<UnregisteredPolicy> for Unregistered {
-    fn from(policy: UnregisteredPolicy) -> Self {
-        match policy {
-            UnregisteredPolicy::Allow => Unregistered::Allow,
-            UnregisteredPolicy::Refuse => Unregistered::Refuse,
-        }
-    }
 }
 
 /// The server-wide registry settings.
