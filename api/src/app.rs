@@ -1,5 +1,6 @@
-//! What an application brings ([`TidemarkApp`]: projections, handlers, GraphQL objects) and
-//! what its resolvers get at run time ([`Tidemark`]: the store, the engine, the command bus).
+//! What an application brings ([`TidemarkApp`]: projections, handlers, Rust upcasters,
+//! GraphQL objects) and what its resolvers get at run time ([`Tidemark`]: the store, the
+//! engine, the command bus, the schema registry).
 //!
 //! ```ignore
 //! #[derive(Default, Clone)]
@@ -41,12 +42,14 @@
 
 use crate::config::ApiLimits;
 use crate::error::ApiError;
+use crate::evolution::Evolution;
 use crate::schema::{self, ApiSchema, SchemaSettings};
 use async_graphql::{Context, EmptyMutation, EmptySubscription, ObjectType, SubscriptionType};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark_projections::{Handler, Projection, ProjectionEngine, Registry};
+use tidemark_schema::{Registry as SchemaRegistry, SchemaDefinition, Upcasters};
 use tidemark_store::aggregate::CommandBus;
 use tidemark_store::{EventStore, Position};
 use tokio_util::sync::CancellationToken;
@@ -64,6 +67,8 @@ pub struct TidemarkApp {
 struct AppInner {
     name: String,
     registry: Registry,
+    upcasters: Arc<Upcasters>,
+    schemas: Vec<(String, SchemaDefinition)>,
     schema: Box<SchemaFactory>,
 }
 
@@ -73,6 +78,8 @@ impl TidemarkApp {
         TidemarkAppBuilder {
             name: "tidemark".into(),
             registry: Registry::new(),
+            upcasters: Upcasters::new(),
+            schemas: Vec::new(),
             query: EmptyMutation,
             mutation: EmptyMutation,
             subscription: EmptySubscription,
@@ -87,6 +94,16 @@ impl TidemarkApp {
     /// The projections and handlers this application runs.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// The application's Rust upcasters (see [`TidemarkAppBuilder::upcasters`]).
+    pub fn upcasters(&self) -> &Arc<Upcasters> {
+        &self.inner.upcasters
+    }
+
+    /// The event schemas the application registers at startup, in order.
+    pub fn schemas(&self) -> &[(String, SchemaDefinition)] {
+        &self.inner.schemas
     }
 
     /// The application's merged schema in SDL.
@@ -113,6 +130,8 @@ impl std::fmt::Debug for TidemarkApp {
 pub struct TidemarkAppBuilder<Q = EmptyMutation, M = EmptyMutation, S = EmptySubscription> {
     name: String,
     registry: Registry,
+    upcasters: Upcasters,
+    schemas: Vec<(String, SchemaDefinition)>,
     query: Q,
     mutation: M,
     subscription: S,
@@ -146,6 +165,23 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
         self
     }
 
+    /// The application's Rust upcasters (payload of an event type from version n to n + 1).
+    /// Projections and aggregate loads see every event as the latest registered version of
+    /// its type: these first, then the declarative upcasts stored in the schema registry.
+    pub fn upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = upcasters;
+        self
+    }
+
+    /// Registers `definition` as a version of `event_type` when the server (or a command
+    /// that reads through upcasting) starts, unless it is registered already; versions of
+    /// one type are registered in the order given. A schema that breaks the type's
+    /// compatibility mode stops the start with `SCHEMA_INCOMPATIBLE`.
+    pub fn schema(mut self, event_type: impl Into<String>, definition: SchemaDefinition) -> Self {
+        self.schemas.push((event_type.into(), definition));
+        self
+    }
+
     /// Uses a whole registry (replacing projections added so far).
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
@@ -160,6 +196,8 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
         TidemarkAppBuilder {
             name: self.name,
             registry: self.registry,
+            upcasters: self.upcasters,
+            schemas: self.schemas,
             query,
             mutation: self.mutation,
             subscription: self.subscription,
@@ -175,6 +213,8 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
         TidemarkAppBuilder {
             name: self.name,
             registry: self.registry,
+            upcasters: self.upcasters,
+            schemas: self.schemas,
             query: self.query,
             mutation,
             subscription: self.subscription,
@@ -190,6 +230,8 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
         TidemarkAppBuilder {
             name: self.name,
             registry: self.registry,
+            upcasters: self.upcasters,
+            schemas: self.schemas,
             query: self.query,
             mutation: self.mutation,
             subscription,
@@ -211,6 +253,8 @@ where
             inner: Arc::new(AppInner {
                 name: self.name,
                 registry: self.registry,
+                upcasters: Arc::new(self.upcasters),
+                schemas: self.schemas,
                 schema: Box::new(move |settings| {
                     let settings = schema::SchemaSettings {
                         public_fields: public_fields.clone(),
@@ -237,6 +281,7 @@ pub struct Tidemark {
 
 struct TidemarkInner {
     store: EventStore,
+    schemas: Arc<SchemaRegistry>,
     engine: ProjectionEngine,
     commands: CommandBus,
     limits: ApiLimits,
@@ -245,10 +290,18 @@ struct TidemarkInner {
 }
 
 impl Tidemark {
-    pub(crate) fn new(store: EventStore, engine: ProjectionEngine, limits: ApiLimits) -> Self {
+    /// `store` reads the log as written; the command bus loads aggregates through
+    /// `evolution.upcasting`, so they see the latest version of every event.
+    pub(crate) fn new(
+        store: EventStore,
+        evolution: Evolution,
+        engine: ProjectionEngine,
+        limits: ApiLimits,
+    ) -> Self {
         Tidemark {
             inner: Arc::new(TidemarkInner {
-                commands: CommandBus::new(store.clone()),
+                commands: CommandBus::new(evolution.upcasting),
+                schemas: evolution.registry,
                 store,
                 engine,
                 limits,
@@ -266,6 +319,11 @@ impl Tidemark {
 
     pub fn store(&self) -> &EventStore {
         &self.inner.store
+    }
+
+    /// The schema registry (register, check, validate, upcast).
+    pub fn schemas(&self) -> &Arc<SchemaRegistry> {
+        &self.inner.schemas
     }
 
     pub fn engine(&self) -> &ProjectionEngine {

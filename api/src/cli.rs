@@ -1,4 +1,5 @@
-//! The `tidemark` command line. An application binary reuses all of it with its own
+//! The `tidemark` command line (`serve`, `migrate`, `projections`, `events`, `workers`,
+//! `schemas`, `keys`). An application binary reuses all of it with its own
 //! projections and GraphQL objects:
 //!
 //! ```ignore
@@ -13,6 +14,7 @@
 mod events;
 mod keys;
 mod projections;
+mod schemas;
 mod workers;
 
 use crate::auth::ConfiguredKey;
@@ -101,6 +103,11 @@ pub enum Command {
         /// A worker whose last heartbeat is older than this (ms) is shown as dead.
         #[arg(long, env = "TIDEMARK_WORKER_TIMEOUT_MS", default_value_t = 10_000)]
         worker_timeout_ms: u64,
+    },
+    /// The schema registry: register, check ("would this break?"), list, set modes.
+    Schemas {
+        #[command(subcommand)]
+        command: schemas::SchemasCommand,
     },
     /// Manage API keys (stored hashed; a new key is shown once).
     Keys {
@@ -283,6 +290,9 @@ async fn dispatch(cli: Cli, app: TidemarkApp) -> anyhow::Result<()> {
             with_store(&database, |store| events::run(command, store)).await
         }
         Command::Keys { command } => with_store(&database, |store| keys::run(command, store)).await,
+        Command::Schemas { command } => {
+            with_store(&database, |store| schemas::run(command, store)).await
+        }
         Command::Workers { worker_timeout_ms } => {
             let timeout = Duration::from_millis(worker_timeout_ms);
             with_store(&database, |store| workers::run(store, timeout)).await

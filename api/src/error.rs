@@ -3,7 +3,7 @@
 //! code ([`normalize`]).
 //!
 //! An application's resolvers return [`ApiResult`] and use `?` on a
-//! [`CommandError`], a [`StoreError`] or an [`EngineError`]: each converts into
+//! [`CommandError`], a [`StoreError`], an [`EngineError`] or a [`SchemaError`]: each converts into
 //! [`ApiError`] by the mapping here (a refused command is `REJECTED` with the aggregate's
 //! sentence, a lasting conflict `WRONG_EXPECTED_VERSION`, ...). `async_graphql::Result`
 //! works for store and engine errors too, because [`normalize`] finds them as the error's
@@ -17,6 +17,7 @@
 use async_graphql::{ErrorExtensionValues, ServerError, Value};
 use std::fmt;
 use tidemark_projections::EngineError;
+use tidemark_schema::SchemaError;
 use tidemark_store::aggregate::CommandError;
 use tidemark_store::{StoreError, ValidationError};
 
@@ -54,6 +55,24 @@ pub enum ErrorCode {
     BuildRunning,
     /// A build stopped on an event it could not apply; see the projection's dead letters.
     BuildStopped,
+    /// An event does not match the schema version it claims (validation `ENFORCE`);
+    /// `extensions.violations` lists `{path, rule, message}`, `extensions.field` the event.
+    /// Nothing of the append was written.
+    SchemaViolation,
+    /// A schema breaks its type's compatibility mode; `extensions.incompatibilities` lists
+    /// `{version, direction, rule, path, message}`. Nothing was registered.
+    SchemaIncompatible,
+    /// The schema text is not a usable JSON Schema or Avro schema.
+    SchemaInvalid,
+    /// No such event type or schema version (or no Avro schema for it).
+    SchemaNotFound,
+    /// The event's type has no schema and this server refuses such events; register one.
+    SchemaRequired,
+    /// The schema version is claimed by stored events and cannot be deleted.
+    SchemaInUse,
+    /// A stored event could not be upcast to the latest version of its type (a missing or
+    /// failing upcaster); register the missing step.
+    UpcastFailed,
     /// Something failed on the server; details are in its log, not in the response.
     Internal,
 }
@@ -74,6 +93,13 @@ impl ErrorCode {
             ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::BuildRunning => "BUILD_RUNNING",
             ErrorCode::BuildStopped => "BUILD_STOPPED",
+            ErrorCode::SchemaViolation => "SCHEMA_VIOLATION",
+            ErrorCode::SchemaIncompatible => "SCHEMA_INCOMPATIBLE",
+            ErrorCode::SchemaInvalid => "SCHEMA_INVALID",
+            ErrorCode::SchemaNotFound => "SCHEMA_NOT_FOUND",
+            ErrorCode::SchemaRequired => "SCHEMA_REQUIRED",
+            ErrorCode::SchemaInUse => "SCHEMA_IN_USE",
+            ErrorCode::UpcastFailed => "UPCAST_FAILED",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -206,6 +232,30 @@ impl ApiError {
                 ApiError::new(ErrorCode::Overloaded, error.to_string())
                     .with("retryAfterMs", *retry_after_ms)
             }
+            StoreError::Refused(hook) => {
+                let mapped = match hook.downcast_ref::<SchemaError>() {
+                    Some(schema) => ApiError::from_schema(schema),
+                    None => ApiError::new(ErrorCode::BadInput, hook.message.clone()),
+                };
+                let mapped = match hook.event_index {
+                    Some(index) => mapped
+                        .with("field", format!("events.{index}.data"))
+                        .with("eventIndex", index as u64),
+                    None => mapped,
+                };
+                // The sentence says which event and that nothing was written.
+                ApiError {
+                    message: error.to_string(),
+                    ..mapped
+                }
+            }
+            StoreError::Unreadable(hook) => match hook.downcast_ref::<SchemaError>() {
+                Some(schema) => ApiError {
+                    message: hook.message.clone(),
+                    ..ApiError::from_schema(schema)
+                },
+                None => ApiError::internal(error),
+            },
             StoreError::ShuttingDown => ApiError::overloaded(
                 "the server is shutting down and accepts no more appends; retry on another node or after the restart",
             ),
@@ -265,6 +315,83 @@ impl ApiError {
         }
     }
 
+    /// The one mapping from schema registry errors to API errors: each `SchemaError` code is
+    /// an [`ErrorCode`] of the same name, with the details as extensions.
+    pub fn from_schema(error: &SchemaError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            SchemaError::Violation {
+                event_type,
+                version,
+                violations,
+            } => {
+                let listed: Vec<serde_json::Value> = violations
+                    .iter()
+                    .map(|v| {
+                        serde_json::json!({"path": v.path, "rule": v.keyword, "message": v.message})
+                    })
+                    .collect();
+                ApiError::new(ErrorCode::SchemaViolation, message)
+                    .with("eventType", event_type.as_str())
+                    .with("schemaVersion", *version)
+                    .with("violations", json_value(serde_json::Value::Array(listed)))
+            }
+            SchemaError::AvroEncode { path, reason } => {
+                ApiError::new(ErrorCode::SchemaViolation, message).with(
+                    "violations",
+                    json_value(
+                        serde_json::json!([{"path": path, "rule": "avro", "message": reason}]),
+                    ),
+                )
+            }
+            SchemaError::Incompatible {
+                event_type,
+                mode,
+                incompatibilities,
+            } => ApiError::new(ErrorCode::SchemaIncompatible, message)
+                .with("eventType", event_type.as_str())
+                .with("mode", mode.as_str())
+                .with(
+                    "incompatibilities",
+                    json_value(serde_json::Value::Array(
+                        incompatibilities.iter().map(finding_json).collect(),
+                    )),
+                ),
+            SchemaError::InvalidSchema { event_type, .. } => {
+                ApiError::new(ErrorCode::SchemaInvalid, message)
+                    .with("eventType", event_type.as_str())
+            }
+            SchemaError::NotFound { event_type, .. }
+            | SchemaError::NoAvroSchema { event_type, .. } => {
+                ApiError::new(ErrorCode::SchemaNotFound, message)
+                    .with("eventType", event_type.as_str())
+            }
+            SchemaError::Unregistered { event_type } => {
+                ApiError::new(ErrorCode::SchemaRequired, message)
+                    .with("eventType", event_type.as_str())
+            }
+            SchemaError::InUse {
+                event_type, events, ..
+            } => ApiError::new(ErrorCode::SchemaInUse, message)
+                .with("eventType", event_type.as_str())
+                .with("events", *events),
+            SchemaError::Upcast(_) => ApiError::new(ErrorCode::UpcastFailed, message),
+            SchemaError::AvroDecode { .. } => ApiError::internal(error),
+            SchemaError::InvalidSetting { what, .. } => ApiError::bad_input(*what, message),
+            SchemaError::Database { source, .. } => {
+                if source
+                    .as_deref()
+                    .is_none_or(tidemark_store::error::is_transient_postgres_error)
+                {
+                    ApiError::overloaded("the database is unavailable right now; retry shortly")
+                        .with_internal(error)
+                } else {
+                    ApiError::internal(error)
+                }
+            }
+        }
+    }
+
     /// Maps a command bus error: a refused command is `REJECTED` with the aggregate's
     /// message; store errors map as above.
     pub fn from_command<E: fmt::Display>(error: &CommandError<E>) -> ApiError {
@@ -293,6 +420,36 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         ApiError::from_store(&error)
     }
+}
+
+impl From<SchemaError> for ApiError {
+    fn from(error: SchemaError) -> Self {
+        ApiError::from_schema(&error)
+    }
+}
+
+/// A compatibility finding as clients read it: which version, which way, the rule and the
+/// field's JSON path.
+pub(crate) fn finding_json(finding: &tidemark_schema::Finding) -> serde_json::Value {
+    serde_json::json!({
+        "version": finding.version,
+        "direction": direction_name(finding.direction),
+        "rule": finding.incompatibility.rule(),
+        "path": finding.incompatibility.path(),
+        "message": finding.to_string(),
+    })
+}
+
+/// A compatibility check's direction as clients read it.
+pub(crate) fn direction_name(direction: tidemark_schema::Direction) -> &'static str {
+    match direction {
+        tidemark_schema::Direction::Backward => "BACKWARD",
+        tidemark_schema::Direction::Forward => "FORWARD",
+    }
+}
+
+fn json_value(value: serde_json::Value) -> Value {
+    Value::from_json(value).unwrap_or(Value::Null)
 }
 
 impl From<EngineError> for ApiError {
@@ -361,6 +518,8 @@ pub fn normalize(error: &mut ServerError) -> Normalized {
         Some(api.clone())
     } else if let Some(store) = error.source::<StoreError>() {
         Some(ApiError::from_store(store))
+    } else if let Some(schema) = error.source::<SchemaError>() {
+        Some(ApiError::from_schema(schema))
     } else {
         error.source::<EngineError>().map(ApiError::from_engine)
     };
@@ -568,6 +727,44 @@ mod tests {
             "{}",
             undecodable.message
         );
+    }
+
+    #[test]
+    fn schema_errors_keep_the_registry_codes() {
+        let cases = [
+            SchemaError::InvalidSchema {
+                event_type: "T".into(),
+                reason: "not a schema".into(),
+            },
+            SchemaError::NotFound {
+                event_type: "T".into(),
+                version: Some(2),
+            },
+            SchemaError::Unregistered {
+                event_type: "T".into(),
+            },
+            SchemaError::InUse {
+                event_type: "T".into(),
+                version: 1,
+                events: 3,
+            },
+            SchemaError::Violation {
+                event_type: "T".into(),
+                version: 1,
+                violations: Vec::new(),
+            },
+            SchemaError::Incompatible {
+                event_type: "T".into(),
+                mode: tidemark_schema::CompatibilityMode::Backward,
+                incompatibilities: Vec::new(),
+            },
+        ];
+        for schema in cases {
+            let mut error: ServerError =
+                async_graphql::Error::from(schema.clone()).into_server_error(Default::default());
+            normalize(&mut error);
+            assert_eq!(code_of(&error), schema.code());
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - [`error`]: [`ApiError`] and the stable `extensions.code`s; the one place store,
 //!   engine and command errors are mapped, and the pass that codes every error of every
 //!   response. Application resolvers return [`ApiResult`] and use `?`.
+//! - [`evolution`]: the schema registry installed on the store: validation on append, and
+//!   the upcasting store handle the projections and the command bus read through.
 //! - [`auth`]: API keys, roles (read < append < admin) and the per-field [`RoleGuard`].
 //! - [`http`]: routes — `POST /graphql`, WebSocket subscriptions on `GET /graphql`,
 //!   GraphiQL at `/`, `/health`, `/ready`, `/metrics` — limits on bodies and sockets, and
@@ -31,7 +33,7 @@
 //! - [`cli`]: `tidemark serve | migrate | projections | events | keys`, reusable by
 //!   application binaries through [`cli::run`].
 //!
-//! The API knows the store and the engine; neither knows the API.
+//! The API knows the store, the engine and the schema registry; none of them knows the API.
 
 pub mod app;
 pub mod auth;
@@ -40,6 +42,7 @@ pub mod config;
 pub mod database;
 mod drain;
 pub mod error;
+pub mod evolution;
 mod graphiql;
 pub mod http;
 mod log_limit;

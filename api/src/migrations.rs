@@ -11,10 +11,13 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     earlier_checksums: &[],
 }];
 
-/// Every migration of a Tidemark server's database: the store's, the projection engine's
-/// and the API's. What `serve`, `migrate` and the other commands apply and check.
+/// Every migration of a Tidemark server's database: the store's, the projection engine's,
+/// the API's and the schema registry's. What `serve`, `migrate` and the other commands apply
+/// and check.
 pub fn all_migrations() -> MigrationSet {
-    tidemark_projections::migrations().with(MIGRATIONS)
+    tidemark_projections::migrations()
+        .with(MIGRATIONS)
+        .with(tidemark_schema::MIGRATIONS)
 }
 
 #[cfg(test)]
@@ -36,6 +39,7 @@ mod tests {
                 (4, "api_keys"),
                 (5, "worker_scaling"),
                 (6, "worker_projections"),
+                (100, "schema_registry"),
             ]
         );
         for migration in all {

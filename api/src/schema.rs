@@ -1,11 +1,12 @@
-//! The GraphQL schema: the built-in queries, mutations and subscriptions merged with the
-//! application's, and [`ApiSchema`], the schema behind one non-generic handle that gives
+//! The GraphQL schema: the built-in queries, mutations and subscriptions (the schema
+//! registry's in [`schemas`]) merged with the application's, and [`ApiSchema`], the schema behind one non-generic handle that gives
 //! every error in every response a stable code (see [`crate::error::normalize`]).
 
 pub(crate) mod app_fields;
 pub mod directive;
 pub mod mutation;
 pub mod query;
+pub mod schemas;
 pub mod subscription;
 pub mod types;
 
@@ -24,17 +25,18 @@ use std::sync::Arc;
 
 pub use mutation::BuiltinMutation;
 pub use query::BuiltinQuery;
+pub use schemas::{SchemaMutation, SchemaQuery};
 pub use subscription::BuiltinSubscription;
 
 /// The root query: built-in fields and the application's.
 #[derive(MergedObject, Default, Clone)]
 #[graphql(name = "Query")]
-pub struct Query<Q: ObjectType + 'static>(pub BuiltinQuery, pub Q);
+pub struct Query<Q: ObjectType + 'static>(pub BuiltinQuery, pub SchemaQuery, pub Q);
 
 /// The root mutation: built-in fields and the application's.
 #[derive(MergedObject, Default, Clone)]
 #[graphql(name = "Mutation")]
-pub struct Mutation<M: ObjectType + 'static>(pub BuiltinMutation, pub M);
+pub struct Mutation<M: ObjectType + 'static>(pub BuiltinMutation, pub SchemaMutation, pub M);
 
 /// The root subscription: built-in fields and the application's.
 #[derive(MergedSubscription, Default, Clone)]
@@ -64,8 +66,8 @@ where
     S: SubscriptionType + 'static,
 {
     let mut builder = Schema::build(
-        Query(BuiltinQuery, query),
-        Mutation(BuiltinMutation, mutation),
+        Query(BuiltinQuery, SchemaQuery, query),
+        Mutation(BuiltinMutation, SchemaMutation, mutation),
         Subscription(BuiltinSubscription, subscription),
     )
     .limit_depth(settings.limits.max_query_depth)

@@ -1,5 +1,5 @@
-//! [`Application`]: builds everything a server needs (listener, database, store, engine,
-//! schema, router), then runs until a shutdown future completes. `main` and the end-to-end
+//! [`Application`]: builds everything a server needs (listener, database, store, schema
+//! registry, engine, GraphQL schema, router), then runs until a shutdown future completes. `main` and the end-to-end
 //! tests start the server the same way:
 //!
 //! ```ignore
@@ -17,6 +17,7 @@
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::database::Database;
+use crate::evolution::Evolution;
 use crate::http::{self, AppState};
 use crate::schema::SchemaSettings;
 use crate::{Tidemark, TidemarkApp};
@@ -85,8 +86,18 @@ impl Application {
         if !config.insecure_dev && config.api_keys.is_empty() {
             warn_when_no_key_exists(&store).await;
         }
+        let evolution = match Evolution::install(&store, &app).await {
+            Ok(evolution) => evolution,
+            Err(error) => {
+                store.shutdown().await;
+                database.stop().await;
+                return Err(anyhow!("cannot open the schema registry: {error}"));
+            }
+        };
+        // Projections read through the upcasting handle: they see every event as the
+        // latest version of its type.
         let engine = ProjectionEngine::new(
-            store.clone(),
+            evolution.upcasting.clone(),
             app.registry().clone(),
             EngineConfig {
                 pool: config.worker_pool.clone(),
@@ -105,7 +116,7 @@ impl Application {
             engine.spawn_metrics_reporter(Duration::from_secs(5));
         }
 
-        let tidemark = Tidemark::new(store.clone(), engine, limits.clone());
+        let tidemark = Tidemark::new(store.clone(), evolution, engine, limits.clone());
         let schema = app.schema(SchemaSettings {
             limits: limits.clone(),
             tidemark: Some(tidemark.clone()),

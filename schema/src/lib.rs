@@ -9,6 +9,8 @@
 //! - [`avro`]: Avro binary payloads (datum, no header) to and from JSON, with writer → reader
 //!   schema resolution.
 //! - [`registry`]: the registry in PostgreSQL (subjects, versions, settings), with caches.
+//! - [`hooks`]: the registry installed on the store: [`SchemaValidator`] (validation on
+//!   append) and [`SchemaUpcaster`] (upcasting on read).
 //! - [`migrations`]: the registry's DDL, as a list the store's migration runner can apply.
 //! - [`error`]: `SchemaError` and its stable codes.
 //!
@@ -18,6 +20,7 @@
 pub mod avro;
 pub mod compat;
 pub mod error;
+pub mod hooks;
 pub mod migrations;
 pub mod mode;
 pub mod registry;
@@ -26,6 +29,7 @@ pub mod validate;
 
 pub use compat::{Finding, Incompatibility, JsonType};
 pub use error::{Result, SchemaError};
+pub use hooks::{SchemaUpcaster, SchemaValidator};
 pub use migrations::MIGRATIONS;
 pub use mode::{CompatibilityMode, Direction, UnregisteredPolicy, ValidationMode};
 pub use registry::{

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool, Transaction};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -443,11 +443,7 @@ impl Registry {
 
     /// Reloads everything now.
     pub async fn refresh(&self) -> Result<()> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(SchemaError::pool("connecting"))?;
+        let client = self.client().await?;
         let fresh = load(&client).await?;
         self.install(fresh).await;
         Ok(())
@@ -472,11 +468,7 @@ impl Registry {
             .elapsed()
             >= self.options.max_staleness;
         if due {
-            let client = self
-                .pool
-                .get()
-                .await
-                .map_err(SchemaError::pool("connecting"))?;
+            let client = self.client().await?;
             let generation: i64 = client
                 .query_one("SELECT generation FROM schema_settings", &[])
                 .await
@@ -502,97 +494,113 @@ impl Registry {
     ) -> Result<RegisterOutcome> {
         let avro = parse_definition(event_type, definition)?;
         let fingerprint = fingerprint(&definition.json_schema, avro.as_ref()).to_vec();
-        let mut client = self
-            .pool
+        let (owned, definition) = (event_type.to_owned(), definition.clone());
+        self.change(event_type, move |tx| {
+            Box::pin(async move {
+                let event_type = owned;
+                if let Some(row) = tx
+                    .query_opt(
+                        "SELECT version FROM schema_versions WHERE event_type = $1 AND fingerprint = $2",
+                        &[&event_type, &fingerprint],
+                    )
+                    .await
+                    .map_err(SchemaError::db("looking up a schema fingerprint"))?
+                {
+                    let outcome = RegisterOutcome {
+                        version: row.get(0),
+                        created: false,
+                    };
+                    return Ok((outcome, false));
+                }
+                let mode = effective_mode_in(tx, &event_type).await?;
+                let history: Vec<Arc<SchemaVersion>> = tx
+                    .query(
+                        &format!("{SELECT_VERSIONS} WHERE event_type = $1 ORDER BY version"),
+                        &[&event_type],
+                    )
+                    .await
+                    .map_err(SchemaError::db("reading a type's versions"))?
+                    .iter()
+                    .map(|row| version_from_row(row).map(Arc::new))
+                    .collect::<Result<_>>()?;
+                let found = findings(mode, &definition, avro.as_ref(), &history);
+                if !found.is_empty() {
+                    return Err(SchemaError::Incompatible {
+                        event_type,
+                        mode,
+                        incompatibilities: found,
+                    });
+                }
+                let version: i32 = tx
+                    .query_one(
+                        "UPDATE schema_subjects SET next_version = next_version + 1 \
+                         WHERE event_type = $1 RETURNING next_version - 1",
+                        &[&event_type],
+                    )
+                    .await
+                    .map_err(SchemaError::db("numbering a version"))?
+                    .get(0);
+                tx.execute(
+                    "INSERT INTO schema_versions (event_type, version, json_schema, avro_schema, fingerprint) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[&event_type, &version, &definition.json_schema, &definition.avro_schema, &fingerprint],
+                )
+                .await
+                .map_err(SchemaError::db("storing a version"))?;
+                if let (Some(changes), Some(previous)) =
+                    (&definition.upcast_from_previous, history.last())
+                {
+                    set_upcast_in(tx, &event_type, previous.version, Some(changes)).await?;
+                }
+                let outcome = RegisterOutcome {
+                    version,
+                    created: true,
+                };
+                Ok((outcome, true))
+            })
+        })
+        .await
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool
             .get()
             .await
-            .map_err(SchemaError::pool("connecting"))?;
+            .map_err(SchemaError::pool("connecting"))
+    }
+
+    /// One change of `event_type`'s rows: `work` runs in a transaction that holds the
+    /// type's subject row locked (so changes of one type are serialised and each sees the
+    /// versions that exist when it commits) and says whether it changed anything; a change
+    /// advances the generation in the same transaction, and this registry reloads after
+    /// the commit.
+    async fn change<T>(
+        &self,
+        event_type: &str,
+        work: impl for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<(T, bool)>>,
+    ) -> Result<T> {
+        if event_type.is_empty() {
+            return Err(invalid(event_type, "the event type is empty"));
+        }
+        let mut client = self.client().await?;
         let tx = client
             .transaction()
             .await
-            .map_err(SchemaError::db("starting a registration"))?;
+            .map_err(SchemaError::db("starting a registry change"))?;
         lock_subject(&tx, event_type).await?;
-        if let Some(row) = tx
-            .query_opt(
-                "SELECT version FROM schema_versions WHERE event_type = $1 AND fingerprint = $2",
-                &[&event_type, &fingerprint],
-            )
-            .await
-            .map_err(SchemaError::db("looking up a schema fingerprint"))?
-        {
-            tx.commit()
-                .await
-                .map_err(SchemaError::db("ending a registration"))?;
-            return Ok(RegisterOutcome {
-                version: row.get(0),
-                created: false,
-            });
+        let (value, changed) = work(&tx).await?;
+        if changed {
+            advance_generation(&tx).await?;
         }
-        let mode = self.effective_mode_in(&tx, event_type).await?;
-        let history: Vec<Arc<SchemaVersion>> = tx
-            .query(
-                &format!("{SELECT_VERSIONS} WHERE event_type = $1 ORDER BY version"),
-                &[&event_type],
-            )
-            .await
-            .map_err(SchemaError::db("reading a type's versions"))?
-            .iter()
-            .map(|row| version_from_row(row).map(Arc::new))
-            .collect::<Result<_>>()?;
-        let found = findings(mode, definition, avro.as_ref(), &history);
-        if !found.is_empty() {
-            return Err(SchemaError::Incompatible {
-                event_type: event_type.to_owned(),
-                mode,
-                incompatibilities: found,
-            });
-        }
-        let version: i32 = tx
-            .query_one(
-                "UPDATE schema_subjects SET next_version = next_version + 1 \
-                 WHERE event_type = $1 RETURNING next_version - 1",
-                &[&event_type],
-            )
-            .await
-            .map_err(SchemaError::db("numbering a version"))?
-            .get(0);
-        tx.execute(
-            "INSERT INTO schema_versions (event_type, version, json_schema, avro_schema, fingerprint) \
-             VALUES ($1, $2, $3, $4, $5)",
-            &[&event_type, &version, &definition.json_schema, &definition.avro_schema, &fingerprint],
-        )
-        .await
-        .map_err(SchemaError::db("storing a version"))?;
-        if let (Some(changes), Some(previous)) = (&definition.upcast_from_previous, history.last())
-        {
-            set_upcast_in(&tx, event_type, previous.version, Some(changes)).await?;
-        }
-        advance_generation(&tx).await?;
         tx.commit()
             .await
-            .map_err(SchemaError::db("committing a registration"))?;
+            .map_err(SchemaError::db("committing a registry change"))?;
+        // Back to the pool before the reload takes one.
         drop(client);
-        self.refresh().await?;
-        Ok(RegisterOutcome {
-            version,
-            created: true,
-        })
-    }
-
-    async fn effective_mode_in(
-        &self,
-        client: &impl GenericClient,
-        event_type: &str,
-    ) -> Result<CompatibilityMode> {
-        let row = client
-            .query_one(
-                "SELECT COALESCE(s.compatibility, g.default_compatibility) \
-                 FROM schema_settings g LEFT JOIN schema_subjects s ON s.event_type = $1",
-                &[&event_type],
-            )
-            .await
-            .map_err(SchemaError::db("reading a compatibility mode"))?;
-        row.get::<_, String>(0).parse()
+        if changed {
+            self.refresh().await?;
+        }
+        Ok(value)
     }
 
     /// Every incompatibility of `definition` with the registered versions of `event_type`
@@ -693,31 +701,20 @@ impl Registry {
         column: &'static str,
         value: Option<&str>,
     ) -> Result<()> {
-        if event_type.is_empty() {
-            return Err(invalid(event_type, "the event type is empty"));
-        }
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(SchemaError::pool("connecting"))?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(SchemaError::db("starting a mode change"))?;
-        lock_subject(&tx, event_type).await?;
-        tx.execute(
-            &format!("UPDATE schema_subjects SET {column} = $2 WHERE event_type = $1"),
-            &[&event_type, &value],
-        )
+        let owned = event_type.to_owned();
+        let value = value.map(str::to_owned);
+        self.change(event_type, move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    &format!("UPDATE schema_subjects SET {column} = $2 WHERE event_type = $1"),
+                    &[&owned, &value],
+                )
+                .await
+                .map_err(SchemaError::db("changing a mode"))?;
+                Ok(((), true))
+            })
+        })
         .await
-        .map_err(SchemaError::db("changing a mode"))?;
-        advance_generation(&tx).await?;
-        tx.commit()
-            .await
-            .map_err(SchemaError::db("committing a mode change"))?;
-        drop(client);
-        self.refresh().await
     }
 
     pub async fn set_default_mode(&self, mode: CompatibilityMode) -> Result<()> {
@@ -736,11 +733,7 @@ impl Registry {
     }
 
     async fn update_settings(&self, column: &'static str, value: &str) -> Result<()> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(SchemaError::pool("connecting"))?;
+        let client = self.client().await?;
         client
             .execute(
                 &format!("UPDATE schema_settings SET {column} = $1, generation = generation + 1"),
@@ -760,83 +753,70 @@ impl Registry {
         from_version: i32,
         changes: Option<&[DeclarativeUpcast]>,
     ) -> Result<()> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(SchemaError::pool("connecting"))?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(SchemaError::db("starting an upcast change"))?;
-        lock_subject(&tx, event_type).await?;
-        set_upcast_in(&tx, event_type, from_version, changes).await?;
-        advance_generation(&tx).await?;
-        tx.commit()
-            .await
-            .map_err(SchemaError::db("committing an upcast change"))?;
-        drop(client);
-        self.refresh().await
+        let owned = event_type.to_owned();
+        let changes = changes.map(<[DeclarativeUpcast]>::to_vec);
+        self.change(event_type, move |tx| {
+            Box::pin(async move {
+                set_upcast_in(tx, &owned, from_version, changes.as_deref()).await?;
+                Ok(((), true))
+            })
+        })
+        .await
     }
 
     /// Deletes a version that no stored event claims (`SCHEMA_IN_USE` otherwise). Its number
     /// is not given to a later version.
     pub async fn delete_version(&self, event_type: &str, version: i32) -> Result<()> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(SchemaError::pool("connecting"))?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(SchemaError::db("starting a deletion"))?;
-        lock_subject(&tx, event_type).await?;
-        let events: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM events WHERE event_type = $1 AND schema_version = $2",
-                &[&event_type, &version],
-            )
-            .await
-            .map_err(SchemaError::db("counting a version's events"))?
-            .get(0);
-        if events > 0 {
-            return Err(SchemaError::InUse {
-                event_type: event_type.to_owned(),
-                version,
-                events,
-            });
-        }
-        let deleted = tx
-            .execute(
-                "DELETE FROM schema_versions WHERE event_type = $1 AND version = $2",
-                &[&event_type, &version],
-            )
-            .await
-            .map_err(|error| {
-                // The trigger's verdict: an event claiming the version committed meanwhile.
-                if error.code() == Some(&tokio_postgres::error::SqlState::RESTRICT_VIOLATION) {
-                    SchemaError::InUse {
-                        event_type: event_type.to_owned(),
+        let owned = event_type.to_owned();
+        self.change(event_type, move |tx| {
+            Box::pin(async move {
+                let event_type = owned;
+                let events: i64 = tx
+                    .query_one(
+                        "SELECT count(*) FROM events WHERE event_type = $1 AND schema_version = $2",
+                        &[&event_type, &version],
+                    )
+                    .await
+                    .map_err(SchemaError::db("counting a version's events"))?
+                    .get(0);
+                if events > 0 {
+                    return Err(SchemaError::InUse {
+                        event_type,
                         version,
-                        events: 1,
-                    }
-                } else {
-                    SchemaError::db("deleting a version")(error)
+                        events,
+                    });
                 }
-            })?;
-        if deleted == 0 {
-            return Err(SchemaError::NotFound {
-                event_type: event_type.to_owned(),
-                version: Some(version),
-            });
-        }
-        advance_generation(&tx).await?;
-        tx.commit()
-            .await
-            .map_err(SchemaError::db("committing a deletion"))?;
-        drop(client);
-        self.refresh().await
+                let deleted = tx
+                    .execute(
+                        "DELETE FROM schema_versions WHERE event_type = $1 AND version = $2",
+                        &[&event_type, &version],
+                    )
+                    .await
+                    .map_err(|error| {
+                        // The trigger's verdict: an event claiming the version committed
+                        // meanwhile.
+                        if error.code()
+                            == Some(&tokio_postgres::error::SqlState::RESTRICT_VIOLATION)
+                        {
+                            SchemaError::InUse {
+                                event_type: event_type.clone(),
+                                version,
+                                events: 1,
+                            }
+                        } else {
+                            SchemaError::db("deleting a version")(error)
+                        }
+                    })?;
+                if deleted == 0 {
+                    return Err(SchemaError::NotFound {
+                        event_type,
+                        version: Some(version),
+                    });
+                }
+                Ok(((), true))
+            })
+        })
+        .await
     }
 
     /// Validation on append of one event claiming `version` of `event_type`, as the type's
@@ -986,6 +966,22 @@ impl Registry {
             }
         }
     }
+}
+
+/// The compatibility mode `event_type` is checked with, as stored (inside a change).
+async fn effective_mode_in(
+    client: &impl GenericClient,
+    event_type: &str,
+) -> Result<CompatibilityMode> {
+    let row = client
+        .query_one(
+            "SELECT COALESCE(s.compatibility, g.default_compatibility) \
+             FROM schema_settings g LEFT JOIN schema_subjects s ON s.event_type = $1",
+            &[&event_type],
+        )
+        .await
+        .map_err(SchemaError::db("reading a compatibility mode"))?;
+    row.get::<_, String>(0).parse()
 }
 
 fn validation_in(snapshot: &Snapshot, event_type: &str) -> ValidationMode {

@@ -62,6 +62,14 @@ pub trait Aggregate: Default + Send + Sync + 'static {
         format!("{}-{id}", Self::CATEGORY)
     }
 
+    /// The schema version the events of `event_type` this aggregate writes claim (1 unless
+    /// the type evolved). Loads may see older versions upcast to the latest when the store
+    /// handle has a read hook (the schema registry's); see docs/schema-evolution.md.
+    fn schema_version(event_type: &str) -> i32 {
+        let _ = event_type;
+        1
+    }
+
     /// Folds one event into the state.
     fn apply(&mut self, event: Self::Event);
 
@@ -81,7 +89,8 @@ pub enum CommandError<E> {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// An event in the stream could not be read as `Self::Event` (a type or field this code
-    /// does not know). Nothing was written; the stream needs an upcaster or a code fix.
+    /// does not know). Nothing was written; the event type needs a schema version with an
+    /// upcaster to the shape this code reads (docs/schema-evolution.md), or a code fix.
     #[error("event {stream_version} ({event_type}) of stream '{stream_id}' could not be decoded: {message}")]
     Decode {
         stream_id: String,
@@ -311,7 +320,9 @@ impl CommandBus {
                         None => Uuid::now_v7(),
                     };
                     encode(event).map(|(event_type, payload)| {
+                        let schema_version = A::schema_version(&event_type);
                         NewEvent::new(event_type, payload)
+                            .with_schema_version(schema_version)
                             .with_id(event_id)
                             .with_metadata(metadata.clone())
                     })

@@ -76,6 +76,18 @@ pub enum StoreError {
         retry_after_ms: u64,
     },
 
+    /// The installed append validator (the schema registry) refused the append: an event
+    /// does not match its schema, or its type needs one. Nothing of the append was written;
+    /// fix the event and send again.
+    #[error("the append was refused: {0}; nothing of it was written")]
+    Refused(crate::hooks::HookError),
+
+    /// The read hook (the schema registry's upcasting) could not bring an event read from
+    /// the log to the shape readers expect; the log is unchanged. Register the missing
+    /// upcaster or schema, then read again.
+    #[error("an event read from the log could not be upcast: {0}")]
+    Unreadable(crate::hooks::HookError),
+
     /// The store is shutting down and accepts no new appends.
     #[error("the store is shutting down and no longer accepts appends")]
     ShuttingDown,
@@ -255,6 +267,8 @@ impl StoreError {
             StoreError::WrongExpectedVersion { .. } => "wrong_expected_version",
             StoreError::EventIdConflict { .. } => "event_id_conflict",
             StoreError::Overloaded { .. } => "overloaded",
+            StoreError::Refused(_) => "refused",
+            StoreError::Unreadable(_) => "unreadable",
             StoreError::ShuttingDown => "shutting_down",
             StoreError::Database { .. } => "database",
             StoreError::OutcomeUnknown { .. } => "outcome_unknown",

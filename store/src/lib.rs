@@ -18,6 +18,9 @@
 //! - [`hashing`]: canonical JSON, content hashes, derived event ids, partitions: the parts
 //!   of the on-disk contract that must never change.
 //! - [`validate`], [`error`]: what is refused, and why.
+//! - [`hooks`]: what another crate may install without the store knowing it: an append
+//!   validator (refuses an append before it is queued) and a read hook (rewrites events as a
+//!   handle reads them); the schema registry implements both.
 //! - [`migrate`]: the one migration runner. The store registers the event log's migration;
 //!   a [`migrate::MigrationSet`] merges it with those of other crates (projections, API),
 //!   applied once each in version order, under an advisory lock, checksummed.
@@ -36,6 +39,7 @@ pub mod config;
 pub mod error;
 pub mod hashing;
 mod heads;
+pub mod hooks;
 pub mod migrate;
 pub mod model;
 pub mod read;
@@ -46,6 +50,7 @@ pub mod validate;
 
 pub use config::{Limits, PipelineConfig, StoreConfig};
 pub use error::{OverloadReason, Result, StoreError, ValidationError};
+pub use hooks::{AppendValidator, HookError, ReadHook};
 pub use migrate::MigrationSet;
 pub use model::{
     category_of, AppendOutcome, AppendRequest, AppendedEvent, ExpectedVersion, NewEvent, Position,

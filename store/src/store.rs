@@ -6,6 +6,7 @@ use crate::append::prepare::prepare;
 use crate::config::StoreConfig;
 use crate::error::{Result, StoreError};
 use crate::heads::Heads;
+use crate::hooks::{apply_read_hook, AppendValidator, ReadHook};
 use crate::migrate;
 use crate::model::{AppendOutcome, AppendRequest, Position, RecordedEvent, StreamVersion};
 use crate::read::{self, Direction, LogFilter, PartitionBacklog};
@@ -13,7 +14,7 @@ use crate::subscribe::{self, SubscribeOptions};
 use crate::tls::PgTls;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::Stream;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct EventStore {
     inner: Arc<Inner>,
+    /// Applied to every event this handle reads (see [`crate::hooks`]); other handles of
+    /// the same store may have none.
+    read_hook: Option<Arc<dyn ReadHook>>,
 }
 
 struct Inner {
@@ -36,6 +40,8 @@ struct Inner {
     partition_heads: watch::Receiver<Arc<[Position]>>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Checks every append of every handle; read once per append.
+    validator: RwLock<Option<Arc<dyn AppendValidator>>>,
 }
 
 impl Drop for Inner {
@@ -143,7 +149,9 @@ impl EventStore {
                 partition_heads: heads.partitions(),
                 shutdown,
                 tasks: Mutex::new(vec![writer, watcher]),
+                validator: RwLock::new(None),
             }),
+            read_hook: None,
         })
     }
 
@@ -152,7 +160,48 @@ impl EventStore {
     /// error says about whether anything was written.
     pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome> {
         let prepared = prepare(request, &self.inner.config.limits, self.inner.partitions)?;
+        let validator = self
+            .inner
+            .validator
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(validator) = validator {
+            validator
+                .check(&prepared.request)
+                .await
+                .map_err(StoreError::Refused)?;
+        }
         self.inner.queue.submit(prepared).await
+    }
+
+    /// Installs (or with `None` removes) the validator every later append of every handle
+    /// of this store passes before it is queued (see [`crate::hooks`]).
+    pub fn set_append_validator(&self, validator: Option<Arc<dyn AppendValidator>>) {
+        *self
+            .inner
+            .validator
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = validator;
+    }
+
+    /// A handle of the same store whose reads (`read_stream`, `read_log`, `subscribe`,
+    /// `subscribe_pages`) pass events through `hook`; appends and everything else are
+    /// shared with `self`. The projection engine and the command bus read through such a
+    /// handle to see events upcast, while the log keeps them as written.
+    pub fn with_read_hook(&self, hook: Arc<dyn ReadHook>) -> EventStore {
+        EventStore {
+            inner: self.inner.clone(),
+            read_hook: Some(hook),
+        }
+    }
+
+    /// A handle of the same store without a read hook: reads return the log as written.
+    pub fn without_read_hook(&self) -> EventStore {
+        EventStore {
+            inner: self.inner.clone(),
+            read_hook: None,
+        }
     }
 
     /// Reads up to `limit` events of `stream_id` starting at version `from` (inclusive).
@@ -165,7 +214,10 @@ impl EventStore {
     ) -> Result<Vec<RecordedEvent>> {
         crate::validate::stream_id(stream_id, &self.inner.config.limits)?;
         let client = self.inner.pool.get().await?;
-        read::read_stream(&client, stream_id, from, direction, limit).await
+        let mut events = read::read_stream(&client, stream_id, from, direction, limit).await?;
+        drop(client);
+        apply_read_hook(self.read_hook.as_ref(), &mut events).await?;
+        Ok(events)
     }
 
     /// Reads up to `limit` events after `after` passing `filter`, in position order.
@@ -176,7 +228,10 @@ impl EventStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
         let client = self.inner.pool.get().await?;
-        read::read_log(&client, after, filter, limit).await
+        let mut events = read::read_log(&client, after, filter, limit).await?;
+        drop(client);
+        apply_read_hook(self.read_hook.as_ref(), &mut events).await?;
+        Ok(events)
     }
 
     /// The number of events after `after` up to `upto` (inclusive) that pass `filter`
@@ -268,6 +323,7 @@ impl EventStore {
             head: self.inner.head.clone(),
             partitions: self.inner.partition_heads.clone(),
             poll_interval: self.inner.config.poll_interval,
+            read_hook: self.read_hook.clone(),
         }
     }
 
@@ -329,6 +385,7 @@ impl std::fmt::Debug for EventStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventStore")
             .field("partitions", &self.inner.partitions)
+            .field("read_hook", &self.read_hook.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct Source {
     pub partitions: watch::Receiver<Arc<[Position]>>,
     /// How long a subscription waits for a wake-up before it reads again anyway.
     pub poll_interval: Duration,
+    /// Applied to every page read (see [`crate::hooks`]).
+    pub read_hook: Option<Arc<dyn crate::hooks::ReadHook>>,
 }
 
 impl Source {
@@ -43,7 +45,10 @@ impl Source {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
         let client = self.pool.get().await?;
-        crate::read::read_log(&client, after, filter, limit).await
+        let mut events = crate::read::read_log(&client, after, filter, limit).await?;
+        drop(client);
+        crate::hooks::apply_read_hook(self.read_hook.as_ref(), &mut events).await?;
+        Ok(events)
     }
 }
 

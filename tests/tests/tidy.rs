@@ -159,6 +159,7 @@ const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
             "tidemark-store",
             "tidemark-projections",
             "tidemark-pg-embedded",
+            "tidemark-schema",
         ],
     ),
 ];

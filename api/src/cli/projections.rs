@@ -53,7 +53,13 @@ pub async fn run(
     store: EventStore,
     app: TidemarkApp,
 ) -> anyhow::Result<()> {
-    let engine = ProjectionEngine::new(store, app.registry().clone(), EngineConfig::default());
+    // Rebuilds from the CLI see events upcast, exactly as the server's projections do.
+    let evolution = crate::evolution::Evolution::install(&store, &app).await?;
+    let engine = ProjectionEngine::new(
+        evolution.upcasting,
+        app.registry().clone(),
+        EngineConfig::default(),
+    );
     match command {
         ProjectionsCommand::List => {
             let statuses = engine.status().await?;

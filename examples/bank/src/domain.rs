@@ -188,8 +188,10 @@ pub enum AccountEvent {
     AccountOpened {
         owner: String,
     },
+    /// Schema version 2 (see [`crate::schemas`]): v1 had no `currency`.
     MoneyDeposited {
         amount: i64,
+        currency: String,
     },
     MoneyWithdrawn {
         amount: i64,
@@ -258,10 +260,17 @@ impl Aggregate for Account {
     type Error = BankError;
     const CATEGORY: &'static str = "account";
 
+    fn schema_version(event_type: &str) -> i32 {
+        match event_type {
+            "MoneyDeposited" => crate::schemas::MONEY_DEPOSITED_VERSION,
+            _ => 1,
+        }
+    }
+
     fn apply(&mut self, event: AccountEvent) {
         match event {
             AccountEvent::AccountOpened { owner } => self.owner = Some(owner),
-            AccountEvent::MoneyDeposited { amount } => self.balance += amount,
+            AccountEvent::MoneyDeposited { amount, .. } => self.balance += amount,
             AccountEvent::MoneyWithdrawn { amount, order_id } => {
                 self.balance -= amount;
                 if let Some(order) = order_id {
@@ -287,7 +296,10 @@ impl Aggregate for Account {
                 if *amount <= 0 {
                     return Err(BankError::NonPositiveAmount(*amount));
                 }
-                Ok(vec![AccountEvent::MoneyDeposited { amount: *amount }])
+                Ok(vec![AccountEvent::MoneyDeposited {
+                    amount: *amount,
+                    currency: crate::schemas::DEFAULT_CURRENCY.into(),
+                }])
             }
             AccountCommand::Withdraw { amount } => {
                 self.usable()?;
@@ -475,7 +487,10 @@ mod tests {
     }
 
     fn deposited(amount: i64) -> AccountEvent {
-        AccountEvent::MoneyDeposited { amount }
+        AccountEvent::MoneyDeposited {
+            amount,
+            currency: "EUR".into(),
+        }
     }
 
     fn withdrawn(amount: i64) -> AccountEvent {

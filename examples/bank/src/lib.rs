@@ -3,16 +3,20 @@
 //! - [`domain`]: the write side — customers, accounts and orders with their invariants.
 //! - [`graphql`]: the commands as mutations and the read models as queries, merged with
 //!   Tidemark's built-in schema by [`app`].
+//! - [`schemas`]: how `MoneyDeposited` evolved (v1 `{amount}`, v2 adds `currency`): the
+//!   registered schemas and the v1 → v2 upcaster that projections and the aggregate read
+//!   through.
 //! - [`projections`]: the read models — balances per account (a per-stream fold), totals
 //!   per category and event type (a cross-stream aggregate) — and a side-effect handler
 //!   that alerts on large withdrawals.
 //!
-//! Streams are `account-<id>`; events are `AccountOpened`, `MoneyDeposited` and
-//! `MoneyWithdrawn` with an integer `amount` in cents.
+//! Streams are `account-<id>`; events are `AccountOpened`, `MoneyDeposited` (v2: with a
+//! `currency`) and `MoneyWithdrawn` with an integer `amount` in cents.
 
 pub mod domain;
 pub mod graphql;
 pub mod projections;
+pub mod schemas;
 
 use projections::{
     AccountBalances, AlertSink, CategoryTotals, LargeWithdrawalAlerts, OrdersByStatus,
@@ -26,7 +30,7 @@ pub const LARGE_WITHDRAWAL: i64 = 100_000;
 /// The bank as a Tidemark application: its read models, its alert handler and its GraphQL
 /// objects. `alerts` receives large-withdrawal alerts (another service in production).
 pub fn app(alerts: Arc<dyn AlertSink>) -> TidemarkApp {
-    TidemarkApp::builder()
+    schemas::register(TidemarkApp::builder())
         .name("bank")
         .projection(AccountBalances)
         .projection(CategoryTotals)

@@ -798,7 +798,7 @@ async fn the_readme_walkthrough_works_as_written() {
     assert_eq!(live["position"], 4);
     assert_eq!(live["streamId"], "account-ann-1");
     assert_eq!(live["type"], "MoneyDeposited");
-    assert_eq!(live["data"], json!({ "amount": 2500 }));
+    assert_eq!(live["data"], json!({ "amount": 2500, "currency": "EUR" }));
     subscription.close().await;
 
     // 4. The rule: refused with the sentence the README quotes, nothing written.

@@ -19,5 +19,6 @@ mod http_service;
 mod outcome;
 mod ownership;
 mod restart;
+mod schemas;
 mod subscriptions;
 mod tls;

@@ -71,7 +71,14 @@ async fn main() -> anyhow::Result<()> {
         pools = ?registry.iter().map(|p| format!("{}={}", p.name(), p.pool())).collect::<Vec<_>>(),
         "scale-out settings"
     );
-    let engine = ProjectionEngine::new(store.clone(), registry, config);
+    // The projections read through the registry's upcasting, as in the bank's server.
+    let evolution = tidemark_api::evolution::Evolution::install(
+        &store,
+        &tidemark_example_bank::app(Arc::new(tidemark_example_bank::LogAlerts)),
+    )
+    .await
+    .context("opening the schema registry")?;
+    let engine = ProjectionEngine::new(evolution.upcasting, registry, config);
     engine
         .start()
         .await

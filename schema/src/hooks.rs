@@ -1,0 +1,101 @@
+//! The registry installed on the store: [`SchemaValidator`] is the store's append validator
+//! (validation on append, per type `OFF`/`WARN`/`ENFORCE`, and the server's policy for types
+//! without a schema), [`SchemaUpcaster`] its read hook (every event read through the handle
+//! comes out as the latest registered version of its type).
+//!
+//! ```ignore
+//! let registry = Arc::new(Registry::open(store.pool().clone(), RegistryOptions::default()).await?);
+//! store.set_append_validator(Some(Arc::new(SchemaValidator::new(registry.clone()))));
+//! let upcasting = store.with_read_hook(Arc::new(SchemaUpcaster::new(registry, upcasters)));
+//! // hand `upcasting` to the projection engine and the command bus
+//! ```
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tidemark_store::{AppendRequest, AppendValidator, HookError, ReadHook, RecordedEvent};
+
+use crate::registry::Registry;
+use crate::upcast::Upcasters;
+
+/// Validation on append through the registry. The first event of an append that the
+/// registry refuses refuses the whole append; the registry's cache makes a valid event one
+/// pass of a compiled validator, with no database round trip.
+#[derive(Debug, Clone)]
+pub struct SchemaValidator {
+    registry: Arc<Registry>,
+}
+
+impl SchemaValidator {
+    pub fn new(registry: Arc<Registry>) -> SchemaValidator {
+        SchemaValidator { registry }
+    }
+}
+
+impl AppendValidator for SchemaValidator {
+    fn check<'a>(&'a self, request: &'a AppendRequest) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async move {
+            for (index, event) in request.events.iter().enumerate() {
+                self.registry
+                    .validate(&event.event_type, event.schema_version, &event.payload)
+                    .await
+                    .map_err(|error| HookError::new(error.code(), Some(index), error))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Upcasting on read through the registry: the application's Rust upcasters first, then
+/// the declarative ones stored in the registry. Events of types without a schema, and
+/// events at the latest version, pass unchanged.
+#[derive(Debug, Clone)]
+pub struct SchemaUpcaster {
+    registry: Arc<Registry>,
+    upcasters: Arc<Upcasters>,
+}
+
+impl SchemaUpcaster {
+    pub fn new(registry: Arc<Registry>, upcasters: Arc<Upcasters>) -> SchemaUpcaster {
+        SchemaUpcaster {
+            registry,
+            upcasters,
+        }
+    }
+
+    /// One event as the latest version of its type (what every read through the hook sees).
+    pub async fn upcast(&self, event: &mut RecordedEvent) -> Result<(), HookError> {
+        let payload = std::mem::take(&mut event.payload);
+        let (version, payload) = self
+            .registry
+            .to_latest(
+                &self.upcasters,
+                &event.event_type,
+                event.schema_version,
+                payload,
+            )
+            .await
+            .map_err(|error| {
+                let mut hook = HookError::new(error.code(), None, error);
+                hook.message = format!("event at position {}: {}", event.position, hook.message);
+                hook
+            })?;
+        event.schema_version = version;
+        event.payload = payload;
+        Ok(())
+    }
+}
+
+impl ReadHook for SchemaUpcaster {
+    fn apply<'a>(
+        &'a self,
+        events: &'a mut [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), HookError>> {
+        Box::pin(async move {
+            for event in events.iter_mut() {
+                self.upcast(event).await?;
+            }
+            Ok(())
+        })
+    }
+}
