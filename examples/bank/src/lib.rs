@@ -51,3 +51,29 @@ impl AlertSink for LogAlerts {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{app, LogAlerts};
+    use std::sync::Arc;
+
+    /// `examples/bank/schema.graphql` is the SDL of the bank's merged schema, committed so
+    /// a change to its commands or queries shows up in review. Regenerate with
+    /// `TIDEMARK_UPDATE_SCHEMA=1 cargo test -p tidemark-example-bank --lib`.
+    #[test]
+    fn schema_file_matches_the_code() {
+        let sdl = app(Arc::new(LogAlerts)).sdl();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql");
+        if std::env::var_os("TIDEMARK_UPDATE_SCHEMA").is_some() {
+            std::fs::write(&path, &sdl).expect("write examples/bank/schema.graphql");
+            return;
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == sdl,
+            "examples/bank/schema.graphql differs from the schema in the code; if the change is \
+             intended, regenerate it with `TIDEMARK_UPDATE_SCHEMA=1 cargo test -p \
+             tidemark-example-bank --lib` and commit it"
+        );
+    }
+}
