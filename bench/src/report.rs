@@ -143,6 +143,25 @@ fn row<S: AsRef<str>, const N: usize>(out: &mut String, cells: [S; N]) {
     out.push('\n');
 }
 
+/// A main-table row of a Tidemark append run: its figures, then the baseline it is
+/// `compared` with (the baseline's description and the ratio to it), or `—` without one.
+fn append_row(out: &mut String, label: &str, r: &AtClients, compared: Option<(String, String)>) {
+    let none = || "—".to_string();
+    let (baseline, ratios) = compared.unwrap_or_else(|| (none(), none()));
+    row(
+        out,
+        [
+            label.to_string(),
+            r.clients.to_string(),
+            format!("{} events/s", group(r.rate.per_sec)),
+            r.rate.latency(),
+            r.batches.as_ref().map_or_else(none, per_tx),
+            baseline,
+            ratios,
+        ],
+    );
+}
+
 fn per_tx(batches: &Batches) -> String {
     format!(
         "{:.1} appends, {} ms",
@@ -181,6 +200,26 @@ impl Report {
 
     fn scan(&self, label: &str) -> Option<&Scan> {
         self.scans.iter().find(|s| s.label == label)
+    }
+
+    /// A main-table row of latencies measured with one appender at `delivery_rate`.
+    fn delivery_row(&self, out: &mut String, label: String, d: &DeliveryFigures) {
+        row(
+            out,
+            [
+                label,
+                format!("1 appender @ {} ev/s", group(f64::from(self.delivery_rate))),
+                format!(
+                    "max {} ms ({} events)",
+                    ms(d.max_ms),
+                    group(d.samples as f64)
+                ),
+                format!("{} / {} ms", ms(d.p50_ms), ms(d.p99_ms)),
+                "—".into(),
+                "—".into(),
+                "—".into(),
+            ],
+        );
     }
 
     pub fn to_markdown(&self) -> String {
@@ -282,70 +321,50 @@ impl Report {
         }
         let best_batch = self.raw_batch_best();
         for r in &self.appends {
-            let single = self.raw_single_at(r.requested);
-            let (baseline, ratios) = match (single, best_batch) {
-                (Some(s), Some(b)) => (
-                    format!(
-                        "raw 1-row @{}: {}/s; raw 100-row best (@{}): {}/s",
-                        s.clients,
-                        group(s.rate.per_sec),
-                        b.clients,
-                        group(b.rate.per_sec)
-                    ),
-                    format!(
-                        "{} ; {}",
-                        ratio(r.rate.per_sec, s.rate.per_sec),
-                        ratio(r.rate.per_sec, b.rate.per_sec)
-                    ),
-                ),
-                _ => (none(), none()),
-            };
-            row(
+            let compared = self
+                .raw_single_at(r.requested)
+                .zip(best_batch)
+                .map(|(s, b)| {
+                    (
+                        format!(
+                            "raw 1-row @{}: {}/s; raw 100-row best (@{}): {}/s",
+                            s.clients,
+                            group(s.rate.per_sec),
+                            b.clients,
+                            group(b.rate.per_sec)
+                        ),
+                        format!(
+                            "{} ; {}",
+                            ratio(r.rate.per_sec, s.rate.per_sec),
+                            ratio(r.rate.per_sec, b.rate.per_sec)
+                        ),
+                    )
+                });
+            append_row(
                 out,
-                [
-                    "Tidemark `append`, 1 event, random streams".into(),
-                    r.clients.to_string(),
-                    format!("{} events/s", group(r.rate.per_sec)),
-                    r.rate.latency(),
-                    r.batches.as_ref().map_or_else(none, per_tx),
-                    baseline,
-                    ratios,
-                ],
+                "Tidemark `append`, 1 event, random streams",
+                r,
+                compared,
             );
         }
         if let Some(r) = &self.cold_appends {
-            let seeded = self.tidemark_at(r.requested);
-            row(
-                out,
-                [
-                    "Tidemark `append`, 1 event, on a new store without table statistics".into(),
-                    r.clients.to_string(),
-                    format!("{} events/s", group(r.rate.per_sec)),
-                    r.rate.latency(),
-                    r.batches.as_ref().map_or_else(none, per_tx),
-                    seeded.map_or_else(none, |s| {
-                        format!("same on the seeded store: {}/s", group(s.rate.per_sec))
-                    }),
-                    seeded.map_or_else(none, |s| ratio(r.rate.per_sec, s.rate.per_sec)),
-                ],
-            );
+            let compared = self.tidemark_at(r.requested).map(|s| {
+                (
+                    format!("same on the seeded store: {}/s", group(s.rate.per_sec)),
+                    ratio(r.rate.per_sec, s.rate.per_sec),
+                )
+            });
+            let label = "Tidemark `append`, 1 event, on a new store without table statistics";
+            append_row(out, label, r, compared);
         }
         for r in &self.batch_appends {
-            let raw = self.raw_batch_at(r.requested);
-            row(
-                out,
-                [
-                    "Tidemark `append`, 100 events per append".into(),
-                    r.clients.to_string(),
-                    format!("{} events/s", group(r.rate.per_sec)),
-                    r.rate.latency(),
-                    r.batches.as_ref().map_or_else(none, per_tx),
-                    raw.map_or_else(none, |b| {
-                        format!("raw 100-row @{}: {}/s", b.clients, group(b.rate.per_sec))
-                    }),
-                    raw.map_or_else(none, |b| ratio(r.rate.per_sec, b.rate.per_sec)),
-                ],
-            );
+            let compared = self.raw_batch_at(r.requested).map(|b| {
+                (
+                    format!("raw 100-row @{}: {}/s", b.clients, group(b.rate.per_sec)),
+                    ratio(r.rate.per_sec, b.rate.per_sec),
+                )
+            });
+            append_row(out, "Tidemark `append`, 100 events per append", r, compared);
         }
         let raw_one = self.raw_single_at(1);
         for h in &self.hot {
@@ -386,22 +405,7 @@ impl Report {
             );
         }
         for d in &self.delivery {
-            row(
-                out,
-                [
-                    format!("Append→subscriber delivery, {}", d.label),
-                    format!("1 appender @ {} ev/s", group(f64::from(self.delivery_rate))),
-                    format!(
-                        "max {} ms ({} events)",
-                        ms(d.max_ms),
-                        group(d.samples as f64)
-                    ),
-                    format!("{} / {} ms", ms(d.p50_ms), ms(d.p99_ms)),
-                    none(),
-                    none(),
-                    none(),
-                ],
-            );
+            self.delivery_row(out, format!("Append→subscriber delivery, {}", d.label), d);
         }
         if let Some((raw, catch_up)) = &self.projection_catch_up {
             row(
@@ -421,22 +425,8 @@ impl Report {
             );
         }
         if let Some(d) = &self.projection_latency {
-            row(
-                out,
-                [
-                    "Append→read-model latency (counting projection)".into(),
-                    format!("1 appender @ {} ev/s", group(f64::from(self.delivery_rate))),
-                    format!(
-                        "max {} ms ({} events)",
-                        ms(d.max_ms),
-                        group(d.samples as f64)
-                    ),
-                    format!("{} / {} ms", ms(d.p50_ms), ms(d.p99_ms)),
-                    none(),
-                    none(),
-                    none(),
-                ],
-            );
+            let label = "Append→read-model latency (counting projection)";
+            self.delivery_row(out, label.into(), d);
         }
         if let Some(o) = &self.overload {
             row(

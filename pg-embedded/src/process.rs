@@ -144,15 +144,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_reaped_child_is_neither_alive_nor_running() {
+    /// A child running `true` and its pid; `None` without /proc (nothing can be judged).
+    fn true_child() -> Option<(std::process::Child, i32)> {
         if !has_proc() {
-            return;
+            return None;
         }
-        let mut child = std::process::Command::new("true")
+        let child = std::process::Command::new("true")
             .spawn()
             .expect("spawning `true`");
         let pid = child.id() as i32;
+        Some((child, pid))
+    }
+
+    #[test]
+    fn a_reaped_child_is_neither_alive_nor_running() {
+        let Some((mut child, pid)) = true_child() else {
+            return;
+        };
         let started = process_state(pid).map(|s| s.started);
         child.wait().expect("reaping the child");
         assert!(!still_running(pid, started));
@@ -163,13 +171,9 @@ mod tests {
 
     #[test]
     fn a_zombie_is_alive_but_no_longer_running() {
-        if !has_proc() {
+        let Some((mut child, pid)) = true_child() else {
             return;
-        }
-        let mut child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawning `true`");
-        let pid = child.id() as i32;
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !process_state(pid)
             .expect("an unreaped child has a stat")

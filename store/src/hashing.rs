@@ -15,30 +15,35 @@ pub fn canonical_json(value: &Value, out: &mut Vec<u8>) {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort_unstable();
-            out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
+            write_list(out, b'{', b'}', keys, |key, out| {
                 write_json_string(key, out);
                 out.push(b':');
                 canonical_json(&map[key.as_str()], out);
-            }
-            out.push(b'}');
+            });
         }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical_json(item, out);
-            }
-            out.push(b']');
-        }
+        Value::Array(items) => write_list(out, b'[', b']', items, canonical_json),
         Value::String(s) => write_json_string(s, out),
         other => out.extend_from_slice(other.to_string().as_bytes()),
     }
+}
+
+/// Writes `items` comma-separated between `open` and `close`: objects and arrays share
+/// the one separator rule, so the encoding cannot drift between them.
+fn write_list<T>(
+    out: &mut Vec<u8>,
+    open: u8,
+    close: u8,
+    items: impl IntoIterator<Item = T>,
+    mut write: impl FnMut(T, &mut Vec<u8>),
+) {
+    out.push(open);
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(item, out);
+    }
+    out.push(close);
 }
 
 fn write_json_string(s: &str, out: &mut Vec<u8>) {
@@ -80,10 +85,7 @@ pub fn derived_event_id(stream_id: &str, version: StreamVersion, content_hash: &
     field(&mut hasher, stream_id.as_bytes());
     hasher.update(&version.to_le_bytes());
     hasher.update(content_hash);
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-    // Mark it as a version-8 (custom) RFC 9562 UUID.
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    derived_uuid(&hasher)
 }
 
 /// The id of event `index` that a command identified by `command_id` writes to `stream_id`:
@@ -96,6 +98,11 @@ pub fn command_event_id(command_id: Uuid, stream_id: &str, index: usize) -> Uuid
     hasher.update(command_id.as_bytes());
     field(&mut hasher, stream_id.as_bytes());
     hasher.update(&(index as u64).to_le_bytes());
+    derived_uuid(&hasher)
+}
+
+/// The first 16 bytes of `hasher`'s digest, marked as a version-8 (custom) RFC 9562 UUID.
+fn derived_uuid(hasher: &blake3::Hasher) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()

@@ -252,32 +252,18 @@ pub(crate) async fn backlog<C: deadpool_postgres::GenericClient>(
     cap: i64,
 ) -> Result<Vec<PartitionBacklog>> {
     let pending = format!("events e WHERE {IN_PARTITION_RANGE} AND {FILTER_MATCHES}");
-    let statement = client
-        .prepare_cached(&format!(
-            "SELECT p.partition,
-                    (SELECT count(*) FROM (SELECT 1 FROM {pending} LIMIT $6) AS pending),
-                    (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM {pending}
-                      ORDER BY e.partition, e.position LIMIT 1)
-               FROM unnest($1::smallint[], $2::bigint[]) AS p(partition, after)
-              ORDER BY p.partition"
-        ))
-        .await
-        .map_err(StoreError::db("preparing a backlog query"))?;
-    let (partitions, afters): (Vec<i16>, Vec<Position>) = positions.iter().copied().unzip();
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &partitions,
-                &afters,
-                &filter.categories,
-                &filter.event_types,
-                &upto,
-                &cap,
-            ],
-        )
-        .await
-        .map_err(StoreError::db("measuring a backlog"))?;
+    let sql = format!(
+        "SELECT p.partition,
+                (SELECT count(*) FROM (SELECT 1 FROM {pending} LIMIT $6) AS pending),
+                (SELECT extract(epoch FROM now() - e.recorded_at)::float8 FROM {pending}
+                  ORDER BY e.partition, e.position LIMIT 1)
+           FROM unnest($1::smallint[], $2::bigint[]) AS p(partition, after)
+          ORDER BY p.partition"
+    );
+    let doing = ["preparing a backlog query", "measuring a backlog"];
+    let rows = PerPartition::new(positions, upto, filter)
+        .query(client, &sql, &[&cap], doing)
+        .await?;
     Ok(rows
         .iter()
         .map(|r| PartitionBacklog {
@@ -295,28 +281,66 @@ pub(crate) async fn partitions_behind<C: deadpool_postgres::GenericClient>(
     upto: Position,
     filter: &LogFilter,
 ) -> Result<Vec<i16>> {
-    let statement = client
-        .prepare_cached(&format!(
-            "SELECT p.partition FROM unnest($1::smallint[], $2::bigint[]) AS p(partition, after)
-              WHERE EXISTS (SELECT 1 FROM events e
-                             WHERE {IN_PARTITION_RANGE} AND {FILTER_MATCHES})
-              ORDER BY p.partition"
-        ))
-        .await
-        .map_err(StoreError::db("preparing a progress check"))?;
-    let (partitions, afters): (Vec<i16>, Vec<Position>) = positions.iter().copied().unzip();
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &partitions,
-                &afters,
-                &filter.categories,
-                &filter.event_types,
-                &upto,
-            ],
-        )
-        .await
-        .map_err(StoreError::db("checking progress against the log"))?;
+    let sql = format!(
+        "SELECT p.partition FROM unnest($1::smallint[], $2::bigint[]) AS p(partition, after)
+          WHERE EXISTS (SELECT 1 FROM events e
+                         WHERE {IN_PARTITION_RANGE} AND {FILTER_MATCHES})
+          ORDER BY p.partition"
+    );
+    let doing = [
+        "preparing a progress check",
+        "checking progress against the log",
+    ];
+    let rows = PerPartition::new(positions, upto, filter)
+        .query(client, &sql, &[], doing)
+        .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The arguments every per-partition query binds the same way: `$1`/`$2` the partitions
+/// and their positions (unnested as `p(partition, after)`), `$3`/`$4` the filter (see
+/// [`FILTER_MATCHES`]) and `$5` `upto` (see [`IN_PARTITION_RANGE`]).
+struct PerPartition<'a> {
+    positions: &'a [(i16, Position)],
+    upto: Position,
+    filter: &'a LogFilter,
+}
+
+impl<'a> PerPartition<'a> {
+    fn new(positions: &'a [(i16, Position)], upto: Position, filter: &'a LogFilter) -> Self {
+        PerPartition {
+            positions,
+            upto,
+            filter,
+        }
+    }
+
+    /// Prepares (cached) and runs `sql` with these arguments, then `extra` from `$6` on.
+    /// `[preparing, running]` say what failed in the error.
+    async fn query<C: deadpool_postgres::GenericClient>(
+        &self,
+        client: &C,
+        sql: &str,
+        extra: &[&(dyn ToSql + Sync)],
+        [preparing, running]: [&'static str; 2],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(StoreError::db(preparing))?;
+        let (partitions, afters): (Vec<i16>, Vec<Position>) =
+            self.positions.iter().copied().unzip();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &partitions,
+            &afters,
+            &self.filter.categories,
+            &self.filter.event_types,
+            &self.upto,
+        ];
+        params.extend_from_slice(extra);
+        client
+            .query(&statement, &params)
+            .await
+            .map_err(StoreError::db(running))
+    }
 }

@@ -33,7 +33,9 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<(), ValidationEr
     Ok(())
 }
 
-fn json_kind(v: &Value) -> &'static str {
+/// A JSON value's kind as refusals name it ("an array"). Public so that other crates'
+/// refusals about JSON (the schema registry's Avro encoding) name kinds the same way.
+pub fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -11,6 +11,8 @@ use async_graphql::{Context, Object, SimpleObject};
 use tidemark_api::{ApiError, ApiResult, Role, RoleGuard, Tidemark};
 use tidemark_store::aggregate::{CommandError, CommandOutcome};
 use tidemark_store::StoreError;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 /// What a command did.
@@ -78,11 +80,21 @@ pub struct CategoryTotal {
     pub amount: i64,
 }
 
-/// A connection for reading read models.
-async fn read_client(ctx: &Context<'_>) -> ApiResult<deadpool_postgres::Object> {
+/// Runs a query of a read model and turns each row into a view with `view`.
+async fn read_rows<T>(
+    ctx: &Context<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    view: impl FnMut(&Row) -> T,
+) -> ApiResult<Vec<T>> {
     let pool = Tidemark::from_ctx(ctx)?.store().pool();
     // The store's reading of a failed checkout (the database is unavailable: retry).
-    Ok(pool.get().await.map_err(StoreError::from)?)
+    let client = pool.get().await.map_err(StoreError::from)?;
+    let rows = client
+        .query(sql, params)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(rows.iter().map(view).collect())
 }
 
 fn positive_limit(first: i32) -> ApiResult<i64> {
@@ -95,6 +107,20 @@ fn positive_limit(first: i32) -> ApiResult<i64> {
     Ok(i64::from(first))
 }
 
+/// The `account_balances` columns [`account_view`] reads.
+const ACCOUNTS: &str =
+    "SELECT account_id, owner, balance, version FROM rm_account_balances.balances";
+
+/// Account `id` from a row selected by [`ACCOUNTS`].
+fn account_view(id: String, r: &Row) -> AccountView {
+    AccountView {
+        id,
+        owner: r.get(1),
+        balance: r.get(2),
+        version: r.get(3),
+    }
+}
+
 /// Queries of the bank's read models.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BankQuery;
@@ -104,20 +130,13 @@ impl BankQuery {
     /// One account's balance.
     #[graphql(guard = "RoleGuard(Role::Read)")]
     async fn account(&self, ctx: &Context<'_>, id: String) -> ApiResult<Option<AccountView>> {
-        let client = read_client(ctx).await?;
-        let row = client
-            .query_opt(
-                "SELECT account_id, owner, balance, version FROM rm_account_balances.balances WHERE account_id = $1",
-                &[&Account::stream_id_of(&id)],
-            )
-            .await
-            .map_err(ApiError::internal)?;
-        Ok(row.map(|r| AccountView {
-            id: id.clone(),
-            owner: r.get(1),
-            balance: r.get(2),
-            version: r.get(3),
-        }))
+        let sql = format!("{ACCOUNTS} WHERE account_id = $1");
+        let rows = read_rows(ctx, &sql, &[&Account::stream_id_of(&id)], |r| {
+            account_view(id.clone(), r)
+        })
+        .await?;
+        // At most one: `account_id` is the table's key.
+        Ok(rows.into_iter().next())
     }
 
     /// Accounts, largest balance first.
@@ -128,34 +147,18 @@ impl BankQuery {
         #[graphql(default = 50)] first: i32,
     ) -> ApiResult<Vec<AccountView>> {
         let limit = positive_limit(first)?;
-        let client = read_client(ctx).await?;
-        let rows = client
-            .query(
-                "SELECT account_id, owner, balance, version FROM rm_account_balances.balances
-                  ORDER BY balance DESC, account_id LIMIT $1",
-                &[&limit],
-            )
-            .await
-            .map_err(ApiError::internal)?;
-        Ok(rows
-            .iter()
-            .map(|r| AccountView {
-                id: r
-                    .get::<_, String>(0)
-                    .trim_start_matches("account-")
-                    .to_string(),
-                owner: r.get(1),
-                balance: r.get(2),
-                version: r.get(3),
-            })
-            .collect())
+        let sql = format!("{ACCOUNTS} ORDER BY balance DESC, account_id LIMIT $1");
+        read_rows(ctx, &sql, &[&limit], |r| {
+            let stream_id: String = r.get(0);
+            account_view(stream_id.trim_start_matches("account-").to_string(), r)
+        })
+        .await
     }
 
     /// One order.
     #[graphql(guard = "RoleGuard(Role::Read)")]
     async fn order(&self, ctx: &Context<'_>, id: String) -> ApiResult<Option<OrderView>> {
-        Ok(self
-            .orders_where(ctx, Some(id), None, 1)
+        Ok(orders_where(ctx, Some(id), None, 1)
             .await?
             .into_iter()
             .next())
@@ -169,83 +172,84 @@ impl BankQuery {
         status: Option<String>,
         #[graphql(default = 50)] first: i32,
     ) -> ApiResult<Vec<OrderView>> {
-        self.orders_where(ctx, None, status, positive_limit(first)?)
-            .await
+        orders_where(ctx, None, status, positive_limit(first)?).await
     }
 
     /// Event counts and amount sums per category and event type, across all streams.
     #[graphql(guard = "RoleGuard(Role::Read)")]
     async fn category_totals(&self, ctx: &Context<'_>) -> ApiResult<Vec<CategoryTotal>> {
-        let client = read_client(ctx).await?;
-        let rows = client
-            .query(
-                "SELECT category, event_type, events, amount FROM rm_category_totals.totals ORDER BY category, event_type",
-                &[],
-            )
-            .await
-            .map_err(ApiError::internal)?;
-        Ok(rows
-            .iter()
-            .map(|r| CategoryTotal {
+        read_rows(
+            ctx,
+            "SELECT category, event_type, events, amount FROM rm_category_totals.totals ORDER BY category, event_type",
+            &[],
+            |r| CategoryTotal {
                 category: r.get(0),
                 event_type: r.get(1),
                 events: r.get(2),
                 amount: r.get(3),
-            })
-            .collect())
+            },
+        )
+        .await
     }
 }
 
-impl BankQuery {
-    async fn orders_where(
-        &self,
-        ctx: &Context<'_>,
-        id: Option<String>,
-        status: Option<String>,
-        limit: i64,
-    ) -> ApiResult<Vec<OrderView>> {
-        let client = read_client(ctx).await?;
-        let rows = client
-            .query(
-                "SELECT order_id, customer_id, account_id, amount, status FROM rm_orders.orders
-                  WHERE ($1::text IS NULL OR order_id = $1) AND ($2::text IS NULL OR status = $2)
-                  ORDER BY updated_position DESC LIMIT $3",
-                &[&id, &status, &limit],
-            )
-            .await
-            .map_err(ApiError::internal)?;
-        Ok(rows
-            .iter()
-            .map(|r| OrderView {
-                id: r.get(0),
-                customer_id: r.get(1),
-                account_id: r.get(2),
-                amount: r.get(3),
-                status: r.get(4),
-            })
-            .collect())
-    }
+async fn orders_where(
+    ctx: &Context<'_>,
+    id: Option<String>,
+    status: Option<String>,
+    limit: i64,
+) -> ApiResult<Vec<OrderView>> {
+    read_rows(
+        ctx,
+        "SELECT order_id, customer_id, account_id, amount, status FROM rm_orders.orders
+          WHERE ($1::text IS NULL OR order_id = $1) AND ($2::text IS NULL OR status = $2)
+          ORDER BY updated_position DESC LIMIT $3",
+        &[&id, &status, &limit],
+        |r| OrderView {
+            id: r.get(0),
+            customer_id: r.get(1),
+            account_id: r.get(2),
+            amount: r.get(3),
+            status: r.get(4),
+        },
+    )
+    .await
 }
 
 /// The bank's commands. Each refuses what breaks a rule with code `REJECTED` and a sentence.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BankMutation;
 
-#[Object]
-impl BankMutation {
+/// Writes the `#[Object]` impl of [`BankMutation`] from its commands, each written as
+/// `fn name(ctx, command_id; arguments) { body }`. Every command needs the `Append` role,
+/// takes the client's `commandId` as its last argument and answers a [`CommandResult`]:
+/// spelled once here, so that guard, argument and description cannot differ between commands.
+/// The body names the context and the command id itself (macro hygiene hides the macro's).
+macro_rules! command_mutations {
+    ($(
+        $(#[doc = $doc:literal])+
+        fn $name:ident($ctx:ident, $command_id:ident; $($arg:ident: $ty:ty),+) $body:block
+    )+) => {
+        #[Object]
+        impl BankMutation {$(
+            $(#[doc = $doc])+
+            #[graphql(guard = "RoleGuard(Role::Append)")]
+            async fn $name(
+                &self,
+                $ctx: &Context<'_>,
+                $($arg: $ty,)+
+                #[graphql(
+                    desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
+                )]
+                $command_id: Option<Uuid>,
+            ) -> ApiResult<CommandResult> $body
+        )+}
+    };
+}
+
+command_mutations! {
     /// Registers a customer (once; the email must look like one).
-    #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn register_customer(
-        &self,
-        ctx: &Context<'_>,
-        customer_id: String,
-        name: String,
-        email: String,
-        #[graphql(
-            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
-        )]
-        command_id: Option<Uuid>,
-    ) -> ApiResult<CommandResult> {
+    fn register_customer(ctx, command_id; customer_id: String, name: String, email: String) {
         let command = CustomerCommand::Register {
             customer_id: customer_id.clone(),
             name,
@@ -255,17 +259,7 @@ impl BankMutation {
     }
 
     /// Opens an account for `owner`.
-    #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn open_account(
-        &self,
-        ctx: &Context<'_>,
-        account_id: String,
-        owner: String,
-        #[graphql(
-            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
-        )]
-        command_id: Option<Uuid>,
-    ) -> ApiResult<CommandResult> {
+    fn open_account(ctx, command_id; account_id: String, owner: String) {
         let command = AccountCommand::Open {
             account_id: account_id.clone(),
             owner,
@@ -274,75 +268,27 @@ impl BankMutation {
     }
 
     /// Deposits `amount` cents.
-    #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn deposit(
-        &self,
-        ctx: &Context<'_>,
-        account_id: String,
-        amount: i64,
-        #[graphql(
-            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
-        )]
-        command_id: Option<Uuid>,
-    ) -> ApiResult<CommandResult> {
-        run::<Account>(
-            ctx,
-            &account_id,
-            &AccountCommand::Deposit { amount },
-            command_id,
-        )
-        .await
+    fn deposit(ctx, command_id; account_id: String, amount: i64) {
+        let command = AccountCommand::Deposit { amount };
+        run::<Account>(ctx, &account_id, &command, command_id).await
     }
 
     /// Withdraws `amount` cents; never below zero.
-    #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn withdraw(
-        &self,
-        ctx: &Context<'_>,
-        account_id: String,
-        amount: i64,
-        #[graphql(
-            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
-        )]
-        command_id: Option<Uuid>,
-    ) -> ApiResult<CommandResult> {
-        run::<Account>(
-            ctx,
-            &account_id,
-            &AccountCommand::Withdraw { amount },
-            command_id,
-        )
-        .await
+    fn withdraw(ctx, command_id; account_id: String, amount: i64) {
+        let command = AccountCommand::Withdraw { amount };
+        run::<Account>(ctx, &account_id, &command, command_id).await
     }
 
     /// Closes an account with a zero balance.
-    #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn close_account(
-        &self,
-        ctx: &Context<'_>,
-        account_id: String,
-        #[graphql(
-            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
-        )]
-        command_id: Option<Uuid>,
-    ) -> ApiResult<CommandResult> {
+    fn close_account(ctx, command_id; account_id: String) {
         run::<Account>(ctx, &account_id, &AccountCommand::Close, command_id).await
     }
 
     /// Places an order for a registered customer, to be paid from an open account.
-    #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn place_order(
-        &self,
-        ctx: &Context<'_>,
-        order_id: String,
-        customer_id: String,
-        account_id: String,
-        amount: i64,
-        #[graphql(
-            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
-        )]
-        command_id: Option<Uuid>,
-    ) -> ApiResult<CommandResult> {
+    fn place_order(
+        ctx, command_id;
+        order_id: String, customer_id: String, account_id: String, amount: i64
+    ) {
         let bus = Tidemark::from_ctx(ctx)?.commands();
         let (customer, _) = bus.load::<Customer>(&customer_id).await?;
         if customer.id.is_none() {
@@ -365,45 +311,18 @@ impl BankMutation {
     }
 
     /// Pays an order from its account (no overdraft; safe to retry).
-    #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn pay_order(
-        &self,
-        ctx: &Context<'_>,
-        order_id: String,
-        #[graphql(
-            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
-        )]
-        command_id: Option<Uuid>,
-    ) -> ApiResult<CommandResult> {
+    fn pay_order(ctx, command_id; order_id: String) {
         let bus = Tidemark::from_ctx(ctx)?.commands();
         Ok(domain::pay_order(bus, &order_id, command_id).await?.into())
     }
 
     /// Ships a paid order.
-    #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn ship_order(
-        &self,
-        ctx: &Context<'_>,
-        order_id: String,
-        #[graphql(
-            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
-        )]
-        command_id: Option<Uuid>,
-    ) -> ApiResult<CommandResult> {
+    fn ship_order(ctx, command_id; order_id: String) {
         run::<Order>(ctx, &order_id, &OrderCommand::Ship, command_id).await
     }
 
     /// Cancels an order that has not shipped.
-    #[graphql(guard = "RoleGuard(Role::Append)")]
-    async fn cancel_order(
-        &self,
-        ctx: &Context<'_>,
-        order_id: String,
-        #[graphql(
-            desc = "The client's id for this command, a UUID made once per command: sent again with it (after OUTCOME_UNKNOWN or a lost answer), the command is applied at most once"
-        )]
-        command_id: Option<Uuid>,
-    ) -> ApiResult<CommandResult> {
+    fn cancel_order(ctx, command_id; order_id: String) {
         run::<Order>(ctx, &order_id, &OrderCommand::Cancel, command_id).await
     }
 }

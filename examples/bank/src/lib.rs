@@ -55,3 +55,32 @@ impl AlertSink for LogAlerts {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::graphql::{BankMutation, BankQuery};
+    use async_graphql::{EmptySubscription, Schema};
+
+    /// `examples/bank/schema.graphql` is the SDL of the bank's own queries and mutations
+    /// (Tidemark's built-ins, merged beside them, are pinned in `api/schema.graphql`),
+    /// committed so a change to the bank's API shows up in review. Regenerate with
+    /// `TIDEMARK_UPDATE_SCHEMA=1 cargo test -p tidemark-example-bank --lib`.
+    #[test]
+    fn schema_file_matches_the_code() {
+        let sdl = Schema::build(BankQuery, BankMutation, EmptySubscription)
+            .finish()
+            .sdl();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql");
+        if std::env::var_os("TIDEMARK_UPDATE_SCHEMA").is_some() {
+            std::fs::write(&path, &sdl).expect("write examples/bank/schema.graphql");
+            return;
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == sdl,
+            "examples/bank/schema.graphql differs from the schema in the code; if the change is \
+             intended, regenerate it with `TIDEMARK_UPDATE_SCHEMA=1 cargo test -p \
+             tidemark-example-bank --lib` and commit it"
+        );
+    }
+}

@@ -6,6 +6,32 @@ use tidemark_projections::{
     ApplyContext, EventSelector, Handler, Projection, ProjectionError, RecordedEvent,
 };
 
+/// An event's `amount` in cents; 0 for events without one.
+fn amount_of(event: &RecordedEvent) -> i64 {
+    event
+        .payload
+        .get("amount")
+        .and_then(|a| a.as_i64())
+        .unwrap_or(0)
+}
+
+/// Creates the read model's table `name` with `columns` (SQL) and an index on each of
+/// `indexed`, in one batch: every projection's `setup` is this.
+async fn create_table(
+    ctx: &ApplyContext<'_>,
+    name: &str,
+    columns: &str,
+    indexed: &[&str],
+) -> Result<(), ProjectionError> {
+    let table = ctx.table(name);
+    let mut ddl = format!("CREATE TABLE {table} ({columns})");
+    for column in indexed {
+        ddl.push_str(&format!("; CREATE INDEX ON {table} ({column})"));
+    }
+    ctx.tx.batch_execute(&ddl).await?;
+    Ok(())
+}
+
 /// Balance per account: a per-stream fold. `version` is the last stream version applied, so
 /// readers can tell how fresh a row is.
 pub struct AccountBalances;
@@ -21,13 +47,9 @@ impl Projection for AccountBalances {
     }
 
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
-        let sql = format!(
-            "CREATE TABLE {} (account_id text PRIMARY KEY, owner text, balance bigint NOT NULL DEFAULT 0,
-                              version bigint NOT NULL, events bigint NOT NULL DEFAULT 0)",
-            ctx.table("balances")
-        );
-        ctx.tx.batch_execute(&sql).await?;
-        Ok(())
+        let columns = "account_id text PRIMARY KEY, owner text, balance bigint NOT NULL DEFAULT 0,
+                       version bigint NOT NULL, events bigint NOT NULL DEFAULT 0";
+        create_table(ctx, "balances", columns, &[]).await
     }
 
     async fn apply(
@@ -46,11 +68,7 @@ impl Projection for AccountBalances {
             ))
             .await?;
         for event in events {
-            let amount = event
-                .payload
-                .get("amount")
-                .and_then(|a| a.as_i64())
-                .unwrap_or(0);
+            let amount = amount_of(event);
             let (delta, owner) = match event.event_type.as_str() {
                 "AccountOpened" => (0, event.payload.get("owner").and_then(|o| o.as_str())),
                 "MoneyDeposited" => (amount, None),
@@ -78,13 +96,10 @@ impl Projection for CategoryTotals {
     }
 
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
-        let sql = format!(
-            "CREATE TABLE {} (category text, event_type text, events bigint NOT NULL, amount bigint NOT NULL,
-                              PRIMARY KEY (category, event_type))",
-            ctx.table("totals")
-        );
-        ctx.tx.batch_execute(&sql).await?;
-        Ok(())
+        let columns =
+            "category text, event_type text, events bigint NOT NULL, amount bigint NOT NULL,
+                       PRIMARY KEY (category, event_type)";
+        create_table(ctx, "totals", columns, &[]).await
     }
 
     async fn apply(
@@ -95,11 +110,7 @@ impl Projection for CategoryTotals {
         // Fold the batch in memory first: one row write per key instead of per event.
         let mut sums: std::collections::BTreeMap<(&str, &str), (i64, i64)> = Default::default();
         for event in events {
-            let amount = event
-                .payload
-                .get("amount")
-                .and_then(|a| a.as_i64())
-                .unwrap_or(0);
+            let amount = amount_of(event);
             let entry = sums
                 .entry((event.category(), event.event_type.as_str()))
                 .or_default();
@@ -138,15 +149,9 @@ impl Projection for OrdersByStatus {
     }
 
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
-        let sql = format!(
-            "CREATE TABLE {} (order_id text PRIMARY KEY, customer_id text NOT NULL, account_id text NOT NULL,
-                              amount bigint NOT NULL, status text NOT NULL, updated_position bigint NOT NULL);
-             CREATE INDEX ON {} (status)",
-            ctx.table("orders"),
-            ctx.table("orders")
-        );
-        ctx.tx.batch_execute(&sql).await?;
-        Ok(())
+        let columns = "order_id text PRIMARY KEY, customer_id text NOT NULL, account_id text NOT NULL,
+                       amount bigint NOT NULL, status text NOT NULL, updated_position bigint NOT NULL";
+        create_table(ctx, "orders", columns, &["status"]).await
     }
 
     async fn apply(
@@ -169,7 +174,7 @@ impl Projection for OrdersByStatus {
             };
             match event.event_type.as_str() {
                 "OrderPlaced" => {
-                    let amount = p.get("amount").and_then(|a| a.as_i64()).unwrap_or(0);
+                    let amount = amount_of(event);
                     ctx.tx
                         .execute(
                             &format!("INSERT INTO {table} VALUES ($1, $2, $3, $4, 'placed', $5) ON CONFLICT (order_id) DO NOTHING"),
@@ -221,11 +226,7 @@ impl Handler for LargeWithdrawalAlerts {
     }
 
     async fn handle(&self, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        let amount = event
-            .payload
-            .get("amount")
-            .and_then(|a| a.as_i64())
-            .unwrap_or(0);
+        let amount = amount_of(event);
         if amount < self.threshold {
             return Ok(());
         }
@@ -238,6 +239,7 @@ impl Handler for LargeWithdrawalAlerts {
 
 /// Fresh folds of the log, for tests and audits: what the read models must equal.
 pub mod fold {
+    use super::amount_of;
     use std::collections::BTreeMap;
     use tidemark_projections::RecordedEvent;
 
@@ -247,11 +249,7 @@ pub mod fold {
     ) -> BTreeMap<String, (i64, i64, i64)> {
         let mut out: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
         for event in events.into_iter().filter(|e| e.category() == "account") {
-            let amount = event
-                .payload
-                .get("amount")
-                .and_then(|a| a.as_i64())
-                .unwrap_or(0);
+            let amount = amount_of(event);
             let delta = match event.event_type.as_str() {
                 "MoneyDeposited" => amount,
                 "MoneyWithdrawn" => -amount,
@@ -272,11 +270,7 @@ pub mod fold {
     ) -> BTreeMap<(String, String), (i64, i64)> {
         let mut out: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
         for event in events {
-            let amount = event
-                .payload
-                .get("amount")
-                .and_then(|a| a.as_i64())
-                .unwrap_or(0);
+            let amount = amount_of(event);
             let entry = out
                 .entry((event.category().to_string(), event.event_type.clone()))
                 .or_default();
