@@ -188,21 +188,30 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
         self
     }
 
-    /// The application's queries, merged into the root `Query`.
-    pub fn graphql_query<Q2: ObjectType + Clone + 'static>(
+    /// The same builder with other GraphQL roots (their types change, so this is a move).
+    fn with_roots<Q2, M2, S2>(
         self,
-        query: Q2,
-    ) -> TidemarkAppBuilder<Q2, M, S> {
+        roots: impl FnOnce(Q, M, S) -> (Q2, M2, S2),
+    ) -> TidemarkAppBuilder<Q2, M2, S2> {
+        let (query, mutation, subscription) = roots(self.query, self.mutation, self.subscription);
         TidemarkAppBuilder {
             name: self.name,
             registry: self.registry,
             upcasters: self.upcasters,
             schemas: self.schemas,
             query,
-            mutation: self.mutation,
-            subscription: self.subscription,
+            mutation,
+            subscription,
             public_fields: self.public_fields,
         }
+    }
+
+    /// The application's queries, merged into the root `Query`.
+    pub fn graphql_query<Q2: ObjectType + Clone + 'static>(
+        self,
+        query: Q2,
+    ) -> TidemarkAppBuilder<Q2, M, S> {
+        self.with_roots(|_, mutation, subscription| (query, mutation, subscription))
     }
 
     /// The application's mutations (its commands), merged into the root `Mutation`.
@@ -210,16 +219,7 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
         self,
         mutation: M2,
     ) -> TidemarkAppBuilder<Q, M2, S> {
-        TidemarkAppBuilder {
-            name: self.name,
-            registry: self.registry,
-            upcasters: self.upcasters,
-            schemas: self.schemas,
-            query: self.query,
-            mutation,
-            subscription: self.subscription,
-            public_fields: self.public_fields,
-        }
+        self.with_roots(|query, _, subscription| (query, mutation, subscription))
     }
 
     /// The application's subscriptions, merged into the root `Subscription`.
@@ -227,16 +227,7 @@ impl<Q, M, S> TidemarkAppBuilder<Q, M, S> {
         self,
         subscription: S2,
     ) -> TidemarkAppBuilder<Q, M, S2> {
-        TidemarkAppBuilder {
-            name: self.name,
-            registry: self.registry,
-            upcasters: self.upcasters,
-            schemas: self.schemas,
-            query: self.query,
-            mutation: self.mutation,
-            subscription,
-            public_fields: self.public_fields,
-        }
+        self.with_roots(|query, mutation, _| (query, mutation, subscription))
     }
 }
 

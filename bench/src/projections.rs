@@ -42,11 +42,11 @@ impl Projection for Counting {
     }
 
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
-        let sql = format!(
-            "CREATE TABLE {} (partition smallint PRIMARY KEY, events bigint NOT NULL)",
-            ctx.table("counts")
-        );
-        ctx.tx.batch_execute(&sql).await?;
+        ctx.create_table(
+            "counts",
+            "partition smallint PRIMARY KEY, events bigint NOT NULL",
+        )
+        .await?;
         Ok(())
     }
 

@@ -93,6 +93,15 @@ impl ApplyContext<'_> {
     pub fn table(&self, name: &str) -> String {
         format!("{}.{}", quote_ident(self.schema), quote_ident(name))
     }
+
+    /// Creates the table `name` in the target schema with `columns` (SQL column and
+    /// constraint definitions): what most `setup`s do.
+    pub async fn create_table(&self, name: &str, columns: &str) -> Result<(), ProjectionError> {
+        self.tx
+            .batch_execute(&format!("CREATE TABLE {} ({columns})", self.table(name)))
+            .await?;
+        Ok(())
+    }
 }
 
 /// Quotes an SQL identifier.

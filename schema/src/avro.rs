@@ -113,7 +113,10 @@ fn to_avro(
     let mismatch = |expected: &str| {
         encode_error(
             path,
-            format!("expected {expected}, found {}", kind_of(json)),
+            format!(
+                "expected {expected}, found {}",
+                tidemark_store::validate::json_kind(json)
+            ),
         )
     };
     Ok(match schema {
@@ -257,17 +260,6 @@ fn to_avro(
             ))
         }
     })
-}
-
-fn kind_of(json: &Value) -> &'static str {
-    match json {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn decode_error(path: &str, reason: &str) -> SchemaError {

@@ -23,12 +23,12 @@ async fn create_table(
     columns: &str,
     indexed: &[&str],
 ) -> Result<(), ProjectionError> {
-    let table = ctx.table(name);
-    let mut ddl = format!("CREATE TABLE {table} ({columns})");
+    ctx.create_table(name, columns).await?;
     for column in indexed {
-        ddl.push_str(&format!("; CREATE INDEX ON {table} ({column})"));
+        ctx.tx
+            .batch_execute(&format!("CREATE INDEX ON {} ({column})", ctx.table(name)))
+            .await?;
     }
-    ctx.tx.batch_execute(&ddl).await?;
     Ok(())
 }
 

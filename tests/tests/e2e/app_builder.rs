@@ -70,11 +70,8 @@ impl Projection for CounterValues {
     }
 
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
-        let sql = format!(
-            "CREATE TABLE {} (id text PRIMARY KEY, value bigint NOT NULL)",
-            ctx.table("values")
-        );
-        ctx.tx.batch_execute(&sql).await?;
+        ctx.create_table("values", "id text PRIMARY KEY, value bigint NOT NULL")
+            .await?;
         Ok(())
     }
 

@@ -32,11 +32,11 @@ impl Projection for Counts {
     }
 
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
-        let sql = format!(
-            "CREATE TABLE {} (stream_id text PRIMARY KEY, events bigint NOT NULL)",
-            ctx.table("counts")
-        );
-        ctx.tx.batch_execute(&sql).await?;
+        ctx.create_table(
+            "counts",
+            "stream_id text PRIMARY KEY, events bigint NOT NULL",
+        )
+        .await?;
         Ok(())
     }
 

@@ -19,11 +19,11 @@ impl Projection for AppliedCounts {
     }
 
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
-        let sql = format!(
-            "CREATE TABLE {} (stream_id text PRIMARY KEY, applied bigint NOT NULL)",
-            ctx.table("counts")
-        );
-        ctx.tx.batch_execute(&sql).await?;
+        ctx.create_table(
+            "counts",
+            "stream_id text PRIMARY KEY, applied bigint NOT NULL",
+        )
+        .await?;
         Ok(())
     }
 

@@ -27,11 +27,11 @@ impl Projection for DepositsByCurrency {
     }
 
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
-        let sql = format!(
-            "CREATE TABLE {} (currency text PRIMARY KEY, deposits bigint NOT NULL, amount bigint NOT NULL)",
-            ctx.table("deposits")
-        );
-        ctx.tx.batch_execute(&sql).await?;
+        ctx.create_table(
+            "deposits",
+            "currency text PRIMARY KEY, deposits bigint NOT NULL, amount bigint NOT NULL",
+        )
+        .await?;
         Ok(())
     }
 
