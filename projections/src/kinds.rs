@@ -217,3 +217,12 @@ mod tests {
         assert_eq!(Target::AsOf("q3".into()).schema("rm_x"), "rm_x__asof_q3");
     }
 }
+
+/// What a projection's read model is, for status: a fold of the application's own tables, or
+/// the windows of a [`crate::WindowedProjection`] (whose watermark and lateness status reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProjectionKind {
+    #[default]
+    Fold,
+    Windowed,
+}

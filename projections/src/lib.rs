@@ -66,7 +66,7 @@ pub use dead_letter::DeadLetter;
 pub use engine::ProjectionEngine;
 pub use error::{BoxError, EngineError, ProjectionError};
 pub use fence::LeaseToken;
-pub use kinds::{BuildKind, BuildStatus, ProjectionState, Target};
+pub use kinds::{BuildKind, BuildStatus, ProjectionKind, ProjectionState, Target};
 pub use lane::{Lane, LaneProgress, Step};
 pub use migrations::{migrations, MIGRATIONS};
 pub use projection::{
@@ -76,7 +76,9 @@ pub use rebuild::{BuildReport, BuildRequest, PendingBuild, Progress, ProgressCal
 pub use registry::Registry;
 pub use scaling::ScalingSignal;
 pub use spec::ALL_PARTITIONS;
-pub use status::{PartitionLag, ProjectionStatus, RebuildProgress, UnownedPartition};
+pub use status::{
+    PartitionLag, ProjectionStatus, RebuildProgress, UnownedPartition, WindowProgress,
+};
 pub use tidemark_store::{EventStore, Position, RecordedEvent};
 pub use windowed::WindowedProjection;
 pub use workers::{PoolScaling, ProcessIdentity, WorkerIdentity, WorkerInfo};

@@ -17,6 +17,18 @@ pub(crate) fn publish(statuses: &[ProjectionStatus]) {
         metrics::gauge!("tidemark_projection_unowned_partitions", "projection" => name.clone())
             .set(status.unowned_partitions.len() as f64);
         metrics::gauge!("tidemark_head_position").set(status.head as f64);
+        if let Some(window) = &status.window {
+            if let Some(watermark) = window.watermark {
+                metrics::gauge!("tidemark_projection_watermark_seconds", "projection" => name.clone())
+                    .set(watermark.timestamp_millis() as f64 / 1000.0);
+            }
+            metrics::gauge!("tidemark_projection_late_dropped", "projection" => name.clone())
+                .set(window.late_dropped as f64);
+            metrics::gauge!("tidemark_projection_late_parked", "projection" => name.clone())
+                .set(window.late_parked as f64);
+            metrics::gauge!("tidemark_projection_open_windows", "projection" => name.clone())
+                .set(window.open_windows as f64);
+        }
         for partition in &status.partitions {
             let labels = [
                 ("projection", name.clone()),

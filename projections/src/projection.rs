@@ -154,6 +154,11 @@ pub trait Projection: Send + Sync + 'static {
         Grouping::ByStream
     }
 
+    /// What its read model is (status reads a windowed one's watermark and lateness).
+    fn kind(&self) -> crate::kinds::ProjectionKind {
+        crate::kinds::ProjectionKind::Fold
+    }
+
     /// Creates the read-model tables in `ctx.schema` (which exists and is empty).
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError>;
 

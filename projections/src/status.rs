@@ -2,8 +2,8 @@
 //! API of another node) sees the same figures.
 
 use crate::error::{EngineError, Result};
-use crate::kinds::{BuildKind, BuildStatus, ProjectionState, Target};
-use crate::projection::{Grouping, Projection};
+use crate::kinds::{BuildKind, BuildStatus, ProjectionKind, ProjectionState, Target};
+use crate::projection::{quote_ident, Grouping, Projection};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use tidemark_store::{EventStore, PartitionBacklog, Position};
@@ -67,6 +67,52 @@ pub struct ProjectionStatus {
     pub last_rebuild: Option<RebuildProgress>,
     /// Partitions no live worker has owned for longer than a lease period.
     pub unowned_partitions: Vec<UnownedPartition>,
+    /// Watermark and lateness, for a windowed projection.
+    pub window: Option<WindowProgress>,
+}
+
+/// Watermark and lateness of a windowed projection's live read model (its `window_meta` and
+/// `windows` tables, see `docs/windowing.md`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowProgress {
+    /// The lowest watermark of its shards: windows ending at or before it (plus the allowed
+    /// lateness) are final. `None` until a shard has one.
+    pub watermark: Option<DateTime<Utc>>,
+    /// Shards (partitions its keys hash to) holding state.
+    pub shards: i64,
+    /// Events too late to update one of their windows (dropped, or past a revise retention).
+    pub late_dropped: i64,
+    /// Events too late, parked (`LatePolicy::Park`).
+    pub late_parked: i64,
+    /// Windows whose result may still change (`open` or `complete`).
+    pub open_windows: i64,
+}
+
+async fn window_progress(
+    client: &deadpool_postgres::Client,
+    schema: &str,
+) -> Result<WindowProgress> {
+    let meta = format!("{}.{}", quote_ident(schema), quote_ident("window_meta"));
+    let windows = format!("{}.{}", quote_ident(schema), quote_ident("windows"));
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT min(watermark), count(*), coalesce(sum(late_dropped), 0)::bigint,
+                        coalesce(sum(late_parked), 0)::bigint,
+                        (SELECT count(*) FROM {windows} WHERE status IN ('open', 'complete'))
+                   FROM {meta}"
+            ),
+            &[],
+        )
+        .await
+        .map_err(EngineError::db("reading a windowed projection's watermark"))?;
+    Ok(WindowProgress {
+        watermark: row.get(0),
+        shards: row.get(1),
+        late_dropped: row.get(2),
+        late_parked: row.get(3),
+        open_windows: row.get(4),
+    })
 }
 
 impl ProjectionStatus {
@@ -237,6 +283,12 @@ pub(crate) async fn projection_status(
         ),
         None => (None, ProjectionState::NotStarted),
     };
+    let window = match (projection.kind(), live_version) {
+        (ProjectionKind::Windowed, Some(_)) => {
+            Some(window_progress(&client, &projection.schema()).await?)
+        }
+        _ => None,
+    };
     let status = match &last_rebuild {
         Some(r) if r.status == BuildStatus::Running && r.target == Target::Shadow => {
             ProjectionState::Rebuilding
@@ -254,6 +306,7 @@ pub(crate) async fn projection_status(
         parked,
         last_rebuild,
         unowned_partitions,
+        window,
     })
 }
 

@@ -20,6 +20,7 @@
 //!   for status and metrics).
 
 use crate::error::ProjectionError;
+use crate::kinds::ProjectionKind;
 use crate::projection::{ApplyContext, EventSelector, Grouping, Projection};
 use crate::windowing::{
     event_time, key_partition, row_ops, to_datetime, EventTimeSource, KeySource, KeyState,
@@ -276,6 +277,10 @@ impl<F: WindowFold + Clone> Projection for WindowedProjection<F> {
 
     fn grouping(&self) -> Grouping {
         Grouping::ByKey(self.key.clone())
+    }
+
+    fn kind(&self) -> ProjectionKind {
+        ProjectionKind::Windowed
     }
 
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {

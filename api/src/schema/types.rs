@@ -412,6 +412,17 @@ impl Projection {
         self.inner.last_rebuild.clone().map(Build)
     }
 
+    /// Watermark and lateness, for a windowed projection (null for others).
+    async fn window(&self) -> Option<WindowStatus> {
+        self.inner.window.clone().map(|w| WindowStatus {
+            watermark: w.watermark,
+            shards: w.shards,
+            late_dropped: w.late_dropped,
+            late_parked: w.late_parked,
+            open_windows: w.open_windows,
+        })
+    }
+
     /// Parked events (dead letters) of this projection.
     async fn dead_letters(
         &self,
@@ -446,6 +457,22 @@ impl From<ProjectionStatus> for Projection {
             inner: status,
         }
     }
+}
+
+/// Watermark and lateness of a windowed projection's live read model.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct WindowStatus {
+    /// The lowest watermark of its shards: a window is final once this passes its end plus
+    /// the allowed lateness. Null until a shard has one.
+    pub watermark: Option<chrono::DateTime<chrono::Utc>>,
+    /// Shards (partitions its keys hash to) holding state.
+    pub shards: i64,
+    /// Events too late to update one of their windows (dropped, or past a revise retention).
+    pub late_dropped: i64,
+    /// Events too late, parked as dead letters.
+    pub late_parked: i64,
+    /// Windows whose result may still change.
+    pub open_windows: i64,
 }
 
 /// A process in the worker registry: it runs projections (and usually serves the API).

@@ -91,6 +91,10 @@ impl<P: Projection> Projection for Crashing<P> {
         self.inner.grouping()
     }
 
+    fn kind(&self) -> tidemark_projections::ProjectionKind {
+        self.inner.kind()
+    }
+
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
         self.inner.setup(ctx).await
     }
@@ -312,6 +316,18 @@ async fn windowed_results_equal_a_fresh_fold_after_crashes_restarts_and_a_rebuil
         parked.len(),
         unwindowed,
         "readings without a time are parked"
+    );
+    let status = engine.projection_status("site_sums").await.expect("status");
+    let window = status
+        .window
+        .expect("a windowed projection reports its watermark");
+    assert_eq!(window.late_dropped, late, "status reads the late counters");
+    assert!(window.watermark.is_some(), "{window:?}");
+    assert_eq!(
+        window.open_windows,
+        sums.values()
+            .filter(|(s, ..)| s == "open" || s == "complete")
+            .count() as i64
     );
 
     // A rebuild folds the same log through one build lane and swaps in the same rows.
