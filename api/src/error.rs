@@ -291,6 +291,7 @@ impl ApiError {
                     .with("projection", name.as_str())
             }
             EngineError::InvalidLabel { .. } => ApiError::bad_input("label", error.to_string()),
+            EngineError::NotWindowed { .. } => ApiError::bad_input("projection", error.to_string()),
             EngineError::BuildRunning { projection, .. } => {
                 ApiError::new(ErrorCode::BuildRunning, error.to_string())
                     .with("projection", projection.as_str())

@@ -293,6 +293,36 @@ impl ProjectionEngine {
         ))
     }
 
+    /// Result rows of the windowed projection `name` (see [`crate::windowed::WindowQuery`]).
+    pub async fn windows(
+        &self,
+        name: &str,
+        query: &crate::windowed::WindowQuery,
+    ) -> Result<Vec<crate::windowed::WindowRow>> {
+        let projection = self.projection(name)?;
+        if projection.kind() != crate::kinds::ProjectionKind::Windowed {
+            return Err(EngineError::NotWindowed {
+                projection: name.to_string(),
+            });
+        }
+        let client = self.inner.store.pool().get().await?;
+        crate::windowed::read_rows(&client, &projection.schema(), query)
+            .await
+            .map_err(EngineError::db("reading window results"))
+    }
+
+    /// The lowest live checkpoint of `name`: any change its lanes commit from now on comes
+    /// from events past it (a reader of changes reads up to here).
+    pub async fn lowest_checkpoint(&self, name: &str) -> Result<Position> {
+        self.projection(name)?;
+        Ok(crate::checkpoint::live(&self.inner.store, name)
+            .await?
+            .iter()
+            .map(|c| c.position)
+            .min()
+            .unwrap_or(0))
+    }
+
     /// Stops every lane after the batch in hand commits, and waits for them.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();

@@ -88,6 +88,9 @@ pub enum EngineError {
     /// keeps serving.
     #[error("the build of '{projection}' stopped on a poison event; see its dead letters, fix the projection and build again")]
     BuildStopped { projection: String },
+    /// A windowed projection's operation on another kind of projection.
+    #[error("'{projection}' is not a windowed projection: it has no window results")]
+    NotWindowed { projection: String },
     /// A projection panicked while a build lane ran it (live lanes restart instead).
     #[error("lane {lane} panicked: {message}; the build stopped")]
     LanePanicked { lane: String, message: String },

@@ -4,6 +4,7 @@
 use crate::error::{EngineError, Result};
 use crate::kinds::{BuildKind, BuildStatus, ProjectionKind, ProjectionState, Target};
 use crate::projection::{quote_ident, Grouping, Projection};
+use crate::windowing::RowStatus;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use tidemark_store::{EventStore, PartitionBacklog, Position};
@@ -99,10 +100,10 @@ async fn window_progress(
             &format!(
                 "SELECT min(watermark), count(*), coalesce(sum(late_dropped), 0)::bigint,
                         coalesce(sum(late_parked), 0)::bigint,
-                        (SELECT count(*) FROM {windows} WHERE status IN ('open', 'complete'))
+                        (SELECT count(*) FROM {windows} WHERE status = ANY($1))
                    FROM {meta}"
             ),
-            &[],
+            &[&&[RowStatus::Open.as_str(), RowStatus::Complete.as_str()][..]],
         )
         .await
         .map_err(EngineError::db("reading a windowed projection's watermark"))?;

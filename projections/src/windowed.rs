@@ -21,15 +21,16 @@
 
 use crate::error::ProjectionError;
 use crate::kinds::ProjectionKind;
-use crate::projection::{ApplyContext, EventSelector, Grouping, Projection};
+use crate::projection::{quote_ident, ApplyContext, EventSelector, Grouping, Projection};
 use crate::windowing::{
     event_time, key_partition, row_ops, to_datetime, EventTimeSource, KeySource, KeyState,
-    MissingTimePolicy, OperatorMeta, RowOp, TimeMs, WindowChange, WindowConfig, WindowFold,
-    WindowInput, WindowOperator, WindowingError,
+    MissingTimePolicy, OperatorMeta, RowOp, RowStatus, TimeMs, WindowChange, WindowConfig,
+    WindowFold, WindowInput, WindowOperator, WindowingError,
 };
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
-use tidemark_store::RecordedEvent;
+use tidemark_store::{Position, RecordedEvent};
 
 /// A projection whose read model is keyed event-time windows and their aggregates.
 pub struct WindowedProjection<F: WindowFold + Clone> {
@@ -204,18 +205,22 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
 }
 
 /// Writes the result rows a batch's changes net to.
+/// `changed_at` is the position of the last event of the batch that changed the rows: a
+/// reader of changes takes rows up to the lowest checkpoint of the projection's lanes, past
+/// which no lane can commit a change any more (see [`WindowQuery::changed`]).
 async fn write_results(
     ctx: &ApplyContext<'_>,
     changes: &[WindowChange],
+    changed_at: Position,
 ) -> Result<(), ProjectionError> {
     let upsert = ctx
         .tx
         .prepare_cached(&format!(
-            "INSERT INTO {} (key, window_start, window_end, status, aggregate, events, revision)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO {} (key, window_start, window_end, status, aggregate, events, revision, changed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (key, window_start, window_end) DO UPDATE SET status = EXCLUDED.status,
                 aggregate = EXCLUDED.aggregate, events = EXCLUDED.events,
-                revision = EXCLUDED.revision",
+                revision = EXCLUDED.revision, changed_at = EXCLUDED.changed_at",
             ctx.table("windows")
         ))
         .await?;
@@ -240,6 +245,7 @@ async fn write_results(
                             &result.aggregate,
                             &(result.events as i64),
                             &(result.revision as i32),
+                            &changed_at,
                         ],
                     )
                     .await?;
@@ -294,7 +300,9 @@ impl<F: WindowFold + Clone> Projection for WindowedProjection<F> {
                     aggregate jsonb NOT NULL,
                     events bigint NOT NULL,
                     revision integer NOT NULL,
+                    changed_at bigint NOT NULL,
                     PRIMARY KEY (key, window_start, window_end));
+                 CREATE INDEX ON {windows} (changed_at);
                  CREATE TABLE {state} (
                     shard smallint NOT NULL,
                     key text NOT NULL,
@@ -335,6 +343,7 @@ impl<F: WindowFold + Clone> Projection for WindowedProjection<F> {
         }
         for (shard, events) in shards {
             let mut operator = self.load(ctx, shard).await?;
+            let changed_at = events.last().map_or(0, |(event, ..)| event.position);
             let mut changes = Vec::new();
             for (event, key, time) in events {
                 let input = WindowInput {
@@ -352,9 +361,96 @@ impl<F: WindowFold + Clone> Projection for WindowedProjection<F> {
                 }
                 changes.extend(out);
             }
-            write_results(ctx, &changes).await?;
+            write_results(ctx, &changes, changed_at).await?;
             self.save(ctx, shard, &mut operator).await?;
         }
         Ok(())
     }
+}
+
+/// One row of a windowed projection's results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowRow {
+    pub key: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub status: RowStatus,
+    /// The fold's output.
+    pub aggregate: serde_json::Value,
+    pub events: i64,
+    /// Changes after the window was final.
+    pub revision: i32,
+    /// Position of the last event of the batch that last changed the row.
+    pub changed_at: Position,
+}
+
+/// Which result rows to read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowQuery {
+    /// One key; all when `None`.
+    pub key: Option<String>,
+    /// Windows ending after this instant.
+    pub from: Option<DateTime<Utc>>,
+    /// Windows starting before this instant.
+    pub to: Option<DateTime<Utc>>,
+    /// Only results that will not change again except by a revision (`final`, `revised`).
+    pub final_only: bool,
+    /// Only rows changed in `(after, upto]` (positions), in the order they changed: a reader
+    /// of changes passes its cursor and the projection's lowest checkpoint, so rows a lane has
+    /// yet to commit cannot be skipped.
+    pub changed: Option<(Position, Position)>,
+    pub limit: i64,
+}
+
+/// Reads result rows of the windowed projection whose live schema is `schema`.
+pub(crate) async fn read_rows(
+    client: &deadpool_postgres::Client,
+    schema: &str,
+    query: &WindowQuery,
+) -> Result<Vec<WindowRow>, tokio_postgres::Error> {
+    let table = format!("{}.{}", quote_ident(schema), quote_ident("windows"));
+    let (after, upto) = query.changed.unwrap_or((Position::MIN, Position::MAX));
+    let order = if query.changed.is_some() {
+        "changed_at, key, window_start"
+    } else {
+        "key, window_start, window_end"
+    };
+    let final_statuses = [RowStatus::Final.as_str(), RowStatus::Revised.as_str()];
+    let rows = client
+        .query(
+            &format!(
+                "SELECT key, window_start, window_end, status, aggregate, events, revision, changed_at
+                   FROM {table}
+                  WHERE ($1::text IS NULL OR key = $1)
+                    AND ($2::timestamptz IS NULL OR window_end > $2)
+                    AND ($3::timestamptz IS NULL OR window_start < $3)
+                    AND (NOT $4 OR status = ANY($5))
+                    AND changed_at > $6 AND changed_at <= $7
+                  ORDER BY {order} LIMIT $8"
+            ),
+            &[
+                &query.key,
+                &query.from,
+                &query.to,
+                &query.final_only,
+                &&final_statuses[..],
+                &after,
+                &upto,
+                &query.limit,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| WindowRow {
+            key: r.get(0),
+            start: r.get(1),
+            end: r.get(2),
+            status: RowStatus::parse(r.get(3)).unwrap_or(RowStatus::Open),
+            aggregate: r.get(4),
+            events: r.get(5),
+            revision: r.get(6),
+            changed_at: r.get(7),
+        })
+        .collect())
 }

@@ -1,13 +1,15 @@
 //! Built-in queries: the log, streams, projections, workers, read-your-writes waits.
 
 use super::types::{
-    Event, EventPage, PageInfo, PoolScaling, Projection, StreamPage, WaitResult, Worker,
+    Event, EventPage, PageInfo, PoolScaling, Projection, StreamPage, WaitResult, WindowResult,
+    Worker,
 };
 use crate::auth::{Role, RoleGuard};
 use crate::error::ApiError;
 use crate::Tidemark;
 use async_graphql::{Context, Object, Result};
 use std::time::Duration;
+use tidemark_projections::windowed::WindowQuery;
 use tidemark_store::{Direction, LogFilter};
 
 /// Queries every Tidemark server has. Applications add theirs beside these.
@@ -153,6 +155,40 @@ impl BuiltinQuery {
     async fn projection(&self, ctx: &Context<'_>, name: String) -> Result<Projection> {
         let tidemark = Tidemark::from_ctx(ctx)?;
         Ok(tidemark.engine().projection_status(&name).await?.into())
+    }
+
+    /// Results of a windowed projection: one row per key and window, by key then window
+    /// start. `from`/`to` keep windows overlapping that time range; `finalOnly` keeps results
+    /// that will not change again except by a revision. `BAD_INPUT` when the projection is
+    /// not windowed.
+    #[graphql(guard = "RoleGuard(Role::Read)")]
+    #[allow(clippy::too_many_arguments)]
+    async fn windows(
+        &self,
+        ctx: &Context<'_>,
+        projection: String,
+        key: Option<String>,
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        #[graphql(default = false)] final_only: bool,
+        #[graphql(default = 100)] first: i32,
+    ) -> Result<Vec<WindowResult>> {
+        let tidemark = Tidemark::from_ctx(ctx)?;
+        let query = WindowQuery {
+            key,
+            from,
+            to,
+            final_only,
+            changed: None,
+            limit: tidemark.page_size(first)? as i64,
+        };
+        Ok(tidemark
+            .engine()
+            .windows(&projection, &query)
+            .await?
+            .into_iter()
+            .map(WindowResult::from)
+            .collect())
     }
 
     /// The worker registry: every process running projections, alive or recently gone,

@@ -1,12 +1,14 @@
-//! Built-in subscriptions: the log (catch-up then live) and projection progress.
+//! Built-in subscriptions: the log (catch-up then live), projection progress, and the
+//! changes of a windowed projection's windows.
 
-use super::types::{Event, Projection};
+use super::types::{Event, Projection, WindowResult};
 use crate::auth::{Role, RoleGuard};
 use crate::error::ApiError;
 use crate::Tidemark;
 use async_graphql::{Context, Result, Subscription};
 use futures::{Stream, StreamExt};
 use std::time::Duration;
+use tidemark_projections::windowed::WindowQuery;
 use tidemark_projections::ProjectionStatus;
 use tidemark_store::{LogFilter, SubscribeOptions};
 
@@ -48,6 +50,72 @@ impl BuiltinSubscription {
         Ok(stream)
     }
 
+    /// Windows of a windowed projection as they change: by default each window when it
+    /// becomes final or is revised (with `finalOnly: false`, every change), from now on,
+    /// in the order they changed (checked every `intervalMs`). A change is sent once every
+    /// lane of the projection has passed it, so none is skipped; after a rebuild swaps in,
+    /// rows it rebuilt may be sent again.
+    #[graphql(guard = "RoleGuard(Role::Read)")]
+    async fn window_changes(
+        &self,
+        ctx: &Context<'_>,
+        projection: String,
+        key: Option<String>,
+        #[graphql(default = true)] final_only: bool,
+        #[graphql(default = 500)] interval_ms: i32,
+    ) -> Result<impl Stream<Item = Result<WindowResult>>> {
+        let tidemark = Tidemark::from_ctx(ctx)?.clone();
+        let every = polling_interval(interval_ms)?;
+        // Unknown or unwindowed projections fail now, not on the first tick.
+        let probe = WindowQuery {
+            limit: 1,
+            ..WindowQuery::default()
+        };
+        tidemark.engine().windows(&projection, &probe).await?;
+        let cursor = tidemark.engine().lowest_checkpoint(&projection).await?;
+        let stop = tidemark.shutdown_token();
+        let state = (tidemark, cursor, true);
+        let stream = futures::stream::unfold(state, move |(tidemark, cursor, first)| {
+            let (projection, key) = (projection.clone(), key.clone());
+            async move {
+                if !first {
+                    tokio::time::sleep(every).await;
+                }
+                let changes = async {
+                    let horizon = tidemark.engine().lowest_checkpoint(&projection).await?;
+                    // Every change up to the horizon, however many: the horizon moves with the
+                    // lanes, so one poll holds what they committed since the last.
+                    let query = WindowQuery {
+                        key,
+                        final_only,
+                        changed: Some((cursor, horizon)),
+                        limit: i64::MAX,
+                        ..WindowQuery::default()
+                    };
+                    let rows = tidemark.engine().windows(&projection, &query).await?;
+                    Ok::<_, tidemark_projections::EngineError>((rows, horizon.max(cursor)))
+                }
+                .await;
+                match changes {
+                    Ok((rows, next)) => {
+                        let items: Vec<Result<WindowResult>> = rows
+                            .into_iter()
+                            .map(|row| Ok(WindowResult::from(row)))
+                            .collect();
+                        Some((futures::stream::iter(items), (tidemark, next, false)))
+                    }
+                    Err(error) => Some((
+                        futures::stream::iter(vec![Err(async_graphql::Error::from(error))]),
+                        (tidemark, cursor, false),
+                    )),
+                }
+            }
+        })
+        .flatten()
+        .take_until(async move { stop.cancelled().await });
+        Ok(stream)
+    }
+
     /// A projection's status, checkpoints and build progress, sent when they change
     /// (checked every `intervalMs`).
     #[graphql(guard = "RoleGuard(Role::Read)")]
@@ -58,16 +126,9 @@ impl BuiltinSubscription {
         #[graphql(default = 500)] interval_ms: i32,
     ) -> Result<impl Stream<Item = Result<Projection>>> {
         let tidemark = Tidemark::from_ctx(ctx)?.clone();
-        if !(50..=60_000).contains(&interval_ms) {
-            return Err(ApiError::bad_input(
-                "intervalMs",
-                "intervalMs must be between 50 and 60000",
-            )
-            .into());
-        }
+        let every = polling_interval(interval_ms)?;
         // Unknown names fail now, not on the first tick.
         tidemark.engine().projection(&name)?;
-        let every = Duration::from_millis(interval_ms as u64);
         let stop = tidemark.shutdown_token();
         let state = (tidemark, name, None::<String>, true);
         let stream =
@@ -120,4 +181,15 @@ fn fingerprint(status: &ProjectionStatus) -> String {
         "{} {:?} {} {} {:?} {:?} {:?}",
         status.status, status.live_version, status.head, status.parked, partitions, build, unowned
     )
+}
+
+/// A subscription's `intervalMs`, checked.
+fn polling_interval(interval_ms: i32) -> Result<Duration, ApiError> {
+    if !(50..=60_000).contains(&interval_ms) {
+        return Err(ApiError::bad_input(
+            "intervalMs",
+            "intervalMs must be between 50 and 60000",
+        ));
+    }
+    Ok(Duration::from_millis(interval_ms as u64))
 }

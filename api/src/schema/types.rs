@@ -459,6 +459,40 @@ impl From<ProjectionStatus> for Projection {
     }
 }
 
+/// One window of one key of a windowed projection, with its aggregate.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct WindowResult {
+    pub key: String,
+    pub start: chrono::DateTime<chrono::Utc>,
+    pub end: chrono::DateTime<chrono::Utc>,
+    /// `open` (more events expected), `complete` (the watermark passed its end; late events
+    /// within the allowed lateness may still change it), `final`, or `revised` (a late event
+    /// changed it after it was final).
+    pub status: String,
+    /// The aggregate's output (a number, or an object for a custom fold).
+    pub aggregate: async_graphql::Json<serde_json::Value>,
+    pub events: i64,
+    /// Changes after it was final.
+    pub revision: i32,
+    /// Position of the last event of the batch that last changed it.
+    pub changed_at: i64,
+}
+
+impl From<tidemark_projections::windowed::WindowRow> for WindowResult {
+    fn from(row: tidemark_projections::windowed::WindowRow) -> Self {
+        WindowResult {
+            key: row.key,
+            start: row.start,
+            end: row.end,
+            status: row.status.as_str().to_string(),
+            aggregate: async_graphql::Json(row.aggregate),
+            events: row.events,
+            revision: row.revision,
+            changed_at: row.changed_at,
+        }
+    }
+}
+
 /// Watermark and lateness of a windowed projection's live read model.
 #[derive(Debug, Clone, SimpleObject)]
 pub struct WindowStatus {

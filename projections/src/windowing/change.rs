@@ -146,6 +146,18 @@ impl RowStatus {
             RowStatus::Revised => "revised",
         }
     }
+
+    /// The status spelled `s` (as [`RowStatus::as_str`] writes it).
+    pub fn parse(s: &str) -> Option<RowStatus> {
+        [
+            RowStatus::Open,
+            RowStatus::Complete,
+            RowStatus::Final,
+            RowStatus::Revised,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+    }
 }
 
 /// A write to a read-model table keyed by (key, window start, window end).

@@ -22,3 +22,4 @@ mod restart;
 mod schemas;
 mod subscriptions;
 mod tls;
+mod windows;
