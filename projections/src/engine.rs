@@ -250,6 +250,7 @@ impl ProjectionEngine {
                     _ = engine.inner.shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
+                crate::metrics::publish_pool(&engine.inner.store);
                 if let Ok(statuses) = engine.status().await {
                     crate::metrics::publish(&statuses);
                 }

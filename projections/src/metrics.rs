@@ -2,6 +2,19 @@
 
 use crate::status::ProjectionStatus;
 
+/// Publishes the connection figures of the process's database pool.
+pub(crate) fn publish_pool(store: &tidemark_store::EventStore) {
+    let status = store.pool().status();
+    for (state, value) in [
+        ("open", status.size),
+        ("idle", status.available),
+        ("max", status.max_size),
+        ("waiting", status.waiting),
+    ] {
+        metrics::gauge!("tidemark_db_pool_connections", "state" => state).set(value as f64);
+    }
+}
+
 /// Publishes lag gauges for every projection and partition.
 pub(crate) fn publish(statuses: &[ProjectionStatus]) {
     for status in statuses {

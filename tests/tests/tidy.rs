@@ -349,6 +349,67 @@ fn checkpoint_rule_catches_a_write_elsewhere() {
     );
 }
 
+/// The metric catalog every exported metric must be listed in (with its `HELP` text).
+const METRIC_CATALOG: &str = "api/src/telemetry/catalog.rs";
+
+/// Metric names emitted by production code (`metrics::counter!("tidemark_…"` and its
+/// kin) that the catalog does not list.
+fn metrics_missing_from_the_catalog(files: &[File]) -> Vec<String> {
+    let catalog = files
+        .iter()
+        .find(|f| f.path == METRIC_CATALOG)
+        .map(|f| f.text.clone())
+        .unwrap_or_default();
+    let mut missing = Vec::new();
+    for file in files.iter().filter(|f| f.is_production_rust()) {
+        for macro_call in ["counter!(", "gauge!(", "histogram!("] {
+            for (at, _) in file.text.match_indices(macro_call) {
+                let rest = file.text[at + macro_call.len()..].trim_start();
+                let Some(name) = rest
+                    .strip_prefix('"')
+                    .and_then(|r| r.split('"').next())
+                    .filter(|n| n.starts_with("tidemark_"))
+                else {
+                    continue;
+                };
+                if !catalog.contains(&format!("metric(\"{name}\"")) {
+                    missing.push(format!(
+                        "{} emits {name}, which {METRIC_CATALOG} does not list",
+                        file.path
+                    ));
+                }
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+#[test]
+fn every_metric_is_in_the_catalog() {
+    let violations = metrics_missing_from_the_catalog(&repository_files());
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn metric_rule_catches_an_unlisted_metric() {
+    let files = [
+        File::new(
+            METRIC_CATALOG,
+            "//! Catalog.\nmetric(\"tidemark_listed_total\", Counter, &[], \"Listed.\"),\n",
+        ),
+        File::new(
+            "store/src/append/x.rs",
+            "//! X.\nmetrics::counter!(\"tidemark_listed_total\").increment(1);\nmetrics::gauge!(\n    \"tidemark_unlisted\", \"a\" => b).set(1.0);\n",
+        ),
+    ];
+    assert_eq!(
+        metrics_missing_from_the_catalog(&files),
+        ["store/src/append/x.rs emits tidemark_unlisted, which api/src/telemetry/catalog.rs does not list"]
+    );
+}
+
 #[test]
 fn every_rust_file_opens_with_a_module_doc() {
     let violations = files_without_module_doc(&repository_files());

@@ -16,6 +16,7 @@ mod embedded_recovery;
 mod events;
 mod graphiql;
 mod http_service;
+mod metrics;
 mod outcome;
 mod ownership;
 mod restart;

@@ -1,7 +1,10 @@
 //! Logs (tracing to stderr) and metrics (a process-wide Prometheus recorder behind the
-//! `metrics` facade, which the store and the engine already report through).
+//! `metrics` facade, which the store and the engine already report through). `catalog`
+//! lists every metric with its `HELP` text.
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+pub mod catalog;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 
@@ -23,12 +26,26 @@ static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// another metrics recorder was installed first (then `/metrics` says so).
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
     PROMETHEUS
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => Some(handle),
+        .get_or_init(|| match recorder().and_then(|b| b.install_recorder()) {
+            Ok(handle) => {
+                catalog::describe_all();
+                Some(handle)
+            }
             Err(error) => {
                 tracing::warn!(%error, "could not install the Prometheus recorder; /metrics will be empty");
                 None
             }
         })
         .as_ref()
+}
+
+/// The recorder: latencies and batch sizes as histograms with buckets, so they can be
+/// combined across processes (summaries cannot).
+fn recorder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), catalog::SECONDS_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("tidemark_append_batch_requests".into()),
+            catalog::BATCH_BUCKETS,
+        )
 }
