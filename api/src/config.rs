@@ -145,6 +145,9 @@ pub struct ServerConfig {
     pub drain_quiet: Duration,
     /// How a dead embedded cluster is restarted, and when `/health` gives up on it.
     pub embedded_restart: RestartPolicy,
+    /// How often projection lag, windowed figures and pool gauges are computed for
+    /// `/metrics`.
+    pub metrics_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -166,6 +169,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             drain_quiet: Duration::from_millis(300),
             embedded_restart: RestartPolicy::default(),
+            metrics_interval: Duration::from_secs(5),
         }
     }
 }

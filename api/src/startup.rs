@@ -113,7 +113,7 @@ impl Application {
                 database.stop().await;
                 return Err(anyhow!("cannot start the projections: {error}"));
             }
-            engine.spawn_metrics_reporter(Duration::from_secs(5));
+            engine.spawn_metrics_reporter(config.metrics_interval);
         }
 
         let tidemark = Tidemark::new(store.clone(), evolution, engine, limits.clone());

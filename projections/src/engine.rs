@@ -133,6 +133,7 @@ impl ProjectionEngine {
             registration::create_leases(&self.inner.store, projection.as_ref()).await?;
         }
         for projection in self.local_projections() {
+            crate::metrics::register_counters(projection.name());
             let registered =
                 registration::register_projection(&self.inner.store, projection.as_ref()).await?;
             match registered {

@@ -2,6 +2,21 @@
 
 use crate::status::ProjectionStatus;
 
+/// Puts the projection's counters in place at 0 (a dashboard shows "No data" for a series
+/// that does not exist yet, not 0). Adding 0 leaves an existing counter as it is.
+pub(crate) fn register_counters(projection: &str) {
+    let name = projection.to_string();
+    metrics::counter!("tidemark_projection_parked_total", "projection" => name.clone())
+        .increment(0);
+    metrics::counter!("tidemark_projection_fenced_total", "projection" => name.clone())
+        .increment(0);
+    metrics::counter!("tidemark_projection_errors_total", "projection" => name.clone(), "kind" => "transient").increment(0);
+    metrics::counter!("tidemark_projection_errors_total", "projection" => name.clone(), "kind" => "failed").increment(0);
+    metrics::counter!("tidemark_projection_errors_total", "projection" => name.clone(), "kind" => "lane").increment(0);
+    metrics::counter!("tidemark_projection_errors_total", "projection" => name, "kind" => "panic")
+        .increment(0);
+}
+
 /// Publishes the connection figures of the process's database pool.
 pub(crate) fn publish_pool(store: &tidemark_store::EventStore) {
     let status = store.pool().status();

@@ -70,3 +70,60 @@ async fn every_exported_metric_has_help_and_its_catalog_type_and_counters_start_
         "latencies have buckets: {text}"
     );
 }
+
+/// The committed Grafana dashboard (`docs/grafana/tidemark.json`) queries only metrics a
+/// running server exports: each name in its expressions (a histogram's `_bucket` series
+/// included) is in the catalog and appears on `/metrics` of a server with a projection.
+#[tokio::test]
+async fn every_metric_the_grafana_dashboard_queries_is_exported() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/tidemark.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard file"))
+            .expect("the dashboard is JSON");
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expression");
+            for (at, _) in expr.match_indices("tidemark_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() > 10, "{queried:?}");
+
+    let app = spawn_app_with(
+        tidemark_api::TidemarkApp::builder()
+            .projection(crate::windows::sums())
+            .build(),
+        |config| config.metrics_interval = std::time::Duration::from_millis(100),
+    )
+    .await;
+    app.append(
+        "sensor-9",
+        json!([{ "type": "Reading", "data": { "site": "A", "at": 1, "value": 1 } }]),
+    )
+    .await;
+    let _ = app.graphql("{ nope }", json!({}), Some(READ_KEY)).await;
+    let text = eventually("the projection and pool gauges", WAIT, || async {
+        let (_, text) = app.get("/metrics").await;
+        (text.contains("tidemark_projection_lag_events")
+            && text.contains("tidemark_db_pool_connections"))
+        .then_some(text)
+    })
+    .await;
+    for name in &queried {
+        let base = name.strip_suffix("_bucket").unwrap_or(name);
+        assert!(
+            METRICS.iter().any(|m| m.name == base),
+            "the dashboard queries {name}, which is not in the catalog"
+        );
+        assert!(
+            text.lines().any(|l| l.starts_with(name.as_str())),
+            "the dashboard queries {name}, which /metrics does not export:\n{text}"
+        );
+    }
+}

@@ -13,7 +13,7 @@ use tidemark_projections::windowing::{
 use tidemark_projections::WindowedProjection;
 
 /// 10-second tumbling sums of `value` per `site`, on the `at` field (epoch ms), no lateness.
-fn sums() -> WindowedProjection<Aggregate> {
+pub fn sums() -> WindowedProjection<Aggregate> {
     WindowedProjection::new(
         "site_sums",
         WindowConfig {
