@@ -28,7 +28,8 @@
 //! - [`workloads`]: the same work through `EventStore`: appends, scans, subscriptions,
 //!   delivery latency, overload.
 //! - [`probe`]: a `metrics` recorder for the store's group-commit histograms.
-//! - [`projections`]: a counting projection's catch-up and append→read-model latency.
+//! - [`projections`]: the catch-up of a counting projection and of keyed and windowed ones,
+//!   and append→read-model latency.
 //! - [`report`]: the results and their Markdown tables.
 
 mod embedded;
@@ -44,6 +45,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use env::Database;
 use harness::{group, Latencies, Progress};
+use projections::CatchUp;
 use raw::InsertShape;
 use report::{AtClients, CopyVsUnnest, DeliveryFigures, HotStream, Knob, Rate, Report, Scan};
 use std::path::PathBuf;
@@ -100,7 +102,8 @@ enum Group {
     Copy,
     /// Pipeline settings.
     Knobs,
-    /// Projection catch-up over a large log, and append→read-model latency (issue #4).
+    /// Projection catch-up over a large log (counting, keyed, windowed), and
+    /// append→read-model latency (issues #4 and #12).
     Projections,
 }
 
@@ -215,7 +218,7 @@ impl Plan {
             Group::Knobs => {
                 self.wait_values.len() * self.wait_callers.len() + self.queue_depths.len()
             }
-            Group::Projections => 4, // seed, raw scan, catch-up, latency
+            Group::Projections => 6, // seed, raw scan, three catch-ups, latency
         };
         n as u64
     }
@@ -592,7 +595,8 @@ async fn scans(plan: &Plan, db: &Database, progress: &Progress, report: &mut Rep
 }
 
 /// A counting projection catching up over a large log beside the raw scan of the same rows,
-/// then append→read-model latency at the delivery rate.
+/// a keyed and a windowed projection catching up over the same log beside it, then
+/// append→read-model latency at the delivery rate.
 async fn projection_figures(
     plan: &Plan,
     db: &Database,
@@ -616,22 +620,28 @@ async fn projection_figures(
     let raw_per_sec = scanned as f64 / took.as_secs_f64();
     progress.done(&format!("raw scan: {} events/s", group(raw_per_sec)));
 
-    progress.begin("counting projection catch-up");
-    let took = projections::catch_up(&schema, plan.projection_events).await?;
-    let per_sec = plan.projection_events as f64 / took.as_secs_f64();
-    progress.done(&format!("catch-up: {} events/s", group(per_sec)));
+    let mut catch_ups = Vec::new();
+    for projection in [CatchUp::Counting, CatchUp::Keyed, CatchUp::Windowed] {
+        progress.begin(&format!("{} catch-up", projection.label()));
+        let took = projections::catch_up(&schema, plan.projection_events, projection).await?;
+        let per_sec = plan.projection_events as f64 / took.as_secs_f64();
+        progress.done(&format!("catch-up: {} events/s", group(per_sec)));
+        catch_ups.push(Scan {
+            label: projection.label().into(),
+            events: plan.projection_events,
+            per_sec,
+        });
+    }
+    let counting = catch_ups.remove(0);
     report.projection_catch_up = Some((
         Scan {
             label: "raw scan of the same log".into(),
             events: scanned,
             per_sec: raw_per_sec,
         },
-        Scan {
-            label: "counting projection catch-up".into(),
-            events: plan.projection_events,
-            per_sec,
-        },
+        counting,
     ));
+    report.grouped_catch_ups = catch_ups;
 
     progress.begin(&format!(
         "append→read-model latency at {} ev/s",

@@ -1,6 +1,7 @@
-//! Projection figures (issue #4): the catch-up rate of a simple counting projection over the
-//! log beside the raw scan of the same rows, and append→read-model latency at a fixed rate
-//! (an event counts as delivered when the checkpoint covering it has committed).
+//! Projection figures (issues #4 and #12): the catch-up rate of a simple counting projection
+//! over the log beside the raw scan of the same rows, the same count grouped by a payload key
+//! and a windowed count over that key beside it, and append→read-model latency at a fixed
+//! rate (an event counts as delivered when the checkpoint covering it has committed).
 
 use crate::env::Schema;
 use crate::harness::Latencies;
@@ -10,11 +11,15 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tidemark_projections::windowing::{
+    Aggregate, FieldPath, KeySource, LatePolicy, WatermarkConfig, WindowConfig, WindowSpec,
+};
 use tidemark_projections::{
-    ApplyContext, EngineConfig, Projection, ProjectionEngine, ProjectionError, RecordedEvent,
-    Registry,
+    ApplyContext, EngineConfig, Grouping, Projection, ProjectionEngine, ProjectionError,
+    RecordedEvent, Registry, WindowedProjection,
 };
 use tidemark_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreConfig};
+use tokio_postgres::types::ToSql;
 
 /// The store's and the engine's migrations: the seeded schema has only the store's.
 fn store_config() -> StoreConfig {
@@ -24,10 +29,17 @@ fn store_config() -> StoreConfig {
     }
 }
 
+/// The payload field the keyed and windowed projections group by. The seed gives every
+/// event `"currency": "EUR"`, so it is one key: a total per category, the case grouping by
+/// key exists for (one lane applies every event; the others read the log and skip it).
+pub const KEY_FIELD: &str = "currency";
+
 /// Counts events per partition: about the cheapest read model there is, so the figure is
-/// the engine's own cost (fetch, decode, transaction, checkpoint).
+/// the engine's own cost (fetch, decode, transaction, checkpoint). With `by_key` the same
+/// fold counts per key instead, grouped by that key.
 struct Counting {
     name: &'static str,
+    by_key: Option<KeySource>,
     /// Send times (µs since the epoch) of applied events by partition and position, for the
     /// latency phase; `None` when not measuring latency.
     applied: Option<Arc<Mutex<Pending>>>,
@@ -41,12 +53,19 @@ impl Projection for Counting {
         self.name
     }
 
+    fn grouping(&self) -> Grouping {
+        self.by_key
+            .clone()
+            .map_or(Grouping::ByStream, Grouping::ByKey)
+    }
+
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
-        ctx.create_table(
-            "counts",
-            "partition smallint PRIMARY KEY, events bigint NOT NULL",
-        )
-        .await?;
+        let columns = if self.by_key.is_some() {
+            "key text PRIMARY KEY, events bigint NOT NULL"
+        } else {
+            "partition smallint PRIMARY KEY, events bigint NOT NULL"
+        };
+        ctx.create_table("counts", columns).await?;
         Ok(())
     }
 
@@ -55,20 +74,12 @@ impl Projection for Counting {
         ctx: &ApplyContext<'_>,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let mut per_partition: BTreeMap<i16, i64> = BTreeMap::new();
-        for event in events {
-            *per_partition.entry(event.partition).or_default() += 1;
-        }
-        let upsert = ctx
-            .tx
-            .prepare_cached(&format!(
-                "INSERT INTO {} AS c VALUES ($1, $2)
-                 ON CONFLICT (partition) DO UPDATE SET events = c.events + EXCLUDED.events",
-                ctx.table("counts")
-            ))
-            .await?;
-        for (partition, count) in per_partition {
-            ctx.tx.execute(&upsert, &[&partition, &count]).await?;
+        match &self.by_key {
+            None => add_counts(ctx, "partition", events, |e| Ok(e.partition)).await?,
+            Some(keys) => {
+                let key = |e: &RecordedEvent| keys.key_of(e).map_err(ProjectionError::failed);
+                add_counts(ctx, "key", events, key).await?
+            }
         }
         if let Some(applied) = &self.applied {
             let mut applied = applied.lock().unwrap_or_else(|e| e.into_inner());
@@ -85,6 +96,95 @@ impl Projection for Counting {
     }
 }
 
+/// Adds each group's number of `events` to its row of `counts` (one upsert per group).
+async fn add_counts<G: Ord + ToSql + Sync>(
+    ctx: &ApplyContext<'_>,
+    column: &str,
+    events: &[RecordedEvent],
+    group_of: impl Fn(&RecordedEvent) -> Result<G, ProjectionError>,
+) -> Result<(), ProjectionError> {
+    let mut per_group: BTreeMap<G, i64> = BTreeMap::new();
+    for event in events {
+        *per_group.entry(group_of(event)?).or_default() += 1;
+    }
+    let upsert = ctx
+        .tx
+        .prepare_cached(&format!(
+            "INSERT INTO {} AS c VALUES ($1, $2)
+             ON CONFLICT ({column}) DO UPDATE SET events = c.events + EXCLUDED.events",
+            ctx.table("counts")
+        ))
+        .await?;
+    for (group, count) in per_group {
+        ctx.tx.execute(&upsert, &[&group, &count]).await?;
+    }
+    Ok(())
+}
+
+/// The projections whose catch-up is measured over one log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Counts per partition, grouped by stream: the baseline.
+    Counting,
+    /// The same count per [`KEY_FIELD`], grouped by it.
+    Keyed,
+    /// Tumbling one-minute windows of `recorded_at`, counted per [`KEY_FIELD`].
+    Windowed,
+}
+
+impl CatchUp {
+    pub fn label(self) -> &'static str {
+        match self {
+            CatchUp::Counting => "Counting projection",
+            CatchUp::Keyed => "Keyed counting projection (per `currency`)",
+            CatchUp::Windowed => "Windowed projection (count per `currency`, 1-minute tumbling)",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CatchUp::Counting => "bench_catch_up",
+            CatchUp::Keyed => "bench_keyed",
+            CatchUp::Windowed => "bench_windowed",
+        }
+    }
+
+    fn key() -> KeySource {
+        KeySource::Payload(FieldPath::field(KEY_FIELD))
+    }
+
+    /// The registry holding this projection, and its table whose `events` column sums to
+    /// the events applied.
+    fn registry(self) -> Result<(Registry, &'static str)> {
+        let counting = |by_key| Counting {
+            name: self.name(),
+            by_key,
+            applied: None,
+        };
+        Ok(match self {
+            CatchUp::Counting => (Registry::new().projection(counting(None)), "counts"),
+            CatchUp::Keyed => (
+                Registry::new().projection(counting(Some(CatchUp::key()))),
+                "counts",
+            ),
+            CatchUp::Windowed => {
+                let config = WindowConfig {
+                    spec: WindowSpec::Tumbling { size: 60_000 },
+                    allowed_lateness: 0,
+                    late_policy: LatePolicy::Drop,
+                    watermark: WatermarkConfig {
+                        out_of_orderness: 1_000,
+                        idle_timeout: Some(10_000),
+                    },
+                };
+                let windowed = WindowedProjection::new(self.name(), config, Aggregate::Count)?
+                    .with_key(CatchUp::key());
+                (Registry::new().projection(windowed), "windows")
+            }
+        })
+    }
+}
+
 fn engine_for(store: &EventStore, projection: Counting) -> ProjectionEngine {
     ProjectionEngine::new(
         store.clone(),
@@ -93,43 +193,38 @@ fn engine_for(store: &EventStore, projection: Counting) -> ProjectionEngine {
     )
 }
 
-async fn counted(store: &EventStore, schema: &str) -> Result<i64> {
+async fn counted(store: &EventStore, table: &str) -> Result<i64> {
     let client = store.pool().get().await?;
     let row = client
         .query_one(
-            &format!("SELECT coalesce(sum(events), 0)::bigint FROM {schema}.counts"),
+            &format!("SELECT coalesce(sum(events), 0)::bigint FROM {table}"),
             &[],
         )
         .await
-        .context("reading the counting read model")?;
+        .with_context(|| format!("reading the read model {table}"))?;
     Ok(row.get(0))
 }
 
-/// Runs the counting projection from position 0 over the whole log of `schema` (which
-/// holds `total` events) and returns how long it took to catch up.
-pub async fn catch_up(schema: &Schema, total: u64) -> Result<Duration> {
+/// Runs `projection` from position 0 over the whole log of `schema` (which holds `total`
+/// events) with the engine's defaults and returns how long it took to catch up.
+pub async fn catch_up(schema: &Schema, total: u64, projection: CatchUp) -> Result<Duration> {
     let store = EventStore::open(schema.config.clone(), store_config()).await?;
-    let name = "bench_catch_up";
-    let engine = engine_for(
-        &store,
-        Counting {
-            name,
-            applied: None,
-        },
-    );
+    let name = projection.name();
+    let (registry, table) = projection.registry()?;
+    let engine = ProjectionEngine::new(store.clone(), registry, EngineConfig::default());
     let started = Instant::now();
     engine.start().await?;
     anyhow::ensure!(
         engine
             .run_until_caught_up(name, Duration::from_secs(1800))
             .await?,
-        "the counting projection did not catch up within 30 minutes"
+        "the projection {name} did not catch up within 30 minutes"
     );
     let took = started.elapsed();
-    let count = counted(&store, "rm_bench_catch_up").await?;
+    let count = counted(&store, &format!("rm_{name}.{table}")).await?;
     anyhow::ensure!(
         count == total as i64,
-        "the projection counted {count} events of {total}"
+        "the projection {name} counted {count} events of {total}"
     );
     engine.shutdown().await;
     store.shutdown().await;
@@ -147,6 +242,7 @@ pub async fn read_model_latency(schema: &Schema, rate: u32, events: u64) -> Resu
         &store,
         Counting {
             name,
+            by_key: None,
             applied: Some(applied.clone()),
         },
     );
