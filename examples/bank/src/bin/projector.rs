@@ -1,5 +1,5 @@
-//! `projector`: runs the bank's read models (account balances and category totals) until
-//! SIGTERM or Ctrl-C, then stops after the batches in hand commit.
+//! `projector`: runs the bank's read models (account balances, category totals and the
+//! windowed ones, `BankWindows`) until SIGTERM or Ctrl-C, then stops after the batches in hand commit.
 //!
 //! ```text
 //! DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bank projector
@@ -25,10 +25,10 @@ use anyhow::Context;
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
-use tidemark_example_bank::projections::{AccountBalances, CategoryTotals};
+use tidemark_example_bank::projections::{AccountBalances, BankWindows, CategoryTotals};
 use tidemark_projections::{
-    ApplyContext, EngineConfig, EventSelector, FailurePolicy, Projection, ProjectionEngine,
-    ProjectionError, RecordedEvent, Registry,
+    ApplyContext, EngineConfig, EventSelector, FailurePolicy, Grouping, Projection,
+    ProjectionEngine, ProjectionError, ProjectionKind, RecordedEvent, Registry,
 };
 use tidemark_store::{EventStore, StoreConfig};
 use tokio::signal::unix::{signal, SignalKind};
@@ -153,8 +153,13 @@ fn pins() -> anyhow::Result<Vec<(String, String)>> {
 
 /// The bank's read models, each in the pool it is pinned to (`default` otherwise).
 fn registry(pins: &[(String, String)]) -> anyhow::Result<Registry> {
-    let projections: Vec<Arc<dyn Projection>> =
+    let mut projections: Vec<Arc<dyn Projection>> =
         vec![Arc::new(AccountBalances), Arc::new(CategoryTotals)];
+    projections.extend(
+        BankWindows::all()
+            .iter()
+            .map(|windows| Arc::new(windows.projection()) as Arc<dyn Projection>),
+    );
     if let Some((unknown, _)) = pins
         .iter()
         .find(|(name, _)| !projections.iter().any(|p| p.name() == name))
@@ -207,6 +212,16 @@ impl Projection for Pinned {
 
     fn failure_policy(&self) -> FailurePolicy {
         self.inner.failure_policy()
+    }
+
+    // A windowed projection's lanes depend on these: its events grouped by key, its status
+    // reporting the watermark.
+    fn grouping(&self) -> Grouping {
+        self.inner.grouping()
+    }
+
+    fn kind(&self) -> ProjectionKind {
+        self.inner.kind()
     }
 
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
