@@ -7,8 +7,10 @@
 //!   registered schemas and the v1 → v2 upcaster that projections and the aggregate read
 //!   through.
 //! - [`projections`]: the read models — balances per account (a per-stream fold), totals
-//!   per category and event type (a cross-stream aggregate) — and a side-effect handler
-//!   that alerts on large withdrawals.
+//!   per category and event type (a cross-stream aggregate), orders, and event-time windows
+//!   ([`projections::BankWindows`]: deposits per account per 5 minutes, withdrawals per
+//!   account over a sliding minute, customer sessions) — and a side-effect handler that
+//!   alerts on large withdrawals.
 //!
 //! Streams are `account-<id>`; events are `AccountOpened`, `MoneyDeposited` (v2: with a
 //! `currency`) and `MoneyWithdrawn` with an integer `amount` in cents.
@@ -19,7 +21,7 @@ pub mod projections;
 pub mod schemas;
 
 use projections::{
-    AccountBalances, AlertSink, CategoryTotals, LargeWithdrawalAlerts, OrdersByStatus,
+    AccountBalances, AlertSink, BankWindows, CategoryTotals, LargeWithdrawalAlerts, OrdersByStatus,
 };
 use std::sync::Arc;
 use tidemark_api::TidemarkApp;
@@ -30,11 +32,16 @@ pub const LARGE_WITHDRAWAL: i64 = 100_000;
 /// The bank as a Tidemark application: its read models, its alert handler and its GraphQL
 /// objects. `alerts` receives large-withdrawal alerts (another service in production).
 pub fn app(alerts: Arc<dyn AlertSink>) -> TidemarkApp {
-    schemas::register(TidemarkApp::builder())
+    let builder = schemas::register(TidemarkApp::builder())
         .name("bank")
         .projection(AccountBalances)
         .projection(CategoryTotals)
-        .projection(OrdersByStatus)
+        .projection(OrdersByStatus);
+    BankWindows::all()
+        .iter()
+        .fold(builder, |builder, windows| {
+            builder.projection(windows.projection())
+        })
         .handler(LargeWithdrawalAlerts {
             threshold: LARGE_WITHDRAWAL,
             sink: alerts,

@@ -2,8 +2,13 @@
 
 use async_trait::async_trait;
 use std::sync::Arc;
+use tidemark_projections::windowing::{
+    Aggregate, EventTimeSource, FieldPath, KeySource, LatePolicy, MissingTimePolicy,
+    WatermarkConfig, WindowConfig, WindowSpec,
+};
 use tidemark_projections::{
     ApplyContext, EventSelector, Handler, Projection, ProjectionError, RecordedEvent,
+    WindowedProjection,
 };
 
 /// An event's `amount` in cents; 0 for events without one.
@@ -202,6 +207,114 @@ impl Projection for OrdersByStatus {
     }
 }
 
+/// One of the bank's windowed read models (docs/windowing.md), rows in
+/// `rm_<name>.windows`: everything that decides its rows, so that tests and audits can fold
+/// the log the same way ([`BankWindows::projection`] builds the projection from it).
+#[derive(Clone)]
+pub struct BankWindows {
+    pub name: &'static str,
+    pub selector: EventSelector,
+    pub key: KeySource,
+    pub time: EventTimeSource,
+    pub config: WindowConfig,
+    pub aggregate: Aggregate,
+}
+
+/// The bank's events carry no time of their own, so their event time is `recorded_at`, the
+/// time the store stamped on the append: ingestion time. It is the start of the appending
+/// transaction (`now()`), so events reach the log out of time order only by as much as
+/// concurrent appends overlap, well under the 5 s of out-of-orderness allowed here (an
+/// append slower than that would make its events late). A partition without events for a
+/// minute of log time stops holding the watermark back (idleness is measured on
+/// `recorded_at` too, so rebuilds decide the same), so one quiet partition cannot keep a
+/// shard's windows open. No allowed lateness: a window is final once the watermark passes its
+/// end. The money sums revise a final window for the rare event later than that, for a day,
+/// rather than lose it from the sum; a session count drops it (counted in the status).
+fn ingestion_time(spec: WindowSpec, late_policy: LatePolicy) -> WindowConfig {
+    WindowConfig {
+        spec,
+        allowed_lateness: 0,
+        late_policy,
+        watermark: WatermarkConfig {
+            out_of_orderness: 5_000,
+            idle_timeout: Some(60_000),
+        },
+    }
+}
+
+impl BankWindows {
+    /// Deposits per account in 5-minute tumbling windows: the sum of the amounts.
+    pub fn deposits() -> BankWindows {
+        BankWindows {
+            name: "deposits_5m",
+            selector: EventSelector::event_types(["MoneyDeposited"]),
+            // A deposit's stream is its account (`account-<id>`).
+            key: KeySource::StreamId,
+            time: EventTimeSource::RecordedAt,
+            config: ingestion_time(
+                WindowSpec::Tumbling { size: 300_000 },
+                LatePolicy::Revise {
+                    retention: 86_400_000,
+                },
+            ),
+            aggregate: Aggregate::Sum(FieldPath::field("amount")),
+        }
+    }
+
+    /// Withdrawals per account summed over the last minute, every 10 seconds: the velocity
+    /// a fraud check looks at.
+    pub fn withdrawals() -> BankWindows {
+        BankWindows {
+            name: "withdrawals_1m",
+            selector: EventSelector::event_types(["MoneyWithdrawn"]),
+            key: KeySource::StreamId,
+            time: EventTimeSource::RecordedAt,
+            config: ingestion_time(
+                WindowSpec::Sliding {
+                    size: 60_000,
+                    slide: 10_000,
+                },
+                LatePolicy::Revise {
+                    retention: 86_400_000,
+                },
+            ),
+            aggregate: Aggregate::Sum(FieldPath::field("amount")),
+        }
+    }
+
+    /// Customer activity sessions (30 minutes without activity end one): events per
+    /// session, over the events that name the customer (`CustomerRegistered`, `OrderPlaced`).
+    pub fn customer_sessions() -> BankWindows {
+        BankWindows {
+            name: "customer_sessions",
+            selector: EventSelector::event_types(["CustomerRegistered", "OrderPlaced"]),
+            key: KeySource::Payload(FieldPath::field("customer_id")),
+            time: EventTimeSource::RecordedAt,
+            config: ingestion_time(WindowSpec::Session { gap: 1_800_000 }, LatePolicy::Drop),
+            aggregate: Aggregate::Count,
+        }
+    }
+
+    /// The three, in registration order.
+    pub fn all() -> [BankWindows; 3] {
+        [
+            BankWindows::deposits(),
+            BankWindows::withdrawals(),
+            BankWindows::customer_sessions(),
+        ]
+    }
+
+    /// The projection. The configurations above are constants, checked by the unit test
+    /// `windowed_read_models_are_valid`, so this cannot fail.
+    pub fn projection(&self) -> WindowedProjection<Aggregate> {
+        WindowedProjection::new(self.name, self.config.clone(), self.aggregate.clone())
+            .expect("the bank's window configurations are valid (unit-tested)")
+            .with_selector(self.selector.clone())
+            .with_key(self.key.clone())
+            .with_event_time(self.time.clone(), MissingTimePolicy::Park)
+    }
+}
+
 /// Where alerts go: in production another service; in tests, a recorder.
 #[async_trait]
 pub trait AlertSink: Send + Sync + 'static {
@@ -278,5 +391,24 @@ pub mod fold {
             entry.1 += amount;
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BankWindows;
+    use tidemark_projections::Projection;
+
+    #[test]
+    fn windowed_read_models_are_valid() {
+        for windows in BankWindows::all() {
+            assert!(
+                windows.config.validate().is_ok(),
+                "{}: {:?}",
+                windows.name,
+                windows.config.validate()
+            );
+            assert_eq!(windows.projection().name(), windows.name);
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! `projector`: runs the bank's read models (account balances and category totals) until
-//! SIGTERM or Ctrl-C, then stops after the batches in hand commit.
+//! `projector`: runs the bank's read models (account balances, category totals and the
+//! windowed ones, `BankWindows`) until SIGTERM or Ctrl-C, then stops after the batches in hand commit.
 //!
 //! ```text
 //! DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bank projector
@@ -17,6 +17,8 @@
 //! TIDEMARK_PINNED_PROJECTION=category_totals=critical[,name=pool...]
 //!                                                 pin projections to pools (give every
 //!                                                 process the same pins)
+//! TIDEMARK_PROJECTIONS=account_balances,category_totals
+//!                                                 run only these read models (all by default)
 //! TIDEMARK_LEASE_TTL_MS=10000                     partition lease lifetime
 //! TIDEMARK_WORKER_TIMEOUT_MS=10000                heartbeat age after which a worker is dead
 //! ```
@@ -25,10 +27,10 @@ use anyhow::Context;
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
-use tidemark_example_bank::projections::{AccountBalances, CategoryTotals};
+use tidemark_example_bank::projections::{AccountBalances, BankWindows, CategoryTotals};
 use tidemark_projections::{
-    ApplyContext, EngineConfig, EventSelector, FailurePolicy, Projection, ProjectionEngine,
-    ProjectionError, RecordedEvent, Registry,
+    ApplyContext, EngineConfig, EventSelector, FailurePolicy, Grouping, Projection,
+    ProjectionEngine, ProjectionError, ProjectionKind, RecordedEvent, Registry,
 };
 use tidemark_store::{EventStore, StoreConfig};
 use tokio::signal::unix::{signal, SignalKind};
@@ -63,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("opening the event store")?;
     let config = engine_config()?;
-    let registry = registry(&pins()?)?;
+    let registry = registry(&pins()?, selected()?)?;
     tracing::info!(
         pool = %config.pool,
         lease_ttl = ?config.lease_ttl,
@@ -151,10 +153,46 @@ fn pins() -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// The bank's read models, each in the pool it is pinned to (`default` otherwise).
-fn registry(pins: &[(String, String)]) -> anyhow::Result<Registry> {
-    let projections: Vec<Arc<dyn Projection>> =
+/// `TIDEMARK_PROJECTIONS`: the names of the read models to run, comma-separated; `None`
+/// (unset) runs them all.
+fn selected() -> anyhow::Result<Option<Vec<String>>> {
+    let Some(spec) = env("TIDEMARK_PROJECTIONS") else {
+        return Ok(None);
+    };
+    let names: Vec<String> = spec
+        .split(',')
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .collect();
+    anyhow::ensure!(
+        !names.is_empty(),
+        "TIDEMARK_PROJECTIONS names no projection: {spec:?}"
+    );
+    Ok(Some(names))
+}
+
+/// The bank's read models (those `selected`, all when `None`), each in the pool it is
+/// pinned to (`default` otherwise).
+fn registry(pins: &[(String, String)], selected: Option<Vec<String>>) -> anyhow::Result<Registry> {
+    let mut projections: Vec<Arc<dyn Projection>> =
         vec![Arc::new(AccountBalances), Arc::new(CategoryTotals)];
+    projections.extend(
+        BankWindows::all()
+            .iter()
+            .map(|windows| Arc::new(windows.projection()) as Arc<dyn Projection>),
+    );
+    if let Some(names) = selected {
+        if let Some(unknown) = names
+            .iter()
+            .find(|name| !projections.iter().any(|p| p.name() == name.as_str()))
+        {
+            anyhow::bail!(
+                "TIDEMARK_PROJECTIONS names {unknown:?}, which is not one of {:?}",
+                projections.iter().map(|p| p.name()).collect::<Vec<_>>()
+            );
+        }
+        projections.retain(|p| names.iter().any(|name| name == p.name()));
+    }
     if let Some((unknown, _)) = pins
         .iter()
         .find(|(name, _)| !projections.iter().any(|p| p.name() == name))
@@ -207,6 +245,16 @@ impl Projection for Pinned {
 
     fn failure_policy(&self) -> FailurePolicy {
         self.inner.failure_policy()
+    }
+
+    // A windowed projection's lanes depend on these: its events grouped by key, its status
+    // reporting the watermark.
+    fn grouping(&self) -> Grouping {
+        self.inner.grouping()
+    }
+
+    fn kind(&self) -> ProjectionKind {
+        self.inner.kind()
     }
 
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {

@@ -1,15 +1,20 @@
 //! Helpers shared by the bank's projection tests: a store and an engine on a fresh test
 //! database, a seeded bank backlog, read-model snapshots in the shape of the `fold`
-//! functions, and a projection that records what it applies. Raw connections, whole-log
+//! functions, a fresh fold of windowed read models, and a projection that records what it
+//! applies. Raw connections, whole-log
 //! reads and polling come from `tidemark_testkit`.
 
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tidemark_projections::{EngineConfig, ProjectionEngine, Registry};
+use tidemark_projections::windowing::{
+    event_time, key_partition, row_ops, EventTimeSource, KeySource, MissingTimePolicy, RowOp,
+    WindowConfig, WindowFold, WindowInput, WindowOperator,
+};
+use tidemark_projections::{EngineConfig, EventSelector, ProjectionEngine, Registry};
 use tidemark_store::{
     AppendRequest, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreConfig,
 };
@@ -196,6 +201,103 @@ pub async fn read_totals(
         .iter()
         .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
         .collect()
+}
+
+/// What a windows table holds: (key, start ms, end ms) -> (status, aggregate, events, revision).
+pub type Rows = BTreeMap<(String, i64, i64), (String, Value, i64, i32)>;
+
+/// `<schema>.windows`, the rows of a windowed projection, in the shape of [`fold_windows`].
+pub async fn read_windows(client: &tokio_postgres::Client, schema: &str) -> Rows {
+    client
+        .query(
+            &format!(
+                "SELECT key, (extract(epoch FROM window_start) * 1000)::bigint,
+                        (extract(epoch FROM window_end) * 1000)::bigint,
+                        status, aggregate, events, revision
+                   FROM {schema}.windows"
+            ),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("reading {schema}.windows: {e}"))
+        .iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1), r.get(2)),
+                (r.get(3), r.get(4), r.get(5), r.get(6)),
+            )
+        })
+        .collect()
+}
+
+/// Which events a windowed projection reads and how it keys and times them.
+#[derive(Clone, Copy)]
+pub struct WindowedBy<'a> {
+    pub selector: &'a EventSelector,
+    pub key: &'a KeySource,
+    pub time: &'a EventTimeSource,
+}
+
+/// A fresh fold of the log for a windowed projection: per shard (the partition its key
+/// hashes to), one operator fed that shard's selected events in log order, its changes
+/// netted into rows as the engine does. Also returns how many selected events have no usable
+/// key or time (the projection parks them).
+pub fn fold_windows<F: WindowFold + Clone>(
+    log: &[RecordedEvent],
+    by: WindowedBy<'_>,
+    config: &WindowConfig,
+    fold: F,
+    partitions: u16,
+) -> (Rows, usize) {
+    let selected = |event: &RecordedEvent| {
+        (by.selector.categories.is_empty()
+            || by.selector.categories.iter().any(|c| c == event.category()))
+            && (by.selector.event_types.is_empty()
+                || by.selector.event_types.contains(&event.event_type))
+    };
+    let mut operators: BTreeMap<i16, WindowOperator<F>> = BTreeMap::new();
+    let mut rows = Rows::new();
+    let mut unwindowed = 0;
+    for event in log.iter().filter(|e| selected(e)) {
+        let (Ok(key), Ok(time)) = (
+            by.key.key_of(event),
+            event_time(event, by.time, MissingTimePolicy::Park),
+        ) else {
+            unwindowed += 1;
+            continue;
+        };
+        let operator = operators
+            .entry(key_partition(&key, partitions))
+            .or_insert_with(|| WindowOperator::new(config.clone(), fold.clone()).unwrap());
+        let changes = operator.apply(
+            WindowInput {
+                partition: event.partition,
+                key: &key,
+                time,
+                value: &event.payload,
+            },
+            event.recorded_at.timestamp_millis(),
+        );
+        for op in row_ops(&changes) {
+            match op {
+                RowOp::Upsert { status, result } => {
+                    rows.insert(
+                        (result.key, result.window.start, result.window.end),
+                        (
+                            status.as_str().to_string(),
+                            result.aggregate,
+                            result.events as i64,
+                            result.revision as i32,
+                        ),
+                    );
+                }
+                RowOp::Delete { key, window } => {
+                    rows.remove(&(key, window.start, window.end));
+                }
+            }
+        }
+    }
+    (rows, unwindowed)
 }
 
 /// Asserts two read-model snapshots are equal, naming the first differing keys rather than

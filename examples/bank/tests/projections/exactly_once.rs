@@ -4,7 +4,8 @@
 //!
 //! Crashes are injected three ways in-process (an error after the batch's writes, the
 //! connection dropped under the batch, the whole worker killed mid-flight), and once more
-//! with a real `projector` process killed with SIGKILL.
+//! with a real `projector` process killed with SIGKILL (which also runs the bank's windowed
+//! read models: they too equal a fresh fold of the log after the restart).
 
 use crate::common;
 
@@ -12,16 +13,17 @@ use async_trait::async_trait;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tidemark_example_bank::projections::{fold, AccountBalances, CategoryTotals};
+use tidemark_example_bank::projections::{fold, AccountBalances, BankWindows, CategoryTotals};
 use tidemark_projections::{
     ApplyContext, EngineConfig, EventSelector, Projection, ProjectionEngine, ProjectionError,
     RecordedEvent, Registry,
 };
-use tidemark_store::EventStore;
+use tidemark_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
 use tidemark_testkit::TestDatabase;
 
 /// Failures injected into [`Chaos`], shared by every incarnation of the worker.
@@ -234,15 +236,24 @@ async fn the_read_model_equals_the_fold_after_aborted_batches_dropped_connection
     store.shutdown().await;
 }
 
+/// The `projector`'s lease lifetime and heartbeat timeout here. It runs 80 lanes (five
+/// projections, 16 partitions) on a loaded CI machine, where [`LEASE_TTL`] is too short for
+/// its renewals to keep up; and a restart does not wait for it, since a process restarted
+/// after `kill -9` takes its previous life's partitions back at once.
+const PROJECTOR_LEASE_TTL: Duration = Duration::from_secs(5);
+
 /// A `projector` child process on `db`, its logs appended to `log`.
 fn spawn_projector(db: &TestDatabase, log: &std::fs::File) -> Child {
     Command::new(env!("CARGO_BIN_EXE_projector"))
         .env("DATABASE_URL", db.url())
         .env("RUST_LOG", "info")
-        .env("TIDEMARK_LEASE_TTL_MS", LEASE_TTL.as_millis().to_string())
+        .env(
+            "TIDEMARK_LEASE_TTL_MS",
+            PROJECTOR_LEASE_TTL.as_millis().to_string(),
+        )
         .env(
             "TIDEMARK_WORKER_TIMEOUT_MS",
-            LEASE_TTL.as_millis().to_string(),
+            PROJECTOR_LEASE_TTL.as_millis().to_string(),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -271,6 +282,51 @@ async fn applied_from_checkpoints(
         .get(0)
 }
 
+/// Customers registering and placing orders (the events that name a customer, read by the
+/// `customer_sessions` windows): `customers` customers, each registered, then orders placed
+/// by random customers, appended one by one so they interleave.
+async fn append_customer_activity(store: &EventStore, rng: &mut StdRng, customers: usize) {
+    for c in 0..customers {
+        let customer_id = format!("c{c}");
+        let registered = NewEvent::new(
+            "CustomerRegistered",
+            json!({
+                "customer_id": customer_id,
+                "name": format!("Customer {c}"),
+                "email": format!("c{c}@example.com"),
+            }),
+        );
+        store
+            .append(AppendRequest::new(
+                format!("customer-{customer_id}"),
+                ExpectedVersion::NoStream,
+                vec![registered],
+            ))
+            .await
+            .expect("registering a customer");
+    }
+    for order in 0..customers * 4 {
+        let customer = rng.random_range(0..customers);
+        let placed = NewEvent::new(
+            "OrderPlaced",
+            json!({
+                "order_id": format!("o{order}"),
+                "customer_id": format!("c{customer}"),
+                "account_id": format!("{}", customer % 200),
+                "amount": rng.random_range(1..=20_000),
+            }),
+        );
+        store
+            .append(AppendRequest::new(
+                format!("order-o{order}"),
+                ExpectedVersion::NoStream,
+                vec![placed],
+            ))
+            .await
+            .expect("placing an order");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_projector_process_killed_with_sigkill_mid_run_resumes_to_the_fold_on_restart() {
     let seed = seed(0x7e57_0002);
@@ -287,6 +343,8 @@ async fn a_projector_process_killed_with_sigkill_mid_run_resumes_to_the_fold_on_
         },
     )
     .await;
+    let mut rng = StdRng::seed_from_u64(seed);
+    append_customer_activity(&store, &mut rng, 50).await;
     let log = read_all(&store).await;
     let expected_balances = fold::balances(&log);
     let expected_totals = fold::totals(&log);
@@ -295,7 +353,6 @@ async fn a_projector_process_killed_with_sigkill_mid_run_resumes_to_the_fold_on_
     let log_file = tempfile::NamedTempFile::new().expect("a log file for the projector");
     let show_log = || std::fs::read_to_string(log_file.path()).unwrap_or_default();
 
-    let mut rng = StdRng::seed_from_u64(seed);
     let mut targets: Vec<f64> = (0..2).map(|_| rng.random_range(0.05..0.7)).collect();
     targets.sort_by(f64::total_cmp);
     for (kill, target) in targets.iter().enumerate() {
@@ -336,11 +393,17 @@ async fn a_projector_process_killed_with_sigkill_mid_run_resumes_to_the_fold_on_
     // An engine in this process with no lanes started: it only reads checkpoints.
     let watcher = engine(
         &store,
-        Registry::new()
-            .projection(AccountBalances)
-            .projection(CategoryTotals),
+        BankWindows::all().iter().fold(
+            Registry::new()
+                .projection(AccountBalances)
+                .projection(CategoryTotals),
+            |registry, windows| registry.projection(windows.projection()),
+        ),
     );
-    for name in ["account_balances", "category_totals"] {
+    for name in ["account_balances", "category_totals"]
+        .into_iter()
+        .chain(BankWindows::all().map(|windows| windows.name))
+    {
         caught_up(&watcher, name, BACKLOG_DEADLINE).await;
     }
     nix::sys::signal::kill(
@@ -368,5 +431,34 @@ async fn a_projector_process_killed_with_sigkill_mid_run_resumes_to_the_fold_on_
         &read_totals(&observer, "rm_category_totals").await,
         &expected_totals,
     );
+    for windows in BankWindows::all() {
+        let by = WindowedBy {
+            selector: &windows.selector,
+            key: &windows.key,
+            time: &windows.time,
+        };
+        let (expected, unwindowed) = fold_windows(
+            &log,
+            by,
+            &windows.config,
+            windows.aggregate.clone(),
+            store.partitions(),
+        );
+        assert_eq!(
+            unwindowed, 0,
+            "{}: every bank event has a key",
+            windows.name
+        );
+        assert!(
+            !expected.is_empty(),
+            "{}: the fold has windows",
+            windows.name
+        );
+        assert_same_rows(
+            &format!("{} after SIGKILLs", windows.name),
+            &read_windows(&observer, &format!("rm_{}", windows.name)).await,
+            &expected,
+        );
+    }
     store.shutdown().await;
 }

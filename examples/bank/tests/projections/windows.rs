@@ -9,14 +9,12 @@ use async_trait::async_trait;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tidemark_projections::windowing::{
-    event_time, key_partition, row_ops, Aggregate, EventTimeSource, FieldPath, KeySource,
-    LatePolicy, MissingTimePolicy, RowOp, WatermarkConfig, WindowConfig, WindowFold, WindowInput,
-    WindowOperator, WindowSpec,
+    Aggregate, EventTimeSource, FieldPath, KeySource, LatePolicy, MissingTimePolicy,
+    WatermarkConfig, WindowConfig, WindowSpec,
 };
 use tidemark_projections::{
     ApplyContext, EventSelector, Grouping, Projection, ProjectionError, RecordedEvent, Registry,
@@ -24,9 +22,6 @@ use tidemark_projections::{
 };
 use tidemark_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
 use tidemark_testkit::TestDatabase;
-
-/// What a windows table holds: (key, start ms, end ms) -> (status, aggregate, events, revision).
-type Rows = BTreeMap<(String, i64, i64), (String, Value, i64, i32)>;
 
 fn config(spec: WindowSpec, late_policy: LatePolicy) -> WindowConfig {
     WindowConfig {
@@ -162,85 +157,6 @@ async fn append_readings(store: &EventStore, rng: &mut StdRng, from: i64, count:
     }
 }
 
-/// The windows table of `schema`.
-async fn read_windows(client: &tokio_postgres::Client, schema: &str) -> Rows {
-    client
-        .query(
-            &format!(
-                "SELECT key, (extract(epoch FROM window_start) * 1000)::bigint,
-                        (extract(epoch FROM window_end) * 1000)::bigint,
-                        status, aggregate, events, revision
-                   FROM {schema}.windows"
-            ),
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("reading {schema}.windows: {e}"))
-        .iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1), r.get(2)),
-                (r.get(3), r.get(4), r.get(5), r.get(6)),
-            )
-        })
-        .collect()
-}
-
-/// A fresh fold of the log: per shard (the partition its key hashes to), one operator fed
-/// that shard's events in log order, its changes netted into rows as the engine does.
-fn fold_windows<F: WindowFold + Clone>(
-    log: &[RecordedEvent],
-    config: &WindowConfig,
-    fold: F,
-    partitions: u16,
-) -> (Rows, usize) {
-    let key_source = KeySource::Payload(FieldPath::field("site"));
-    let time_source = EventTimeSource::Payload(FieldPath::field("at"));
-    let mut operators: BTreeMap<i16, WindowOperator<F>> = BTreeMap::new();
-    let mut rows = Rows::new();
-    let mut unwindowed = 0;
-    for event in log.iter().filter(|e| e.stream_id.starts_with("sensor-")) {
-        let (Ok(key), Ok(time)) = (
-            key_source.key_of(event),
-            event_time(event, &time_source, MissingTimePolicy::Park),
-        ) else {
-            unwindowed += 1;
-            continue;
-        };
-        let operator = operators
-            .entry(key_partition(&key, partitions))
-            .or_insert_with(|| WindowOperator::new(config.clone(), fold.clone()).unwrap());
-        let changes = operator.apply(
-            WindowInput {
-                partition: event.partition,
-                key: &key,
-                time,
-                value: &event.payload,
-            },
-            event.recorded_at.timestamp_millis(),
-        );
-        for op in row_ops(&changes) {
-            match op {
-                RowOp::Upsert { status, result } => {
-                    rows.insert(
-                        (result.key, result.window.start, result.window.end),
-                        (
-                            status.as_str().to_string(),
-                            result.aggregate,
-                            result.events as i64,
-                            result.revision as i32,
-                        ),
-                    );
-                }
-                RowOp::Delete { key, window } => {
-                    rows.remove(&(key, window.start, window.end));
-                }
-            }
-        }
-    }
-    (rows, unwindowed)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn windowed_results_equal_a_fresh_fold_after_crashes_restarts_and_a_rebuild() {
     let seed = seed(0x0d0d_0001);
@@ -264,14 +180,27 @@ async fn windowed_results_equal_a_fresh_fold_after_crashes_restarts_and_a_rebuil
 
     let log = read_all(&store).await;
     let client = connect(&db).await;
+    let sensors = EventSelector::categories(["sensor"]);
+    let site = KeySource::Payload(FieldPath::field("site"));
+    let at = EventTimeSource::Payload(FieldPath::field("at"));
     let (sums, unwindowed) = fold_windows(
         &log,
+        WindowedBy {
+            selector: &sensors,
+            key: &site,
+            time: &at,
+        },
         &config(WindowSpec::Tumbling { size: 10_000 }, LatePolicy::Drop),
         Aggregate::Sum(FieldPath::field("value")),
         store.partitions(),
     );
     let (session_counts, _) = fold_windows(
         &log,
+        WindowedBy {
+            selector: &sensors,
+            key: &site,
+            time: &at,
+        },
         &config(
             WindowSpec::Session { gap: 3_000 },
             LatePolicy::Revise { retention: 60_000 },
