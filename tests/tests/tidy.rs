@@ -410,6 +410,41 @@ fn metric_rule_catches_an_unlisted_metric() {
     );
 }
 
+/// Production code never creates an unbounded channel: every queue has a bound, so memory
+/// does and backpressure reaches the producer.
+fn unbounded_channels(files: &[File]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|f| f.is_production_rust())
+        .filter(|f| f.code().contains("unbounded_channel") || f.code().contains("mpsc::unbounded"))
+        .map(|f| format!("{} creates an unbounded channel: give it a bound", f.path))
+        .collect()
+}
+
+#[test]
+fn every_channel_is_bounded() {
+    let violations = unbounded_channels(&repository_files());
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn channel_rule_catches_an_unbounded_channel() {
+    let files = [
+        File::new(
+            "store/src/a.rs",
+            "//! A.\nlet (tx, rx) = mpsc::channel(16);\n",
+        ),
+        File::new(
+            "store/src/b.rs",
+            "//! B.\nlet (tx, rx) = mpsc::unbounded_channel();\n",
+        ),
+    ];
+    assert_eq!(
+        unbounded_channels(&files),
+        ["store/src/b.rs creates an unbounded channel: give it a bound"]
+    );
+}
+
 #[test]
 fn every_rust_file_opens_with_a_module_doc() {
     let violations = files_without_module_doc(&repository_files());
