@@ -200,6 +200,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDEMARK_ADMISSION_BUDGET_MS", default_value_t = 1_000)]
     pub admission_budget_ms: u64,
 
+    /// Refuse GraphQL introspection (`__schema`, `__type`): the schema is not discoverable,
+    /// and GraphiQL cannot show it.
+    #[arg(long, env = "TIDEMARK_DISABLE_INTROSPECTION")]
+    pub disable_introspection: bool,
+
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "TIDEMARK_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,
@@ -239,6 +244,7 @@ impl ServeArgs {
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
                 max_concurrent_requests: self.max_concurrent_requests.max(1),
                 admission_budget: Duration::from_millis(self.admission_budget_ms),
+                introspection: !self.disable_introspection,
                 ..ApiLimits::default()
             },
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),

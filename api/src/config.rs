@@ -95,6 +95,9 @@ pub struct ApiLimits {
     pub admission_budget: Duration,
     /// Longest read-your-writes wait a client may ask for.
     pub max_wait: Duration,
+    /// Whether clients may read the schema by introspection (GraphiQL and schema-aware
+    /// clients need it). Turn it off where the schema should not be discoverable.
+    pub introspection: bool,
 }
 
 impl Default for ApiLimits {
@@ -111,6 +114,7 @@ impl Default for ApiLimits {
             max_concurrent_requests: 512,
             admission_budget: Duration::from_secs(1),
             max_wait: Duration::from_secs(30),
+            introspection: true,
         }
     }
 }
@@ -182,7 +186,7 @@ impl ServerConfig {
             "listen={} database={} max_connections={} partitions={} worker_pool={} projections={} \
              auth={} configured_keys={} max_body_bytes={} max_events_per_append={} \
              max_event_bytes={} max_query_depth={} max_query_complexity={} max_page_size={} \
-             max_ws_connections={} request_timeout={:?} shutdown_timeout={:?}",
+             max_ws_connections={} request_timeout={:?} shutdown_timeout={:?} introspection={}",
             self.listen,
             self.database.describe(),
             self.max_connections,
@@ -204,6 +208,7 @@ impl ServerConfig {
             l.max_ws_connections,
             l.request_timeout,
             self.shutdown_timeout,
+            if l.introspection { "on" } else { "off" },
         )
     }
 

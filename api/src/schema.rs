@@ -76,6 +76,9 @@ where
     .extension(app_fields::AppFieldGuard(std::sync::Arc::new(
         app_fields::AppFields::of::<Q, M, S>(&settings.public_fields),
     )));
+    if !settings.limits.introspection {
+        builder = builder.disable_introspection();
+    }
     if let Some(tidemark) = settings.tidemark {
         builder = builder.data(tidemark);
     }

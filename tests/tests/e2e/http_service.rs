@@ -233,3 +233,31 @@ async fn on_shutdown_a_request_on_an_idle_keep_alive_connection_is_answered_with
         .collect();
     assert_eq!(stored, ["before-1", "during-1"]);
 }
+
+/// With introspection turned off (`--disable-introspection`), `__schema` and `__type` answer
+/// null while ordinary queries answer; by default introspection works.
+#[tokio::test]
+async fn introspection_can_be_turned_off() {
+    const INTROSPECT: &str = "{ __schema { queryType { name } } }";
+    let open = spawn_app().await;
+    let body = open.graphql(INTROSPECT, json!({}), Some(READ_KEY)).await;
+    assert_eq!(
+        body["data"]["__schema"]["queryType"]["name"], "Query",
+        "{body}"
+    );
+
+    let closed = spawn_app_with(tidemark_api::TidemarkApp::builder().build(), |config| {
+        config.limits.introspection = false
+    })
+    .await;
+    for query in [INTROSPECT, "{ __type(name: \"Query\") { name } }"] {
+        let body = closed.graphql(query, json!({}), Some(READ_KEY)).await;
+        // async-graphql answers introspection fields with null when it is off.
+        assert!(
+            body["data"]["__schema"].is_null() && body["data"]["__type"].is_null(),
+            "introspection answered: {body}"
+        );
+    }
+    let body = closed.graphql("{ head }", json!({}), Some(READ_KEY)).await;
+    assert_no_errors(&body);
+}
