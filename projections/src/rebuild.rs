@@ -235,14 +235,7 @@ impl ProjectionEngine {
             )
             .await?;
         let result = self
-            .run_build_lane(
-                projection,
-                &target,
-                &schema,
-                Some(position),
-                &tracker,
-                on_progress,
-            )
+            .run_build_lane(projection, &target, Some(position), &tracker, on_progress)
             .await;
         self.finish_build(&tracker, result.as_ref().err()).await;
         result?;
@@ -285,7 +278,6 @@ impl ProjectionEngine {
                 self.run_build_lane(
                     projection,
                     &Target::Shadow,
-                    &shadow_schema,
                     Some(head),
                     &tracker,
                     on_progress.clone(),
@@ -404,7 +396,6 @@ impl ProjectionEngine {
         &self,
         projection: &Arc<dyn Projection>,
         target: &Target,
-        schema: &str,
         until: Option<Position>,
         tracker: &Tracker,
         on_progress: Option<ProgressCallback>,
@@ -420,7 +411,6 @@ impl ProjectionEngine {
             until,
             self.store().partitions(),
         );
-        debug_assert_eq!(spec.schema, schema);
         let mut lane = Lane::new(spec, self.store().clone(), self.config().clone());
         lane.on_commit = Some(Arc::new(move |applied, position| {
             let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());

@@ -186,10 +186,12 @@ fn dependency_violations(files: &[File]) -> Vec<String> {
 /// The repository stands alone: nothing refers to the workplace's shared folder or to the
 /// design document that lived there.
 fn references_outside_repository(files: &[File]) -> Vec<String> {
+    // Spelled in parts so that this rule's own text is no such reference.
+    let shared_folder = ["..", "shared"].join("/");
+    let old_design = ["DESIGN", "md"].join(".");
     files
         .iter()
-        .filter(|f| f.path != "tests/tests/tidy.rs")
-        .filter(|f| f.text.contains("../shared") || f.text.contains("DESIGN.md"))
+        .filter(|f| f.text.contains(&shared_folder) || f.text.contains(&old_design))
         .map(|f| format!("{} refers to a file outside the repository", f.path))
         .collect()
 }
@@ -531,7 +533,14 @@ fn dependency_rule_catches_the_store_depending_on_projections() {
 fn outside_reference_rule_catches_a_shared_path() {
     let files = [
         File::new("docs/a.md", "See docs/design.md."),
-        File::new("store/src/x.rs", "//! See ../shared/DESIGN.md §3.\n"),
+        File::new(
+            "store/src/x.rs",
+            &format!(
+                "//! See {}/{}.md §3.\n",
+                ["..", "shared"].join("/"),
+                "DESIGN"
+            ),
+        ),
     ];
     assert_eq!(
         references_outside_repository(&files),
