@@ -37,6 +37,9 @@ use std::time::{Duration, Instant};
 use tidemark_pg_embedded::ClusterHealth;
 use tokio::sync::{watch, Semaphore};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
+
+use crate::correlation::RequestIds;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -193,19 +196,42 @@ async fn graphql_http(
         set_retry_after(&mut response, crate::error::RETRY_AFTER_MS);
         return response;
     };
+    let ids = match RequestIds::from_headers(&headers) {
+        Ok(ids) => ids,
+        Err(error) => return error_response(StatusCode::BAD_REQUEST, error),
+    };
+    let span = tracing::info_span!(
+        "graphql",
+        operation = operation_names(&batch).as_str(),
+        correlation_id = ids.correlation_id.as_str(),
+        errors = tracing::field::Empty,
+    );
     let principal = state.auth.authenticate(authorization(&headers)).await;
-    let batch = batch.data(principal);
+    let correlation_id = HeaderValue::from_str(&ids.correlation_id).ok();
+    let batch = batch.data(principal).data(ids);
     match tokio::time::timeout(
         state.limits.request_timeout,
-        state.schema.execute_batch(batch),
+        state.schema.execute_batch(batch).instrument(span.clone()),
     )
     .await
     {
         Ok(response) => {
+            let errors = match &response {
+                async_graphql::BatchResponse::Single(one) => one.errors.len(),
+                async_graphql::BatchResponse::Batch(many) => {
+                    many.iter().map(|one| one.errors.len()).sum()
+                }
+            };
+            span.record("errors", errors);
             let retry_after = overloaded_retry_after_ms(&response);
             let mut response = Json(response).into_response();
             if let Some(retry_after_ms) = retry_after {
                 set_retry_after(&mut response, retry_after_ms);
+            }
+            if let Some(correlation_id) = correlation_id {
+                response
+                    .headers_mut()
+                    .insert(crate::correlation::CORRELATION_HEADER, correlation_id);
             }
             response
         }
@@ -220,6 +246,21 @@ async fn graphql_http(
                 ),
             ),
         ),
+    }
+}
+
+/// The operation names of a request, for its span: `appendEvents`-style names when the
+/// client named them, else `anonymous`; a batch's joined with `,`.
+fn operation_names(batch: &BatchRequest) -> String {
+    let name = |request: &async_graphql::Request| {
+        request
+            .operation_name
+            .clone()
+            .unwrap_or_else(|| "anonymous".to_string())
+    };
+    match batch {
+        BatchRequest::Single(request) => name(request),
+        BatchRequest::Batch(requests) => requests.iter().map(name).collect::<Vec<_>>().join(","),
     }
 }
 

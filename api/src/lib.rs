@@ -39,6 +39,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod correlation;
 pub mod database;
 mod drain;
 pub mod error;
@@ -56,6 +57,7 @@ pub use auth::{Principal, Role, RoleGuard};
 pub use config::{ApiLimits, DatabaseConfig, ServerConfig};
 pub use error::{ApiError, ApiResult, ErrorCode};
 pub use migrations::all_migrations;
+pub use schema::scalars::Int64;
 pub use schema::SchemaConflict;
 pub use startup::Application;
 

@@ -19,6 +19,8 @@ mod http_service;
 mod metrics;
 mod outcome;
 mod ownership;
+mod readme;
+mod readme_app;
 mod restart;
 mod schemas;
 mod subscriptions;
