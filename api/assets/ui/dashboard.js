@@ -39,6 +39,7 @@
     expanded: new Set(),
     timer: null,
     refreshing: null,
+    again: false,
     tail: [],
     tailAfter: null,
     socket: null,
@@ -215,18 +216,24 @@
 
   // ------------------------------------------------------------------ refresh
 
+  /** Refreshes now (or right after the refresh in flight), then every REFRESH_MS. */
   function refresh() {
-    if (state.refreshing) return state.refreshing;
+    if (state.refreshing) {
+      state.again = true;
+      return state.refreshing;
+    }
     clearTimeout(state.timer);
     state.refreshing = refreshOnce().finally(() => {
       state.refreshing = null;
-      state.timer = setTimeout(refresh, REFRESH_MS);
+      state.timer = setTimeout(refresh, state.again ? 0 : REFRESH_MS);
+      state.again = false;
     });
     return state.refreshing;
   }
 
   async function refreshOnce() {
     const connection = $('connection');
+    const key = state.key;
     let body;
     try {
       body = await post(DASHBOARD);
@@ -235,6 +242,8 @@
       connection.className = 'badge bad';
       return;
     }
+    // The key changed while this was in flight: its answer is about another key.
+    if (key !== state.key) return;
     const error = firstError(body);
     if (error && (!body.data || error.code === 'UNAUTHENTICATED')) {
       connection.textContent = error.code === 'UNAUTHENTICATED' ? 'needs a key' : errorText(error);
@@ -246,6 +255,7 @@
         } catch (ignored) {
           // The reason below is enough.
         }
+        if (key !== state.key) return;
         showIdentity(whoami);
         askForKey(whoami && whoami.refused
           ? `The key was refused: ${whoami.refused}`
