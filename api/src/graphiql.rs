@@ -73,9 +73,8 @@ const ASSETS: [Asset; 6] = [
 ];
 
 /// Each asset's version tag (a short hash of its bytes), in the order of [`ASSETS`].
-static TAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
-    ASSETS.iter().map(|asset| tag_of(asset.bytes)).collect()
-});
+static TAGS: LazyLock<Vec<String>> =
+    LazyLock::new(|| ASSETS.iter().map(|asset| tag_of(asset.bytes)).collect());
 
 /// The page, built once: it depends only on the embedded assets.
 static PAGE: LazyLock<String> = LazyLock::new(|| {

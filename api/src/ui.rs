@@ -64,7 +64,11 @@ mod tests {
 
     #[test]
     fn the_page_names_each_asset_by_its_versioned_url_and_nothing_else() {
-        assert!(!PAGE.contains("{{"), "every placeholder is filled: {}", *PAGE);
+        assert!(
+            !PAGE.contains("{{"),
+            "every placeholder is filled: {}",
+            *PAGE
+        );
         for (asset, tag) in ASSETS.iter().zip(TAGS.iter()) {
             assert!(PAGE.contains(&format!("\"ui/{}?v={tag}\"", asset.name)));
         }
@@ -82,7 +86,10 @@ mod tests {
         assert!(!PAGE.contains("<script>"), "no inline script");
         assert!(!PAGE.contains("style="), "no inline style");
         for handler in ["onclick=", "onload=", "onsubmit=", "onchange=", "oninput="] {
-            assert!(!PAGE.contains(handler), "no inline event handler ({handler})");
+            assert!(
+                !PAGE.contains(handler),
+                "no inline event handler ({handler})"
+            );
         }
     }
 

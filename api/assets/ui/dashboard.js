@@ -325,7 +325,7 @@
     const needsAdmin = admin ? '' : ' disabled title="needs an API key with the admin role"';
     let html = '<table class="grid projections"><thead><tr>'
       + '<th>Projection</th><th>Status</th><th class="num">Checkpoint</th><th class="num">Lag (events)</th>'
-      + '<th class="num">Lag</th><th class="num">Events/s</th><th class="num">Parked</th><th>Last build</th><th>Actions</th>'
+      + '<th class="num" title="age of the oldest event not yet applied">Lag</th><th class="num" title="the rate of the lanes&#39; last batches, while recent (10 s); 0 when idle">Events/s</th><th class="num">Parked</th><th>Last build</th><th>Actions</th>'
       + '</tr></thead><tbody>';
     for (const p of projections) {
       const open = state.expanded.has(p.name);
@@ -374,9 +374,7 @@
       + '</tr></thead><tbody>';
     for (const w of workers) {
       const stateText = w.stoppedAt ? 'stopped' : w.alive ? 'alive' : 'silent';
-      const leases = w.leases.length
-        ? w.leases.map((lease) => `<span class="chip">${esc(lease)}</span>`).join(' ')
-        : '<span class="muted">none</span>';
+      const leases = w.leases.length ? leaseChips(w.leases) : '<span class="muted">none</span>';
       html += `<tr data-worker="${esc(w.id)}"><td><code title="${esc(w.id)}">${esc(w.id.slice(0, 8))}</code>`
         + `${w.current ? ' <span class="chip ok">this node</span>' : ''}<div class="muted">${esc(w.host)}:${w.pid}${w.address ? ` · ${esc(w.address)}` : ''}</div></td>`
         + `<td>${esc(w.pool)}</td><td><span class="status status-${stateText}">${stateText}</span></td>`
@@ -384,6 +382,21 @@
         + `<td class="num">${int(w.lagEvents)}</td><td class="leases">${leases}</td><td>${esc(ago(w.heartbeatAt))}</td></tr>`;
     }
     setHTML($('workers'), html + '</tbody></table>');
+  }
+
+  /** `projection#partition` leases as one chip per projection: `balances 0 1 2 3`. */
+  function leaseChips(leases) {
+    const byProjection = new Map();
+    for (const lease of leases) {
+      const cut = lease.lastIndexOf('#');
+      const projection = cut < 0 ? lease : lease.slice(0, cut);
+      const partition = cut < 0 ? '' : lease.slice(cut + 1);
+      if (!byProjection.has(projection)) byProjection.set(projection, []);
+      byProjection.get(projection).push(partition);
+    }
+    return [...byProjection].map(([projection, partitions]) =>
+      `<span class="chip lease" title="${esc(partitions.map((p) => `${projection}#${p}`).join(', '))}">`
+      + `${esc(projection)} <span class="muted">${esc(partitions.join(' '))}</span></span>`).join(' ');
   }
 
   function renderPools(pools) {

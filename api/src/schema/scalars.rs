@@ -12,7 +12,8 @@ use async_graphql::{InputValueError, InputValueResult, Scalar, ScalarType, Value
 pub struct Int64(pub i64);
 
 /// The description shown in the SDL and in GraphiQL.
-const DESCRIPTION: &str = "A signed 64-bit integer: positions, stream versions, cursors and counts. \
+const DESCRIPTION: &str =
+    "A signed 64-bit integer: positions, stream versions, cursors and counts. \
 Serialised as a JSON number; accepted as a JSON number or a decimal string.";
 
 #[Scalar(name = "Int64", use_type_description)]
@@ -72,7 +73,10 @@ mod tests {
     fn accepts_numbers_and_decimal_strings_beyond_32_bits() {
         let big = 5_000_000_000_i64;
         assert_eq!(Int64::parse(Value::Number(big.into())).unwrap(), Int64(big));
-        assert_eq!(Int64::parse(Value::String(big.to_string())).unwrap(), Int64(big));
+        assert_eq!(
+            Int64::parse(Value::String(big.to_string())).unwrap(),
+            Int64(big)
+        );
         assert_eq!(Int64(big).to_value(), Value::Number(big.into()));
     }
 

@@ -278,7 +278,8 @@ async fn the_stream_browser_lists_categories_and_streams_and_reads_a_stream() {
         .await;
     assert_eq!(listed, json!(["account-browse-1", "account-browse-2"]));
 
-    page.click("#streams [data-stream=\"account-browse-2\"]").await;
+    page.click("#streams [data-stream=\"account-browse-2\"]")
+        .await;
     wait_equal(
         &page,
         "the stream's events",
