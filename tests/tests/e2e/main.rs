@@ -19,6 +19,7 @@ mod graphiql;
 mod http_service;
 mod metrics;
 mod outcome;
+mod overview;
 mod ownership;
 mod restart;
 mod schemas;
