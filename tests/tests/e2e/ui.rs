@@ -390,7 +390,7 @@ async fn a_rebuild_started_from_the_page_after_confirmation_completes() {
     // The rebuilt read model answers as before.
     let data = app
         .graphql_data(
-            "query($p: Int!) { account(id: \"rb-1\") @waitFor(projection: \"account_balances\", position: $p) { balance } }",
+            "query($p: Int64!) { account(id: \"rb-1\") @waitFor(projection: \"account_balances\", position: $p) { balance } }",
             json!({ "p": head }),
             Some(READ_KEY),
         )
