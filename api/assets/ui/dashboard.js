@@ -450,6 +450,11 @@
     confirmResolve = null;
   }
 
+  /** `1 parked event`, `3 parked events`. */
+  function events(n) {
+    return `${int(n)} parked event${n === 1 ? '' : 's'}`;
+  }
+
   async function projectionAction(button) {
     const name = button.dataset.name;
     const rebuild = button.dataset.action === 'rebuild';
@@ -458,7 +463,7 @@
         `${name} is rebuilt in the background from the whole log; the current read model keeps serving until the new one has caught up and is swapped in.`,
         'Rebuild')
       : await confirmAction(`Replay the parked events of ${name}?`,
-        `The ${button.dataset.parked} parked events of ${name} are applied again (after a fix); a projection stopped on one resumes.`,
+        `${events(Number(button.dataset.parked))} of ${name} will be applied again (after a fix); a projection stopped on one resumes.`,
         'Replay');
     if (!confirmed) return;
     try {
@@ -467,7 +472,7 @@
         notify(`Rebuild of ${data.rebuildProjection.projection} started; its progress shows under Last build.`, 'ok');
       } else {
         const data = await gql('mutation($name: String!) { replayParked(name: $name) { projection replayed } }', { name });
-        notify(`Replayed ${data.replayParked.replayed} parked events of ${data.replayParked.projection}.`, 'ok');
+        notify(`Replayed ${events(data.replayParked.replayed)} of ${data.replayParked.projection}.`, 'ok');
       }
     } catch (error) {
       notify(errorText(error), 'error');

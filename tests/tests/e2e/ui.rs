@@ -1,7 +1,7 @@
 //! The dashboard at `/ui` in a real headless Chromium, against the bank example (real
 //! projections, a worker, registered schemas): it shows the server's own figures and
 //! follows the log live; the stream browser reads a stream; a rebuild started from the page
-//! (after its confirmation) completes; a read-only key cannot press the admin buttons, and
+//! (after its confirmation) completes; parked events are replayed from it; a read-only key cannot press the admin buttons, and
 //! the server refuses the call when the page is forced to make it. Everything the page loads
 //! comes from the server's origin.
 //!
@@ -12,8 +12,13 @@
 
 use crate::common::*;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tidemark_api::TidemarkApp;
+use tidemark_projections::{
+    ApplyContext, EventSelector, Projection, ProjectionError, RecordedEvent,
+};
 use tidemark_testkit::browser::{Browser, Page};
 
 /// How long the page may take to show something, on a two-core machine running the rest
@@ -504,6 +509,126 @@ async fn a_read_only_key_cannot_press_admin_buttons_and_a_forced_call_is_refused
         before["id"],
         "nothing was rebuilt"
     );
+    assert_clean_and_same_origin(&page, app.port);
+    browser.close().await;
+}
+
+/// A projection of the `fragile` category that refuses `Poison` events while `broken`:
+/// they are retried, then parked; once fixed, a replay applies them.
+struct Fragile {
+    broken: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl Projection for Fragile {
+    fn name(&self) -> &str {
+        "fragile"
+    }
+
+    fn selector(&self) -> EventSelector {
+        EventSelector::categories(["fragile"])
+    }
+
+    async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
+        ctx.create_table("applied", "position bigint PRIMARY KEY")
+            .await
+    }
+
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let insert = format!(
+            "INSERT INTO {} (position) VALUES ($1)",
+            ctx.table("applied")
+        );
+        for event in events {
+            if event.event_type == "Poison" && self.broken.load(Ordering::SeqCst) {
+                return Err(ProjectionError::failed("refusing a poison event"));
+            }
+            ctx.tx.execute(&insert, &[&event.position]).await?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn parked_events_are_replayed_from_the_page_after_confirmation() {
+    let broken = Arc::new(AtomicBool::new(true));
+    let app = spawn_app_with(
+        TidemarkApp::builder()
+            .projection(Fragile {
+                broken: broken.clone(),
+            })
+            .build(),
+        |_| {},
+    )
+    .await;
+    app.append("fragile-1", json!([{ "type": "Fine", "data": {} }]))
+        .await;
+    let poison = app
+        .append("fragile-1", json!([{ "type": "Poison", "data": {} }]))
+        .await["lastPosition"]
+        .as_i64()
+        .expect("a position");
+
+    let (browser, page) = open_dashboard(&app, Some(ADMIN_KEY)).await;
+    wait_equal(
+        &page,
+        "the parked poison event",
+        &projection_cell("fragile", "parked"),
+        json!(1),
+    )
+    .await;
+    wait_equal(&page, "the parked figure", &figure("fig-parked"), json!(1)).await;
+    broken.store(false, Ordering::SeqCst);
+
+    let replay = "tr[data-projection=\"fragile\"] button[data-action=\"replay\"]";
+    page.click(replay).await;
+    page.wait_for(
+        "the confirmation",
+        "!document.getElementById('confirm').hidden",
+        PAGE_WAIT,
+    )
+    .await;
+    let text = page
+        .evaluate("document.getElementById('confirm-text').textContent")
+        .await;
+    assert!(
+        text.as_str()
+            .is_some_and(|t| t.starts_with("1 parked event of fragile will be applied again")),
+        "{text}"
+    );
+    page.click("#confirm-ok").await;
+    page.wait_for(
+        "the replay's notice",
+        "document.getElementById('notice-text').textContent === 'Replayed 1 parked event of fragile.'",
+        PAGE_WAIT,
+    )
+    .await;
+    wait_equal(
+        &page,
+        "nothing parked any more",
+        &projection_cell("fragile", "parked"),
+        json!(0),
+    )
+    .await;
+    // The read model now holds the poison event, applied by the replay.
+    let rows = app
+        .tidemark
+        .store()
+        .pool()
+        .get()
+        .await
+        .expect("a connection")
+        .query_one(
+            "SELECT count(*) FROM rm_fragile.applied WHERE position = $1",
+            &[&poison],
+        )
+        .await
+        .expect("the read model");
+    assert_eq!(rows.get::<_, i64>(0), 1);
     assert_clean_and_same_origin(&page, app.port);
     browser.close().await;
 }
