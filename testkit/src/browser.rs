@@ -1,6 +1,8 @@
 //! A real headless Chromium, driven over the Chrome DevTools Protocol (CDP), for tests of the
 //! pages the server serves: they load in a browser as a person would see them, scripts run,
-//! and the test reads the DOM and every request the page made.
+//! and the test reads the DOM and every request the page made. It acts as a person does too:
+//! [`Page::click`] is a real mouse click (a disabled button ignores it), [`Page::type_into`]
+//! types, and [`Page::screenshot`] saves what the page looks like.
 //!
 //! ```ignore
 //! let browser = Browser::launch().await;
@@ -8,6 +10,8 @@
 //! page.navigate("http://127.0.0.1:8080/").await;
 //! page.wait_for("the editor", "document.querySelector('.CodeMirror') !== null", WAIT).await;
 //! assert!(page.requested_urls().iter().all(|url| url.starts_with("http://127.0.0.1:8080/")));
+//! page.click("button.run").await;
+//! page.screenshot(Path::new("page.png")).await;
 //! browser.close().await;
 //! ```
 //!
