@@ -39,20 +39,25 @@ pub(crate) async fn categories<C: deadpool_postgres::GenericClient>(
     limit: usize,
 ) -> Result<Vec<String>> {
     // A loose index scan: each step asks the index for the next category, so the cost is
-    // one probe per category returned, however many events each has.
+    // one probe per category returned, however many events each has. The first step is
+    // spelled without `after` when there is none (an `IS NULL OR` would make the planner
+    // walk the index from its start, filtering).
+    let first = if after.is_some() {
+        "SELECT category FROM events WHERE category > $1::text ORDER BY category LIMIT 1"
+    } else {
+        "SELECT category FROM events WHERE $1::text IS NULL ORDER BY category LIMIT 1"
+    };
     let statement = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "WITH RECURSIVE c(category) AS (
-                 (SELECT category FROM events
-                   WHERE $1::text IS NULL OR category > $1::text
-                   ORDER BY category LIMIT 1)
+                 ({first})
                  UNION ALL
                  SELECT (SELECT e.category FROM events e WHERE e.category > c.category
                           ORDER BY e.category LIMIT 1)
                    FROM c WHERE c.category IS NOT NULL
              )
-             SELECT category FROM c WHERE category IS NOT NULL LIMIT $2",
-        )
+             SELECT category FROM c WHERE category IS NOT NULL LIMIT $2"
+        ))
         .await
         .map_err(StoreError::db("preparing a category listing"))?;
     let rows = client
@@ -71,14 +76,19 @@ pub(crate) async fn streams<C: deadpool_postgres::GenericClient>(
 ) -> Result<Vec<StreamSummary>> {
     // The key is walked in order and filtered by category: a page of a common category
     // costs its page; one of a rare category may walk much of the table, which an operator's
-    // click can afford and a hot path would not.
+    // click can afford and a hot path would not. As above, `after` is spelled only when given,
+    // so the walk starts there.
+    let from = if after.is_some() {
+        "stream_id > $2::text"
+    } else {
+        "$2::text IS NULL"
+    };
     let statement = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT stream_id, version, updated_at FROM streams
-              WHERE ($1::text IS NULL OR split_part(stream_id, '-', 1) = $1::text)
-                AND ($2::text IS NULL OR stream_id > $2::text)
-              ORDER BY stream_id LIMIT $3",
-        )
+              WHERE {from} AND ($1::text IS NULL OR split_part(stream_id, '-', 1) = $1::text)
+              ORDER BY stream_id LIMIT $3"
+        ))
         .await
         .map_err(StoreError::db("preparing a stream listing"))?;
     let rows = client
