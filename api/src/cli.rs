@@ -339,7 +339,7 @@ async fn serve(args: ServeArgs, database: DatabaseConfig, app: TidemarkApp) -> a
     // Before saying where it listens: whoever reads that may stop it right away.
     let shutdown = shutdown_signal();
     println!(
-        "Tidemark is listening on http://{0}/ (GraphiQL: http://{0}/, GraphQL: http://{0}/graphql)",
+        "Tidemark is listening on http://{0}/ (GraphiQL: http://{0}/, dashboard: http://{0}/ui, GraphQL: http://{0}/graphql)",
         application.address()
     );
     application.run_until_stopped(shutdown).await

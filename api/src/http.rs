@@ -6,6 +6,8 @@
 //! |------------------|---------------------------------------------------------------|
 //! | `GET /`          | GraphiQL (served from the binary, see `graphiql`)             |
 //! | `GET /assets/*`  | GraphiQL's scripts and styles                                 |
+//! | `GET /ui`        | the operator's dashboard (served from the binary, see `ui`)   |
+//! | `GET /ui/*`      | the dashboard's script and styles (`/ui/` redirects to `/ui`) |
 //! | `POST /graphql`  | queries and mutations (JSON body, batches allowed)            |
 //! | `GET /graphql`   | subscriptions over WebSocket (graphql-transport-ws, graphql-ws) |
 //! | `GET /health`    | liveness: the process is worth keeping (503 while an embedded PostgreSQL cannot be restarted) |
@@ -65,6 +67,9 @@ pub(crate) fn router(state: AppState) -> Router {
     let router = Router::new()
         .route("/", get(graphiql))
         .route("/assets/{name}", get(graphiql_asset))
+        .route("/ui", get(dashboard))
+        .route("/ui/", get(dashboard_slash))
+        .route("/ui/{name}", get(dashboard_asset))
         .route("/graphql", get(graphql_ws).post(graphql_http))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -129,6 +134,33 @@ async fn graphiql_asset(
         error_response(
             StatusCode::NOT_FOUND,
             ApiError::not_found(format!("no asset named {name:?}")),
+        )
+    })
+}
+
+async fn dashboard() -> Response {
+    crate::ui::page()
+}
+
+/// `/ui/` would resolve the page's relative URLs one level too deep: send it to `/ui`
+/// (relatively, so it works under a proxy's path prefix too).
+async fn dashboard_slash() -> Response {
+    (
+        StatusCode::PERMANENT_REDIRECT,
+        [(header::LOCATION, "../ui")],
+    )
+        .into_response()
+}
+
+async fn dashboard_asset(
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    crate::ui::asset(&name, query.as_deref(), &headers).unwrap_or_else(|| {
+        error_response(
+            StatusCode::NOT_FOUND,
+            ApiError::not_found(format!("the dashboard has no asset named {name:?}")),
         )
     })
 }
@@ -494,7 +526,9 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
-        ApiError::not_found("no such route; GraphQL is at /graphql, GraphiQL at /"),
+        ApiError::not_found(
+            "no such route; GraphQL is at /graphql, GraphiQL at /, the dashboard at /ui",
+        ),
     )
 }
 

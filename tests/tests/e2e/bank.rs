@@ -748,7 +748,7 @@ fn the_readme_run_command_serves_the_bank_and_the_walkthrough_quotes_what_it_pri
     let listen = readme_serve_address();
     // What `serve` prints (api/src/cli.rs), for the default address.
     const PRINTED: &str =
-        "Tidemark is listening on http://{0}/ (GraphiQL: http://{0}/, GraphQL: http://{0}/graphql)";
+        "Tidemark is listening on http://{0}/ (GraphiQL: http://{0}/, dashboard: http://{0}/ui, GraphQL: http://{0}/graphql)";
     assert!(
         include_str!("../../../api/src/cli.rs").contains(&format!("\"{PRINTED}\"")),
         "`serve` prints something else now: update the walkthrough and this test"
