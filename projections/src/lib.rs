@@ -70,7 +70,8 @@ pub use kinds::{BuildKind, BuildStatus, ProjectionKind, ProjectionState, Target}
 pub use lane::{Lane, LaneProgress, Step};
 pub use migrations::{migrations, MIGRATIONS};
 pub use projection::{
-    quote_ident, ApplyContext, EventSelector, FailurePolicy, Grouping, Handler, Projection,
+    quote_ident, ApplyContext, EventSelector, FailurePolicy, Grouping, Handler, HandlerDedup,
+    Projection,
 };
 pub use rebuild::{BuildReport, BuildRequest, PendingBuild, Progress, ProgressCallback};
 pub use registry::Registry;
