@@ -200,3 +200,89 @@ fn free_port() -> u16 {
         .map(|address| address.port())
         .expect("a free port on 127.0.0.1")
 }
+
+/// One message of a JetStream stream, as a consumer receives it.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Its sequence in the stream.
+    pub sequence: u64,
+    pub subject: String,
+    /// Each header's first value.
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+/// Every message of `stream` on the server at `url`, in stream order, read with an ordered
+/// consumer (as a consumer of the relay would). Waits until the stream holds at least
+/// `at_least` messages (panicking after `within`), then reads all it holds.
+pub async fn read_stream(
+    url: &str,
+    stream: &str,
+    at_least: u64,
+    within: Duration,
+) -> Vec<StoredMessage> {
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    use futures::StreamExt;
+
+    let client = async_nats::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+    let context = async_nats::jetstream::new(client);
+    let started = Instant::now();
+    let (handle, count) = loop {
+        let mut handle = context
+            .get_stream(stream)
+            .await
+            .unwrap_or_else(|e| panic!("stream {stream}: {e}"));
+        let count = handle
+            .info()
+            .await
+            .unwrap_or_else(|e| panic!("stream {stream} info: {e}"))
+            .state
+            .messages;
+        if count >= at_least {
+            break (handle, count);
+        }
+        if started.elapsed() > within {
+            panic!("stream {stream} held {count} messages after {within:?}, not {at_least}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let consumer = handle
+        .create_consumer(OrderedConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("an ordered consumer of {stream}: {e}"));
+    let mut messages = consumer
+        .messages()
+        .await
+        .unwrap_or_else(|e| panic!("reading {stream}: {e}"));
+    let mut read = Vec::with_capacity(count as usize);
+    while (read.len() as u64) < count {
+        let message = tokio::time::timeout(within, messages.next())
+            .await
+            .unwrap_or_else(|_| panic!("stream {stream}: only {} of {count} messages read within {within:?}", read.len()))
+            .unwrap_or_else(|| panic!("stream {stream} ended after {} messages", read.len()))
+            .unwrap_or_else(|e| panic!("reading {stream}: {e}"));
+        let sequence = message
+            .info()
+            .map(|info| info.stream_sequence)
+            .unwrap_or_else(|e| panic!("a message of {stream} without its metadata: {e}"));
+        let headers = message
+            .headers
+            .iter()
+            .flat_map(|headers| headers.iter())
+            .filter_map(|(name, values)| {
+                values
+                    .first()
+                    .map(|value| (name.to_string(), value.as_str().to_string()))
+            })
+            .collect();
+        read.push(StoredMessage {
+            sequence,
+            subject: message.subject.to_string(),
+            headers,
+            payload: message.payload.to_vec(),
+        });
+    }
+    read
+}
