@@ -1,5 +1,5 @@
 //! The `tidemark` command line (`serve`, `migrate`, `projections`, `events`, `workers`,
-//! `schemas`, `keys`). An application binary reuses all of it with its own
+//! `schemas`, `keys`, `relay`). An application binary reuses all of it with its own
 //! projections and GraphQL objects:
 //!
 //! ```ignore
@@ -14,6 +14,7 @@
 mod events;
 mod keys;
 mod projections;
+pub mod relay;
 mod schemas;
 mod workers;
 
@@ -114,6 +115,9 @@ pub enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Publish every committed event, in log order, to a NATS JetStream stream (one
+    /// process relays at a time; see docs/consuming-events.md).
+    Relay(Box<relay::RelayArgs>),
 }
 
 /// `tidemark serve`.
@@ -303,6 +307,7 @@ async fn dispatch(cli: Cli, app: TidemarkApp) -> anyhow::Result<()> {
             let timeout = Duration::from_millis(worker_timeout_ms);
             with_store(&database, |store| workers::run(store, timeout)).await
         }
+        Command::Relay(args) => relay::run(*args, &database).await,
     }
 }
 

@@ -153,6 +153,7 @@ const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
         "tidemark-projections",
         &["tidemark-store", "tidemark-pg-embedded"],
     ),
+    ("tidemark-relay", &["tidemark-store", "tidemark-projections"]),
     (
         "tidemark-api",
         &[
@@ -160,6 +161,7 @@ const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
             "tidemark-projections",
             "tidemark-pg-embedded",
             "tidemark-schema",
+            "tidemark-relay",
         ],
     ),
 ];
