@@ -4,6 +4,7 @@
 //! order — the events the dead process published but had not checkpointed are published
 //! again and dropped by JetStream's duplicate window. Against a real `nats-server -js` the
 //! test starts on a free port (`tidemark_testkit::nats`; skipped when none is installed).
+//! `tidemark relay --status` then shows it caught up, and the process that relays.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -184,6 +185,20 @@ async fn after_a_kill_9_mid_stream_a_restarted_relay_leaves_every_event_once_in_
         second.output()
     );
     assert_eq!(relayed, expected, "the stream is not the log in order");
+
+    // An operator's view: caught up, and one live process relaying.
+    let status = Command::new(TIDEMARK)
+        .args(["relay", "--status", "--database-url", &db.url()])
+        .env("TIDEMARK_LOG", "warn")
+        .output()
+        .expect("tidemark relay --status runs");
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{printed}");
+    assert!(
+        printed.contains(&format!("checkpoint {head}, lag 0 events")),
+        "{printed}"
+    );
+    assert!(printed.contains("(relaying)"), "{printed}");
     drop(second);
     store.shutdown().await;
 }

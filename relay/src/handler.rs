@@ -55,8 +55,9 @@ impl Handler for RelayHandler {
         Grouping::LogOrder
     }
 
-    /// An event that can never be published stops the relay (parked, visible in status)
-    /// rather than being skipped under the consumers' feet.
+    /// Sink errors are all retried (see [`crate::SinkError`]); should anything else ever
+    /// fail an event, the relay stops on it (parked, visible in status) rather than skipping
+    /// it under the consumers' feet.
     fn failure_policy(&self) -> FailurePolicy {
         FailurePolicy::ParkAndStop
     }

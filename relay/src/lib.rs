@@ -12,7 +12,7 @@
 //!   engine (one lane over the whole log, checkpoint after the acknowledgements, lease,
 //!   retries, restart after a crash).
 //! - [`Relay`] (here): starts the engine with the relay alone, where it starts the first
-//!   time (`--from`), and its lag metric.
+//!   time (`--from`), and its lag metric; [`status`] reads a relay's status without it.
 //!
 //! Delivery: at-least-once publishing (a batch is re-published after a crash or a failed
 //! acknowledgement), made exactly-once in the stream by JetStream's duplicate window;
@@ -144,6 +144,44 @@ impl Relay {
     /// gives the lease back so another relay takes over at once.
     pub async fn shutdown(&self) {
         self.engine.shutdown().await;
+    }
+}
+
+/// The status of the relay called `name` (checkpoint, lag, rate, parked events), read from
+/// the database without running it or connecting to the destination: what
+/// `tidemark relay --status` prints.
+pub async fn status(
+    store: &EventStore,
+    name: &str,
+) -> Result<tidemark_projections::ProjectionStatus, EngineError> {
+    let registry = Registry::new().handler(RelayHandler::new(name, Arc::new(Detached)));
+    let engine = ProjectionEngine::new(
+        store.clone(),
+        registry,
+        EngineConfig {
+            pool: RELAY_POOL.into(),
+            ..EngineConfig::default()
+        },
+    );
+    engine.projection_status(name).await
+}
+
+/// The sink of a relay handle that only reads status: never started, so never called.
+struct Detached;
+
+#[async_trait::async_trait]
+impl Sink for Detached {
+    fn kind(&self) -> &'static str {
+        "none"
+    }
+
+    async fn publish_batch(
+        &self,
+        _events: &[tidemark_store::RecordedEvent],
+    ) -> Result<(), SinkError> {
+        Err(SinkError::Config(
+            "this relay handle only reads status; it publishes nothing".into(),
+        ))
     }
 }
 

@@ -23,18 +23,19 @@ pub trait Sink: Send + Sync + 'static {
     async fn publish_batch(&self, events: &[RecordedEvent]) -> Result<(), SinkError>;
 }
 
-/// Why a batch was not (all) acknowledged.
+/// Why a batch was not (all) acknowledged. Every kind is retried: the relay never skips an
+/// event, so one the destination cannot take holds the relay (logged at WARN with the
+/// reason, retried with backoff up to the engine's `retry_max`, its lag growing) until the
+/// cause is fixed, and it then goes on by itself.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// The destination is unreachable, did not acknowledge in time, or refused a publish for
-    /// a reason that can pass (its stream missing, the order check after a gap). The relay
-    /// retries the batch from its checkpoint after a pause.
+    /// a reason that can pass (its stream missing, the order check after a gap).
     #[error("the destination did not acknowledge every event of the batch (retried from the checkpoint): {0}")]
     Unavailable(#[source] BoxError),
-    /// One event can never be published as it is (larger than the destination accepts). The
-    /// relay parks it and stops, so that no consumer misses it unnoticed: see
-    /// `tidemark projections parked`.
-    #[error("the event at position {position} cannot be published: {reason}")]
+    /// One event cannot be published as it is (larger than the destination accepts) until
+    /// the destination's limit is raised.
+    #[error("the event at position {position} cannot be published until the destination accepts it: {reason}")]
     Unpublishable { position: Position, reason: String },
     /// The destination is set up in a way the relay cannot work with.
     #[error("the destination is misconfigured: {0}")]
@@ -45,19 +46,12 @@ impl SinkError {
     pub fn unavailable(cause: impl Into<BoxError>) -> Self {
         SinkError::Unavailable(cause.into())
     }
-
-    /// Retried after a pause (not counted towards parking)?
-    pub fn is_transient(&self) -> bool {
-        matches!(self, SinkError::Unavailable(_))
-    }
 }
 
+/// Every sink error is transient to the engine: the lane restarts from its checkpoint after
+/// a pause, never counting towards parking (a parked event would be a hole in the stream).
 impl From<SinkError> for ProjectionError {
     fn from(error: SinkError) -> Self {
-        if error.is_transient() {
-            ProjectionError::transient(error)
-        } else {
-            ProjectionError::failed(error)
-        }
+        ProjectionError::transient(error)
     }
 }

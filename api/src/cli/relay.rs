@@ -22,8 +22,13 @@ pub const RELAYING_LOG: &str = "Tidemark relay is publishing";
 #[derive(Debug, Clone, Args)]
 pub struct RelayArgs {
     /// NATS server URL(s), comma-separated for a cluster, e.g. nats://127.0.0.1:4222.
-    #[arg(long, env = "TIDEMARK_RELAY_NATS_URL")]
-    pub nats_url: String,
+    #[arg(long, env = "TIDEMARK_RELAY_NATS_URL", required_unless_present = "status")]
+    pub nats_url: Option<String>,
+
+    /// Print the relay's status (checkpoint, lag, rate, parked events, who holds its
+    /// lease) and exit, without connecting to NATS.
+    #[arg(long)]
+    pub status: bool,
 
     /// The JetStream stream to publish to; created (subjects `<prefix>.>`) if missing.
     #[arg(long, env = "TIDEMARK_RELAY_STREAM", default_value = "TIDEMARK")]
@@ -76,7 +81,7 @@ pub struct RelayArgs {
 impl RelayArgs {
     fn sink_config(&self) -> JetStreamConfig {
         JetStreamConfig {
-            url: self.nats_url.clone(),
+            url: self.nats_url.clone().unwrap_or_default(),
             stream: self.stream.clone(),
             subject_prefix: self.subject_prefix.clone(),
             duplicate_window: Duration::from_secs(self.duplicate_window_secs.max(1)),
@@ -116,7 +121,11 @@ pub async fn run(args: RelayArgs, database: &DatabaseConfig) -> anyhow::Result<(
             return Err(error);
         }
     };
-    let result = relay(&args, store.clone()).await;
+    let result = if args.status {
+        print_status(&args.name, &store).await
+    } else {
+        relay(&args, store.clone()).await
+    };
     store.shutdown().await;
     db.stop().await;
     result
@@ -147,6 +156,38 @@ async fn relay(args: &RelayArgs, store: tidemark_store::EventStore) -> anyhow::R
     relay.shutdown().await;
     if let Some(metrics) = metrics {
         metrics.abort();
+    }
+    Ok(())
+}
+
+/// `tidemark relay --status`.
+async fn print_status(name: &str, store: &tidemark_store::EventStore) -> anyhow::Result<()> {
+    let status = tidemark_relay::status(store, name).await?;
+    println!(
+        "relay '{}' ({}): head {}, checkpoint {}, lag {} events / {:.1} s, {:.0} events/s, {} parked",
+        status.name,
+        status.status,
+        status.head,
+        status.caught_up_to(),
+        status.lag_events(),
+        status.lag_seconds(),
+        status.events_per_second(),
+        status.parked
+    );
+    let timeout = Duration::from_secs(10);
+    let holders: Vec<String> = tidemark_projections::workers::list(store, timeout)
+        .await?
+        .into_iter()
+        .filter(|w| w.alive && w.projections.iter().any(|p| p == name))
+        .map(|w| {
+            let relaying = if w.leases.is_empty() { "standby" } else { "relaying" };
+            format!("{}:{} ({relaying})", w.host, w.pid)
+        })
+        .collect();
+    if holders.is_empty() {
+        println!("no relay process is running");
+    } else {
+        println!("relay processes: {}", holders.join(", "));
     }
     Ok(())
 }
