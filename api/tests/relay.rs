@@ -33,7 +33,13 @@ struct RelayProcess {
 impl RelayProcess {
     fn start(db: &TestDatabase, nats: &NatsServer) -> RelayProcess {
         let mut child = Command::new(TIDEMARK)
-            .args(["relay", "--database-url", &db.url(), "--nats-url", &nats.url()])
+            .args([
+                "relay",
+                "--database-url",
+                &db.url(),
+                "--nats-url",
+                &nats.url(),
+            ])
             .args(["--stream", STREAM, "--subject-prefix", "bank"])
             .args(["--batch-size", "50", "--lease-ttl-ms", "1500"])
             .env("TIDEMARK_LOG", "info")
@@ -143,17 +149,21 @@ async fn after_a_kill_9_mid_stream_a_restarted_relay_leaves_every_event_once_in_
 
     let first = RelayProcess::start(&db, &nats);
     // Mid-stream: it has published a good part of the log and events keep coming.
-    wait_until("the first relay checkpoints past 500 events", DEADLINE, || async {
-        relay_checkpoint(&db).await >= 500
-    })
+    wait_until(
+        "the first relay checkpoints past 500 events",
+        DEADLINE,
+        || async { relay_checkpoint(&db).await >= 500 },
+    )
     .await;
     first.kill_9();
     let at_kill = relay_checkpoint(&db).await;
 
     let second = RelayProcess::start(&db, &nats);
-    wait_until("the second relay moves the checkpoint on", DEADLINE, || async {
-        relay_checkpoint(&db).await > at_kill + 200
-    })
+    wait_until(
+        "the second relay moves the checkpoint on",
+        DEADLINE,
+        || async { relay_checkpoint(&db).await > at_kill + 200 },
+    )
     .await;
     stop.store(true, Ordering::SeqCst);
     appender.await.expect("the appender");

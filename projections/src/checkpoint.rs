@@ -165,7 +165,12 @@ pub(crate) async fn start_live_at(
         tx.execute(
             "INSERT INTO projection_checkpoints (projection, target, partition, position)
              SELECT $1, $4, p, $3 FROM generate_series(0, $2 - 1) AS p",
-            &[&projection.name(), &i32::from(lanes), &position, &Target::Live],
+            &[
+                &projection.name(),
+                &i32::from(lanes),
+                &position,
+                &Target::Live,
+            ],
         )
         .await
         .map_err(EngineError::db("placing the first checkpoints"))?;
@@ -301,10 +306,7 @@ pub(crate) async fn live(
         .await
         .map_err(EngineError::db("preparing the live checkpoints query"))?;
     let rows = client
-        .query(
-            &statement,
-            &[&projection, &i32::from(lanes), &Target::Live],
-        )
+        .query(&statement, &[&projection, &i32::from(lanes), &Target::Live])
         .await
         .map_err(EngineError::db("reading live checkpoints"))?;
     Ok(rows

@@ -325,12 +325,14 @@ impl ProjectionEngine {
     /// from events past it (a reader of changes reads up to here).
     pub async fn lowest_checkpoint(&self, name: &str) -> Result<Position> {
         let projection = self.projection(name)?;
-        Ok(crate::checkpoint::live(&self.inner.store, projection.as_ref())
-            .await?
-            .iter()
-            .map(|c| c.position)
-            .min()
-            .unwrap_or(0))
+        Ok(
+            crate::checkpoint::live(&self.inner.store, projection.as_ref())
+                .await?
+                .iter()
+                .map(|c| c.position)
+                .min()
+                .unwrap_or(0),
+        )
     }
 
     /// Stops every lane after the batch in hand commits, and waits for them.

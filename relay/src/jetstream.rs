@@ -181,7 +181,11 @@ impl JetStreamSink {
         Ok(())
     }
 
-    fn message(&self, event: &RecordedEvent, previous: Option<&RecordedEvent>) -> (String, HeaderMap, bytes::Bytes) {
+    fn message(
+        &self,
+        event: &RecordedEvent,
+        previous: Option<&RecordedEvent>,
+    ) -> (String, HeaderMap, bytes::Bytes) {
         let subject = subject::subject(
             &self.config.subject_prefix,
             event.category(),

@@ -137,7 +137,11 @@ impl Relay {
 
     /// Events committed to the log that the destination has not acknowledged yet.
     pub async fn lag_events(&self) -> Result<i64, EngineError> {
-        Ok(self.engine.projection_status(&self.name).await?.lag_events())
+        Ok(self
+            .engine
+            .projection_status(&self.name)
+            .await?
+            .lag_events())
     }
 
     /// Stops after the batch in hand is acknowledged and checkpointed (or abandoned), and

@@ -116,7 +116,10 @@ fn assert_stream_is_the_log(messages: &[StoredMessage], log: &[RecordedEvent]) {
         ids.len(),
         expected.len()
     );
-    assert_eq!(ids, expected, "the stream is not the log, event for event in order");
+    assert_eq!(
+        ids, expected,
+        "the stream is not the log, event for event in order"
+    );
     for (message, event) in messages.iter().zip(log) {
         let header = |name: &str| message.headers.get(name).cloned().unwrap_or_default();
         assert_eq!(
@@ -145,9 +148,18 @@ fn assert_stream_is_the_log(messages: &[StoredMessage], log: &[RecordedEvent]) {
 /// Waits until the relay's checkpoint is at the head of the log.
 async fn caught_up(relay: &Relay, store: &EventStore) {
     let head = store.head_position().await.expect("head");
-    wait_until("the relay reaches the head of the log", DEADLINE, || async {
-        relay.engine().lowest_checkpoint(relay.name()).await.unwrap_or(0) >= head
-    })
+    wait_until(
+        "the relay reaches the head of the log",
+        DEADLINE,
+        || async {
+            relay
+                .engine()
+                .lowest_checkpoint(relay.name())
+                .await
+                .unwrap_or(0)
+                >= head
+        },
+    )
     .await;
 }
 
@@ -160,7 +172,9 @@ async fn relays_every_event_of_many_streams_in_log_order_with_subjects_and_heade
     let store = open_store(&db).await;
     append_events(&store, 500, 1).await;
 
-    let sink = JetStreamSink::connect(sink_config(&nats)).await.expect("sink");
+    let sink = JetStreamSink::connect(sink_config(&nats))
+        .await
+        .expect("sink");
     let relay = Relay::start(store.clone(), Arc::new(sink), relay_config())
         .await
         .expect("relay");
@@ -190,7 +204,9 @@ async fn a_relay_that_starts_at_the_end_skips_the_events_before() {
     append_events(&store, 40, 3).await;
     let before = read_all(&store).await.len();
 
-    let sink = JetStreamSink::connect(sink_config(&nats)).await.expect("sink");
+    let sink = JetStreamSink::connect(sink_config(&nats))
+        .await
+        .expect("sink");
     let config = RelayConfig {
         from: StartFrom::End,
         ..relay_config()
@@ -217,22 +233,32 @@ async fn of_two_relays_one_publishes_and_the_other_takes_over_when_it_stops() {
 
     let first = Relay::start(
         store.clone(),
-        Arc::new(JetStreamSink::connect(sink_config(&nats)).await.expect("sink")),
+        Arc::new(
+            JetStreamSink::connect(sink_config(&nats))
+                .await
+                .expect("sink"),
+        ),
         relay_config(),
     )
     .await
     .expect("first relay");
     let second = Relay::start(
         store.clone(),
-        Arc::new(JetStreamSink::connect(sink_config(&nats)).await.expect("sink")),
+        Arc::new(
+            JetStreamSink::connect(sink_config(&nats))
+                .await
+                .expect("sink"),
+        ),
         relay_config(),
     )
     .await
     .expect("second relay");
     let running = |relay: &Relay| !relay.engine().local_progress(relay.name()).is_empty();
-    wait_until("one of the relays runs the relay lane", DEADLINE, || async {
-        running(&first) || running(&second)
-    })
+    wait_until(
+        "one of the relays runs the relay lane",
+        DEADLINE,
+        || async { running(&first) || running(&second) },
+    )
     .await;
     append_events(&store, 200, 6).await;
     caught_up(&first, &store).await;
@@ -291,7 +317,9 @@ async fn while_nats_is_down_the_checkpoint_stays_and_every_event_arrives_once_it
     append_events(&store, 200, 8).await;
     let failures = Arc::new(AtomicUsize::new(0));
     let sink = CountingSink {
-        inner: JetStreamSink::connect(sink_config(&nats)).await.expect("sink"),
+        inner: JetStreamSink::connect(sink_config(&nats))
+            .await
+            .expect("sink"),
         failures: failures.clone(),
     };
     let relay = Relay::start(store.clone(), Arc::new(sink), relay_config())
@@ -302,12 +330,18 @@ async fn while_nats_is_down_the_checkpoint_stays_and_every_event_arrives_once_it
 
     nats.stop().await;
     append_events(&store, 300, 9).await;
-    wait_until("the relay fails to publish a few times", DEADLINE, || async {
-        failures.load(Ordering::SeqCst) >= 3
-    })
+    wait_until(
+        "the relay fails to publish a few times",
+        DEADLINE,
+        || async { failures.load(Ordering::SeqCst) >= 3 },
+    )
     .await;
     assert_eq!(
-        relay.engine().lowest_checkpoint(relay.name()).await.expect("checkpoint"),
+        relay
+            .engine()
+            .lowest_checkpoint(relay.name())
+            .await
+            .expect("checkpoint"),
         acknowledged,
         "the checkpoint moved past events NATS never acknowledged"
     );

@@ -260,7 +260,12 @@ pub async fn read_stream(
     while (read.len() as u64) < count {
         let message = tokio::time::timeout(within, messages.next())
             .await
-            .unwrap_or_else(|_| panic!("stream {stream}: only {} of {count} messages read within {within:?}", read.len()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "stream {stream}: only {} of {count} messages read within {within:?}",
+                    read.len()
+                )
+            })
             .unwrap_or_else(|| panic!("stream {stream} ended after {} messages", read.len()))
             .unwrap_or_else(|e| panic!("reading {stream}: {e}"));
         let sequence = message

@@ -153,7 +153,10 @@ const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
         "tidemark-projections",
         &["tidemark-store", "tidemark-pg-embedded"],
     ),
-    ("tidemark-relay", &["tidemark-store", "tidemark-projections"]),
+    (
+        "tidemark-relay",
+        &["tidemark-store", "tidemark-projections"],
+    ),
     (
         "tidemark-api",
         &[

@@ -22,7 +22,11 @@ pub const RELAYING_LOG: &str = "Tidemark relay is publishing";
 #[derive(Debug, Clone, Args)]
 pub struct RelayArgs {
     /// NATS server URL(s), comma-separated for a cluster, e.g. nats://127.0.0.1:4222.
-    #[arg(long, env = "TIDEMARK_RELAY_NATS_URL", required_unless_present = "status")]
+    #[arg(
+        long,
+        env = "TIDEMARK_RELAY_NATS_URL",
+        required_unless_present = "status"
+    )]
     pub nats_url: Option<String>,
 
     /// Print the relay's status (checkpoint, lag, rate, parked events, who holds its
@@ -35,7 +39,11 @@ pub struct RelayArgs {
     pub stream: String,
 
     /// Subjects are `<prefix>.<category>.<type>` (tokens escaped, see docs/consuming-events.md).
-    #[arg(long, env = "TIDEMARK_RELAY_SUBJECT_PREFIX", default_value = "tidemark")]
+    #[arg(
+        long,
+        env = "TIDEMARK_RELAY_SUBJECT_PREFIX",
+        default_value = "tidemark"
+    )]
     pub subject_prefix: String,
 
     /// Where a relay that has never run starts: `start` (the whole log), `end` (only new
@@ -51,7 +59,11 @@ pub struct RelayArgs {
 
     /// Duplicate window of a stream the relay creates, in seconds: a re-publish within it
     /// (after a crash) is dropped by JetStream.
-    #[arg(long, env = "TIDEMARK_RELAY_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
+    #[arg(
+        long,
+        env = "TIDEMARK_RELAY_DUPLICATE_WINDOW_SECS",
+        default_value_t = 120
+    )]
     pub duplicate_window_secs: u64,
 
     /// Replicas of a stream the relay creates (3 or 5 on a JetStream cluster).
@@ -180,7 +192,11 @@ async fn print_status(name: &str, store: &tidemark_store::EventStore) -> anyhow:
         .into_iter()
         .filter(|w| w.alive && w.projections.iter().any(|p| p == name))
         .map(|w| {
-            let relaying = if w.leases.is_empty() { "standby" } else { "relaying" };
+            let relaying = if w.leases.is_empty() {
+                "standby"
+            } else {
+                "relaying"
+            };
             format!("{}:{} ({relaying})", w.host, w.pid)
         })
         .collect();
