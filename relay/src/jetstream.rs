@@ -158,7 +158,7 @@ impl JetStreamSink {
                 self.config.stream
             ))
         })?;
-        if !info.config.subjects.iter().any(|s| *s == wanted) {
+        if !info.config.subjects.contains(&wanted) {
             return Err(SinkError::Config(format!(
                 "the JetStream stream '{}' exists with subjects {:?}, which are not '{wanted}'; use another --stream, or --subject-prefix to match it",
                 self.config.stream, info.config.subjects
