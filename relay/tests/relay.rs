@@ -353,3 +353,52 @@ async fn while_nats_is_down_the_checkpoint_stays_and_every_event_arrives_once_it
     assert_stream_is_the_log(&messages, &log);
     relay.shutdown().await;
 }
+
+/// The order check the pipelined publishes rely on, against the real server: a publish
+/// that follows a lost one is refused (it names the previous event as the last message, and
+/// the stream's last is another), and re-publishing the whole batch fills the gap in order
+/// (the events already stored are dropped as duplicates before the check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_after_a_lost_one_is_refused_and_the_retried_batch_fills_the_gap_in_order() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let db = TestDatabase::create().await;
+    let store = open_store(&db).await;
+    append_events(&store, 8, 10).await;
+    let log = read_all(&store).await;
+    let sink = JetStreamSink::connect(sink_config(&nats))
+        .await
+        .expect("sink");
+    sink.publish_batch(&log[..3])
+        .await
+        .expect("the first batch");
+
+    // Of a pipelined batch log[3..8], log[3] and log[4] were lost with the connection and
+    // log[5] arrives after the reconnect, naming log[4] as the last message.
+    let jetstream = async_nats::jetstream::new(sink.client().clone());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        log[5].event_id.to_string().as_str(),
+    );
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID,
+        log[4].event_id.to_string().as_str(),
+    );
+    let subject = subject::subject(PREFIX, log[5].category(), &log[5].event_type);
+    let refused = jetstream
+        .publish_with_headers(subject, headers, log[5].payload.to_string().into())
+        .await
+        .expect("sent")
+        .await;
+    assert!(
+        refused.is_err(),
+        "a publish after a gap must be refused, got {refused:?}"
+    );
+
+    // The lane retries the batch from its checkpoint: everything arrives once, in order.
+    sink.publish_batch(&log).await.expect("the retried batch");
+    let messages = read_stream(&nats.url(), STREAM, log.len() as u64, DEADLINE).await;
+    assert_stream_is_the_log(&messages, &log);
+}
