@@ -417,6 +417,33 @@ mod tests {
     }
 
     #[test]
+    fn relay_flags_parse_and_the_nats_url_is_needed_unless_only_the_status_is_asked() {
+        let cli = Cli::try_parse_from([
+            "tidemark",
+            "relay",
+            "--nats-url",
+            "nats://n:4222",
+            "--stream",
+            "BANK",
+            "--subject-prefix",
+            "bank.events",
+            "--from",
+            "end",
+        ])
+        .unwrap();
+        let Command::Relay(args) = cli.command else {
+            panic!("not relay")
+        };
+        assert_eq!(args.nats_url.as_deref(), Some("nats://n:4222"));
+        assert_eq!(args.stream, "BANK");
+        assert_eq!(args.subject_prefix, "bank.events");
+        assert_eq!(args.from, tidemark_relay::StartFrom::End);
+        assert!(Cli::try_parse_from(["tidemark", "relay"]).is_err());
+        assert!(Cli::try_parse_from(["tidemark", "relay", "--from", "soon", "--status"]).is_err());
+        assert!(Cli::try_parse_from(["tidemark", "relay", "--status"]).is_ok());
+    }
+
+    #[test]
     fn a_pg_ca_file_goes_with_the_database_url() {
         let cli = Cli::try_parse_from([
             "tidemark",
