@@ -2,6 +2,9 @@
 //! on to NATS JetStream (pipelined batches, checkpoint after every acknowledgement), over
 //! the same log the counting projection catches up over, so the two rates compare.
 //!
+//! `TIDEMARK_BENCH_RELAY_BATCH` sets the relay's batch size (events pipelined per round of
+//! acknowledgements; the engine's default, 1,000, otherwise).
+//!
 //! NATS: `--nats-url` names a server with JetStream; without it the testkit's runner starts
 //! the installed `nats-server -js` on a free port. When there is none, the row is skipped
 //! with a note.
@@ -68,7 +71,13 @@ pub async fn catch_up(schema: &Schema, total: u64, nats: &Nats) -> Result<Durati
     let client = sink.client().clone();
     let relay_config = RelayConfig {
         name: format!("bench_relay_{}", &suffix[..12]),
-        engine: EngineConfig::default(),
+        engine: EngineConfig {
+            batch_size: std::env::var("TIDEMARK_BENCH_RELAY_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(EngineConfig::default().batch_size),
+            ..EngineConfig::default()
+        },
         ..RelayConfig::default()
     };
     let started = Instant::now();
