@@ -1,5 +1,5 @@
 //! The `tidemark` command line (`serve`, `migrate`, `projections`, `events`, `workers`,
-//! `schemas`, `keys`). An application binary reuses all of it with its own
+//! `schemas`, `keys`, `relay`). An application binary reuses all of it with its own
 //! projections and GraphQL objects:
 //!
 //! ```ignore
@@ -14,6 +14,7 @@
 mod events;
 mod keys;
 mod projections;
+pub mod relay;
 mod schemas;
 mod workers;
 
@@ -120,6 +121,9 @@ pub enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Publish every committed event, in log order, to a NATS JetStream stream (one
+    /// process relays at a time; see docs/consuming-events.md).
+    Relay(Box<relay::RelayArgs>),
 }
 
 /// `tidemark serve`.
@@ -330,6 +334,7 @@ async fn dispatch(cli: Cli, app: TidemarkApp) -> anyhow::Result<()> {
             let timeout = Duration::from_millis(worker_timeout_ms);
             with_store(&database, |store| workers::run(store, timeout)).await
         }
+        Command::Relay(args) => relay::run(*args, &database).await,
     }
 }
 
@@ -425,6 +430,33 @@ mod tests {
         assert_eq!(config.api_keys.len(), 1);
         assert_eq!(config.database, DatabaseConfig::url("postgresql://u:p@h/d"));
         assert!(!config.describe().contains(":p@"));
+    }
+
+    #[test]
+    fn relay_flags_parse_and_the_nats_url_is_needed_unless_only_the_status_is_asked() {
+        let cli = Cli::try_parse_from([
+            "tidemark",
+            "relay",
+            "--nats-url",
+            "nats://n:4222",
+            "--stream",
+            "BANK",
+            "--subject-prefix",
+            "bank.events",
+            "--from",
+            "end",
+        ])
+        .unwrap();
+        let Command::Relay(args) = cli.command else {
+            panic!("not relay")
+        };
+        assert_eq!(args.nats_url.as_deref(), Some("nats://n:4222"));
+        assert_eq!(args.stream, "BANK");
+        assert_eq!(args.subject_prefix, "bank.events");
+        assert_eq!(args.from, tidemark_relay::StartFrom::End);
+        assert!(Cli::try_parse_from(["tidemark", "relay"]).is_err());
+        assert!(Cli::try_parse_from(["tidemark", "relay", "--from", "soon", "--status"]).is_err());
+        assert!(Cli::try_parse_from(["tidemark", "relay", "--status"]).is_ok());
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //!   embedded), logs and the Prometheus recorder.
 //! - [`migrations`]: the API's own migration (API keys) and [`all_migrations`], the set a
 //!   server's database needs (store, engine, API), for every command that migrates.
-//! - [`cli`]: `tidemark serve | migrate | projections | events | keys`, reusable by
+//! - [`cli`]: `tidemark serve | migrate | projections | events | keys | relay`, reusable by
 //!   application binaries through [`cli::run`].
 //!
 //! The API knows the store, the engine and the schema registry; none of them knows the API.

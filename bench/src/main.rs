@@ -30,6 +30,8 @@
 //! - [`probe`]: a `metrics` recorder for the store's group-commit histograms.
 //! - [`projections`]: the catch-up of a counting projection and of keyed and windowed ones,
 //!   and append→read-model latency.
+//! - [`relay`]: the relay's catch-up to NATS JetStream over the same log (`--nats-url`, or
+//!   the installed `nats-server` started for the run; skipped without one).
 //! - [`report`]: the results and their Markdown tables.
 
 mod embedded;
@@ -38,6 +40,7 @@ mod harness;
 mod probe;
 mod projections;
 mod raw;
+mod relay;
 mod report;
 mod workloads;
 
@@ -82,6 +85,10 @@ struct Args {
     /// Length of the overload phase in seconds (default: 3 with --quick, 8 with --full).
     #[arg(long)]
     overload_seconds: Option<u64>,
+    /// NATS server with JetStream for the relay's figure. Without it, the installed
+    /// `nats-server` is started on a free port; without one, the relay's row is skipped.
+    #[arg(long, env = "TIDEMARK_BENCH_NATS_URL")]
+    nats_url: Option<String>,
     /// Run only these groups of phases (comma-separated), e.g. `--only append,knobs`.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Group>,
@@ -102,8 +109,8 @@ enum Group {
     Copy,
     /// Pipeline settings.
     Knobs,
-    /// Projection catch-up over a large log (counting, keyed, windowed), and
-    /// append→read-model latency (issues #4 and #12).
+    /// Projection catch-up over a large log (counting, keyed, windowed), the relay to
+    /// NATS JetStream over the same log, and append→read-model latency (issues #4, #12, #13).
     Projections,
 }
 
@@ -218,7 +225,7 @@ impl Plan {
             Group::Knobs => {
                 self.wait_values.len() * self.wait_callers.len() + self.queue_depths.len()
             }
-            Group::Projections => 6, // seed, raw scan, three catch-ups, latency
+            Group::Projections => 7, // seed, raw scan, three catch-ups, relay, latency
         };
         n as u64
     }
@@ -322,7 +329,10 @@ async fn run(plan: &Plan, db: &Database, args: &Args) -> Result<Report> {
             Group::Overload => overload(plan, db, &progress, r).await?,
             Group::Copy => copy_vs_unnest(plan, db, &progress, r).await?,
             Group::Knobs => knobs(plan, db, &progress, r).await?,
-            Group::Projections => projection_figures(plan, db, &progress, r).await?,
+            Group::Projections => {
+                let nats_url = args.nats_url.as_deref();
+                projection_figures(plan, db, &progress, r, nats_url).await?
+            }
         }
     }
     progress.finish();
@@ -602,6 +612,7 @@ async fn projection_figures(
     db: &Database,
     progress: &Progress,
     report: &mut Report,
+    nats_url: Option<&str>,
 ) -> Result<()> {
     progress.begin("writing the log for the projection catch-up");
     let schema = db.fresh_schema("projections").await?;
@@ -642,6 +653,26 @@ async fn projection_figures(
         counting,
     ));
     report.grouped_catch_ups = catch_ups;
+
+    progress.begin("relay to NATS JetStream catch-up");
+    match relay::Nats::get(nats_url).await {
+        Ok(nats) => {
+            let took = relay::catch_up(&schema, plan.projection_events, &nats).await?;
+            let per_sec = plan.projection_events as f64 / took.as_secs_f64();
+            progress.done(&format!("relay: {} events/s", group(per_sec)));
+            report.relay_catch_up = Some(Scan {
+                label: "Relay to NATS JetStream (one lane, log order)".into(),
+                events: plan.projection_events,
+                per_sec,
+            });
+        }
+        Err(why) => {
+            progress.done(&format!("relay skipped: {why}"));
+            report
+                .notes
+                .push(format!("The relay's row was skipped: {why}."));
+        }
+    }
 
     progress.begin(&format!(
         "append→read-model latency at {} ev/s",

@@ -111,6 +111,9 @@ pub struct Report {
     /// Keyed and windowed projections' catch-up over the same log, each compared with the
     /// counting projection's (issue #12).
     pub grouped_catch_ups: Vec<Scan>,
+    /// The relay's catch-up to NATS JetStream over the same log (issue #13), compared with
+    /// the counting projection's.
+    pub relay_catch_up: Option<Scan>,
     /// Append→read-model latency at `delivery_rate`.
     pub projection_latency: Option<DeliveryFigures>,
     pub overload: Option<OverloadRun>,
@@ -437,6 +440,9 @@ impl Report {
             for grouped in &self.grouped_catch_ups {
                 catch_up_row(out, grouped, "counting projection, same log", counting);
             }
+            if let Some(relay) = &self.relay_catch_up {
+                catch_up_row(out, relay, "counting projection, same log", counting);
+            }
         }
         if let Some(d) = &self.projection_latency {
             let label = "Append→read-model latency (counting projection)";
@@ -522,6 +528,11 @@ impl Report {
                     (label, g, counting)
                 }),
             );
+            let relay = self.relay_catch_up.iter().map(|r| {
+                let label = format!("{} vs counting projection catch-up (issue #13)", r.label);
+                (label, r, counting)
+            });
+            let goals = goals.chain(relay);
             for (label, catch_up, baseline) in goals {
                 let x = catch_up.per_sec / baseline.per_sec;
                 let _ = writeln!(

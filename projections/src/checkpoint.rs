@@ -112,22 +112,73 @@ pub(crate) async fn restart_target(
     Ok(())
 }
 
-/// After a swap: every live partition of `projection` reflects the log up to `position`.
+/// After a swap: every live lane of `projection` (`lanes` of them) reflects the log up to
+/// `position`.
 pub(crate) async fn move_live(
     tx: &deadpool_postgres::Transaction<'_>,
     projection: &str,
-    partitions: u16,
+    lanes: u16,
     position: Position,
 ) -> Result<()> {
     tx.execute(
         "INSERT INTO projection_checkpoints (projection, target, partition, position)
          SELECT $1, $4, p, $3 FROM generate_series(0, $2 - 1) AS p
          ON CONFLICT (projection, target, partition) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
-        &[&projection, &i32::from(partitions), &position, &Target::Live],
+        &[&projection, &i32::from(lanes), &position, &Target::Live],
     )
     .await
     .map_err(EngineError::db("moving the live checkpoints"))?;
     Ok(())
+}
+
+/// Places the live checkpoint of every lane of `projection` at `position`, unless it has
+/// live checkpoints already (then nothing changes): a projection that starts at the head, or
+/// at a given position, instead of at the beginning of the log. Returns whether it placed
+/// them.
+pub(crate) async fn start_live_at(
+    store: &EventStore,
+    projection: &dyn crate::projection::Projection,
+    position: Position,
+) -> Result<bool> {
+    let lanes = projection.grouping().lanes(store.partitions());
+    let mut client = store.pool().get().await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(EngineError::db("placing the first checkpoints"))?;
+    // Serialises with another process placing them at the same time.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('tidemark.start_live_at:' || $1))",
+        &[&projection.name()],
+    )
+    .await
+    .map_err(EngineError::db("placing the first checkpoints"))?;
+    let existing = tx
+        .query_one(
+            "SELECT count(*) FROM projection_checkpoints WHERE projection = $1 AND target = $2",
+            &[&projection.name(), &Target::Live],
+        )
+        .await
+        .map_err(EngineError::db("placing the first checkpoints"))?
+        .get::<_, i64>(0);
+    if existing == 0 {
+        tx.execute(
+            "INSERT INTO projection_checkpoints (projection, target, partition, position)
+             SELECT $1, $4, p, $3 FROM generate_series(0, $2 - 1) AS p",
+            &[
+                &projection.name(),
+                &i32::from(lanes),
+                &position,
+                &Target::Live,
+            ],
+        )
+        .await
+        .map_err(EngineError::db("placing the first checkpoints"))?;
+    }
+    tx.commit()
+        .await
+        .map_err(EngineError::db("placing the first checkpoints"))?;
+    Ok(existing == 0)
 }
 
 /// Drops the checkpoints of `target` (a finished or restarted build's).
@@ -233,8 +284,13 @@ pub(crate) struct LiveCheckpoint {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
-/// The live checkpoint of every partition of `projection` (position 0 where none exists yet).
-pub(crate) async fn live(store: &EventStore, projection: &str) -> Result<Vec<LiveCheckpoint>> {
+/// The live checkpoint of every lane of `projection` (position 0 where none exists yet).
+pub(crate) async fn live(
+    store: &EventStore,
+    projection: &dyn crate::projection::Projection,
+) -> Result<Vec<LiveCheckpoint>> {
+    let lanes = projection.grouping().lanes(store.partitions());
+    let projection = projection.name();
     let client = store.pool().get().await?;
     let statement = client
         .prepare_cached(
@@ -250,10 +306,7 @@ pub(crate) async fn live(store: &EventStore, projection: &str) -> Result<Vec<Liv
         .await
         .map_err(EngineError::db("preparing the live checkpoints query"))?;
     let rows = client
-        .query(
-            &statement,
-            &[&projection, &i32::from(store.partitions()), &Target::Live],
-        )
+        .query(&statement, &[&projection, &i32::from(lanes), &Target::Live])
         .await
         .map_err(EngineError::db("reading live checkpoints"))?;
     Ok(rows

@@ -175,6 +175,14 @@ impl ProjectionEngine {
         Ok(())
     }
 
+    /// Makes `name` start at `position` instead of at the beginning of the log, if it has
+    /// never run (no live checkpoint yet); call before [`ProjectionEngine::start`]. Returns
+    /// whether it did: `false` means the projection resumes from its own checkpoints.
+    pub async fn start_from(&self, name: &str, position: Position) -> Result<bool> {
+        let projection = self.projection(name)?;
+        crate::checkpoint::start_live_at(&self.inner.store, projection.as_ref(), position).await
+    }
+
     /// Progress of the live lanes of `name` running in this process.
     pub fn local_progress(&self, name: &str) -> Vec<(i16, LaneProgress)> {
         self.inner.supervisor.local_progress(name)
@@ -316,13 +324,15 @@ impl ProjectionEngine {
     /// The lowest live checkpoint of `name`: any change its lanes commit from now on comes
     /// from events past it (a reader of changes reads up to here).
     pub async fn lowest_checkpoint(&self, name: &str) -> Result<Position> {
-        self.projection(name)?;
-        Ok(crate::checkpoint::live(&self.inner.store, name)
-            .await?
-            .iter()
-            .map(|c| c.position)
-            .min()
-            .unwrap_or(0))
+        let projection = self.projection(name)?;
+        Ok(
+            crate::checkpoint::live(&self.inner.store, projection.as_ref())
+                .await?
+                .iter()
+                .map(|c| c.position)
+                .min()
+                .unwrap_or(0),
+        )
     }
 
     /// Stops every lane after the batch in hand commits, and waits for them.

@@ -242,9 +242,9 @@ impl<L: LaneHost> Coordinator<L> {
             }
         }
 
-        let partitions = self.setup.store.partitions() as usize;
         for projection in active {
             let name = projection.name().to_string();
+            let partitions = projection.grouping().lanes(self.setup.store.partitions()) as usize;
             let mut members: Vec<Uuid> = live
                 .iter()
                 .filter(|w| w.id != me && w.projections.contains(&name))

@@ -4,7 +4,9 @@
 //!
 //! - [`projection`]: what an application writes: a [`Projection`] (a fold into Postgres
 //!   tables, applied in the checkpoint's transaction) or a [`Handler`] (a side effect
-//!   elsewhere, at-least-once with dedup by event id).
+//!   elsewhere, at-least-once with dedup by event id, by the engine or by its destination:
+//!   [`HandlerDedup`]; handed whole pages through `handle_batch`), and [`Grouping`]: by
+//!   stream, by key, shuffled, or the whole log in order on one lane (`LogOrder`, the relay's).
 //! - [`registry`]: the set of projections an application runs.
 //! - [`engine`]: [`ProjectionEngine`], the facade: runs one supervised lane per (projection,
 //!   partition), and offers status, waiting for a position, dead letters and rebuilds. Its
@@ -70,7 +72,8 @@ pub use kinds::{BuildKind, BuildStatus, ProjectionKind, ProjectionState, Target}
 pub use lane::{Lane, LaneProgress, Step};
 pub use migrations::{migrations, MIGRATIONS};
 pub use projection::{
-    quote_ident, ApplyContext, EventSelector, FailurePolicy, Grouping, Handler, Projection,
+    quote_ident, ApplyContext, EventSelector, FailurePolicy, Grouping, Handler, HandlerDedup,
+    Projection,
 };
 pub use rebuild::{BuildReport, BuildRequest, PendingBuild, Progress, ProgressCallback};
 pub use registry::Registry;

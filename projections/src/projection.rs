@@ -33,6 +33,11 @@ pub enum Grouping {
     /// (sending mail), so one busy stream's events spread over every worker. Each lane reads
     /// the whole log (filtered by the selector) and applies its share.
     Shuffle,
+    /// The whole log in log order, by a single lane (partition 0, one lease): for handlers
+    /// whose destination must see every event in the order of the log, such as the relay to
+    /// a message broker. It runs in one process at a time and does not scale out; its rate
+    /// is one lane's.
+    LogOrder,
 }
 
 impl Grouping {
@@ -40,6 +45,29 @@ impl Grouping {
     pub(crate) fn reads_every_partition(&self) -> bool {
         !matches!(self, Grouping::ByStream)
     }
+
+    /// How many lanes (leases, live checkpoints) a projection grouped so runs over a store of
+    /// `partitions` partitions: one per partition, or the single lane of a log-order one.
+    pub fn lanes(&self, partitions: u16) -> u16 {
+        match self {
+            Grouping::LogOrder => 1,
+            _ => partitions,
+        }
+    }
+}
+
+/// How a [`Handler`] avoids repeating its side effects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HandlerDedup {
+    /// The engine records each handled event's id in `handler_dedup`, in the transaction
+    /// that advances the checkpoint, and skips recorded events (a rebuild or a replayed
+    /// dead letter does not repeat them).
+    #[default]
+    Recorded,
+    /// The destination drops repeats by event id itself (a broker's duplicate window): the
+    /// engine keeps no record (no row per event), and the events after the checkpoint are
+    /// handled again after a crash.
+    AtDestination,
 }
 
 /// Which events a projection reads. Empty lists mean "all".
@@ -177,9 +205,15 @@ pub trait Projection: Send + Sync + 'static {
 }
 
 /// A side effect outside Postgres (calling another service, sending mail). At-least-once:
-/// an event is handled, then recorded in `handler_dedup` with the checkpoint; a crash in
+/// a batch is handled, then recorded in `handler_dedup` with the checkpoint; a crash in
 /// between handles it again, so `handle` should be idempotent on `event.event_id`. Once
-/// recorded, a retried event is skipped.
+/// recorded, a retried event is skipped (unless the handler's [`HandlerDedup`] says its
+/// destination dedups instead).
+///
+/// The checkpoint moves only after `handle_batch` returned `Ok`: an error leaves it before
+/// the batch. A transient error ([`ProjectionError::transient`]) restarts the lane from its
+/// checkpoint after a pause, without counting towards parking; any other error retries the
+/// batch event by event and parks the event that keeps failing.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     fn name(&self) -> &str;
@@ -198,7 +232,28 @@ pub trait Handler: Send + Sync + 'static {
         Grouping::ByStream
     }
 
+    /// What to do with an event that keeps failing.
+    fn failure_policy(&self) -> FailurePolicy {
+        FailurePolicy::default()
+    }
+
+    /// Who drops repeated events: the engine's `handler_dedup` rows, or the destination.
+    fn dedup(&self) -> HandlerDedup {
+        HandlerDedup::Recorded
+    }
+
     async fn handle(&self, event: &RecordedEvent) -> Result<(), ProjectionError>;
+
+    /// Handles a batch, in the lane's order (the same order `handle` would see). By default
+    /// one `handle` after another; a handler overrides it to do a batch's side effects
+    /// together (publishes pipelined, then every acknowledgement awaited). It must return
+    /// `Ok` only once every event of the batch is done: the checkpoint then moves past them.
+    async fn handle_batch(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        for event in events {
+            self.handle(event).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs a [`Handler`] with the projection machinery: the dedup rows are its read model.
@@ -222,37 +277,62 @@ impl<H: Handler> Projection for HandlerProjection<H> {
         self.0.grouping()
     }
 
+    fn failure_policy(&self) -> FailurePolicy {
+        self.0.failure_policy()
+    }
+
     async fn setup(&self, _ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
         Ok(())
     }
 
+    /// Hands the batch's unrecorded events to the handler at once, then records them in the
+    /// transaction that advances the checkpoint (one query each way per batch).
     async fn apply(
         &self,
         ctx: &ApplyContext<'_>,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
+        if self.0.dedup() == HandlerDedup::AtDestination {
+            return self.0.handle_batch(events).await;
+        }
+        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
         let seen = ctx
             .tx
-            .prepare_cached("SELECT 1 FROM handler_dedup WHERE handler = $1 AND event_id = $2")
+            .prepare_cached(
+                "SELECT event_id FROM handler_dedup WHERE handler = $1 AND event_id = ANY($2)",
+            )
             .await?;
+        let seen: std::collections::HashSet<uuid::Uuid> = ctx
+            .tx
+            .query(&seen, &[&self.0.name(), &ids])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let fresh: Vec<RecordedEvent>;
+        let fresh: &[RecordedEvent] = if seen.is_empty() {
+            events
+        } else {
+            fresh = events
+                .iter()
+                .filter(|e| !seen.contains(&e.event_id))
+                .cloned()
+                .collect();
+            &fresh
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        self.0.handle_batch(fresh).await?;
+        let ids: Vec<uuid::Uuid> = fresh.iter().map(|e| e.event_id).collect();
         let record = ctx
             .tx
-            .prepare_cached("INSERT INTO handler_dedup (handler, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .prepare_cached(
+                "INSERT INTO handler_dedup (handler, event_id) SELECT $1, unnest($2::uuid[])
+                 ON CONFLICT DO NOTHING",
+            )
             .await?;
-        for event in events {
-            if ctx
-                .tx
-                .query_opt(&seen, &[&self.0.name(), &event.event_id])
-                .await?
-                .is_some()
-            {
-                continue;
-            }
-            self.0.handle(event).await?;
-            ctx.tx
-                .execute(&record, &[&self.0.name(), &event.event_id])
-                .await?;
-        }
+        ctx.tx.execute(&record, &[&self.0.name(), &ids]).await?;
         Ok(())
     }
 }

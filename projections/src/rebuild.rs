@@ -526,7 +526,8 @@ impl ProjectionEngine {
         ))
         .await
         .map_err(EngineError::db("swapping the read models"))?;
-        crate::checkpoint::move_live(tx, name, self.store().partitions(), head).await?;
+        let lanes = projection.grouping().lanes(self.store().partitions());
+        crate::checkpoint::move_live(tx, name, lanes, head).await?;
         crate::checkpoint::remove_target(tx, name, &Target::Shadow).await?;
         tx.execute(
             "UPDATE projections SET version = $2, status = $3, updated_at = now() WHERE name = $1",

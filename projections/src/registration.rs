@@ -21,7 +21,8 @@ pub(crate) async fn register_worker(store: &EventStore, me: &WorkerIdentity) -> 
     crate::workers::register(store.pool(), me, &[]).await
 }
 
-/// Creates the lease rows of `projection` (one per partition) if missing. A new partition
+/// Creates the lease rows of `projection` (one per lane: per partition, or one for a
+/// log-order projection) if missing. A new partition
 /// counts as unowned from now, not from ever.
 pub(crate) async fn create_leases(store: &EventStore, projection: &dyn Projection) -> Result<()> {
     let client = store.pool().get().await?;
@@ -29,7 +30,10 @@ pub(crate) async fn create_leases(store: &EventStore, projection: &dyn Projectio
         .execute(
             "INSERT INTO projection_leases (projection, partition, expires_at)
              SELECT $1, p, now() FROM generate_series(0, $2 - 1) AS p ON CONFLICT DO NOTHING",
-            &[&projection.name(), &i32::from(store.partitions())],
+            &[
+                &projection.name(),
+                &i32::from(projection.grouping().lanes(store.partitions())),
+            ],
         )
         .await
         .map_err(EngineError::db("creating partition leases"))?;

@@ -27,7 +27,8 @@ pub(crate) struct LaneSpec {
 }
 
 impl LaneSpec {
-    /// The live lane of one partition (or of all, with `None`).
+    /// The live lane of one partition (or of all, with `None`). A log-order projection has
+    /// one live lane, partition 0.
     pub fn live(projection: Arc<dyn Projection>, partition: Option<i16>, partitions: u16) -> Self {
         LaneSpec::new(projection, Target::Live, partition, None, partitions)
     }
@@ -80,6 +81,8 @@ impl LaneSpec {
             Grouping::Shuffle => {
                 key_partition(&event.event_id.to_string(), partitions) == partition
             }
+            // Its one lane applies everything it reads.
+            Grouping::LogOrder => true,
         }
     }
 

@@ -175,7 +175,7 @@ pub(crate) async fn partition_lag(
     projection: &dyn Projection,
     upto: Position,
 ) -> Result<Vec<PartitionLag>> {
-    let checkpoints = crate::checkpoint::live(store, projection.name()).await?;
+    let checkpoints = crate::checkpoint::live(store, projection).await?;
     let filter = projection.selector().log_filter(None);
     let backlog = match projection.grouping() {
         Grouping::ByStream => {
@@ -189,7 +189,7 @@ pub(crate) async fn partition_lag(
         }
         // A keyed lane reads every partition: its backlog is what follows its checkpoint
         // anywhere in the log (an upper bound: some of it is other lanes' keys).
-        Grouping::ByKey(_) | Grouping::Shuffle => {
+        Grouping::ByKey(_) | Grouping::Shuffle | Grouping::LogOrder => {
             let mut backlogs = Vec::with_capacity(checkpoints.len());
             for checkpoint in &checkpoints {
                 let everywhere: Vec<(i16, Position)> = (0..store.partitions() as i16)
@@ -377,7 +377,7 @@ pub(crate) async fn partitions_behind(
     projection: &dyn Projection,
     position: Position,
 ) -> Result<usize> {
-    let checkpoints = crate::checkpoint::live(store, projection.name()).await?;
+    let checkpoints = crate::checkpoint::live(store, projection).await?;
     let positions: Vec<(i16, Position)> = match projection.grouping() {
         Grouping::ByStream => checkpoints
             .iter()
@@ -385,7 +385,7 @@ pub(crate) async fn partitions_behind(
             .collect(),
         // Keyed lanes read every partition: the log is applied everywhere up to the lowest
         // of their checkpoints (a wait past it waits for every keyed lane; never too short).
-        Grouping::ByKey(_) | Grouping::Shuffle => {
+        Grouping::ByKey(_) | Grouping::Shuffle | Grouping::LogOrder => {
             let lowest = checkpoints.iter().map(|c| c.position).min().unwrap_or(0);
             (0..store.partitions() as i16)
                 .map(|p| (p, lowest))

@@ -20,11 +20,14 @@
 //! - [`proxy::FaultProxy`] sits between a store and its database and breaks append
 //!   transactions around COMMIT, to test what clients are told when the connection dies.
 //! - [`tls::TlsCluster`] is a cluster that refuses unencrypted TCP, for the TLS tests.
+//! - [`nats::NatsServer`] is a real `nats-server -js` on a free port (the relay's tests);
+//!   tests skip, saying why, when it is not installed.
 //! - [`browser::Browser`] is a real headless Chromium driven over the DevTools protocol, for
 //!   tests of the pages the server serves (GraphiQL).
 
 pub mod aggregate;
 pub mod browser;
+pub mod nats;
 pub mod proxy;
 pub mod tls;
 pub mod wait;

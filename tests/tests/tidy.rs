@@ -154,12 +154,17 @@ const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
         &["tidemark-store", "tidemark-pg-embedded"],
     ),
     (
+        "tidemark-relay",
+        &["tidemark-store", "tidemark-projections"],
+    ),
+    (
         "tidemark-api",
         &[
             "tidemark-store",
             "tidemark-projections",
             "tidemark-pg-embedded",
             "tidemark-schema",
+            "tidemark-relay",
         ],
     ),
 ];

@@ -1,0 +1,312 @@
+//! [`JetStreamSink`]: the relay's destination on NATS JetStream. It makes sure the stream
+//! exists (created with subjects `<prefix>.>` and a duplicate window when missing), and
+//! publishes each batch pipelined: every publish is sent before any acknowledgement is
+//! awaited, then all of them are awaited.
+//!
+//! Each message: subject `<prefix>.<category>.<type>` (tokens escaped, see
+//! [`crate::subject`]), body the event's payload as JSON, and headers
+//!
+//! | header                      | value                                                  |
+//! |-----------------------------|--------------------------------------------------------|
+//! | `Nats-Msg-Id`               | the event id: JetStream drops a re-publish within its duplicate window |
+//! | `Nats-Expected-Last-Msg-Id` | the previous event's id (all but a batch's first event) |
+//! | `Tidemark-Position`         | the event's position in the log                        |
+//! | `Tidemark-Stream-Id`        | its stream                                             |
+//! | `Tidemark-Stream-Version`   | its version in that stream                             |
+//! | `Tidemark-Event-Type`       | its type                                               |
+//! | `Tidemark-Schema-Version`   | the version of its payload's schema                    |
+//! | `Tidemark-Recorded-At`      | when it was committed (RFC 3339)                       |
+//! | `Tidemark-Metadata`         | its metadata as JSON, when it has any                  |
+//!
+//! Header values outside printable ASCII are `%XX`-escaped ([`crate::subject::header_value`]).
+//!
+//! Why `Nats-Expected-Last-Msg-Id`: publishes are pipelined on one connection, and when the
+//! connection drops part-way some of them can be lost while later ones, still buffered in
+//! the client, are sent after the reconnect. Without the check those would be stored after a
+//! gap, and the retry would append the missing events after them, out of order. With it,
+//! the server refuses every publish after a gap, the batch fails, and the retry fills the
+//! gap in order (the already stored events are duplicates, and JetStream checks duplicates
+//! before the expected last id). The stream must therefore be written by the relay alone.
+
+use crate::sink::{Sink, SinkError};
+use crate::subject;
+use async_nats::header::{self, HeaderMap};
+use async_nats::jetstream::{self, context::Publish, stream};
+use async_trait::async_trait;
+use futures::future::join_all;
+use std::time::Duration;
+use tidemark_store::RecordedEvent;
+
+/// Where and how to publish.
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    /// NATS server(s), e.g. `nats://127.0.0.1:4222` (comma-separated for a cluster).
+    pub url: String,
+    /// The JetStream stream the events go to; created if missing.
+    pub stream: String,
+    /// First token(s) of every subject: events go to `<prefix>.<category>.<type>`.
+    pub subject_prefix: String,
+    /// Duplicate window of a stream the relay creates: a re-publish within it is dropped.
+    /// A crash is recovered without duplicates when the relay restarts within it.
+    pub duplicate_window: Duration,
+    /// Replicas of a stream the relay creates (1, or 3 or 5 in a cluster).
+    pub replicas: usize,
+    /// How long a publish may wait for its acknowledgement before the batch is retried.
+    pub ack_timeout: Duration,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            stream: "TIDEMARK".into(),
+            subject_prefix: "tidemark".into(),
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+            ack_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl JetStreamConfig {
+    /// The subjects of the stream: everything under the prefix.
+    pub fn stream_subjects(&self) -> String {
+        format!("{}.>", self.subject_prefix)
+    }
+
+    fn check(&self) -> Result<(), SinkError> {
+        subject::check_prefix(&self.subject_prefix).map_err(SinkError::Config)?;
+        let name_ok = !self.stream.is_empty()
+            && self.stream.chars().all(|c| {
+                !c.is_whitespace() && !c.is_control() && !matches!(c, '.' | '*' | '>' | '/' | '\\')
+            });
+        if !name_ok {
+            return Err(SinkError::Config(format!(
+                "the stream name '{}' must be non-empty, without spaces, '.', '*', '>', '/' or '\\'",
+                self.stream
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Publishes to one JetStream stream.
+pub struct JetStreamSink {
+    config: JetStreamConfig,
+    client: async_nats::Client,
+    context: jetstream::Context,
+}
+
+impl JetStreamSink {
+    /// Connects and makes sure the stream exists and takes the relay's subjects.
+    pub async fn connect(config: JetStreamConfig) -> Result<JetStreamSink, SinkError> {
+        config.check()?;
+        let client = async_nats::ConnectOptions::new()
+            .name("tidemark-relay")
+            .connection_timeout(Duration::from_secs(5))
+            .connect(config.url.as_str())
+            .await
+            .map_err(|error| {
+                SinkError::unavailable(format!(
+                    "cannot connect to NATS at {} ({error}); is nats-server running with JetStream (-js)?",
+                    config.url
+                ))
+            })?;
+        let mut context = jetstream::new(client.clone());
+        context.set_timeout(config.ack_timeout);
+        let sink = JetStreamSink {
+            config,
+            client,
+            context,
+        };
+        sink.ensure_stream().await?;
+        Ok(sink)
+    }
+
+    pub fn config(&self) -> &JetStreamConfig {
+        &self.config
+    }
+
+    /// The NATS client (tests read the stream back with it).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Creates the stream when missing; refuses one whose subjects do not take the relay's.
+    async fn ensure_stream(&self) -> Result<(), SinkError> {
+        let wanted = self.config.stream_subjects();
+        let mut stream = self
+            .context
+            .get_or_create_stream(stream::Config {
+                name: self.config.stream.clone(),
+                subjects: vec![wanted.clone()],
+                duplicate_window: self.config.duplicate_window,
+                num_replicas: self.config.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| {
+                SinkError::unavailable(format!(
+                    "cannot find or create the JetStream stream '{}' ({error}); is JetStream enabled on the server (-js)?",
+                    self.config.stream
+                ))
+            })?;
+        let info = stream.info().await.map_err(|error| {
+            SinkError::unavailable(format!(
+                "cannot read the JetStream stream '{}' ({error})",
+                self.config.stream
+            ))
+        })?;
+        if !info.config.subjects.contains(&wanted) {
+            return Err(SinkError::Config(format!(
+                "the JetStream stream '{}' exists with subjects {:?}, which are not '{wanted}'; use another --stream, or --subject-prefix to match it",
+                self.config.stream, info.config.subjects
+            )));
+        }
+        if info.config.duplicate_window < self.config.duplicate_window {
+            tracing::warn!(
+                stream = %self.config.stream,
+                window = ?info.config.duplicate_window,
+                "the existing stream's duplicate window is shorter than configured; a relay restarted after it may publish duplicates"
+            );
+        }
+        tracing::info!(
+            stream = %self.config.stream,
+            subjects = %wanted,
+            messages = info.state.messages,
+            duplicate_window = ?info.config.duplicate_window,
+            "relaying to JetStream"
+        );
+        Ok(())
+    }
+
+    fn message(
+        &self,
+        event: &RecordedEvent,
+        previous: Option<&RecordedEvent>,
+    ) -> (String, HeaderMap, bytes::Bytes) {
+        let subject = subject::subject(
+            &self.config.subject_prefix,
+            event.category(),
+            &event.event_type,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(header::NATS_MESSAGE_ID, event.event_id.to_string().as_str());
+        if let Some(previous) = previous {
+            headers.insert(
+                header::NATS_EXPECTED_LAST_MESSAGE_ID,
+                previous.event_id.to_string().as_str(),
+            );
+        }
+        headers.insert("Tidemark-Position", event.position.to_string().as_str());
+        headers.insert(
+            "Tidemark-Stream-Id",
+            subject::header_value(&event.stream_id).as_str(),
+        );
+        headers.insert(
+            "Tidemark-Stream-Version",
+            event.stream_version.to_string().as_str(),
+        );
+        headers.insert(
+            "Tidemark-Event-Type",
+            subject::header_value(&event.event_type).as_str(),
+        );
+        headers.insert(
+            "Tidemark-Schema-Version",
+            event.schema_version.to_string().as_str(),
+        );
+        headers.insert(
+            "Tidemark-Recorded-At",
+            event.recorded_at.to_rfc3339().as_str(),
+        );
+        let has_metadata = match &event.metadata {
+            serde_json::Value::Null => false,
+            serde_json::Value::Object(map) => !map.is_empty(),
+            _ => true,
+        };
+        if has_metadata {
+            headers.insert(
+                "Tidemark-Metadata",
+                subject::header_value(&event.metadata.to_string()).as_str(),
+            );
+        }
+        let payload = bytes::Bytes::from(event.payload.to_string().into_bytes());
+        (subject, headers, payload)
+    }
+}
+
+/// Bytes a message takes against the server's `max_payload` (body and headers, roughly).
+fn message_size(headers: &HeaderMap, payload: &bytes::Bytes) -> usize {
+    let headers: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|v| name.to_string().len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    payload.len() + headers + 12
+}
+
+#[async_trait]
+impl Sink for JetStreamSink {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn publish_batch(&self, events: &[RecordedEvent]) -> Result<(), SinkError> {
+        let max_payload = self.client.server_info().max_payload;
+        let mut acks = Vec::with_capacity(events.len());
+        let mut previous = None;
+        for event in events {
+            let (subject, headers, payload) = self.message(event, previous);
+            if max_payload > 0 && message_size(&headers, &payload) > max_payload {
+                return Err(SinkError::Unpublishable {
+                    position: event.position,
+                    reason: format!(
+                        "{} bytes with headers, more than the server's max_payload of {max_payload} bytes",
+                        message_size(&headers, &payload)
+                    ),
+                });
+            }
+            let ack = self
+                .context
+                .send_publish(subject, Publish::build().payload(payload).headers(headers))
+                .await
+                .map_err(|error| {
+                    SinkError::unavailable(format!(
+                        "publishing the event at position {}: {error}",
+                        event.position
+                    ))
+                })?;
+            acks.push((event.position, ack));
+            previous = Some(event);
+        }
+        let acked = join_all(
+            acks.into_iter()
+                .map(|(position, ack)| async move { (position, ack.await) }),
+        )
+        .await;
+        let mut duplicates = 0u64;
+        for (position, ack) in acked {
+            match ack {
+                Ok(ack) if ack.stream != self.config.stream => {
+                    return Err(SinkError::Config(format!(
+                        "the event at position {position} was stored in stream '{}', not '{}': another stream takes the same subjects",
+                        ack.stream, self.config.stream
+                    )));
+                }
+                Ok(ack) => duplicates += u64::from(ack.duplicate),
+                Err(error) => {
+                    return Err(SinkError::unavailable(format!(
+                        "the event at position {position} was not acknowledged: {error}"
+                    )))
+                }
+            }
+        }
+        metrics::counter!("tidemark_relay_duplicates_total").increment(duplicates);
+        Ok(())
+    }
+}
