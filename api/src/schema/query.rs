@@ -34,6 +34,11 @@ impl BuiltinQuery {
         category: Option<String>,
         #[graphql(desc = "Only these event types")] types: Option<Vec<String>>,
         #[graphql(desc = "Only this partition (0 .. partitions-1)")] partition: Option<i32>,
+        #[graphql(
+            default = false,
+            desc = "Return every event as the latest registered version of its type (schemaVersion says which); default: as written"
+        )]
+        upcast: bool,
     ) -> Result<EventPage> {
         let tidemark = Tidemark::from_ctx(ctx)?;
         let first = tidemark.page_size(first)?;
@@ -57,7 +62,10 @@ impl BuiltinQuery {
             event_types: types.unwrap_or_default(),
             partition,
         };
-        let mut events = tidemark.store().read_log(after, &filter, first + 1).await?;
+        let mut events = tidemark
+            .reader(upcast)
+            .read_log(after, &filter, first + 1)
+            .await?;
         let has_next_page = events.len() > first;
         events.truncate(first);
         Ok(EventPage {
@@ -81,6 +89,11 @@ impl BuiltinQuery {
         )]
         from_version: Option<i64>,
         #[graphql(default = false)] backward: bool,
+        #[graphql(
+            default = false,
+            desc = "Return every event as the latest registered version of its type (schemaVersion says which); default: as written"
+        )]
+        upcast: bool,
         #[graphql(default = 100)] first: i32,
         #[graphql(desc = "A previous page's endCursor: continue after that version")] after: Option<
             i64,
@@ -115,7 +128,7 @@ impl BuiltinQuery {
             return Err(ApiError::bad_input("fromVersion", "versions start at 0").into());
         }
         let mut events = tidemark
-            .store()
+            .reader(upcast)
             .read_stream(&id, from, direction, first + 1)
             .await?;
         let has_next_page = events.len() > first;

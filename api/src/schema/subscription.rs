@@ -27,6 +27,11 @@ impl BuiltinSubscription {
         #[graphql(default = 0)] after: i64,
         category: Option<String>,
         types: Option<Vec<String>>,
+        #[graphql(
+            default = false,
+            desc = "Return every event as the latest registered version of its type (schemaVersion says which); default: as written"
+        )]
+        upcast: bool,
     ) -> Result<impl Stream<Item = Result<Event>>> {
         let tidemark = Tidemark::from_ctx(ctx)?;
         if after < 0 {
@@ -43,7 +48,7 @@ impl BuiltinSubscription {
         };
         let stop = tidemark.shutdown_token();
         let stream = tidemark
-            .store()
+            .reader(upcast)
             .subscribe(options)
             .map(|item| item.map(Event).map_err(async_graphql::Error::from))
             .take_until(async move { stop.cancelled().await });
