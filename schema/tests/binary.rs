@@ -327,7 +327,11 @@ async fn an_append_whose_event_does_not_fit_the_avro_schema_is_refused_whole_nam
         .await
         .unwrap();
     let append = |events: Vec<NewEvent>| {
-        store.append(AppendRequest::new("account-1", ExpectedVersion::Any, events))
+        store.append(AppendRequest::new(
+            "account-1",
+            ExpectedVersion::Any,
+            events,
+        ))
     };
     let good = deposit(json!({"amount": 5})).with_encoding(PayloadEncoding::Avro);
 
@@ -364,10 +368,7 @@ async fn an_append_whose_event_does_not_fit_the_avro_schema_is_refused_whole_nam
     .unwrap_err();
     assert_eq!(refusal(error).1.code(), "SCHEMA_NOT_FOUND");
     registry
-        .register(
-            "Plain",
-            &SchemaDefinition::json(json!({"type": "object"})),
-        )
+        .register("Plain", &SchemaDefinition::json(json!({"type": "object"})))
         .await
         .unwrap();
     let error = append(vec![
@@ -376,7 +377,10 @@ async fn an_append_whose_event_does_not_fit_the_avro_schema_is_refused_whole_nam
     .await
     .unwrap_err();
     let (_, schema) = refusal(error);
-    assert!(matches!(schema, SchemaError::NoAvroSchema { version: 1, .. }));
+    assert!(matches!(
+        schema,
+        SchemaError::NoAvroSchema { version: 1, .. }
+    ));
     // A type without an Avro schema cannot be set to store as Avro.
     assert!(matches!(
         registry

@@ -113,7 +113,9 @@ impl std::str::FromStr for PayloadEncoding {
         match text.to_ascii_uppercase().as_str() {
             "JSON" => Ok(PayloadEncoding::Json),
             "AVRO" => Ok(PayloadEncoding::Avro),
-            _ => Err(format!("'{text}' is not a payload encoding; use JSON or AVRO")),
+            _ => Err(format!(
+                "'{text}' is not a payload encoding; use JSON or AVRO"
+            )),
         }
     }
 }

@@ -204,7 +204,9 @@ impl EventStore {
                     .iter()
                     .position(|e| e.encoding == Some(PayloadEncoding::Avro))
                 {
-                    return Err(crate::error::ValidationError::NoPayloadCodec { event_index }.into());
+                    return Err(
+                        crate::error::ValidationError::NoPayloadCodec { event_index }.into(),
+                    );
                 }
             }
         }
@@ -215,11 +217,7 @@ impl EventStore {
     /// handle is encoded by it, and every binary payload any handle reads is decoded by it
     /// (see [`crate::hooks`]). Without one, binary payloads cannot be written or read.
     pub fn set_payload_codec(&self, codec: Option<Arc<dyn PayloadCodec>>) {
-        *self
-            .inner
-            .codec
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = codec;
+        *self.inner.codec.write().unwrap_or_else(|e| e.into_inner()) = codec;
     }
 
     /// Installs (or with `None` removes) the validator every later append of every handle

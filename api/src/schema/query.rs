@@ -22,6 +22,8 @@ impl BuiltinQuery {
     /// Events of the whole log after a position, optionally filtered, in commit order.
     /// Page with `after: pageInfo.endCursor`: pages have no gaps and no repeats.
     #[graphql(guard = "RoleGuard(Role::Read)")]
+    // GraphQL arguments are the resolver's parameters.
+    #[allow(clippy::too_many_arguments)]
     async fn events(
         &self,
         ctx: &Context<'_>,
@@ -82,6 +84,8 @@ impl BuiltinQuery {
     /// Events of one stream, forwards (default) or backwards. Page with
     /// `after: pageInfo.endCursor` (a stream version).
     #[graphql(guard = "RoleGuard(Role::Read)")]
+    // GraphQL arguments are the resolver's parameters.
+    #[allow(clippy::too_many_arguments)]
     async fn stream(
         &self,
         ctx: &Context<'_>,
