@@ -1,10 +1,12 @@
 //! The GraphQL schema: the built-in queries, mutations and subscriptions (the schema
-//! registry's in [`schemas`]) merged with the application's, and [`ApiSchema`], the schema behind one non-generic handle that gives
+//! registry's in [`schemas`], the operator's overview — `whoami`, `logStats`, `categories`,
+//! `streams` — in [`overview`]) merged with the application's, and [`ApiSchema`], the schema behind one non-generic handle that gives
 //! every error in every response a stable code (see [`crate::error::normalize`]).
 
 pub(crate) mod app_fields;
 pub mod directive;
 pub mod mutation;
+pub mod overview;
 pub mod query;
 pub mod scalars;
 pub mod schemas;
@@ -25,6 +27,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 pub use mutation::BuiltinMutation;
+pub use overview::OverviewQuery;
 pub use query::BuiltinQuery;
 pub use schemas::{SchemaMutation, SchemaQuery};
 pub use subscription::BuiltinSubscription;
@@ -32,7 +35,12 @@ pub use subscription::BuiltinSubscription;
 /// The root query: built-in fields and the application's.
 #[derive(MergedObject, Default, Clone)]
 #[graphql(name = "Query")]
-pub struct Query<Q: ObjectType + 'static>(pub BuiltinQuery, pub SchemaQuery, pub Q);
+pub struct Query<Q: ObjectType + 'static>(
+    pub BuiltinQuery,
+    pub OverviewQuery,
+    pub SchemaQuery,
+    pub Q,
+);
 
 /// The root mutation: built-in fields and the application's.
 #[derive(MergedObject, Default, Clone)]
@@ -129,7 +137,7 @@ where
     S: SubscriptionType + 'static,
 {
     let mut builder = Schema::build(
-        Query(BuiltinQuery, SchemaQuery, query),
+        Query(BuiltinQuery, OverviewQuery, SchemaQuery, query),
         Mutation(BuiltinMutation, SchemaMutation, mutation),
         Subscription(BuiltinSubscription, subscription),
     )

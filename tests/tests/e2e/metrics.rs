@@ -108,10 +108,21 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
     )
     .await;
     let _ = app.graphql("{ nope }", json!({}), Some(READ_KEY)).await;
-    let text = eventually("the projection and pool gauges", WAIT, || async {
+    // A rebuild, for the build-progress gauge.
+    let rebuild = app
+        .graphql(
+            "mutation { rebuildProjection(name: \"site_sums\") { projection } }",
+            json!({}),
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_no_errors(&rebuild);
+    let text = eventually("the projection, build and pool figures", WAIT, || async {
         let (_, text) = app.get("/metrics").await;
         (text.contains("tidemark_projection_lag_events")
-            && text.contains("tidemark_db_pool_connections"))
+            && text.contains("tidemark_db_pool_connections")
+            && text.contains("tidemark_projection_apply_seconds_bucket")
+            && text.contains("tidemark_projection_build_progress"))
         .then_some(text)
     })
     .await;
