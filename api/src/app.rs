@@ -279,6 +279,8 @@ pub struct Tidemark {
 
 struct TidemarkInner {
     store: EventStore,
+    /// The same store, read through the registry's upcasting.
+    upcasting: EventStore,
     schemas: Arc<SchemaRegistry>,
     engine: ProjectionEngine,
     commands: CommandBus,
@@ -298,7 +300,8 @@ impl Tidemark {
     ) -> Self {
         Tidemark {
             inner: Arc::new(TidemarkInner {
-                commands: CommandBus::new(evolution.upcasting),
+                commands: CommandBus::new(evolution.upcasting.clone()),
+                upcasting: evolution.upcasting,
                 schemas: evolution.registry,
                 store,
                 engine,
@@ -317,6 +320,17 @@ impl Tidemark {
 
     pub fn store(&self) -> &EventStore {
         &self.inner.store
+    }
+
+    /// The handle a read uses: with `upcast`, every event comes out as the latest registered
+    /// version of its type (the registry's upcasting); without, as written. Binary payloads
+    /// are JSON either way.
+    pub fn reader(&self, upcast: bool) -> &EventStore {
+        if upcast {
+            &self.inner.upcasting
+        } else {
+            &self.inner.store
+        }
     }
 
     /// The schema registry (register, check, validate, upcast).

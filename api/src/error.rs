@@ -494,6 +494,7 @@ fn from_validation(error: &ValidationError) -> ApiError {
                 .with("limitBytes", *max as u64);
         }
         ValidationError::NoEvents => "events".to_string(),
+        ValidationError::NoPayloadCodec { event_index } => format!("events.{event_index}.encoding"),
         ValidationError::TooManyEvents { count, max } => {
             return ApiError::bad_input("events", message)
                 .with("count", *count as u64)

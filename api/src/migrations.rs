@@ -39,7 +39,9 @@ mod tests {
                 (4, "api_keys"),
                 (5, "worker_scaling"),
                 (6, "worker_projections"),
+                (50, "binary_payloads"),
                 (100, "schema_registry"),
+                (101, "schema_encoding"),
             ]
         );
         for migration in all {

@@ -16,7 +16,8 @@
 //! concurrency alternate, so a drift in the machine's speed hits both alike.
 //!
 //! Phases come in groups (`--only append,scan,...`): `append` (raw inserts and Tidemark
-//! appends, the hot stream), `scan`, `delivery`, `overload`, `copy`, `knobs`, `projections`. Results are
+//! appends, the hot stream), `scan`, `delivery`, `overload`, `copy`, `knobs`, `projections`,
+//! `evolution` (validation on append, JSON against Avro payloads). Results are
 //! printed as Markdown and written to `--out`; progress goes to stderr.
 //!
 //! Code map, in reading order:
@@ -32,10 +33,13 @@
 //!   and append→read-model latency.
 //! - [`relay`]: the relay's catch-up to NATS JetStream over the same log (`--nats-url`, or
 //!   the installed `nats-server` started for the run; skipped without one).
+//! - [`evolution`]: stores with the schema registry installed: validation's cost, JSON
+//!   against Avro payloads on disk, on append and on catch-up.
 //! - [`report`]: the results and their Markdown tables.
 
 mod embedded;
 mod env;
+mod evolution;
 mod harness;
 mod probe;
 mod projections;
@@ -50,7 +54,10 @@ use env::Database;
 use harness::{group, Latencies, Progress};
 use projections::CatchUp;
 use raw::InsertShape;
-use report::{AtClients, CopyVsUnnest, DeliveryFigures, HotStream, Knob, Rate, Report, Scan};
+use report::{
+    AtClients, CopyVsUnnest, DeliveryFigures, EncodingRun, HotStream, Knob, Rate, Report, Scan,
+    ValidationRun,
+};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tidemark_store::PipelineConfig;
@@ -112,6 +119,9 @@ enum Group {
     /// Projection catch-up over a large log (counting, keyed, windowed), the relay to
     /// NATS JetStream over the same log, and append→read-model latency (issues #4, #12, #13).
     Projections,
+    /// Schema evolution (issue #11): appends with validation ENFORCE vs OFF, payloads
+    /// stored as JSON vs Avro (bytes per event, appends, catch-up).
+    Evolution,
 }
 
 /// What a mode runs, and for how long.
@@ -146,6 +156,8 @@ struct Plan {
     projection_events: u64,
     /// Events appended (at `delivery_rate`) while measuring append→read-model latency.
     projection_latency_events: u64,
+    /// Events written per encoding for its footprint and catch-up.
+    encoding_events: u64,
 }
 
 impl Plan {
@@ -175,6 +187,7 @@ impl Plan {
             queue_callers: 1024,
             projection_events: 50_000,
             projection_latency_events: 1_500,
+            encoding_events: 20_000,
         }
     }
 
@@ -208,6 +221,7 @@ impl Plan {
             queue_callers: 1024,
             projection_events: 1_000_000,
             projection_latency_events: 10_000,
+            encoding_events: 100_000,
         }
     }
 
@@ -226,6 +240,9 @@ impl Plan {
                 self.wait_values.len() * self.wait_callers.len() + self.queue_depths.len()
             }
             Group::Projections => 7, // seed, raw scan, three catch-ups, relay, latency
+            // Per round: raw + OFF + ENFORCE at 64 x 1, OFF + ENFORCE at 8 x 100, and two
+            // append runs per encoding; then each encoding's log.
+            Group::Evolution => self.rounds * (5 + 4) + 2,
         };
         n as u64
     }
@@ -333,6 +350,7 @@ async fn run(plan: &Plan, db: &Database, args: &Args) -> Result<Report> {
                 let nats_url = args.nats_url.as_deref();
                 projection_figures(plan, db, &progress, r, nats_url).await?
             }
+            Group::Evolution => evolution_figures(plan, db, &progress, r).await?,
         }
     }
     progress.finish();
@@ -697,6 +715,131 @@ async fn projection_figures(
     ));
     report.projection_latency = Some(figures);
     db.drop_schema(schema).await?;
+    Ok(())
+}
+
+/// One append run on a store with the registry installed, `OrderPlaced` validated and
+/// stored as given.
+#[allow(clippy::too_many_arguments)]
+async fn registry_append(
+    db: &Database,
+    validation: tidemark_schema::ValidationMode,
+    encoding: tidemark_store::PayloadEncoding,
+    events: usize,
+    callers: usize,
+    plan: &Plan,
+    progress: &Progress,
+    label: &str,
+) -> Result<workloads::AppendRun> {
+    progress.begin(label);
+    let scratch =
+        evolution::RegistryStore::open(db, "evolution", plan.seed_events, validation, encoding)
+            .await?;
+    let run = workloads::append_load(
+        &scratch.store,
+        callers,
+        events,
+        plan.warmup,
+        plan.measure,
+        progress,
+        label,
+    )
+    .await;
+    scratch.close(db).await?;
+    let run = run?;
+    progress.done(&format!("{label}: {} events/s", group(run.events_per_sec)));
+    Ok(run)
+}
+
+/// Validation ENFORCE vs OFF (with the raw 1-row insert at 64 clients, the floor of issue
+/// #3, in the same rounds), then JSON vs Avro payloads: appends in alternating runs, then
+/// each encoding's log: bytes per event and catch-up.
+async fn evolution_figures(
+    plan: &Plan,
+    db: &Database,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    use tidemark_schema::ValidationMode::{Enforce, Off};
+    use tidemark_store::PayloadEncoding::{Avro, Json};
+    for (events, callers) in [(1usize, 64usize), (100, 8)] {
+        let mut rates: [Vec<f64>; 3] = Default::default();
+        let mut latencies: [Latencies; 3] = Default::default();
+        for round in 1..=plan.rounds {
+            if events == 1 {
+                let clients = callers.min(db.free_connections().await?.max(1) as usize);
+                let label = format!("raw INSERT 1 row/tx, {clients} clients (round {round})");
+                progress.begin(&label);
+                let run =
+                    raw_insert(db, InsertShape::SingleRow, clients, plan, progress, &label).await?;
+                progress.done(&format!("{label}: {} rows/s", group(run.rows_per_sec)));
+                rates[2].push(run.rows_per_sec);
+                latencies[2].extend(run.latencies);
+            }
+            for (i, mode) in [Off, Enforce].into_iter().enumerate() {
+                let label = format!(
+                    "append {events} event(s), {callers} callers, validation {mode} (round {round})"
+                );
+                let run = registry_append(db, mode, Json, events, callers, plan, progress, &label)
+                    .await?;
+                rates[i].push(run.events_per_sec);
+                latencies[i].extend(run.latencies);
+            }
+        }
+        let [off, enforce, raw] = latencies;
+        report.validation.push(ValidationRun {
+            events_per_append: events,
+            callers,
+            off: Rate::new(mean(&rates[0]), off),
+            enforce: Rate::new(mean(&rates[1]), enforce),
+            raw: (!rates[2].is_empty()).then(|| Rate::new(mean(&rates[2]), raw)),
+        });
+    }
+
+    let mut appends: [[Vec<f64>; 2]; 2] = Default::default();
+    for round in 1..=plan.rounds {
+        for (e, encoding) in [Json, Avro].into_iter().enumerate() {
+            for (s, (events, callers)) in [(1usize, 64usize), (100, 8)].into_iter().enumerate() {
+                let label = format!(
+                    "append {events} event(s), {callers} callers, stored as {encoding} (round {round})"
+                );
+                let run =
+                    registry_append(db, Off, encoding, events, callers, plan, progress, &label)
+                        .await?;
+                appends[e][s].push(run.events_per_sec);
+            }
+        }
+    }
+    for (e, encoding) in [Json, Avro].into_iter().enumerate() {
+        let label = format!(
+            "{} events stored as {encoding}: size, read_log, subscribe",
+            plan.encoding_events
+        );
+        progress.begin(&label);
+        let (footprint, read_log, subscribe) = evolution::storage_and_catch_up(
+            db,
+            encoding,
+            plan.encoding_events,
+            plan.scan_repeats,
+            progress,
+        )
+        .await?;
+        progress.done(&format!(
+            "{label}: {:.0} payload bytes/event, {:.0} heap bytes/event; read_log {} ev/s, subscribe {} ev/s",
+            footprint.payload_bytes,
+            footprint.heap_bytes,
+            group(read_log),
+            group(subscribe)
+        ));
+        report.encodings.push(EncodingRun {
+            encoding: encoding.as_str(),
+            footprint,
+            append_single_64: mean(&appends[e][0]),
+            append_batch_8: mean(&appends[e][1]),
+            read_log_per_sec: read_log,
+            subscribe_per_sec: subscribe,
+        });
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The results of one run and their Markdown rendering: the main table (every Tidemark
 //! figure beside its baseline from the same run), the issue's goals, COPY vs UNNEST, the
-//! pipeline knobs, and memory under overload.
+//! pipeline knobs, memory under overload, and schema evolution's costs (validation, JSON
+//! against Avro payloads).
 
 use crate::env::{MachineInfo, ServerInfo};
 use crate::harness::{group, mib, Latencies};
@@ -85,6 +86,30 @@ pub struct Knob {
     pub default: bool,
 }
 
+/// Appends with validation OFF and ENFORCE (issue #11), with the raw 1-row insert at the
+/// same concurrency for the single-event run (the floor of issue #3: ≥ 3× it).
+#[derive(Debug, Clone)]
+pub struct ValidationRun {
+    pub events_per_append: usize,
+    pub callers: usize,
+    pub off: Rate,
+    pub enforce: Rate,
+    pub raw: Option<Rate>,
+}
+
+/// The same events stored in one encoding: on disk, on append, on catch-up.
+#[derive(Debug, Clone)]
+pub struct EncodingRun {
+    pub encoding: &'static str,
+    pub footprint: crate::evolution::Footprint,
+    /// Events per second, 64 callers appending single events.
+    pub append_single_64: f64,
+    /// Events per second, 8 callers appending 100-event batches.
+    pub append_batch_8: f64,
+    pub read_log_per_sec: f64,
+    pub subscribe_per_sec: f64,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -119,6 +144,9 @@ pub struct Report {
     pub overload: Option<OverloadRun>,
     pub copy_vs_unnest: Vec<CopyVsUnnest>,
     pub knobs: Vec<Knob>,
+    pub validation: Vec<ValidationRun>,
+    /// JSON first, then Avro.
+    pub encodings: Vec<EncodingRun>,
     pub notes: Vec<String>,
 }
 
@@ -258,6 +286,7 @@ impl Report {
         self.copy_table(&mut out);
         self.knob_table(&mut out);
         self.overload_table(&mut out);
+        self.evolution_tables(&mut out);
         if !self.notes.is_empty() {
             out.push_str("\n### Notes\n\n");
             for note in &self.notes {
@@ -265,6 +294,126 @@ impl Report {
             }
         }
         out
+    }
+
+    /// Issue #11: validation's cost, and JSON against Avro on the same events.
+    fn evolution_tables(&self, out: &mut String) {
+        if !self.validation.is_empty() {
+            out.push_str(
+                "\n### Validation on append (issue #11)\n\n`OrderPlaced` (the payload of every \
+                 phase, ~200 bytes) registered with a JSON Schema; validation `OFF` vs `ENFORCE`, \
+                 each run on a fresh store.\n\n",
+            );
+            row(
+                out,
+                [
+                    "Appends",
+                    "OFF",
+                    "ENFORCE",
+                    "ENFORCE / OFF",
+                    "p50 / p99 OFF",
+                    "p50 / p99 ENFORCE",
+                    "vs raw 1-row insert, same run: ENFORCE (OFF)",
+                ],
+            );
+            out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+            for v in &self.validation {
+                // Issue #3's floor compares appends with this baseline; validation must not
+                // move the ratio, so both modes are shown against it.
+                let floor = v.raw.as_ref().map_or("—".to_string(), |raw| {
+                    format!(
+                        "{} ({}) of {}/s",
+                        ratio(v.enforce.per_sec, raw.per_sec),
+                        ratio(v.off.per_sec, raw.per_sec),
+                        group(raw.per_sec)
+                    )
+                });
+                row(
+                    out,
+                    [
+                        format!("{} event(s) × {} callers", v.events_per_append, v.callers),
+                        format!("{}/s", group(v.off.per_sec)),
+                        format!("{}/s", group(v.enforce.per_sec)),
+                        ratio(v.enforce.per_sec, v.off.per_sec),
+                        v.off.latency(),
+                        v.enforce.latency(),
+                        floor,
+                    ],
+                );
+            }
+        }
+        if self.encodings.is_empty() {
+            return;
+        }
+        out.push_str(
+            "\n### JSON vs Avro payloads (issue #11)\n\nThe same events stored as `jsonb` and \
+             as Avro datums (`payload_avro`), validation `OFF`; sizes after `VACUUM ANALYZE`.\n\n",
+        );
+        row(
+            out,
+            [
+                "Encoding",
+                "Payload bytes/event",
+                "Heap bytes/event",
+                "Total bytes/event (with indexes)",
+                "Append 1 × 64",
+                "Append 100 × 8",
+                "read_log catch-up",
+                "subscribe catch-up",
+            ],
+        );
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        let json = self.encodings.first();
+        for e in &self.encodings {
+            let vs = |value: f64, of: fn(&EncodingRun) -> f64| match json {
+                Some(json) if e.encoding != json.encoding => {
+                    format!(" ({})", ratio(value, of(json)))
+                }
+                _ => String::new(),
+            };
+            let f = &e.footprint;
+            row(
+                out,
+                [
+                    e.encoding.to_string(),
+                    format!(
+                        "{:.0}{}",
+                        f.payload_bytes,
+                        vs(f.payload_bytes, |j| j.footprint.payload_bytes)
+                    ),
+                    format!(
+                        "{:.0}{}",
+                        f.heap_bytes,
+                        vs(f.heap_bytes, |j| j.footprint.heap_bytes)
+                    ),
+                    format!(
+                        "{:.0}{}",
+                        f.total_bytes,
+                        vs(f.total_bytes, |j| j.footprint.total_bytes)
+                    ),
+                    format!(
+                        "{}/s{}",
+                        group(e.append_single_64),
+                        vs(e.append_single_64, |j| j.append_single_64)
+                    ),
+                    format!(
+                        "{}/s{}",
+                        group(e.append_batch_8),
+                        vs(e.append_batch_8, |j| j.append_batch_8)
+                    ),
+                    format!(
+                        "{}/s{}",
+                        group(e.read_log_per_sec),
+                        vs(e.read_log_per_sec, |j| j.read_log_per_sec)
+                    ),
+                    format!(
+                        "{}/s{}",
+                        group(e.subscribe_per_sec),
+                        vs(e.subscribe_per_sec, |j| j.subscribe_per_sec)
+                    ),
+                ],
+            );
+        }
     }
 
     fn header(&self, out: &mut String) {

@@ -1,11 +1,13 @@
 //! The registry installed on the store: [`SchemaValidator`] is the store's append validator
 //! (validation on append, per type `OFF`/`WARN`/`ENFORCE`, and the server's policy for types
-//! without a schema), [`SchemaUpcaster`] its read hook (every event read through the handle
-//! comes out as the latest registered version of its type).
+//! without a schema), [`SchemaCodec`] its payload codec (Avro binary payloads, written and
+//! read back as JSON by every handle), [`SchemaUpcaster`] a read hook (every event read
+//! through the handle comes out as the latest registered version of its type).
 //!
 //! ```ignore
 //! let registry = Arc::new(Registry::open(store.pool().clone(), RegistryOptions::default()).await?);
 //! store.set_append_validator(Some(Arc::new(SchemaValidator::new(registry.clone()))));
+//! store.set_payload_codec(Some(Arc::new(SchemaCodec::new(registry.clone()))));
 //! let upcasting = store.with_read_hook(Arc::new(SchemaUpcaster::new(registry, upcasters)));
 //! // hand `upcasting` to the projection engine and the command bus
 //! ```
@@ -13,7 +15,9 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use tidemark_store::{AppendRequest, AppendValidator, HookError, ReadHook, RecordedEvent};
+use tidemark_store::{
+    AppendRequest, AppendValidator, HookError, PayloadCodec, ReadHook, RecordedEvent,
+};
 
 use crate::registry::Registry;
 use crate::upcast::Upcasters;
@@ -42,6 +46,53 @@ impl AppendValidator for SchemaValidator {
                     .map_err(|error| HookError::new(error.code(), Some(index), error))?;
             }
             Ok(())
+        })
+    }
+}
+
+/// Avro binary payloads through the registry: an event is stored as an Avro datum of the
+/// schema version it claims when it asks for AVRO, or asks for nothing and its type's
+/// encoding is AVRO (see [`Registry::encode_for_storage`]); every read decodes it back to
+/// the JSON of that version.
+#[derive(Debug, Clone)]
+pub struct SchemaCodec {
+    registry: Arc<Registry>,
+}
+
+impl SchemaCodec {
+    pub fn new(registry: Arc<Registry>) -> SchemaCodec {
+        SchemaCodec { registry }
+    }
+}
+
+impl PayloadCodec for SchemaCodec {
+    fn encode<'a>(
+        &'a self,
+        request: &'a AppendRequest,
+    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, HookError>> {
+        Box::pin(async move {
+            self.registry
+                .encode_for_storage(&request.events)
+                .await
+                .map_err(|(index, error)| HookError::new(error.code(), Some(index), error))
+        })
+    }
+
+    fn decode<'a>(
+        &'a self,
+        event: &'a RecordedEvent,
+        bytes: &'a [u8],
+    ) -> BoxFuture<'a, Result<serde_json::Value, HookError>> {
+        Box::pin(async move {
+            self.registry
+                .decode_stored(&event.event_type, event.schema_version, bytes)
+                .await
+                .map_err(|error| {
+                    let mut hook = HookError::new(error.code(), None, error);
+                    hook.message =
+                        format!("event at position {}: {}", event.position, hook.message);
+                    hook
+                })
         })
     }
 }

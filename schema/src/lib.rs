@@ -10,7 +10,8 @@
 //!   schema resolution.
 //! - [`registry`]: the registry in PostgreSQL (subjects, versions, settings), with caches.
 //! - [`hooks`]: the registry installed on the store: [`SchemaValidator`] (validation on
-//!   append) and [`SchemaUpcaster`] (upcasting on read).
+//!   append), [`SchemaCodec`] (Avro binary payloads stored, read back as JSON) and
+//!   [`SchemaUpcaster`] (upcasting on read).
 //! - [`migrations`]: the registry's DDL, as a list the store's migration runner can apply.
 //! - [`error`]: `SchemaError` and its stable codes.
 //!
@@ -29,7 +30,7 @@ pub mod validate;
 
 pub use compat::{Finding, Incompatibility, JsonType};
 pub use error::{Result, SchemaError};
-pub use hooks::{SchemaUpcaster, SchemaValidator};
+pub use hooks::{SchemaCodec, SchemaUpcaster, SchemaValidator};
 pub use migrations::MIGRATIONS;
 pub use mode::{CompatibilityMode, Direction, UnregisteredPolicy, ValidationMode};
 pub use registry::{

@@ -4,12 +4,20 @@
 use tidemark_store::migrate::Migration;
 
 /// The schema registry's migrations, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 100,
-    name: "schema_registry",
-    sql: include_str!("../../migrations/0100_schema_registry.sql"),
-    earlier_checksums: &[],
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 100,
+        name: "schema_registry",
+        sql: include_str!("../../migrations/0100_schema_registry.sql"),
+        earlier_checksums: &[],
+    },
+    Migration {
+        version: 101,
+        name: "schema_encoding",
+        sql: include_str!("../../migrations/0101_schema_encoding.sql"),
+        earlier_checksums: &[],
+    },
+];
 
 #[cfg(test)]
 mod tests {

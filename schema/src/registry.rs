@@ -25,6 +25,7 @@ use crate::error::{Result, SchemaError};
 use crate::mode::{CompatibilityMode, UnregisteredPolicy, ValidationMode};
 use crate::upcast::{upcast_layered, DeclarativeUpcast, UpcastError, Upcasters};
 use crate::validate::{ValidatorCache, Violation};
+use tidemark_store::{NewEvent, PayloadEncoding};
 
 /// A schema offered for registration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +108,8 @@ pub struct Subject {
     pub event_type: String,
     pub compatibility: Option<CompatibilityMode>,
     pub validation: Option<ValidationMode>,
+    /// How appends that do not ask for an encoding store payloads (`None`: JSON).
+    pub encoding: Option<PayloadEncoding>,
     /// Ascending by version.
     pub versions: Vec<i32>,
 }
@@ -154,6 +157,7 @@ impl Default for RegistryOptions {
 struct SubjectState {
     compatibility: Option<CompatibilityMode>,
     validation: Option<ValidationMode>,
+    encoding: Option<PayloadEncoding>,
     versions: BTreeMap<i32, Arc<SchemaVersion>>,
 }
 
@@ -165,6 +169,10 @@ struct Snapshot {
     subjects: HashMap<String, SubjectState>,
     /// The stored declarative upcasts.
     declarative: Upcasters,
+    /// Avro schema resolution from each version with an Avro schema to the next, when that
+    /// one has an Avro schema too: the step used when neither the application nor the
+    /// registry gives one ("Avro's schema resolution is upcasting for free").
+    resolution: Upcasters,
 }
 
 impl Snapshot {
@@ -350,7 +358,7 @@ async fn load(client: &impl GenericClient) -> Result<Snapshot> {
     let mut subjects: HashMap<String, SubjectState> = HashMap::new();
     for row in client
         .query(
-            "SELECT event_type, compatibility, validation FROM schema_subjects",
+            "SELECT event_type, compatibility, validation, encoding FROM schema_subjects",
             &[],
         )
         .await
@@ -361,6 +369,11 @@ async fn load(client: &impl GenericClient) -> Result<Snapshot> {
             SubjectState {
                 compatibility: parse_mode(row.get(1))?,
                 validation: parse_mode(row.get(2))?,
+                encoding: row
+                    .get::<_, Option<String>>(3)
+                    .map(|text| text.parse::<PayloadEncoding>())
+                    .transpose()
+                    .map_err(|reason| invalid(row.get(0), format!("stored encoding: {reason}")))?,
                 versions: BTreeMap::new(),
             },
         );
@@ -388,12 +401,40 @@ async fn load(client: &impl GenericClient) -> Result<Snapshot> {
             .versions
             .insert(version.version, Arc::new(version));
     }
+    let resolution = avro_resolution(&subjects)?;
     Ok(Snapshot {
         generation: settings_row.get(0),
         settings,
         subjects,
         declarative,
+        resolution,
     })
+}
+
+/// The Avro resolution steps of every type: version n to n + 1 when both have Avro schemas.
+/// A step writes the JSON as an Avro datum of n and reads it with n + 1 as the reader
+/// schema: fields n + 1 added take their defaults, fields it removed are dropped, aliases
+/// rename and promotions widen, exactly as a binary event of n read as n + 1.
+fn avro_resolution(subjects: &HashMap<String, SubjectState>) -> Result<Upcasters> {
+    let mut steps = Upcasters::new();
+    for (event_type, state) in subjects {
+        for (version, schema) in &state.versions {
+            let (Some(writer), Some(reader)) = (
+                schema.avro.clone(),
+                state
+                    .versions
+                    .get(&(version + 1))
+                    .and_then(|next| next.avro.clone()),
+            ) else {
+                continue;
+            };
+            steps.register_fn(event_type.clone(), *version, move |payload| {
+                let bytes = avro::encode(&writer, &payload).map_err(|e| e.to_string())?;
+                avro::decode(&writer, Some(&reader), &bytes).map_err(|e| e.to_string())
+            })?;
+        }
+    }
+    Ok(steps)
 }
 
 async fn advance_generation(client: &impl GenericClient) -> Result<()> {
@@ -639,6 +680,7 @@ impl Registry {
                 event_type: event_type.clone(),
                 compatibility: state.compatibility,
                 validation: state.validation,
+                encoding: state.encoding,
                 versions: state.versions.keys().copied().collect(),
             })
             .collect();
@@ -683,6 +725,43 @@ impl Registry {
     pub async fn set_mode(&self, event_type: &str, mode: Option<CompatibilityMode>) -> Result<()> {
         self.update_subject(event_type, "compatibility", mode.map(|m| m.as_str()))
             .await
+    }
+
+    /// Sets how appends of `event_type` that do not ask for an encoding store their
+    /// payloads; `None` (or JSON) stores JSON. AVRO needs a version with an Avro schema:
+    /// events claiming a version without one are then still stored as JSON.
+    pub async fn set_encoding(
+        &self,
+        event_type: &str,
+        encoding: Option<PayloadEncoding>,
+    ) -> Result<()> {
+        if encoding == Some(PayloadEncoding::Avro) {
+            let snapshot = self.current().await?;
+            let latest = snapshot
+                .latest(event_type)
+                .ok_or_else(|| SchemaError::NotFound {
+                    event_type: event_type.to_owned(),
+                    version: None,
+                })?;
+            if latest.avro().is_none() {
+                return Err(SchemaError::NoAvroSchema {
+                    event_type: event_type.to_owned(),
+                    version: latest.version,
+                });
+            }
+        }
+        self.update_subject(event_type, "encoding", encoding.map(|e| e.as_str()))
+            .await
+    }
+
+    /// How appends of `event_type` that do not ask for an encoding store payloads.
+    pub async fn encoding(&self, event_type: &str) -> Result<PayloadEncoding> {
+        let snapshot = self.current().await?;
+        Ok(snapshot
+            .subjects
+            .get(event_type)
+            .and_then(|s| s.encoding)
+            .unwrap_or_default())
     }
 
     /// Sets `event_type`'s validation mode; `None` follows the default again.
@@ -901,7 +980,7 @@ impl Registry {
             return Ok((version, payload));
         }
         let upcast = upcast_layered(
-            &[upcasters, &snapshot.declarative],
+            &[upcasters, &snapshot.declarative, &snapshot.resolution],
             event_type,
             version,
             latest,
@@ -909,6 +988,84 @@ impl Registry {
         )
         .map_err(|e: UpcastError| SchemaError::Upcast(e))?;
         Ok((latest, upcast))
+    }
+
+    /// Per event of an append, in order: its payload as an Avro datum when it is to be
+    /// stored as Avro, else `None`. An event is stored as Avro when it asks for it
+    /// (`NewEvent::encoding`) or, asking for nothing, when its type's encoding is AVRO and the
+    /// version it claims has an Avro schema. The first event that cannot be encoded is
+    /// returned with its index: no Avro schema for the version it asks AVRO for
+    /// (`SCHEMA_NOT_FOUND`), a payload that does not fit the schema (`SCHEMA_VIOLATION`,
+    /// naming the field).
+    pub async fn encode_for_storage(
+        &self,
+        events: &[NewEvent],
+    ) -> std::result::Result<Vec<Option<Vec<u8>>>, (usize, SchemaError)> {
+        let snapshot = self.current().await.map_err(|e| (0, e))?;
+        let mut encoded = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            let by_type = || {
+                snapshot
+                    .subjects
+                    .get(&event.event_type)
+                    .and_then(|s| s.encoding)
+                    .unwrap_or_default()
+            };
+            let asked = event.encoding.is_some();
+            if event.encoding.unwrap_or_else(by_type) != PayloadEncoding::Avro {
+                encoded.push(None);
+                continue;
+            }
+            let schema = snapshot
+                .version(&event.event_type, event.schema_version)
+                .and_then(|v| v.avro());
+            let bytes = match schema {
+                Some(schema) => avro::encode(schema, &event.payload).map_err(|e| (index, e))?,
+                None if !asked => {
+                    encoded.push(None);
+                    continue;
+                }
+                None => {
+                    let error = match snapshot.version(&event.event_type, event.schema_version) {
+                        Some(_) => SchemaError::NoAvroSchema {
+                            event_type: event.event_type.clone(),
+                            version: event.schema_version,
+                        },
+                        None => SchemaError::NotFound {
+                            event_type: event.event_type.clone(),
+                            version: Some(event.schema_version),
+                        },
+                    };
+                    return Err((index, error));
+                }
+            };
+            encoded.push(Some(bytes));
+        }
+        Ok(encoded)
+    }
+
+    /// A stored binary payload, written as `version` of `event_type`, as the JSON of that
+    /// version. A version this process has not seen yet (registered by another process
+    /// within the staleness window) reloads the registry once.
+    pub async fn decode_stored(
+        &self,
+        event_type: &str,
+        version: i32,
+        bytes: &[u8],
+    ) -> Result<Value> {
+        match self
+            .decode_avro(event_type, version, bytes, AvroTarget::Written)
+            .await
+        {
+            Err(SchemaError::NotFound { .. } | SchemaError::NoAvroSchema { .. }) => {
+                self.refresh().await?;
+                Ok(self
+                    .decode_avro(event_type, version, bytes, AvroTarget::Written)
+                    .await?
+                    .1)
+            }
+            other => Ok(other?.1),
+        }
     }
 
     /// `payload` as an Avro datum of `version` of `event_type`.

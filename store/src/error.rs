@@ -42,6 +42,20 @@ pub enum ValidationError {
     DuplicateIdInAppend { event_id: Uuid },
     #[error("expected version {0} is negative; versions start at 0")]
     NegativeVersion(StreamVersion),
+    #[error(
+        "event {event_index} asks for encoding AVRO, but this store has no payload codec (schema \
+         registry) to encode it; send it as JSON or install the registry"
+    )]
+    NoPayloadCodec { event_index: usize },
+}
+
+/// A payload codec answered for another number of events than the append has (a bug in
+/// the codec); nothing of the append was written.
+#[derive(Debug, thiserror::Error)]
+#[error("the payload codec answered for {answers} event(s) of an append of {events}")]
+pub struct CodecMismatch {
+    pub events: usize,
+    pub answers: usize,
 }
 
 /// Everything that can go wrong in the store.

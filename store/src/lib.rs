@@ -21,8 +21,9 @@
 //!   of the on-disk contract that must never change.
 //! - [`validate`], [`error`]: what is refused, and why.
 //! - [`hooks`]: what another crate may install without the store knowing it: an append
-//!   validator (refuses an append before it is queued) and a read hook (rewrites events as a
-//!   handle reads them); the schema registry implements both.
+//!   validator (refuses an append before it is queued), a payload codec (stores payloads in
+//!   a binary encoding, every read decodes them back to JSON) and a read hook (rewrites
+//!   events as a handle reads them); the schema registry implements all three.
 //! - [`migrate`]: the one migration runner. The store registers the event log's migration;
 //!   a [`migrate::MigrationSet`] merges it with those of other crates (projections, API),
 //!   applied once each in version order, under an advisory lock, checksummed.
@@ -54,11 +55,11 @@ pub mod validate;
 pub use browse::{AppendRate, StreamSummary};
 pub use config::{Limits, PipelineConfig, StoreConfig};
 pub use error::{OverloadReason, Result, StoreError, ValidationError};
-pub use hooks::{AppendValidator, HookError, ReadHook};
+pub use hooks::{AppendValidator, HookError, PayloadCodec, ReadHook};
 pub use migrate::MigrationSet;
 pub use model::{
-    category_of, AppendOutcome, AppendRequest, AppendedEvent, ExpectedVersion, NewEvent, Position,
-    RecordedEvent, StreamVersion,
+    category_of, AppendOutcome, AppendRequest, AppendedEvent, ExpectedVersion, NewEvent,
+    PayloadEncoding, Position, RecordedEvent, StreamVersion,
 };
 pub use read::{Direction, LogFilter, PartitionBacklog};
 pub use store::{build_pool, EventStore};

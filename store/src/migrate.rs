@@ -42,13 +42,21 @@ impl Migration {
 
 /// The store's own migrations: the event log. The SQL lives in the workspace's
 /// `migrations/` folder; other crates register the files they own there themselves.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "event_log",
-    sql: include_str!("../../migrations/0001_event_log.sql"),
-    // Its comment pointed at a design document outside the repository.
-    earlier_checksums: &["2b9628c8a9fe2175e97e71984f89fc516e0d96b276dce08ff3745a6f070108f6"],
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "event_log",
+        sql: include_str!("../../migrations/0001_event_log.sql"),
+        // Its comment pointed at a design document outside the repository.
+        earlier_checksums: &["2b9628c8a9fe2175e97e71984f89fc516e0d96b276dce08ff3745a6f070108f6"],
+    },
+    Migration {
+        version: 50,
+        name: "binary_payloads",
+        sql: include_str!("../../migrations/0050_binary_payloads.sql"),
+        earlier_checksums: &[],
+    },
+];
 
 /// The migrations of the crates that share one database: their lists, applied together in
 /// version order. `MigrationSet::store().with(OTHER_CRATE_MIGRATIONS)` adds a crate's list;
@@ -290,9 +298,9 @@ mod tests {
     #[test]
     fn the_lists_of_several_crates_are_merged_in_version_order() {
         let set = MigrationSet::store().with(ODDS).with(EVENS);
-        assert_eq!(versions(&set), [1, 2, 3, 4, 5]);
+        assert_eq!(versions(&set), [1, 2, 3, 4, 5, 50]);
         assert_eq!(versions(&MigrationSet::new([EVENS, ODDS])), [2, 3, 4, 5]);
-        assert_eq!(versions(&MigrationSet::default()), [1]);
+        assert_eq!(versions(&MigrationSet::default()), [1, 50]);
     }
 
     #[test]

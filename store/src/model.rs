@@ -71,6 +71,53 @@ pub struct NewEvent {
     /// Must be a JSON object (correlation/causation ids, actor, ...). An optional string
     /// field `idempotency_key` takes part in the content hash.
     pub metadata: Value,
+    /// How to store the payload: `None` as the store's payload codec decides for the event
+    /// type (JSON without one). The payload is given as JSON either way, and reads return
+    /// it as JSON; the content hash is over the JSON, so the encoding does not change dedup.
+    #[serde(default)]
+    pub encoding: Option<PayloadEncoding>,
+}
+
+/// How an event's payload is stored in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PayloadEncoding {
+    /// As `jsonb` in `events.payload`.
+    #[default]
+    Json,
+    /// As an Avro datum (no header) of the event's registered schema version, in
+    /// `events.payload_avro`; the store's payload codec (the schema registry) writes and
+    /// reads it.
+    Avro,
+}
+
+impl PayloadEncoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadEncoding::Json => "JSON",
+            PayloadEncoding::Avro => "AVRO",
+        }
+    }
+}
+
+impl std::fmt::Display for PayloadEncoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PayloadEncoding {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<PayloadEncoding, String> {
+        match text.to_ascii_uppercase().as_str() {
+            "JSON" => Ok(PayloadEncoding::Json),
+            "AVRO" => Ok(PayloadEncoding::Avro),
+            _ => Err(format!(
+                "'{text}' is not a payload encoding; use JSON or AVRO"
+            )),
+        }
+    }
 }
 
 impl NewEvent {
@@ -82,6 +129,7 @@ impl NewEvent {
             schema_version: 1,
             payload,
             metadata: Value::Object(Default::default()),
+            encoding: None,
         }
     }
 
@@ -97,6 +145,12 @@ impl NewEvent {
 
     pub fn with_schema_version(mut self, schema_version: i32) -> Self {
         self.schema_version = schema_version;
+        self
+    }
+
+    /// Stores the payload as `encoding` (the payload is still given and read as JSON).
+    pub fn with_encoding(mut self, encoding: PayloadEncoding) -> Self {
+        self.encoding = Some(encoding);
         self
     }
 }
@@ -173,10 +227,14 @@ pub struct RecordedEvent {
     pub event_id: Uuid,
     pub event_type: String,
     pub schema_version: i32,
+    /// Always JSON, whatever the encoding it is stored in.
     pub payload: Value,
     pub metadata: Value,
     pub content_hash: [u8; 32],
     pub recorded_at: DateTime<Utc>,
+    /// How the payload is stored in the log.
+    #[serde(default)]
+    pub encoding: PayloadEncoding,
 }
 
 impl RecordedEvent {

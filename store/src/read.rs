@@ -6,13 +6,22 @@
 //! last position it saw can never skip an event (positions are dense and in commit order).
 
 use crate::error::{Result, StoreError};
-use crate::model::{Position, RecordedEvent, StreamVersion};
+use crate::model::{PayloadEncoding, Position, RecordedEvent, StreamVersion};
 use futures::TryStreamExt;
 use tokio_postgres::types::ToSql;
 
 /// Columns of `events` in the order [`event_from_row`] decodes them.
 pub(crate) const EVENT_COLUMNS: &str = "position, stream_id, stream_version, partition, event_id, \
-     event_type, schema_version, payload, metadata, content_hash, recorded_at";
+     event_type, schema_version, payload, metadata, content_hash, recorded_at, payload_avro";
+
+/// An event as read from its row: a binary payload is still bytes, to be decoded to JSON by
+/// the store's payload codec ([`crate::hooks::finish_read`]) before any reader sees it.
+#[derive(Debug)]
+pub(crate) struct StoredEvent {
+    /// `payload` is `Null` while `avro` holds the payload.
+    pub event: RecordedEvent,
+    pub avro: Option<Vec<u8>>,
+}
 
 /// Which direction to read a stream in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,13 +101,20 @@ impl LogFilter {
 }
 
 /// Decodes a row selected with [`EVENT_COLUMNS`].
-pub(crate) fn event_from_row(row: &tokio_postgres::Row) -> RecordedEvent {
+pub(crate) fn event_from_row(row: &tokio_postgres::Row) -> StoredEvent {
     let hash: &[u8] = row.get(9);
     let mut content_hash = [0u8; 32];
     if hash.len() == 32 {
         content_hash.copy_from_slice(hash);
     }
-    RecordedEvent {
+    let payload: Option<serde_json::Value> = row.get(7);
+    let avro: Option<Vec<u8>> = row.get(11);
+    let encoding = if avro.is_some() {
+        PayloadEncoding::Avro
+    } else {
+        PayloadEncoding::Json
+    };
+    let event = RecordedEvent {
         position: row.get(0),
         stream_id: row.get(1),
         stream_version: row.get(2),
@@ -106,11 +122,13 @@ pub(crate) fn event_from_row(row: &tokio_postgres::Row) -> RecordedEvent {
         event_id: row.get(4),
         event_type: row.get(5),
         schema_version: row.get(6),
-        payload: row.get(7),
+        payload: payload.unwrap_or(serde_json::Value::Null),
         metadata: row.get(8),
         content_hash,
         recorded_at: row.get(10),
-    }
+        encoding,
+    };
+    StoredEvent { event, avro }
 }
 
 /// Reads up to `limit` events after `after` that pass `filter`, in position order.
@@ -119,7 +137,7 @@ pub(crate) async fn read_log<C: deadpool_postgres::GenericClient>(
     after: Position,
     filter: &LogFilter,
     limit: usize,
-) -> Result<Vec<RecordedEvent>> {
+) -> Result<Vec<StoredEvent>> {
     let statement = client
         .prepare_cached(&filter.sql())
         .await
@@ -161,7 +179,7 @@ pub(crate) async fn read_stream<C: deadpool_postgres::GenericClient>(
     from: Option<StreamVersion>,
     direction: Direction,
     limit: usize,
-) -> Result<Vec<RecordedEvent>> {
+) -> Result<Vec<StoredEvent>> {
     let sql = match direction {
         Direction::Forward => format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2 \

@@ -7,9 +7,11 @@ use crate::browse::{AppendRate, StreamSummary};
 use crate::config::StoreConfig;
 use crate::error::{Result, StoreError};
 use crate::heads::Heads;
-use crate::hooks::{apply_read_hook, AppendValidator, ReadHook};
+use crate::hooks::{codec_of, finish_read, AppendValidator, CodecSlot, PayloadCodec, ReadHook};
 use crate::migrate;
-use crate::model::{AppendOutcome, AppendRequest, Position, RecordedEvent, StreamVersion};
+use crate::model::{
+    AppendOutcome, AppendRequest, PayloadEncoding, Position, RecordedEvent, StreamVersion,
+};
 use crate::read::{self, Direction, LogFilter, PartitionBacklog};
 use crate::subscribe::{self, SubscribeOptions};
 use crate::tls::PgTls;
@@ -43,6 +45,8 @@ struct Inner {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Checks every append of every handle; read once per append.
     validator: RwLock<Option<Arc<dyn AppendValidator>>>,
+    /// Encodes every append of every handle, decodes every binary payload read.
+    codec: CodecSlot,
 }
 
 impl Drop for Inner {
@@ -151,6 +155,7 @@ impl EventStore {
                 shutdown,
                 tasks: Mutex::new(vec![writer, watcher]),
                 validator: RwLock::new(None),
+                codec: CodecSlot::default(),
             }),
             read_hook: None,
         })
@@ -160,7 +165,7 @@ impl EventStore {
     /// docs/design.md §4 and §5 for the rules on expected versions and dedup, §6 for what an
     /// error says about whether anything was written.
     pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome> {
-        let prepared = prepare(request, &self.inner.config.limits, self.inner.partitions)?;
+        let mut prepared = prepare(request, &self.inner.config.limits, self.inner.partitions)?;
         let validator = self
             .inner
             .validator
@@ -173,7 +178,47 @@ impl EventStore {
                 .await
                 .map_err(StoreError::Refused)?;
         }
+        // After validation, so a payload that breaks its JSON Schema is reported as such
+        // rather than as an encoding failure.
+        match codec_of(&self.inner.codec) {
+            Some(codec) => {
+                let binary = codec
+                    .encode(&prepared.request)
+                    .await
+                    .map_err(StoreError::Refused)?;
+                if binary.len() != prepared.request.events.len() {
+                    return Err(StoreError::Refused(crate::hooks::HookError::new(
+                        "INTERNAL",
+                        None,
+                        crate::error::CodecMismatch {
+                            events: prepared.request.events.len(),
+                            answers: binary.len(),
+                        },
+                    )));
+                }
+                prepared.binary = binary;
+            }
+            None => {
+                if let Some(event_index) = prepared
+                    .request
+                    .events
+                    .iter()
+                    .position(|e| e.encoding == Some(PayloadEncoding::Avro))
+                {
+                    return Err(
+                        crate::error::ValidationError::NoPayloadCodec { event_index }.into(),
+                    );
+                }
+            }
+        }
         self.inner.queue.submit(prepared).await
+    }
+
+    /// Installs (or with `None` removes) the payload codec: every later append of every
+    /// handle is encoded by it, and every binary payload any handle reads is decoded by it
+    /// (see [`crate::hooks`]). Without one, binary payloads cannot be written or read.
+    pub fn set_payload_codec(&self, codec: Option<Arc<dyn PayloadCodec>>) {
+        *self.inner.codec.write().unwrap_or_else(|e| e.into_inner()) = codec;
     }
 
     /// Installs (or with `None` removes) the validator every later append of every handle
@@ -215,10 +260,9 @@ impl EventStore {
     ) -> Result<Vec<RecordedEvent>> {
         crate::validate::stream_id(stream_id, &self.inner.config.limits)?;
         let client = self.inner.pool.get().await?;
-        let mut events = read::read_stream(&client, stream_id, from, direction, limit).await?;
+        let stored = read::read_stream(&client, stream_id, from, direction, limit).await?;
         drop(client);
-        apply_read_hook(self.read_hook.as_ref(), &mut events).await?;
-        Ok(events)
+        finish_read(&self.inner.codec, self.read_hook.as_ref(), stored).await
     }
 
     /// Reads up to `limit` events after `after` passing `filter`, in position order.
@@ -229,10 +273,9 @@ impl EventStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
         let client = self.inner.pool.get().await?;
-        let mut events = read::read_log(&client, after, filter, limit).await?;
+        let stored = read::read_log(&client, after, filter, limit).await?;
         drop(client);
-        apply_read_hook(self.read_hook.as_ref(), &mut events).await?;
-        Ok(events)
+        finish_read(&self.inner.codec, self.read_hook.as_ref(), stored).await
     }
 
     /// The number of events after `after` up to `upto` (inclusive) that pass `filter`
@@ -349,6 +392,7 @@ impl EventStore {
             partitions: self.inner.partition_heads.clone(),
             poll_interval: self.inner.config.poll_interval,
             read_hook: self.read_hook.clone(),
+            codec: self.inner.codec.clone(),
         }
     }
 

@@ -35,6 +35,8 @@ pub(crate) struct Source {
     pub poll_interval: Duration,
     /// Applied to every page read (see [`crate::hooks`]).
     pub read_hook: Option<Arc<dyn crate::hooks::ReadHook>>,
+    /// Decodes binary payloads (see [`crate::hooks`]).
+    pub codec: crate::hooks::CodecSlot,
 }
 
 impl Source {
@@ -45,10 +47,9 @@ impl Source {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
         let client = self.pool.get().await?;
-        let mut events = crate::read::read_log(&client, after, filter, limit).await?;
+        let stored = crate::read::read_log(&client, after, filter, limit).await?;
         drop(client);
-        crate::hooks::apply_read_hook(self.read_hook.as_ref(), &mut events).await?;
-        Ok(events)
+        crate::hooks::finish_read(&self.codec, self.read_hook.as_ref(), stored).await
     }
 }
 

@@ -43,8 +43,8 @@ pub enum SchemasCommand {
         #[arg(long, requires = "event_type")]
         schema_version: Option<i32>,
     },
-    /// Set EVENT_TYPE's compatibility and/or validation mode (`default`: follow the
-    /// server-wide default again).
+    /// Set EVENT_TYPE's compatibility mode, validation mode and/or storage encoding
+    /// (`default`: follow the server-wide default again; JSON for the encoding).
     Set {
         event_type: String,
         /// BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL,
@@ -54,6 +54,10 @@ pub enum SchemasCommand {
         /// OFF, WARN, ENFORCE or default.
         #[arg(long)]
         validation: Option<String>,
+        /// How appends that do not ask for an encoding store payloads: AVRO (compact, needs
+        /// Avro schemas on the versions), JSON or default (JSON).
+        #[arg(long)]
+        encoding: Option<String>,
     },
 }
 
@@ -161,7 +165,7 @@ pub async fn run(command: SchemasCommand, store: EventStore) -> anyhow::Result<(
             }
             for subject in subjects {
                 println!(
-                    "{:<32} compatibility {:<28} validation {:<18} versions {:?}",
+                    "{:<32} compatibility {:<28} validation {:<18} encoding {:<5} versions {:?}",
                     subject.event_type,
                     describe(
                         subject.compatibility,
@@ -173,6 +177,7 @@ pub async fn run(command: SchemasCommand, store: EventStore) -> anyhow::Result<(
                         settings.default_validation,
                         ValidationMode::as_str
                     ),
+                    subject.encoding.unwrap_or_default().as_str(),
                     subject.versions
                 );
             }
@@ -193,15 +198,26 @@ pub async fn run(command: SchemasCommand, store: EventStore) -> anyhow::Result<(
             event_type,
             compatibility,
             validation,
+            encoding,
         } => {
-            if compatibility.is_none() && validation.is_none() {
-                bail!("give --compatibility, --validation or both");
+            if compatibility.is_none() && validation.is_none() && encoding.is_none() {
+                bail!("give --compatibility, --validation or --encoding");
             }
             if let Some(text) = compatibility {
                 registry.set_mode(&event_type, mode(&text)?).await?;
             }
             if let Some(text) = validation {
                 registry.set_validation(&event_type, mode(&text)?).await?;
+            }
+            if let Some(text) = encoding {
+                let encoding = match text.to_ascii_lowercase().as_str() {
+                    "default" => None,
+                    _ => Some(
+                        text.parse::<tidemark_store::PayloadEncoding>()
+                            .map_err(|reason| anyhow::anyhow!(reason))?,
+                    ),
+                };
+                registry.set_encoding(&event_type, encoding).await?;
             }
             println!("updated {event_type}");
         }

@@ -59,6 +59,7 @@ impl BuiltinMutation {
                     .metadata
                     .map(|m| m.0)
                     .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
+                encoding: e.encoding.map(Into::into),
             })
             .collect();
         let request =

@@ -22,6 +22,8 @@ impl BuiltinQuery {
     /// Events of the whole log after a position, optionally filtered, in commit order.
     /// Page with `after: pageInfo.endCursor`: pages have no gaps and no repeats.
     #[graphql(guard = "RoleGuard(Role::Read)")]
+    // GraphQL arguments are the resolver's parameters.
+    #[allow(clippy::too_many_arguments)]
     async fn events(
         &self,
         ctx: &Context<'_>,
@@ -35,6 +37,11 @@ impl BuiltinQuery {
         category: Option<String>,
         #[graphql(desc = "Only these event types")] types: Option<Vec<String>>,
         #[graphql(desc = "Only this partition (0 .. partitions-1)")] partition: Option<i32>,
+        #[graphql(
+            default = false,
+            desc = "Return every event as the latest registered version of its type (schemaVersion says which); default: as written"
+        )]
+        upcast: bool,
     ) -> Result<EventPage> {
         let after = after.0;
         let tidemark = Tidemark::from_ctx(ctx)?;
@@ -59,7 +66,10 @@ impl BuiltinQuery {
             event_types: types.unwrap_or_default(),
             partition,
         };
-        let mut events = tidemark.store().read_log(after, &filter, first + 1).await?;
+        let mut events = tidemark
+            .reader(upcast)
+            .read_log(after, &filter, first + 1)
+            .await?;
         let has_next_page = events.len() > first;
         events.truncate(first);
         Ok(EventPage {
@@ -74,6 +84,8 @@ impl BuiltinQuery {
     /// Events of one stream, forwards (default) or backwards. Page with
     /// `after: pageInfo.endCursor` (a stream version).
     #[graphql(guard = "RoleGuard(Role::Read)")]
+    // GraphQL arguments are the resolver's parameters.
+    #[allow(clippy::too_many_arguments)]
     async fn stream(
         &self,
         ctx: &Context<'_>,
@@ -83,6 +95,11 @@ impl BuiltinQuery {
         )]
         from_version: Option<Int64>,
         #[graphql(default = false)] backward: bool,
+        #[graphql(
+            default = false,
+            desc = "Return every event as the latest registered version of its type (schemaVersion says which); default: as written"
+        )]
+        upcast: bool,
         #[graphql(default = 100)] first: i32,
         #[graphql(desc = "A previous page's endCursor: continue after that version")] after: Option<
             Int64,
@@ -118,7 +135,7 @@ impl BuiltinQuery {
             return Err(ApiError::bad_input("fromVersion", "versions start at 0").into());
         }
         let mut events = tidemark
-            .store()
+            .reader(upcast)
             .read_stream(&id, from, direction, first + 1)
             .await?;
         let has_next_page = events.len() > first;

@@ -53,6 +53,17 @@ pub enum UnregisteredPolicy {
     Refuse,
 }
 
+/// How an event's payload is stored in the log. Clients send and read JSON either way.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "tidemark_store::PayloadEncoding")]
+pub enum PayloadEncoding {
+    /// As JSON (`jsonb`).
+    Json,
+    /// As an Avro datum of the event's schema version in the registry: compact, decoded to
+    /// JSON on every read.
+    Avro,
+}
+
 /// The server-wide registry settings.
 #[derive(SimpleObject, Debug, Clone)]
 pub struct SchemaSettings {
@@ -83,6 +94,8 @@ pub struct SchemaSubject {
     pub effective_compatibility: CompatibilityMode,
     /// The mode appends get (its own or the default).
     pub effective_validation: ValidationMode,
+    /// How appends that do not ask for an encoding store payloads of this type.
+    pub encoding: PayloadEncoding,
     /// Registered versions, ascending.
     pub versions: Vec<i32>,
     pub latest_version: Option<i32>,
@@ -103,6 +116,7 @@ fn subject(
             .validation
             .unwrap_or(settings.default_validation)
             .into(),
+        encoding: subject.encoding.unwrap_or_default().into(),
         latest_version: subject.versions.last().copied(),
         versions: subject.versions,
         event_type: subject.event_type,
@@ -340,6 +354,24 @@ impl SchemaMutation {
         subject_of(registry, &event_type).await
     }
 
+    /// Sets how appends of `eventType` that do not ask for an encoding store payloads:
+    /// `AVRO` stores every writer's events compactly without changing clients (the type's
+    /// versions need Avro schemas; events claiming one without are stored as JSON); `JSON`
+    /// or `null` stores JSON. Applies to later appends; stored events keep their encoding.
+    #[graphql(guard = "RoleGuard(Role::Admin)")]
+    async fn set_schema_encoding(
+        &self,
+        ctx: &Context<'_>,
+        event_type: String,
+        encoding: Option<PayloadEncoding>,
+    ) -> ApiResult<SchemaSubject> {
+        let registry = Tidemark::from_ctx(ctx)?.schemas();
+        registry
+            .set_encoding(&event_type, encoding.map(Into::into))
+            .await?;
+        subject_of(registry, &event_type).await
+    }
+
     /// Sets the server-wide defaults and the policy for event types without a schema
     /// (each only when given).
     #[graphql(guard = "RoleGuard(Role::Admin)")]
@@ -392,6 +424,7 @@ async fn subject_of(
             event_type: event_type.to_owned(),
             compatibility: None,
             validation: None,
+            encoding: None,
             versions: Vec::new(),
         });
     Ok(subject(found, &settings))

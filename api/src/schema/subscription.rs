@@ -28,6 +28,11 @@ impl BuiltinSubscription {
         #[graphql(default_with = "Int64(0)")] after: Int64,
         category: Option<String>,
         types: Option<Vec<String>>,
+        #[graphql(
+            default = false,
+            desc = "Return every event as the latest registered version of its type (schemaVersion says which); default: as written"
+        )]
+        upcast: bool,
     ) -> Result<impl Stream<Item = Result<Event>>> {
         let after = after.0;
         let tidemark = Tidemark::from_ctx(ctx)?;
@@ -45,7 +50,7 @@ impl BuiltinSubscription {
         };
         let stop = tidemark.shutdown_token();
         let stream = tidemark
-            .store()
+            .reader(upcast)
             .subscribe(options)
             .map(|item| item.map(Event).map_err(async_graphql::Error::from))
             .take_until(async move { stop.cancelled().await });

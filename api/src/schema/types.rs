@@ -85,6 +85,10 @@ pub struct EventInput {
     /// Version of the payload's schema, for upcasting. Default 1.
     #[graphql(default = 1)]
     pub schema_version: i32,
+    /// How to store the payload; `data` is JSON either way and reads return JSON. `AVRO`:
+    /// encoded with the Avro schema of (`type`, `schemaVersion`) in the registry, compactly.
+    /// Null: as the event type's encoding in the registry says (JSON unless set).
+    pub encoding: Option<crate::schema::schemas::PayloadEncoding>,
 }
 
 /// An event as stored in the log.
@@ -121,8 +125,13 @@ impl Event {
     async fn schema_version(&self) -> i32 {
         self.0.schema_version
     }
+    /// The payload as JSON, whatever the encoding it is stored in.
     async fn data(&self) -> Json<&serde_json::Value> {
         Json(&self.0.payload)
+    }
+    /// How the payload is stored in the log.
+    async fn encoding(&self) -> crate::schema::schemas::PayloadEncoding {
+        self.0.encoding.into()
     }
     async fn metadata(&self) -> Json<&serde_json::Value> {
         Json(&self.0.metadata)

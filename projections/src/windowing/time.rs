@@ -187,6 +187,7 @@ pub(crate) fn recorded_event(payload: Value, metadata: Value) -> RecordedEvent {
         recorded_at: DateTime::parse_from_rfc3339("2024-05-01T12:00:00Z")
             .unwrap()
             .to_utc(),
+        encoding: Default::default(),
     }
 }
 

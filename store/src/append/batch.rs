@@ -98,9 +98,11 @@ struct Columns<'a> {
     event_id: Vec<Uuid>,
     event_type: Vec<&'a str>,
     schema_version: Vec<i32>,
-    payload: Vec<&'a serde_json::Value>,
+    /// Exactly one of `payload` and `payload_avro` is set per event.
+    payload: Vec<Option<&'a serde_json::Value>>,
     metadata: Vec<&'a serde_json::Value>,
     content_hash: Vec<&'a [u8]>,
+    payload_avro: Vec<Option<&'a [u8]>>,
 }
 
 /// The result of a batch that reached the database: one answer per request, in order,
@@ -240,9 +242,10 @@ pub(crate) async fn write_batch(
     let (insert_events, upsert_streams, advance_head, notify) = futures::try_join!(
         tx.prepare_cached(
             "INSERT INTO events (position, stream_id, stream_version, partition, event_id, event_type,
-                                 schema_version, payload, metadata, content_hash)
+                                 schema_version, payload, metadata, content_hash, payload_avro)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::smallint[], $5::uuid[],
-                                  $6::text[], $7::int[], $8::jsonb[], $9::jsonb[], $10::bytea[])",
+                                  $6::text[], $7::int[], $8::jsonb[], $9::jsonb[], $10::bytea[],
+                                  $11::bytea[])",
         ),
         tx.prepare_cached(
             "INSERT INTO streams (stream_id, version)
@@ -253,7 +256,7 @@ pub(crate) async fn write_batch(
         tx.prepare_cached("SELECT pg_notify($1, $2)"),
     )
     .map_err(StoreError::db("preparing the append writes"))?;
-    let params: [&(dyn ToSql + Sync); 10] = [
+    let params: [&(dyn ToSql + Sync); 11] = [
         &columns.position,
         &columns.stream_id,
         &columns.stream_version,
@@ -264,6 +267,7 @@ pub(crate) async fn write_batch(
         &columns.payload,
         &columns.metadata,
         &columns.content_hash,
+        &columns.payload_avro,
     ];
     let (streams, versions): (Vec<&str>, Vec<i64>) = touched_streams.into_iter().unzip();
     let mut partition_heads: HashMap<i16, Position> = HashMap::new();
@@ -372,7 +376,10 @@ impl<'a> Columns<'a> {
             self.event_id.push(answer.event_id);
             self.event_type.push(&event.event_type);
             self.schema_version.push(event.schema_version);
-            self.payload.push(&event.payload);
+            let binary = prepared.binary.get(index).and_then(|b| b.as_deref());
+            self.payload
+                .push(binary.is_none().then_some(&event.payload));
+            self.payload_avro.push(binary);
             self.metadata.push(&event.metadata);
             self.content_hash.push(&prepared.hashes[index]);
         }

@@ -16,6 +16,8 @@ pub(crate) struct PreparedAppend {
     /// Per event: its id (client-given, derived or fresh) and content hash.
     pub event_ids: Vec<Uuid>,
     pub hashes: Vec<[u8; 32]>,
+    /// Per event: the binary payload to store instead of its JSON (the payload codec's).
+    pub binary: Vec<Option<Vec<u8>>>,
 }
 
 pub(crate) fn prepare(
@@ -43,10 +45,12 @@ pub(crate) fn prepare(
         event_ids.push(id);
         hashes.push(hash);
     }
+    let binary = vec![None; request.events.len()];
     Ok(PreparedAppend {
         request,
         partition,
         event_ids,
         hashes,
+        binary,
     })
 }

@@ -281,9 +281,9 @@ async fn the_migrations_of_several_crates_are_applied_in_one_version_order() {
     let db = TestDatabase::create().await;
     let mut client = connect(&db).await;
     let set = MigrationSet::new([API_LIKE, ENGINE_LIKE, MIGRATIONS]);
-    assert_eq!(versions_of(&set), [1, 2, 3, 4]);
+    assert_eq!(versions_of(&set), [1, 2, 3, 4, 50]);
     let report = migrate::run(&mut client, &set).await.expect("migrating");
-    assert_eq!(report.applied, [1, 2, 3, 4]);
+    assert_eq!(report.applied, [1, 2, 3, 4, 50]);
     assert_eq!(recorded_migrations(&db).await, shipped_migrations(&set));
     assert!(migrate::is_up_to_date(&client, &several_crates())
         .await
@@ -304,7 +304,7 @@ async fn a_crates_migrations_are_added_on_top_and_then_required() {
         .await
         .expect("adding the other crates' migrations");
     assert_eq!(report.applied, [2, 3, 4]);
-    assert_eq!(report.already_applied, [1]);
+    assert_eq!(report.already_applied, [1, 50]);
     assert_eq!(
         recorded_migrations(&db).await,
         shipped_migrations(&several_crates())

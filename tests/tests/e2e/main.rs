@@ -13,6 +13,7 @@ mod app_builder;
 mod auth;
 mod bad_input;
 mod bank;
+mod binary_payloads;
 mod embedded_recovery;
 mod events;
 mod graphiql;
