@@ -1,11 +1,13 @@
 //! The GraphQL schema: the built-in queries, mutations and subscriptions (the schema
-//! registry's in [`schemas`]) merged with the application's, and [`ApiSchema`], the schema behind one non-generic handle that gives
+//! registry's in [`schemas`], consumer groups' in [`groups`]) merged with the application's, and [`ApiSchema`], the schema behind one non-generic handle that gives
 //! every error in every response a stable code (see [`crate::error::normalize`]).
 
 pub(crate) mod app_fields;
 pub mod directive;
+pub mod groups;
 pub mod mutation;
 pub mod query;
+pub mod scalars;
 pub mod schemas;
 pub mod subscription;
 pub mod types;
@@ -23,6 +25,7 @@ use futures::{FutureExt, StreamExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+pub use groups::{GroupMutation, GroupQuery};
 pub use mutation::BuiltinMutation;
 pub use query::BuiltinQuery;
 pub use schemas::{SchemaMutation, SchemaQuery};
@@ -31,12 +34,17 @@ pub use subscription::BuiltinSubscription;
 /// The root query: built-in fields and the application's.
 #[derive(MergedObject, Default, Clone)]
 #[graphql(name = "Query")]
-pub struct Query<Q: ObjectType + 'static>(pub BuiltinQuery, pub SchemaQuery, pub Q);
+pub struct Query<Q: ObjectType + 'static>(pub BuiltinQuery, pub SchemaQuery, pub GroupQuery, pub Q);
 
 /// The root mutation: built-in fields and the application's.
 #[derive(MergedObject, Default, Clone)]
 #[graphql(name = "Mutation")]
-pub struct Mutation<M: ObjectType + 'static>(pub BuiltinMutation, pub SchemaMutation, pub M);
+pub struct Mutation<M: ObjectType + 'static>(
+    pub BuiltinMutation,
+    pub SchemaMutation,
+    pub GroupMutation,
+    pub M,
+);
 
 /// The root subscription: built-in fields and the application's.
 #[derive(MergedSubscription, Default, Clone)]
@@ -66,8 +74,8 @@ where
     S: SubscriptionType + 'static,
 {
     let mut builder = Schema::build(
-        Query(BuiltinQuery, SchemaQuery, query),
-        Mutation(BuiltinMutation, SchemaMutation, mutation),
+        Query(BuiltinQuery, SchemaQuery, GroupQuery, query),
+        Mutation(BuiltinMutation, SchemaMutation, GroupMutation, mutation),
         Subscription(BuiltinSubscription, subscription),
     )
     .limit_depth(settings.limits.max_query_depth)
