@@ -15,6 +15,7 @@ mod bank;
 mod embedded_recovery;
 mod events;
 mod graphiql;
+mod groups;
 mod http_service;
 mod metrics;
 mod outcome;
