@@ -25,7 +25,7 @@ use futures::{FutureExt, StreamExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-pub use groups::{GroupMutation, GroupQuery};
+pub use groups::{GroupMutation, GroupQuery, GroupSubscription};
 pub use mutation::BuiltinMutation;
 pub use query::BuiltinQuery;
 pub use schemas::{SchemaMutation, SchemaQuery};
@@ -49,7 +49,11 @@ pub struct Mutation<M: ObjectType + 'static>(
 /// The root subscription: built-in fields and the application's.
 #[derive(MergedSubscription, Default, Clone)]
 #[graphql(name = "Subscription")]
-pub struct Subscription<S: SubscriptionType + 'static>(pub BuiltinSubscription, pub S);
+pub struct Subscription<S: SubscriptionType + 'static>(
+    pub BuiltinSubscription,
+    pub GroupSubscription,
+    pub S,
+);
 
 /// What a schema is built with.
 #[derive(Clone, Default)]
@@ -76,7 +80,7 @@ where
     let mut builder = Schema::build(
         Query(BuiltinQuery, SchemaQuery, GroupQuery, query),
         Mutation(BuiltinMutation, SchemaMutation, GroupMutation, mutation),
-        Subscription(BuiltinSubscription, subscription),
+        Subscription(BuiltinSubscription, GroupSubscription, subscription),
     )
     .limit_depth(settings.limits.max_query_depth)
     .limit_complexity(settings.limits.max_query_complexity)

@@ -16,7 +16,7 @@
 //! - `select`: which outstanding messages a fetch may hand out, per strategy (pure rules).
 //! - `metrics`: the per-group gauges.
 //! - [`migrations`]: the crate's migration (`migrations/0200_consumer_groups.sql`).
-//! - [`error`]: [`ConsumerError`].
+//! - [`error`]: what can fail, [`ConsumerError`].
 //!
 //! The crate depends on the store only; the API serves it over GraphQL and the CLI.
 

@@ -2,8 +2,11 @@
 //! with `fetch` (a long poll), then `ack` or `nack`; operators create and delete groups,
 //! read their lag and counters, and list and replay parked messages.
 //!
-//! Roles: reading groups is `read`; `fetch`, `ack` and `nack` change a group's state (what
-//! is in flight to whom), so they need `append`; creating, deleting and replaying are
+//! The push form is the `consumerGroupMessages` subscription (over the GraphQL WebSocket):
+//! the same deliveries as `fetch`, sent as they become ready; settled with `ack`/`nack`.
+//!
+//! Roles: reading groups is `read`; `fetch`, `ack`, `nack` and the subscription change a
+//! group's state (what is in flight to whom), so they need `append`; creating, deleting and replaying are
 //! `admin`. Errors: `GROUP_NOT_FOUND`, `GROUP_EXISTS`, `BAD_INPUT` (with the field).
 
 use super::scalars::Int64;
@@ -11,8 +14,9 @@ use super::types::Event;
 use crate::auth::{Role, RoleGuard};
 use crate::error::{ApiError, ApiResult};
 use crate::Tidemark;
-use async_graphql::{Context, Enum, Object, SimpleObject};
+use async_graphql::{Context, Enum, Object, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
 use std::time::Duration;
 use tidemark_consumers::{
     GroupSettings, GroupSpec, GroupStatus, Message, ParkedMessage, Selector, StartFrom,
@@ -434,6 +438,58 @@ impl GroupMutation {
             .replay_parked(&group, positions.as_deref())
             .await?;
         Ok(Int64(replayed as i64))
+    }
+}
+
+/// Consumer-group subscriptions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupSubscription;
+
+#[Subscription]
+impl GroupSubscription {
+    /// The push form of `fetch`: messages of `group` for `consumer`, sent as they become
+    /// ready, each a delivery as `fetch` makes it (settle it with `ack` or `nack` before its
+    /// `deadline`). At most the group's `maxInFlight` are unsettled at once: while the
+    /// consumer holds that many, nothing more is sent. Messages sent to a connection that
+    /// closes go to another consumer after their ack timeout. Ends with an error when the
+    /// group is deleted.
+    #[graphql(guard = "RoleGuard(Role::Append)")]
+    async fn consumer_group_messages(
+        &self,
+        ctx: &Context<'_>,
+        group: String,
+        consumer: String,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<ConsumerMessage>>> {
+        let tidemark = Tidemark::from_ctx(ctx)?.clone();
+        let groups = tidemark.groups().clone();
+        // An unknown group fails now, not on the first poll.
+        groups.status(&group).await.map_err(ApiError::from)?;
+        let wait = tidemark.limits().max_wait;
+        let stop = tidemark.shutdown_token();
+        let batches = futures::stream::unfold(Some(groups), move |groups| {
+            let (group, consumer) = (group.clone(), consumer.clone());
+            async move {
+                let groups = groups?;
+                match groups.fetch(&group, &consumer, 100, wait).await {
+                    Ok(messages) => Some((Ok(messages), Some(groups))),
+                    // Said once; the stream ends.
+                    Err(error) => Some((Err(ApiError::from(error)), None)),
+                }
+            }
+        });
+        let stream = batches
+            .flat_map(|batch| {
+                let items: Vec<async_graphql::Result<ConsumerMessage>> = match batch {
+                    Ok(messages) => messages
+                        .into_iter()
+                        .map(|m| Ok(ConsumerMessage(m)))
+                        .collect(),
+                    Err(error) => vec![Err(error.into())],
+                };
+                futures::stream::iter(items)
+            })
+            .take_until(async move { stop.cancelled().await });
+        Ok(stream)
     }
 }
 

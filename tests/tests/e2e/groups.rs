@@ -247,7 +247,6 @@ async fn competing_consumers_across_two_server_processes_and_a_dead_consumers_ba
     for c in consumers {
         c.await.unwrap();
     }
-    let l = ledger.lock().unwrap();
     let order_positions: BTreeSet<i64> = servers[0]
         .data(
             "{ events(first: 200, category: \"order\") { events { position } } }",
@@ -260,22 +259,25 @@ async fn competing_consumers_across_two_server_processes_and_a_dead_consumers_ba
         .map(|e| e["position"].as_i64().unwrap())
         .collect();
     assert_eq!(order_positions.len(), total);
-    let acked: BTreeSet<i64> = l.acked.keys().copied().collect();
-    assert_eq!(
-        acked, order_positions,
-        "every selected event acked once, none skipped"
-    );
-    for p in &doomed_positions {
-        assert!(
-            l.redelivered.get(p).is_some_and(|count| *count >= 2),
-            "the dead consumer's position {p} went to a survivor on a later delivery"
+    {
+        let l = ledger.lock().unwrap();
+        let acked: BTreeSet<i64> = l.acked.keys().copied().collect();
+        assert_eq!(
+            acked, order_positions,
+            "every selected event acked once, none skipped"
+        );
+        for p in &doomed_positions {
+            assert!(
+                l.redelivered.get(p).is_some_and(|count| *count >= 2),
+                "the dead consumer's position {p} went to a survivor on a later delivery"
+            );
+        }
+        assert_eq!(
+            l.acks_via.len(),
+            2,
+            "both server processes served consumers"
         );
     }
-    assert_eq!(
-        l.acks_via.len(),
-        2,
-        "both server processes served consumers"
-    );
     // The dead consumer's late ack loses nothing: its messages were settled by others.
     let (done, stale) = ack(&servers[0], "work", "doomed", &doomed_positions).await;
     assert!(done.is_empty());
@@ -564,4 +566,60 @@ async fn the_api_guards_groups_by_role_names_its_errors_and_parks_replays_and_re
         .graphql_data("{ consumerGroups { name } }", json!({}), Some(READ_KEY))
         .await;
     assert_eq!(listed["consumerGroups"], json!([]));
+}
+
+#[tokio::test]
+async fn the_push_form_sends_messages_over_the_websocket_up_to_max_in_flight() {
+    let app = spawn_app().await;
+    assert_no_errors(
+        &app.graphql(
+            "mutation { createConsumerGroup(name: \"push\", maxInFlight: 2) { name } }",
+            json!({}),
+            Some(ADMIN_KEY),
+        )
+        .await,
+    );
+    app.append(
+        "order-1",
+        json!([{ "type": "A", "data": {} }, { "type": "B", "data": {} }, { "type": "C", "data": {} }]),
+    )
+    .await;
+    let subscription = "subscription { consumerGroupMessages(group: \"push\", consumer: \"ws-1\") {
+                          position deliveryCount event { type } } }";
+    let mut refused = app.subscribe(subscription, json!({}), Some(READ_KEY)).await;
+    let message = refused.next_message().await;
+    assert_eq!(
+        message["payload"]["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{message}"
+    );
+
+    let mut messages = app
+        .subscribe(subscription, json!({}), Some(APPEND_KEY))
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(messages.next().await["consumerGroupMessages"].clone());
+    }
+    assert_eq!(got[0]["position"], 1);
+    assert_eq!(got[1]["position"], 2);
+    // Two in flight: the third waits until one is acked.
+    let status = app
+        .graphql_data(STATUS, json!({ "g": "push" }), Some(READ_KEY))
+        .await;
+    assert_eq!(status["consumerGroup"]["inFlight"], 2, "{status}");
+    assert_eq!(status["consumerGroup"]["waiting"], 1, "{status}");
+    let acked = app
+        .graphql_data(
+            "mutation { ack(group: \"push\", consumer: \"ws-1\", positions: [1, 2]) { done } }",
+            json!({}),
+            Some(APPEND_KEY),
+        )
+        .await;
+    assert_eq!(acked["ack"]["done"], json!([1, 2]));
+    let third = messages.next().await["consumerGroupMessages"].clone();
+    assert_eq!(
+        third,
+        json!({ "position": 3, "deliveryCount": 1, "event": { "type": "C" } })
+    );
+    messages.close().await;
 }

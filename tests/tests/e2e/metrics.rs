@@ -108,12 +108,26 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
     )
     .await;
     let _ = app.graphql("{ nope }", json!({}), Some(READ_KEY)).await;
-    let text = eventually("the projection and pool gauges", WAIT, || async {
-        let (_, text) = app.get("/metrics").await;
-        (text.contains("tidemark_projection_lag_events")
-            && text.contains("tidemark_db_pool_connections"))
-        .then_some(text)
-    })
+    // A consumer group, so its per-group figures are exported.
+    assert_no_errors(
+        &app.graphql(
+            "mutation { createConsumerGroup(name: \"dash\") { name } }",
+            json!({}),
+            Some(ADMIN_KEY),
+        )
+        .await,
+    );
+    let text = eventually(
+        "the projection, pool and consumer group gauges",
+        WAIT,
+        || async {
+            let (_, text) = app.get("/metrics").await;
+            (text.contains("tidemark_projection_lag_events")
+                && text.contains("tidemark_db_pool_connections")
+                && text.contains("tidemark_consumer_group_redeliveries_total"))
+            .then_some(text)
+        },
+    )
     .await;
     for name in &queried {
         let base = name.strip_suffix("_bucket").unwrap_or(name);
