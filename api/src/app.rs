@@ -43,7 +43,7 @@
 use crate::config::ApiLimits;
 use crate::error::ApiError;
 use crate::evolution::Evolution;
-use crate::schema::{self, ApiSchema, SchemaSettings};
+use crate::schema::{self, ApiSchema, SchemaConflict, SchemaSettings};
 use async_graphql::{Context, EmptyMutation, EmptySubscription, ObjectType, SubscriptionType};
 use std::future::Future;
 use std::sync::Arc;
@@ -56,7 +56,7 @@ use tidemark_store::{EventStore, Position};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-type SchemaFactory = dyn Fn(SchemaSettings) -> ApiSchema + Send + Sync;
+type SchemaFactory = dyn Fn(SchemaSettings) -> Result<ApiSchema, SchemaConflict> + Send + Sync;
 
 /// An application: its projections and handlers and its GraphQL objects. Build one with
 /// [`TidemarkApp::builder`]; run it with [`crate::cli::run`] or [`crate::Application`].
@@ -107,12 +107,18 @@ impl TidemarkApp {
         &self.inner.schemas
     }
 
-    /// The application's merged schema in SDL.
-    pub fn sdl(&self) -> String {
-        self.schema(SchemaSettings::default()).sdl()
+    /// The application's merged schema in SDL, or why its GraphQL types cannot be merged.
+    pub fn sdl(&self) -> Result<String, SchemaConflict> {
+        Ok(self.schema(SchemaSettings::default())?.sdl())
     }
 
-    pub(crate) fn schema(&self, settings: SchemaSettings) -> ApiSchema {
+    /// Whether the application's GraphQL types merge with the built-in schema; a server
+    /// checks it before it opens the database.
+    pub fn check_graphql(&self) -> Result<(), SchemaConflict> {
+        self.schema(SchemaSettings::default()).map(drop)
+    }
+
+    pub(crate) fn schema(&self, settings: SchemaSettings) -> Result<ApiSchema, SchemaConflict> {
         (self.inner.schema)(settings)
     }
 }

@@ -211,6 +211,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDEMARK_DISABLE_INTROSPECTION")]
     pub disable_introspection: bool,
 
+    /// An origin whose browser pages may call the API (CORS), e.g.
+    /// `https://app.example.com`; repeat it or separate with commas; `*` allows any origin.
+    /// Without it, only the server's own pages may (browsers' same-origin rule).
+    #[arg(
+        long = "cors-origin",
+        env = "TIDEMARK_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "TIDEMARK_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
     pub shutdown_timeout_ms: u64,
@@ -251,6 +261,7 @@ impl ServeArgs {
                 max_concurrent_requests: self.max_concurrent_requests.max(1),
                 admission_budget: Duration::from_millis(self.admission_budget_ms),
                 introspection: !self.disable_introspection,
+                cors_origins: self.cors_origins.clone(),
                 ..ApiLimits::default()
             },
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),

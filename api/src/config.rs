@@ -66,6 +66,30 @@ pub fn redact_url(url: &str) -> String {
         .join(" ")
 }
 
+/// Whether `origin` can be a CORS origin: `*`, or `scheme://host[:port]` with nothing after
+/// (browsers send the `Origin` header in exactly that form, so anything else never matches).
+pub fn check_cors_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let well_formed = origin.split_once("://").is_some_and(|(scheme, host)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            && !host.is_empty()
+            && !host.contains(['/', '?', '#', ' '])
+    });
+    if well_formed && origin.is_ascii() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{origin:?} is not an origin: write it as a browser sends it, \
+             scheme://host[:port] without a path (e.g. https://app.example.com), or * for any"
+        ))
+    }
+}
+
 /// Limits on what one request may ask for. Every field has a command-line flag.
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
@@ -98,6 +122,10 @@ pub struct ApiLimits {
     /// Whether clients may read the schema by introspection (GraphiQL and schema-aware
     /// clients need it). Turn it off where the schema should not be discoverable.
     pub introspection: bool,
+    /// Origins whose browser pages may call the API (CORS): exact origins such as
+    /// `https://app.example.com`, or `*` for any. Empty (the default): only pages served by
+    /// the server itself (GraphiQL, the dashboard) may, as browsers enforce by default.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ApiLimits {
@@ -115,6 +143,7 @@ impl Default for ApiLimits {
             admission_budget: Duration::from_secs(1),
             max_wait: Duration::from_secs(30),
             introspection: true,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -225,6 +254,9 @@ impl ServerConfig {
         if self.limits.max_events_per_append == 0 || self.limits.max_page_size == 0 {
             return Err("the limits on events per append and page size must be at least 1".into());
         }
+        for origin in &self.limits.cors_origins {
+            check_cors_origin(origin).map_err(|problem| format!("--cors-origin: {problem}"))?;
+        }
         Ok(())
     }
 }
@@ -254,5 +286,24 @@ mod tests {
         assert!(config.validate().is_ok());
         config.listen = "0.0.0.0:8080".parse().unwrap();
         assert!(config.validate().unwrap_err().contains("loopback"));
+    }
+
+    #[test]
+    fn cors_origins_are_written_as_browsers_send_them() {
+        for good in ["*", "https://app.example.com", "http://127.0.0.1:3000"] {
+            assert_eq!(check_cors_origin(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://",
+            "http://a b",
+        ] {
+            let problem = check_cors_origin(bad).unwrap_err();
+            assert!(problem.contains("scheme://host[:port]"), "{bad}: {problem}");
+        }
+        let mut config = ServerConfig::default();
+        config.limits.cors_origins = vec!["https://x.example/path".into()];
+        assert!(config.validate().unwrap_err().starts_with("--cors-origin"));
     }
 }

@@ -26,7 +26,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{
     DefaultBodyLimit, MatchedPath, Path, RawQuery, Request, State, WebSocketUpgrade,
 };
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark_pg_embedded::ClusterHealth;
 use tokio::sync::{watch, Semaphore};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -57,7 +58,8 @@ pub(crate) struct AppState {
 
 pub(crate) fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
-    Router::new()
+    let cors = cors_layer(&state.limits.cors_origins);
+    let router = Router::new()
         .route("/", get(graphiql))
         .route("/assets/{name}", get(graphiql_asset))
         .route("/graphql", get(graphql_ws).post(graphql_http))
@@ -71,7 +73,37 @@ pub(crate) fn router(state: AppState) -> Router {
             state.drain.clone(),
             crate::drain::track,
         ))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// The CORS answers for `origins` (see `ApiLimits::cors_origins`); `None` when no origin
+/// is allowed, so the server sends no CORS headers at all. Origins are checked with the
+/// rest of the configuration ([`crate::config::check_cors_origin`]).
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(Duration::from_secs(3600)),
+    )
 }
 
 /// A GraphQL-shaped error body (`{"errors": [...]}`) for failures outside GraphQL.

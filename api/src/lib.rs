@@ -56,6 +56,7 @@ pub use auth::{Principal, Role, RoleGuard};
 pub use config::{ApiLimits, DatabaseConfig, ServerConfig};
 pub use error::{ApiError, ApiResult, ErrorCode};
 pub use migrations::all_migrations;
+pub use schema::SchemaConflict;
 pub use startup::Application;
 
 /// The async-graphql this crate is built with. Applications deriving GraphQL objects also

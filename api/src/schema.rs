@@ -65,8 +65,70 @@ pub(crate) struct SchemaSettings {
     pub public_fields: Vec<String>,
 }
 
-/// Builds the merged schema for an application's GraphQL objects.
+/// Why an application's GraphQL types cannot be merged with the built-in schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaConflict {
+    /// The application named one of its root objects like a merged root.
+    #[error(
+        "the application's GraphQL {root} object is named `{name}`, which is the name of the \
+         merged root type Tidemark builds around it; give it another name, e.g. \
+         #[graphql(name = \"App{name}\")] on the struct (clients still query the fields \
+         under `{root}`)"
+    )]
+    RootName { root: &'static str, name: String },
+    /// Two different types have one GraphQL name (the application's and a built-in one,
+    /// or two of the application's).
+    #[error(
+        "the application's GraphQL types clash with the schema they are merged into: {0}; \
+         give the application's type another name with #[graphql(name = \"...\")]"
+    )]
+    NameClash(String),
+}
+
+/// The names of the merged roots: an application's root object may not take them.
+const ROOT_NAMES: [&str; 3] = ["Query", "Mutation", "Subscription"];
+
+/// Builds the merged schema for an application's GraphQL objects, or says which of the
+/// application's names clash (checked before anything is started with it).
 pub(crate) fn build<Q, M, S>(
+    query: Q,
+    mutation: M,
+    subscription: S,
+    settings: SchemaSettings,
+) -> Result<ApiSchema, SchemaConflict>
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
+    for (root, name) in [
+        ("query", Q::type_name()),
+        ("mutation", M::type_name()),
+        ("subscription", S::type_name()),
+    ] {
+        if ROOT_NAMES.contains(&name.as_ref()) {
+            return Err(SchemaConflict::RootName {
+                root,
+                name: name.into_owned(),
+            });
+        }
+    }
+    // async-graphql refuses a clash of type names by panicking while it registers types;
+    // turn that into an error that says what to rename.
+    std::panic::catch_unwind(AssertUnwindSafe(move || {
+        build_unchecked(query, mutation, subscription, settings)
+    }))
+    .map_err(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("two types have the same name");
+        SchemaConflict::NameClash(message.to_string())
+    })
+}
+
+fn build_unchecked<Q, M, S>(
     query: Q,
     mutation: M,
     subscription: S,
@@ -220,7 +282,10 @@ mod tests {
     /// API show up in review. Regenerate with `TIDEMARK_UPDATE_SCHEMA=1 cargo test -p tidemark-api`.
     #[test]
     fn schema_file_matches_the_code() {
-        let sdl = TidemarkApp::builder().build().sdl();
+        let sdl = TidemarkApp::builder()
+            .build()
+            .sdl()
+            .expect("the built-in schema");
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql");
         if std::env::var_os("TIDEMARK_UPDATE_SCHEMA").is_some() {
             std::fs::write(&path, &sdl).expect("write api/schema.graphql");
@@ -234,10 +299,62 @@ mod tests {
         );
     }
 
+    /// An application type with a built-in type's name (here `Event`) is an error naming
+    /// the clash, not a panic; a root object named like a merged root says what to rename.
+    #[test]
+    fn clashing_application_names_are_errors_that_say_what_to_rename() {
+        #[derive(async_graphql::SimpleObject)]
+        struct Event {
+            kind: String,
+        }
+        #[derive(Default, Clone)]
+        struct ClashingQuery;
+        #[async_graphql::Object]
+        impl ClashingQuery {
+            async fn last_event(&self) -> Event {
+                Event { kind: "x".into() }
+            }
+        }
+        let clash = TidemarkApp::builder()
+            .graphql_query(ClashingQuery)
+            .build()
+            .check_graphql()
+            .unwrap_err();
+        assert!(
+            matches!(clash, super::SchemaConflict::NameClash(_)),
+            "{clash}"
+        );
+        assert!(clash.to_string().contains("Event"), "{clash}");
+
+        #[derive(Default, Clone)]
+        struct Mutation;
+        #[async_graphql::Object]
+        impl Mutation {
+            async fn noop(&self) -> bool {
+                true
+            }
+        }
+        let root = TidemarkApp::builder()
+            .graphql_mutation(Mutation)
+            .build()
+            .check_graphql()
+            .unwrap_err();
+        assert_eq!(
+            root,
+            super::SchemaConflict::RootName {
+                root: "mutation",
+                name: "Mutation".into()
+            }
+        );
+    }
+
     /// GraphiQL's introspection query must pass the default depth and complexity limits.
     #[tokio::test]
     async fn introspection_fits_the_default_limits() {
-        let schema = TidemarkApp::builder().build().schema(Default::default());
+        let schema = TidemarkApp::builder()
+            .build()
+            .schema(Default::default())
+            .expect("the built-in schema");
         let response = async_graphql::Executor::execute(&schema, INTROSPECTION.into()).await;
         assert!(response.errors.is_empty(), "{:?}", response.errors);
     }

@@ -49,6 +49,8 @@ impl Application {
     /// clear sentence when any of that is impossible.
     pub async fn build(config: ServerConfig, app: TidemarkApp) -> anyhow::Result<Application> {
         config.validate().map_err(|message| anyhow!(message))?;
+        // Before anything is started or migrated: a clash is a mistake in the code.
+        app.check_graphql()?;
         crate::telemetry::prometheus();
         tracing::info!(app = app.name(), config = %config.describe(), "starting");
         let listener = TcpListener::bind(config.listen)
@@ -124,7 +126,7 @@ impl Application {
             limits: limits.clone(),
             tidemark: Some(tidemark.clone()),
             ..SchemaSettings::default()
-        });
+        })?;
         let auth = Authenticator::new(
             config.insecure_dev,
             &config.api_keys,

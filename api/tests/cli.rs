@@ -4,7 +4,9 @@
 //!   directory, and `tidemark keys ...` on the same directory connects to that cluster while
 //!   the server runs (no wait, no second cluster, no advice to kill anything), leaves it
 //!   running, and starts the cluster itself once the server is gone;
-//! - `events tail | head` ends quietly when its reader goes away;
+//! - `events tail | head` ends quietly when its reader goes away; `events tail --until-head`
+//!   dumps up to the head and ends, filtered by `--stream` or `--category`;
+//! - a missing database is named in one sentence, without a backtrace;
 //! - `projections parked <unknown>` says the projection is unknown;
 //! - a server with authentication on and no key says at start how to create the first one.
 
@@ -287,7 +289,77 @@ fn events_tail_into_a_pipe_whose_reader_left_ends_quietly() {
     let stderr = text(&output.stderr);
     assert!(output.status.success(), "{}: {stderr}", output.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // `--until-head` prints up to the head as it was at start, then ends; `--stream` keeps
+    // one stream, `--category` one category.
+    append(&server, &key, "pipe-1");
+    append(&server, &key, "other-1");
+    let stream_lines = |args: &[&str]| -> Vec<(String, i64)> {
+        let mut full = vec!["events", "tail", "--until-head"];
+        full.extend_from_slice(args);
+        let output = tidemark(&data_dir, &full);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        text(&output.stdout)
+            .lines()
+            .map(|line| {
+                let event: Value = serde_json::from_str(line).expect("a JSON line");
+                (
+                    event["streamId"].as_str().expect("a stream id").to_string(),
+                    event["position"].as_i64().expect("a position"),
+                )
+            })
+            .collect()
+    };
+    let streams = |lines: Vec<(String, i64)>| -> Vec<String> {
+        lines.into_iter().map(|(stream, _)| stream).collect()
+    };
+    assert_eq!(
+        streams(stream_lines(&[])),
+        ["pipe-1", "pipe-2", "pipe-1", "other-1"]
+    );
+    let pipe_one = stream_lines(&["--stream", "pipe-1"]);
+    assert_eq!(streams(pipe_one.clone()), ["pipe-1", "pipe-1"]);
+    assert_eq!(streams(stream_lines(&["--category", "other"])), ["other-1"]);
+    let after_first = pipe_one[0].1.to_string();
+    assert_eq!(
+        streams(stream_lines(&[
+            "--stream",
+            "pipe-1",
+            "--after",
+            &after_first
+        ])),
+        ["pipe-1"]
+    );
     server.stop();
+}
+
+/// A command whose database does not exist says so in one sentence with PostgreSQL's own
+/// words, and prints no backtrace even when `RUST_BACKTRACE` asks for one.
+#[test]
+fn a_missing_database_is_named_in_one_sentence_without_a_backtrace() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let db = runtime.block_on(tidemark_testkit::TestDatabase::create());
+    let missing = db.url().replace(db.name(), "tidemark_no_such_database");
+    let output = Command::new(TIDEMARK)
+        .args(["--database-url", &missing, "projections", "status"])
+        .env("RUST_BACKTRACE", "full")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the command runs");
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("database \"tidemark_no_such_database\" does not exist"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }
 
 #[test]

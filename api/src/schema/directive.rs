@@ -8,6 +8,7 @@
 //!
 //! When the wait times out the field fails with `TIMEOUT` rather than answer stale data.
 
+use super::scalars::Int64;
 use crate::auth::{Principal, Role};
 use crate::error::{ApiError, ErrorCode};
 use crate::Tidemark;
@@ -69,12 +70,12 @@ impl CustomDirective for WaitFor {
 #[Directive(location = "Field", name = "waitFor")]
 pub fn wait_for(
     projection: String,
-    position: i64,
+    position: Int64,
     #[graphql(default = 2000)] timeout_ms: i32,
 ) -> impl CustomDirective {
     WaitFor {
         projection,
-        position,
+        position: position.0,
         timeout_ms,
     }
 }

@@ -1,5 +1,6 @@
 //! Built-in mutations: appending events, and the admin operations on projections.
 
+use super::scalars::Int64;
 use super::types::{
     AppendResult, BuildKind, BuildStarted, EventInput, ExpectedVersionInput, ReplayResult,
 };
@@ -77,13 +78,14 @@ impl BuiltinMutation {
         &self,
         ctx: &Context<'_>,
         name: String,
-        from: Option<i64>,
+        from: Option<Int64>,
         #[graphql(
             default = false,
             desc = "Confirms that a build `from` a position discards what the events up to it built"
         )]
         discard_earlier_events: bool,
     ) -> Result<BuildStarted> {
+        let from = from.map(i64::from);
         let tidemark = Tidemark::from_ctx(ctx)?;
         let request = match from {
             Some(p) if p < 0 => {
@@ -124,7 +126,7 @@ impl BuiltinMutation {
         Ok(BuildStarted {
             projection: name,
             kind,
-            from_position: from.unwrap_or(0),
+            from_position: Int64(from.unwrap_or(0)),
             to_position: None,
             schema,
         })
@@ -138,9 +140,10 @@ impl BuiltinMutation {
         &self,
         ctx: &Context<'_>,
         name: String,
-        position: i64,
+        position: Int64,
         #[graphql(desc = "Letters, digits and '_'; names the schema")] label: String,
     ) -> Result<BuildStarted> {
+        let position = position.0;
         let tidemark = Tidemark::from_ctx(ctx)?;
         if position < 0 {
             return Err(ApiError::bad_input("position", "position must not be negative").into());
@@ -169,8 +172,8 @@ impl BuiltinMutation {
             schema,
             projection: name,
             kind: BuildKind::AsOf,
-            from_position: 0,
-            to_position: Some(position),
+            from_position: Int64(0),
+            to_position: Some(Int64(position)),
         })
     }
 
@@ -181,8 +184,9 @@ impl BuiltinMutation {
         &self,
         ctx: &Context<'_>,
         name: String,
-        ids: Option<Vec<i64>>,
+        ids: Option<Vec<Int64>>,
     ) -> Result<ReplayResult> {
+        let ids: Option<Vec<i64>> = ids.map(|ids| ids.into_iter().map(i64::from).collect());
         let tidemark = Tidemark::from_ctx(ctx)?;
         let replayed = tidemark
             .engine()

@@ -1,5 +1,6 @@
 //! Built-in queries: the log, streams, projections, workers, read-your-writes waits.
 
+use super::scalars::Int64;
 use super::types::{
     Event, EventPage, PageInfo, PoolScaling, Projection, StreamPage, WaitResult, WindowResult,
     Worker,
@@ -25,16 +26,17 @@ impl BuiltinQuery {
         &self,
         ctx: &Context<'_>,
         #[graphql(
-            default = 0,
+            default_with = "Int64(0)",
             desc = "Position to read after (0: from the start); a previous page's endCursor"
         )]
-        after: i64,
+        after: Int64,
         #[graphql(default = 100, desc = "Most events to return")] first: i32,
         #[graphql(desc = "Only streams of this category (stream id up to the first '-')")]
         category: Option<String>,
         #[graphql(desc = "Only these event types")] types: Option<Vec<String>>,
         #[graphql(desc = "Only this partition (0 .. partitions-1)")] partition: Option<i32>,
     ) -> Result<EventPage> {
+        let after = after.0;
         let tidemark = Tidemark::from_ctx(ctx)?;
         let first = tidemark.page_size(first)?;
         if after < 0 {
@@ -62,7 +64,7 @@ impl BuiltinQuery {
         events.truncate(first);
         Ok(EventPage {
             page_info: PageInfo {
-                end_cursor: events.last().map(|e| e.position),
+                end_cursor: events.last().map(|e| Int64(e.position)),
                 has_next_page,
             },
             events: events.into_iter().map(Event).collect(),
@@ -79,15 +81,16 @@ impl BuiltinQuery {
         #[graphql(
             desc = "First version to read (inclusive); default the start, or the end when backward"
         )]
-        from_version: Option<i64>,
+        from_version: Option<Int64>,
         #[graphql(default = false)] backward: bool,
         #[graphql(default = 100)] first: i32,
         #[graphql(desc = "A previous page's endCursor: continue after that version")] after: Option<
-            i64,
+            Int64,
         >,
     ) -> Result<StreamPage> {
         let tidemark = Tidemark::from_ctx(ctx)?;
         let first = tidemark.page_size(first)?;
+        let (from_version, after) = (from_version.map(i64::from), after.map(i64::from));
         let direction = if backward {
             Direction::Backward
         } else {
@@ -98,7 +101,7 @@ impl BuiltinQuery {
             (Some(after), true) => {
                 if after <= 0 {
                     return Ok(StreamPage {
-                        version: tidemark.store().stream_version(&id).await?,
+                        version: tidemark.store().stream_version(&id).await?.map(Int64),
                         stream_id: id,
                         events: vec![],
                         page_info: PageInfo {
@@ -121,10 +124,10 @@ impl BuiltinQuery {
         let has_next_page = events.len() > first;
         events.truncate(first);
         Ok(StreamPage {
-            version: tidemark.store().stream_version(&id).await?,
+            version: tidemark.store().stream_version(&id).await?.map(Int64),
             stream_id: id,
             page_info: PageInfo {
-                end_cursor: events.last().map(|e| e.stream_version),
+                end_cursor: events.last().map(|e| Int64(e.stream_version)),
                 has_next_page,
             },
             events: events.into_iter().map(Event).collect(),
@@ -133,8 +136,10 @@ impl BuiltinQuery {
 
     /// Position of the last event in the log (0 when empty).
     #[graphql(guard = "RoleGuard(Role::Read)")]
-    async fn head(&self, ctx: &Context<'_>) -> Result<i64> {
-        Ok(Tidemark::from_ctx(ctx)?.store().head_position().await?)
+    async fn head(&self, ctx: &Context<'_>) -> Result<Int64> {
+        Ok(Int64(
+            Tidemark::from_ctx(ctx)?.store().head_position().await?,
+        ))
     }
 
     /// Every registered projection with its status, checkpoints, lag and last build.
@@ -229,9 +234,10 @@ impl BuiltinQuery {
         &self,
         ctx: &Context<'_>,
         projection: String,
-        position: i64,
+        position: Int64,
         #[graphql(default = 2000)] timeout_ms: i32,
     ) -> Result<WaitResult> {
+        let position = position.0;
         let tidemark = Tidemark::from_ctx(ctx)?;
         let timeout = tidemark.wait_timeout(timeout_ms)?;
         let reached = tidemark
@@ -240,7 +246,7 @@ impl BuiltinQuery {
         Ok(WaitResult {
             reached,
             projection,
-            position,
+            position: Int64(position),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Built-in subscriptions: the log (catch-up then live), projection progress, and the
 //! changes of a windowed projection's windows.
 
+use super::scalars::Int64;
 use super::types::{Event, Projection, WindowResult};
 use crate::auth::{Role, RoleGuard};
 use crate::error::ApiError;
@@ -24,10 +25,11 @@ impl BuiltinSubscription {
     async fn events(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 0)] after: i64,
+        #[graphql(default_with = "Int64(0)")] after: Int64,
         category: Option<String>,
         types: Option<Vec<String>>,
     ) -> Result<impl Stream<Item = Result<Event>>> {
+        let after = after.0;
         let tidemark = Tidemark::from_ctx(ctx)?;
         if after < 0 {
             return Err(ApiError::bad_input("after", "after must not be negative").into());

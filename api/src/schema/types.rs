@@ -11,6 +11,8 @@ use tidemark_projections::{
 use tidemark_store::{AppendOutcome, ExpectedVersion, RecordedEvent};
 use uuid::Uuid;
 
+use super::scalars::Int64;
+
 /// What the client believes about the stream before appending: `"any"`, `"no_stream"`,
 /// `"stream_exists"`, or the exact version of the stream's last event as a number (`3`, or
 /// `"3"`). A mismatch fails with `WRONG_EXPECTED_VERSION` and writes nothing.
@@ -92,15 +94,15 @@ pub struct Event(pub RecordedEvent);
 #[Object]
 impl Event {
     /// Global position: dense, in commit order, starting at 1. Use it as a cursor.
-    async fn position(&self) -> i64 {
-        self.0.position
+    async fn position(&self) -> Int64 {
+        Int64(self.0.position)
     }
     async fn stream_id(&self) -> &str {
         &self.0.stream_id
     }
     /// Version within the stream, from 0.
-    async fn stream_version(&self) -> i64 {
-        self.0.stream_version
+    async fn stream_version(&self) -> Int64 {
+        Int64(self.0.stream_version)
     }
     /// The stream's category: its id up to the first `-`.
     async fn category(&self) -> &str {
@@ -143,7 +145,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 pub struct PageInfo {
     /// The cursor of the last event of this page: its position (log reads) or stream
     /// version (stream reads). Pass it as `after` to get the next page. Null when empty.
-    pub end_cursor: Option<i64>,
+    pub end_cursor: Option<Int64>,
     /// Whether more events were there when this page was read.
     pub has_next_page: bool,
 }
@@ -160,7 +162,7 @@ pub struct EventPage {
 pub struct StreamPage {
     pub stream_id: String,
     /// The stream's last version now; null when the stream has no events.
-    pub version: Option<i64>,
+    pub version: Option<Int64>,
     pub events: Vec<Event>,
     pub page_info: PageInfo,
 }
@@ -169,8 +171,8 @@ pub struct StreamPage {
 #[derive(Debug, Clone, SimpleObject)]
 pub struct AppendedEvent {
     pub event_id: Uuid,
-    pub position: i64,
-    pub stream_version: i64,
+    pub position: Int64,
+    pub stream_version: Int64,
     /// The event was already stored (an idempotent retry or content dedup); the position
     /// and version are the original's.
     pub duplicate: bool,
@@ -181,9 +183,9 @@ pub struct AppendedEvent {
 pub struct AppendResult {
     pub stream_id: String,
     /// The stream's last version after the append.
-    pub stream_version: i64,
+    pub stream_version: Int64,
     /// Position of the last event: wait for this one to read your writes.
-    pub last_position: i64,
+    pub last_position: Int64,
     /// How many events were already stored.
     pub duplicates: i32,
     pub events: Vec<AppendedEvent>,
@@ -192,17 +194,17 @@ pub struct AppendResult {
 impl From<AppendOutcome> for AppendResult {
     fn from(outcome: AppendOutcome) -> Self {
         AppendResult {
-            last_position: outcome.last_position(),
+            last_position: Int64(outcome.last_position()),
             duplicates: outcome.events.iter().filter(|e| e.duplicate).count() as i32,
             stream_id: outcome.stream_id,
-            stream_version: outcome.stream_version,
+            stream_version: Int64(outcome.stream_version),
             events: outcome
                 .events
                 .into_iter()
                 .map(|e| AppendedEvent {
                     event_id: e.event_id,
-                    position: e.position,
-                    stream_version: e.stream_version,
+                    position: Int64(e.position),
+                    stream_version: Int64(e.stream_version),
                     duplicate: e.duplicate,
                 })
                 .collect(),
@@ -220,12 +222,12 @@ impl PartitionStatus {
         self.0.partition
     }
     /// Every matching event up to here is applied.
-    async fn checkpoint(&self) -> i64 {
-        self.0.checkpoint
+    async fn checkpoint(&self) -> Int64 {
+        Int64(self.0.checkpoint)
     }
     /// Matching events after the checkpoint (capped at 1,000,000).
-    async fn lag_events(&self) -> i64 {
-        self.0.lag_events
+    async fn lag_events(&self) -> Int64 {
+        Int64(self.0.lag_events)
     }
     /// Age of the oldest unapplied event; 0 when caught up.
     async fn lag_seconds(&self) -> f64 {
@@ -261,8 +263,8 @@ pub struct Build(pub RebuildProgress);
 /// A rebuild, replay or as-of build, running or finished.
 #[Object]
 impl Build {
-    async fn id(&self) -> i64 {
-        self.0.id
+    async fn id(&self) -> Int64 {
+        Int64(self.0.id)
     }
     /// `rebuild`, `replay` or `as_of`.
     async fn kind(&self) -> &str {
@@ -272,17 +274,17 @@ impl Build {
     async fn target(&self) -> String {
         self.0.target.to_string()
     }
-    async fn from_position(&self) -> i64 {
-        self.0.from_position
+    async fn from_position(&self) -> Int64 {
+        Int64(self.0.from_position)
     }
-    async fn to_position(&self) -> Option<i64> {
-        self.0.to_position
+    async fn to_position(&self) -> Option<Int64> {
+        self.0.to_position.map(Int64)
     }
-    async fn events_done(&self) -> i64 {
-        self.0.events_done
+    async fn events_done(&self) -> Int64 {
+        Int64(self.0.events_done)
     }
-    async fn events_total(&self) -> i64 {
-        self.0.events_total
+    async fn events_total(&self) -> Int64 {
+        Int64(self.0.events_total)
     }
     /// Done / total, from 0 to 1.
     async fn fraction(&self) -> f64 {
@@ -296,8 +298,8 @@ impl Build {
             (self.0.events_done as f64 / self.0.events_total as f64).min(1.0)
         }
     }
-    async fn position(&self) -> i64 {
-        self.0.position
+    async fn position(&self) -> Int64 {
+        Int64(self.0.position)
     }
     /// Events per second.
     async fn rate(&self) -> f64 {
@@ -328,8 +330,8 @@ pub struct ParkedEvent(pub DeadLetter);
 #[Object]
 impl ParkedEvent {
     /// Pass to `replayParked(ids:)`.
-    async fn id(&self) -> i64 {
-        self.0.id
+    async fn id(&self) -> Int64 {
+        Int64(self.0.id)
     }
     async fn projection(&self) -> &str {
         &self.0.projection
@@ -337,8 +339,8 @@ impl ParkedEvent {
     async fn partition(&self) -> i16 {
         self.0.partition
     }
-    async fn position(&self) -> i64 {
-        self.0.position
+    async fn position(&self) -> Int64 {
+        Int64(self.0.position)
     }
     async fn event_id(&self) -> Uuid {
         self.0.event_id
@@ -371,15 +373,15 @@ pub struct Projection {
     /// Schema of the serving read model.
     pub schema: String,
     /// Head of the log when this was read.
-    pub head: i64,
+    pub head: Int64,
     /// Every matching event up to this position is applied (the lowest checkpoint of the
     /// partitions that still have events to apply; the head when none has).
-    pub checkpoint: i64,
-    pub lag_events: i64,
+    pub checkpoint: Int64,
+    pub lag_events: Int64,
     pub lag_seconds: f64,
     pub events_per_second: f64,
     /// Parked events not yet replayed.
-    pub parked: i64,
+    pub parked: Int64,
     #[graphql(skip)]
     pub inner: ProjectionStatus,
 }
@@ -416,10 +418,10 @@ impl Projection {
     async fn window(&self) -> Option<WindowStatus> {
         self.inner.window.clone().map(|w| WindowStatus {
             watermark: w.watermark,
-            shards: w.shards,
-            late_dropped: w.late_dropped,
-            late_parked: w.late_parked,
-            open_windows: w.open_windows,
+            shards: Int64(w.shards),
+            late_dropped: Int64(w.late_dropped),
+            late_parked: Int64(w.late_parked),
+            open_windows: Int64(w.open_windows),
         })
     }
 
@@ -448,12 +450,12 @@ impl From<ProjectionStatus> for Projection {
             live_version: status.live_version,
             status: status.status.as_sql().to_string(),
             schema: status.schema.clone(),
-            head: status.head,
-            checkpoint: status.caught_up_to(),
-            lag_events: status.lag_events(),
+            head: Int64(status.head),
+            checkpoint: Int64(status.caught_up_to()),
+            lag_events: Int64(status.lag_events()),
             lag_seconds: status.lag_seconds(),
             events_per_second: status.events_per_second(),
-            parked: status.parked,
+            parked: Int64(status.parked),
             inner: status,
         }
     }
@@ -471,11 +473,11 @@ pub struct WindowResult {
     pub status: String,
     /// The aggregate's output (a number, or an object for a custom fold).
     pub aggregate: async_graphql::Json<serde_json::Value>,
-    pub events: i64,
+    pub events: Int64,
     /// Changes after it was final.
     pub revision: i32,
     /// Position of the last event of the batch that last changed it.
-    pub changed_at: i64,
+    pub changed_at: Int64,
 }
 
 impl From<tidemark_projections::windowed::WindowRow> for WindowResult {
@@ -486,9 +488,9 @@ impl From<tidemark_projections::windowed::WindowRow> for WindowResult {
             end: row.end,
             status: row.status.as_str().to_string(),
             aggregate: async_graphql::Json(row.aggregate),
-            events: row.events,
+            events: Int64(row.events),
             revision: row.revision,
-            changed_at: row.changed_at,
+            changed_at: Int64(row.changed_at),
         }
     }
 }
@@ -500,13 +502,13 @@ pub struct WindowStatus {
     /// the allowed lateness. Null until a shard has one.
     pub watermark: Option<chrono::DateTime<chrono::Utc>>,
     /// Shards (partitions its keys hash to) holding state.
-    pub shards: i64,
+    pub shards: Int64,
     /// Events too late to update one of their windows (dropped, or past a revise retention).
-    pub late_dropped: i64,
+    pub late_dropped: Int64,
     /// Events too late, parked as dead letters.
-    pub late_parked: i64,
+    pub late_parked: Int64,
     /// Windows whose result may still change.
-    pub open_windows: i64,
+    pub open_windows: Int64,
 }
 
 /// A process in the worker registry: it runs projections (and usually serves the API).
@@ -561,8 +563,8 @@ impl Worker {
         self.info.desired_workers
     }
     /// Unprocessed events over its pool's projections, as it last measured.
-    async fn lag_events(&self) -> i64 {
-        self.info.lag_events
+    async fn lag_events(&self) -> Int64 {
+        Int64(self.info.lag_events)
     }
     /// `projection#partition` of every lease it holds.
     async fn leases(&self) -> &[String] {
@@ -584,19 +586,19 @@ impl Worker {
 pub struct PoolScaling {
     pub pool: String,
     /// Workers of the pool with a recent heartbeat.
-    pub live_workers: i64,
+    pub live_workers: Int64,
     /// How many workers the pool should have to keep up with appends and clear its backlog.
     pub desired_workers: i32,
-    pub lag_events: i64,
+    pub lag_events: Int64,
 }
 
 impl From<tidemark_projections::PoolScaling> for PoolScaling {
     fn from(p: tidemark_projections::PoolScaling) -> Self {
         PoolScaling {
             pool: p.pool,
-            live_workers: p.live_workers,
+            live_workers: Int64(p.live_workers),
             desired_workers: p.desired_workers,
-            lag_events: p.lag_events,
+            lag_events: Int64(p.lag_events),
         }
     }
 }
@@ -607,7 +609,7 @@ pub struct WaitResult {
     /// The projection's read model reflects every event up to `position`.
     pub reached: bool,
     pub projection: String,
-    pub position: i64,
+    pub position: Int64,
 }
 
 /// Which build to start.
@@ -637,8 +639,8 @@ impl From<tidemark_projections::BuildKind> for BuildKind {
 pub struct BuildStarted {
     pub projection: String,
     pub kind: BuildKind,
-    pub from_position: i64,
-    pub to_position: Option<i64>,
+    pub from_position: Int64,
+    pub to_position: Option<Int64>,
     /// Schema the result lands in (the live schema after a rebuild or replay swaps in).
     pub schema: String,
 }

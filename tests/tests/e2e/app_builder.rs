@@ -151,7 +151,7 @@ async fn a_command_changes_the_read_model_and_wait_for_reads_it_back() {
     // Read-your-writes in one query: the directive waits for the projection.
     let body = app
         .graphql(
-            "query($p: Int!) { counter(id: \"a\") @waitFor(projection: \"counter_values\", position: $p) head }",
+            "query($p: Int64!) { counter(id: \"a\") @waitFor(projection: \"counter_values\", position: $p) head }",
             json!({ "p": position }),
             Some(READ_KEY),
         )
@@ -225,4 +225,44 @@ async fn racing_commands_keep_the_invariant() {
         )
         .await;
     assert_eq!(events["data"]["stream"]["version"], succeeded - 1);
+}
+
+/// An application whose query object is named `Query` (the natural choice).
+#[derive(Default, Clone)]
+struct Query;
+
+#[Object]
+impl Query {
+    async fn greeting(&self) -> &str {
+        "hello"
+    }
+}
+
+/// Naming the application's query type `Query` is refused at start with a sentence that
+/// says what to rename — before the database is touched (no migration ran) — instead of a
+/// name-clash panic after the migrations.
+#[tokio::test]
+async fn an_application_query_named_query_is_refused_before_the_database_is_touched() {
+    let db = tidemark_testkit::TestDatabase::create().await;
+    let app = TidemarkApp::builder().graphql_query(Query).build();
+    let config = test_config(tidemark_api::DatabaseConfig::url(db.url()));
+    let error = match tidemark_api::Application::build(config, app).await {
+        Ok(_) => panic!("an application with a query type named Query started"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains("GraphQL query object is named `Query`")
+            && error.contains("#[graphql(name = \"AppQuery\")]"),
+        "{error}"
+    );
+    let client = tidemark_testkit::connect(&db).await;
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+            &[],
+        )
+        .await
+        .expect("counting tables")
+        .get(0);
+    assert_eq!(tables, 0, "migrations ran before the clash was found");
 }

@@ -76,7 +76,7 @@ async fn a_deposit_is_read_back_from_the_balances_read_model_with_wait_for() {
     let data = bank
         .app
         .graphql_data(
-            "query($p: Int!) { accounts @waitFor(projection: \"account_balances\", position: $p) { id balance } }",
+            "query($p: Int64!) { accounts @waitFor(projection: \"account_balances\", position: $p) { id balance } }",
             json!({ "p": position }),
             Some(READ_KEY),
         )
@@ -129,7 +129,7 @@ async fn orders_are_listed_newest_change_first_and_filtered_by_status() {
     let data = bank
         .app
         .graphql_data(
-            "query($p: Int!) {
+            "query($p: Int64!) {
                shipped: orders(status: \"shipped\") @waitFor(projection: \"orders\", position: $p) { id }
                cancelled: orders(status: \"cancelled\") @waitFor(projection: \"orders\", position: $p) { id }
                all: orders @waitFor(projection: \"orders\", position: $p) { id status }
@@ -554,7 +554,7 @@ async fn a_read_key_reads_every_read_model_of_the_bank() {
     let data = bank
         .app
         .graphql_data(
-            "query($p: Int!) {
+            "query($p: Int64!) {
                account(id: \"x-1\") @waitFor(projection: \"account_balances\", position: $p) { balance }
                accounts @waitFor(projection: \"account_balances\", position: $p) { id }
                orders { id }

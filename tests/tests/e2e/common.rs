@@ -92,7 +92,7 @@ pub async fn spawn_app_at(database: DatabaseConfig) -> TestApp {
 }
 
 /// The settings of every test server: a free loopback port, the test keys, 4 partitions.
-fn test_config(database: DatabaseConfig) -> ServerConfig {
+pub fn test_config(database: DatabaseConfig) -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".parse().expect("a valid address"),
         database,

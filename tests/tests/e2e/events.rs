@@ -10,7 +10,7 @@ fn event(kind: &str, n: i64) -> Value {
     json!({ "type": kind, "data": { "n": n } })
 }
 
-const LOG_PAGE: &str = "query($after: Int!, $first: Int!, $category: String, $types: [String!]) {
+const LOG_PAGE: &str = "query($after: Int64!, $first: Int!, $category: String, $types: [String!]) {
   events(after: $after, first: $first, category: $category, types: $types) {
     events { position streamId streamVersion type data }
     pageInfo { endCursor hasNextPage }
@@ -148,7 +148,7 @@ async fn cursors_page_the_log_and_streams_without_gaps_or_repeats() {
         loop {
             let body = app
                 .graphql(
-                    "query($after: Int, $backward: Boolean!) { stream(id: \"cart-b\", first: 4, after: $after, backward: $backward) {
+                    "query($after: Int64, $backward: Boolean!) { stream(id: \"cart-b\", first: 4, after: $after, backward: $backward) {
                         events { streamVersion } pageInfo { endCursor hasNextPage } } }",
                     json!({ "after": after, "backward": backward }),
                     Some(READ_KEY),
@@ -264,4 +264,45 @@ async fn health_ready_metrics_graphiql_workers_and_scaling_answer() {
     assert!(pools[0]["desiredWorkers"].as_i64() >= Some(1), "{pools:?}");
     let (_, metrics) = app.get("/metrics").await;
     assert!(metrics.contains("tidemark_desired_workers"), "{metrics}");
+}
+
+/// Positions are `Int64`: a position past 2^31 - 1 is accepted (as a JSON number, as a
+/// decimal string, and in a variable declared `Int64!`), where GraphQL's 32-bit `Int` would be
+/// refused by schema-aware clients; a fraction or a word is refused with `BAD_INPUT`-style
+/// validation errors and nothing else happens.
+#[tokio::test]
+async fn positions_beyond_32_bits_are_accepted_as_numbers_and_strings() {
+    let app = spawn_app().await;
+    app.append("big-1", json!([event("Added", 1)])).await;
+    let beyond: i64 = 5_000_000_000;
+    let body = app
+        .graphql(
+            "query($after: Int64!) { events(after: $after) { events { position } pageInfo { endCursor } } }",
+            json!({ "after": beyond }),
+            Some(READ_KEY),
+        )
+        .await;
+    assert_no_errors(&body);
+    assert_eq!(body["data"]["events"]["events"], json!([]));
+    let body = app
+        .graphql(
+            "{ events(after: \"0\") { events { position } pageInfo { endCursor } } }",
+            json!({}),
+            Some(READ_KEY),
+        )
+        .await;
+    assert_no_errors(&body);
+    assert_eq!(body["data"]["events"]["pageInfo"]["endCursor"], json!(1));
+    for bad in ["1.5", "\"twelve\""] {
+        let body = app
+            .graphql(
+                &format!("{{ events(after: {bad}) {{ events {{ position }} }} }}"),
+                json!({}),
+                Some(READ_KEY),
+            )
+            .await;
+        assert!(body["data"].is_null(), "{bad}: {body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("Int64"), "{bad}: {body}");
+    }
 }

@@ -261,3 +261,80 @@ async fn introspection_can_be_turned_off() {
     let body = closed.graphql("{ head }", json!({}), Some(READ_KEY)).await;
     assert_no_errors(&body);
 }
+
+/// CORS: with `--cors-origin`, a browser page on that origin gets its preflight answered and
+/// may read the answers; a page on another origin gets no CORS header, so its browser keeps
+/// the answer from it. Without the flag the server sends no CORS header at all.
+#[tokio::test]
+async fn cors_allows_exactly_the_configured_origins() {
+    const ALLOWED: &str = "https://app.example.com";
+    let app = spawn_app_with(tidemark_api::TidemarkApp::builder().build(), |config| {
+        config.limits.cors_origins = vec![ALLOWED.to_string()]
+    })
+    .await;
+    let url = format!("{}/graphql", app.address);
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, url.clone())
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+
+    let allowed = preflight(ALLOWED).await.expect("a preflight answer");
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    let headers = allowed.headers();
+    assert_eq!(headers["access-control-allow-origin"], ALLOWED);
+    let methods = headers["access-control-allow-methods"].to_str().unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let allowed_headers = headers["access-control-allow-headers"].to_str().unwrap();
+    assert!(
+        allowed_headers.contains("authorization"),
+        "{allowed_headers}"
+    );
+
+    let other = preflight("https://evil.example").await.expect("an answer");
+    assert!(
+        other.headers().get("access-control-allow-origin").is_none(),
+        "{:?}",
+        other.headers()
+    );
+
+    // The actual request from the allowed origin carries the header too.
+    let answer = app
+        .client
+        .post(url.clone())
+        .header("origin", ALLOWED)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {READ_KEY}"))
+        .body(json!({ "query": "{ head }" }).to_string())
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answer.headers()["access-control-allow-origin"], ALLOWED);
+
+    let closed = spawn_app().await;
+    let answer = closed
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/graphql", closed.address),
+        )
+        .header("origin", ALLOWED)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("an answer");
+    assert!(
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "{:?}",
+        answer.headers()
+    );
+}

@@ -273,7 +273,7 @@ async fn answers_around_a_broken_commit_are_honest_and_retries_with_the_same_ids
         .expect("the head");
     let data = app
         .graphql_data(
-            "query($p: Int!) { account(id: \"1\") @waitFor(projection: \"account_balances\", position: $p, timeoutMs: 20000) { balance } }",
+            "query($p: Int64!) { account(id: \"1\") @waitFor(projection: \"account_balances\", position: $p, timeoutMs: 20000) { balance } }",
             json!({ "p": head }),
             Some(READ_KEY),
         )

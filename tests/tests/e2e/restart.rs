@@ -58,7 +58,7 @@ async fn applied(app: &TestApp) -> i64 {
 async fn wait_for(app: &TestApp, position: i64) {
     let body = app
         .graphql(
-            "query($p: Int!) { waitFor(projection: \"applied_counts\", position: $p, timeoutMs: 10000) { reached } }",
+            "query($p: Int64!) { waitFor(projection: \"applied_counts\", position: $p, timeoutMs: 10000) { reached } }",
             json!({ "p": position }),
             Some(READ_KEY),
         )
@@ -305,7 +305,7 @@ async fn shutdown_drains_in_flight_appends() {
     for position in acknowledged {
         let body = app
             .graphql(
-                "query($a: Int!) { events(after: $a, first: 1) { events { position } } }",
+                "query($a: Int64!) { events(after: $a, first: 1) { events { position } } }",
                 json!({ "a": position - 1 }),
                 Some(READ_KEY),
             )

@@ -76,7 +76,7 @@ async fn a_filtered_subscription_resumes_after_a_position() {
         .await;
     let mut subscription = app
         .subscribe(
-            "subscription($after: Int!) { events(after: $after, category: \"a\") { position streamId } }",
+            "subscription($after: Int64!) { events(after: $after, category: \"a\") { position streamId } }",
             json!({ "after": 1 }),
             Some(READ_KEY),
         )

@@ -243,7 +243,7 @@ impl BankClient {
     /// balance version }`, or null.
     pub async fn account(&self, account: &str, position: i64) -> Value {
         self.read(
-            "query($a: String!, $p: Int!) {
+            "query($a: String!, $p: Int64!) {
                account(id: $a) @waitFor(projection: \"account_balances\", position: $p) { id owner balance version }
              }",
             json!({ "a": account, "p": position }),
@@ -262,7 +262,7 @@ impl BankClient {
     /// Every account's balance (by stream id) once `account_balances` applied `position`.
     pub async fn balances(&self, position: i64) -> BTreeMap<String, i64> {
         self.read(
-            "query($p: Int!) { accounts(first: 1000) @waitFor(projection: \"account_balances\", position: $p) { id balance } }",
+            "query($p: Int64!) { accounts(first: 1000) @waitFor(projection: \"account_balances\", position: $p) { id balance } }",
             json!({ "p": position }),
         )
         .await["accounts"]
@@ -282,7 +282,7 @@ impl BankClient {
     /// customerId accountId amount status }`, or null.
     pub async fn order(&self, order: &str, position: i64) -> Value {
         self.read(
-            "query($o: String!, $p: Int!) {
+            "query($o: String!, $p: Int64!) {
                order(id: $o) @waitFor(projection: \"orders\", position: $p) { id customerId accountId amount status }
              }",
             json!({ "o": order, "p": position }),
@@ -295,7 +295,7 @@ impl BankClient {
     /// (events, amount).
     pub async fn category_totals(&self, position: i64) -> BTreeMap<(String, String), (i64, i64)> {
         self.read(
-            "query($p: Int!) { categoryTotals @waitFor(projection: \"category_totals\", position: $p) { category eventType events amount } }",
+            "query($p: Int64!) { categoryTotals @waitFor(projection: \"category_totals\", position: $p) { category eventType events amount } }",
             json!({ "p": position }),
         )
         .await["categoryTotals"]
@@ -347,7 +347,7 @@ impl BankClient {
     /// Waits until `projection` has applied `position` (at most 20 s); whether it did.
     pub async fn wait_for(&self, projection: &str, position: i64) -> bool {
         self.read(
-            "query($n: String!, $p: Int!) { waitFor(projection: $n, position: $p, timeoutMs: 20000) { reached } }",
+            "query($n: String!, $p: Int64!) { waitFor(projection: $n, position: $p, timeoutMs: 20000) { reached } }",
             json!({ "n": projection, "p": position }),
         )
         .await["waitFor"]["reached"]
