@@ -41,6 +41,7 @@
 //! Query/Mutation structs, which are cloned into the schema.
 
 use crate::config::ApiLimits;
+use crate::correlation::RequestIds;
 use crate::error::ApiError;
 use crate::evolution::Evolution;
 use crate::schema::{self, ApiSchema, SchemaConflict, SchemaSettings};
@@ -51,7 +52,7 @@ use std::time::Duration;
 use tidemark_consumers::ConsumerGroups;
 use tidemark_projections::{Handler, Projection, ProjectionEngine, Registry};
 use tidemark_schema::{Registry as SchemaRegistry, SchemaDefinition, Upcasters};
-use tidemark_store::aggregate::CommandBus;
+use tidemark_store::aggregate::{CommandBus, CommandOptions};
 use tidemark_store::{EventStore, Position};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -341,6 +342,36 @@ impl Tidemark {
     /// Runs commands on aggregates (`commands().execute::<Account>(id, &command)`).
     pub fn commands(&self) -> &CommandBus {
         &self.inner.commands
+    }
+
+    /// `"schema"."table"`, quoted, of `table` in the serving read model of `projection`: what
+    /// a resolver puts in its SQL instead of hard-coding `rm_<name>` (a projection may name
+    /// its schema otherwise). `NOT_FOUND` when no projection has that name.
+    pub fn read_model_table(&self, projection: &str, table: &str) -> Result<String, ApiError> {
+        let schema = self.engine().projection(projection)?.schema();
+        Ok(format!(
+            "{}.{}",
+            tidemark_projections::quote_ident(&schema),
+            tidemark_projections::quote_ident(table)
+        ))
+    }
+
+    /// Options for a command run on behalf of the request in `ctx`: its events carry the
+    /// request's correlation id (`X-Correlation-Id`, or the one the server made for it) and
+    /// causation id (`X-Causation-Id`) in their metadata. Add the client's command id with
+    /// `.command_id(..)`.
+    pub fn command_options(ctx: &Context<'_>) -> CommandOptions {
+        let options = CommandOptions::new();
+        match ctx.data_opt::<RequestIds>() {
+            Some(ids) => {
+                let options = options.correlation_id(ids.correlation_id.clone());
+                match &ids.causation_id {
+                    Some(causation_id) => options.causation_id(causation_id.clone()),
+                    None => options,
+                }
+            }
+            None => options,
+        }
     }
 
     pub fn limits(&self) -> &ApiLimits {

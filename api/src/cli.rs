@@ -38,6 +38,12 @@ pub struct Cli {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    /// Export traces (GraphQL operations, append batches and commits, projection batches)
+    /// over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 (traces go to its
+    /// /v1/traces). Falls back to OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, env = "TIDEMARK_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -291,14 +297,24 @@ pub fn run(app: TidemarkApp) -> anyhow::Result<()> {
 
 /// Runs an already parsed command line (for binaries that parse their own first).
 pub fn run_with(cli: Cli, app: TidemarkApp) -> anyhow::Result<()> {
-    crate::telemetry::init_tracing("info");
+    let otlp_endpoint = cli
+        .otlp_endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|endpoint| !endpoint.trim().is_empty());
+    // Before the runtime: the exporter's HTTP client must not be made on it.
+    let telemetry = crate::telemetry::init_telemetry("info", otlp_endpoint.as_deref(), app.name())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime
+    let result = runtime
         .block_on(dispatch(cli, app))
         // One sentence, not a chain of "Caused by".
-        .map_err(|error| anyhow!("{error:#}"))
+        .map_err(|error| anyhow!("{error:#}"));
+    drop(runtime);
+    // Sends the spans still buffered.
+    telemetry.shutdown();
+    result
 }
 
 async fn dispatch(cli: Cli, app: TidemarkApp) -> anyhow::Result<()> {
@@ -332,7 +348,7 @@ async fn serve(args: ServeArgs, database: DatabaseConfig, app: TidemarkApp) -> a
     // Before saying where it listens: whoever reads that may stop it right away.
     let shutdown = shutdown_signal();
     println!(
-        "Tidemark is listening on http://{0}/ (GraphiQL: http://{0}/, GraphQL: http://{0}/graphql)",
+        "Tidemark is listening on http://{0}/ (GraphiQL: http://{0}/, dashboard: http://{0}/ui, GraphQL: http://{0}/graphql)",
         application.address()
     );
     application.run_until_stopped(shutdown).await

@@ -23,14 +23,20 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      style-src 'self'; font-src 'self' data:; img-src 'self' data:; connect-src 'self'; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
-const CSS: &str = "text/css; charset=utf-8";
+pub(crate) const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+pub(crate) const CSS: &str = "text/css; charset=utf-8";
 
-/// A file served at `/assets/<name>`.
-struct Asset {
-    name: &'static str,
-    content_type: &'static str,
-    bytes: &'static [u8],
+/// A file embedded in the binary and served under a page's asset path (GraphiQL's at
+/// `/assets/<name>`, the dashboard's at `/ui/<name>`).
+pub(crate) struct Asset {
+    pub name: &'static str,
+    pub content_type: &'static str,
+    pub bytes: &'static [u8],
+}
+
+/// An asset's version tag: a short hash of its bytes.
+pub(crate) fn tag_of(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex()[..16].to_string()
 }
 
 const ASSETS: [Asset; 6] = [
@@ -67,12 +73,8 @@ const ASSETS: [Asset; 6] = [
 ];
 
 /// Each asset's version tag (a short hash of its bytes), in the order of [`ASSETS`].
-static TAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
-    ASSETS
-        .iter()
-        .map(|asset| blake3::hash(asset.bytes).to_hex()[..16].to_string())
-        .collect()
-});
+static TAGS: LazyLock<Vec<String>> =
+    LazyLock::new(|| ASSETS.iter().map(|asset| tag_of(asset.bytes)).collect());
 
 /// The page, built once: it depends only on the embedded assets.
 static PAGE: LazyLock<String> = LazyLock::new(|| {
@@ -119,6 +121,12 @@ static PAGE: LazyLock<String> = LazyLock::new(|| {
 
 /// `GET /`: the page, with its policy.
 pub(crate) fn page() -> Response {
+    html_page(PAGE.as_str())
+}
+
+/// An HTML page of ours under [`CONTENT_SECURITY_POLICY`], revalidated on every load (its
+/// assets are the versioned, cached part).
+pub(crate) fn html_page(html: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -127,7 +135,7 @@ pub(crate) fn page() -> Response {
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::REFERRER_POLICY, "no-referrer"),
         ],
-        PAGE.as_str(),
+        html,
     )
         .into_response()
 }
@@ -137,8 +145,16 @@ pub(crate) fn page() -> Response {
 /// (or with an old tag) it must be revalidated. `If-None-Match` with the tag answers 304.
 pub(crate) fn asset(name: &str, query: Option<&str>, headers: &HeaderMap) -> Option<Response> {
     let index = ASSETS.iter().position(|asset| asset.name == name)?;
-    let asset = &ASSETS[index];
-    let tag = TAGS[index].as_str();
+    Some(serve_asset(&ASSETS[index], &TAGS[index], query, headers))
+}
+
+/// Serves `asset`, whose current tag is `tag`: see [`asset`] for the caching rules.
+pub(crate) fn serve_asset(
+    asset: &Asset,
+    tag: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
     let etag = format!("\"{tag}\"");
     let versioned = query
         .into_iter()
@@ -166,19 +182,17 @@ pub(crate) fn asset(name: &str, query: Option<&str>, headers: &HeaderMap) -> Opt
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.split(',').any(|candidate| candidate.trim() == etag));
     if matches {
-        return Some((StatusCode::NOT_MODIFIED, common).into_response());
+        return (StatusCode::NOT_MODIFIED, common).into_response();
     }
-    Some(
-        (
-            common,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(asset.content_type),
-            )],
-            asset.bytes,
-        )
-            .into_response(),
+    (
+        common,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(asset.content_type),
+        )],
+        asset.bytes,
     )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! |------------------|---------------------------------------------------------------|
 //! | `GET /`          | GraphiQL (served from the binary, see `graphiql`)             |
 //! | `GET /assets/*`  | GraphiQL's scripts and styles                                 |
+//! | `GET /ui`        | the operator's dashboard (served from the binary, see `ui`)   |
+//! | `GET /ui/*`      | the dashboard's script and styles (`/ui/` redirects to `/ui`) |
 //! | `POST /graphql`  | queries and mutations (JSON body, batches allowed)            |
 //! | `GET /graphql`   | subscriptions over WebSocket (graphql-transport-ws, graphql-ws) |
 //! | `GET /health`    | liveness: the process is worth keeping (503 while an embedded PostgreSQL cannot be restarted) |
@@ -37,6 +39,9 @@ use std::time::{Duration, Instant};
 use tidemark_pg_embedded::ClusterHealth;
 use tokio::sync::{watch, Semaphore};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
+
+use crate::correlation::RequestIds;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -62,6 +67,9 @@ pub(crate) fn router(state: AppState) -> Router {
     let router = Router::new()
         .route("/", get(graphiql))
         .route("/assets/{name}", get(graphiql_asset))
+        .route("/ui", get(dashboard))
+        .route("/ui/", get(dashboard_slash))
+        .route("/ui/{name}", get(dashboard_asset))
         .route("/graphql", get(graphql_ws).post(graphql_http))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -130,6 +138,33 @@ async fn graphiql_asset(
     })
 }
 
+async fn dashboard() -> Response {
+    crate::ui::page()
+}
+
+/// `/ui/` would resolve the page's relative URLs one level too deep: send it to `/ui`
+/// (relatively, so it works under a proxy's path prefix too).
+async fn dashboard_slash() -> Response {
+    (
+        StatusCode::PERMANENT_REDIRECT,
+        [(header::LOCATION, "../ui")],
+    )
+        .into_response()
+}
+
+async fn dashboard_asset(
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    crate::ui::asset(&name, query.as_deref(), &headers).unwrap_or_else(|| {
+        error_response(
+            StatusCode::NOT_FOUND,
+            ApiError::not_found(format!("the dashboard has no asset named {name:?}")),
+        )
+    })
+}
+
 fn authorization(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
@@ -193,19 +228,42 @@ async fn graphql_http(
         set_retry_after(&mut response, crate::error::RETRY_AFTER_MS);
         return response;
     };
+    let ids = match RequestIds::from_headers(&headers) {
+        Ok(ids) => ids,
+        Err(error) => return error_response(StatusCode::BAD_REQUEST, error),
+    };
+    let span = tracing::info_span!(
+        "graphql",
+        operation = operation_names(&batch).as_str(),
+        correlation_id = ids.correlation_id.as_str(),
+        errors = tracing::field::Empty,
+    );
     let principal = state.auth.authenticate(authorization(&headers)).await;
-    let batch = batch.data(principal);
+    let correlation_id = HeaderValue::from_str(&ids.correlation_id).ok();
+    let batch = batch.data(principal).data(ids);
     match tokio::time::timeout(
         state.limits.request_timeout,
-        state.schema.execute_batch(batch),
+        state.schema.execute_batch(batch).instrument(span.clone()),
     )
     .await
     {
         Ok(response) => {
+            let errors = match &response {
+                async_graphql::BatchResponse::Single(one) => one.errors.len(),
+                async_graphql::BatchResponse::Batch(many) => {
+                    many.iter().map(|one| one.errors.len()).sum()
+                }
+            };
+            span.record("errors", errors);
             let retry_after = overloaded_retry_after_ms(&response);
             let mut response = Json(response).into_response();
             if let Some(retry_after_ms) = retry_after {
                 set_retry_after(&mut response, retry_after_ms);
+            }
+            if let Some(correlation_id) = correlation_id {
+                response
+                    .headers_mut()
+                    .insert(crate::correlation::CORRELATION_HEADER, correlation_id);
             }
             response
         }
@@ -220,6 +278,21 @@ async fn graphql_http(
                 ),
             ),
         ),
+    }
+}
+
+/// The operation names of a request, for its span: `appendEvents`-style names when the
+/// client named them, else `anonymous`; a batch's joined with `,`.
+fn operation_names(batch: &BatchRequest) -> String {
+    let name = |request: &async_graphql::Request| {
+        request
+            .operation_name
+            .clone()
+            .unwrap_or_else(|| "anonymous".to_string())
+    };
+    match batch {
+        BatchRequest::Single(request) => name(request),
+        BatchRequest::Batch(requests) => requests.iter().map(name).collect::<Vec<_>>().join(","),
     }
 }
 
@@ -453,7 +526,9 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
-        ApiError::not_found("no such route; GraphQL is at /graphql, GraphiQL at /"),
+        ApiError::not_found(
+            "no such route; GraphQL is at /graphql, GraphiQL at /, the dashboard at /ui",
+        ),
     )
 }
 

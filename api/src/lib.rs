@@ -17,10 +17,14 @@
 //!   the upcasting store handle the projections and the command bus read through.
 //! - [`auth`]: API keys, roles (read < append < admin) and the per-field [`RoleGuard`].
 //! - [`http`]: routes — `POST /graphql`, WebSocket subscriptions on `GET /graphql`,
-//!   GraphiQL at `/`, `/health`, `/ready`, `/metrics` — limits on bodies and sockets, and
-//!   admission control (a bounded number of requests at once, refused past a wait budget).
+//!   GraphiQL at `/`, the dashboard at `/ui`, `/health`, `/ready`, `/metrics` — limits on
+//!   bodies and sockets, and admission control (a bounded number of requests at once,
+//!   refused past a wait budget).
 //! - `graphiql`: the GraphiQL page and its vendored scripts, embedded in the binary, under a
 //!   Content-Security-Policy that allows only the page's own origin.
+//! - `ui`: the operator's dashboard (projections, workers, the log, a stream browser,
+//!   schemas), a small hand-written page embedded the same way; it is a client of the
+//!   GraphQL API with the operator's key, so roles apply to it as to any client.
 //! - `drain`: on shutdown, responses close their connections and idle ones close only
 //!   once requests have stopped, so no request read on a keep-alive connection goes unanswered.
 //! - `log_limit`: a repeated error cause is logged once per window with a count.
@@ -41,6 +45,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod correlation;
 pub mod database;
 mod drain;
 pub mod error;
@@ -52,12 +57,14 @@ pub mod migrations;
 pub mod schema;
 pub mod startup;
 pub mod telemetry;
+mod ui;
 
 pub use app::{Tidemark, TidemarkApp, TidemarkAppBuilder};
 pub use auth::{Principal, Role, RoleGuard};
 pub use config::{ApiLimits, DatabaseConfig, ServerConfig};
 pub use error::{ApiError, ApiResult, ErrorCode};
 pub use migrations::all_migrations;
+pub use schema::scalars::Int64;
 pub use schema::SchemaConflict;
 pub use startup::Application;
 

@@ -1,11 +1,13 @@
 //! The GraphQL schema: the built-in queries, mutations and subscriptions (the schema
-//! registry's in [`schemas`], consumer groups' in [`groups`]) merged with the application's, and [`ApiSchema`], the schema behind one non-generic handle that gives
+//! registry's in [`schemas`], the operator's overview — `whoami`, `logStats`, `categories`,
+//! `streams` — in [`overview`], consumer groups' in [`groups`]) merged with the application's, and [`ApiSchema`], the schema behind one non-generic handle that gives
 //! every error in every response a stable code (see [`crate::error::normalize`]).
 
 pub(crate) mod app_fields;
 pub mod directive;
 pub mod groups;
 pub mod mutation;
+pub mod overview;
 pub mod query;
 pub mod scalars;
 pub mod schemas;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 
 pub use groups::{GroupMutation, GroupQuery, GroupSubscription};
 pub use mutation::BuiltinMutation;
+pub use overview::OverviewQuery;
 pub use query::BuiltinQuery;
 pub use schemas::{SchemaMutation, SchemaQuery};
 pub use subscription::BuiltinSubscription;
@@ -34,7 +37,13 @@ pub use subscription::BuiltinSubscription;
 /// The root query: built-in fields and the application's.
 #[derive(MergedObject, Default, Clone)]
 #[graphql(name = "Query")]
-pub struct Query<Q: ObjectType + 'static>(pub BuiltinQuery, pub SchemaQuery, pub GroupQuery, pub Q);
+pub struct Query<Q: ObjectType + 'static>(
+    pub BuiltinQuery,
+    pub OverviewQuery,
+    pub SchemaQuery,
+    pub GroupQuery,
+    pub Q,
+);
 
 /// The root mutation: built-in fields and the application's.
 #[derive(MergedObject, Default, Clone)]
@@ -140,7 +149,7 @@ where
     S: SubscriptionType + 'static,
 {
     let mut builder = Schema::build(
-        Query(BuiltinQuery, SchemaQuery, GroupQuery, query),
+        Query(BuiltinQuery, OverviewQuery, SchemaQuery, GroupQuery, query),
         Mutation(BuiltinMutation, SchemaMutation, GroupMutation, mutation),
         Subscription(BuiltinSubscription, GroupSubscription, subscription),
     )

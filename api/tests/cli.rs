@@ -407,3 +407,106 @@ fn a_server_with_authentication_and_no_key_says_how_to_create_the_first_one() {
     assert!(!logged.contains("there is no API key"), "{logged}");
     server.stop();
 }
+
+/// What a collector received: one HTTP request.
+struct Received {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// A collector on a free port: answers every POST with 200 and keeps what came.
+fn collector() -> (String, mpsc::Receiver<Received>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let address = listener.local_addr().expect("an address").to_string();
+    let (sender, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut head = String::new();
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if let Some(value) =
+                            line.to_ascii_lowercase().strip_prefix("content-length:")
+                        {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+                    if reader.get_mut().write_all(answer).is_err() {
+                        return;
+                    }
+                    if sender.send(Received { head, body }).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{address}"), received)
+}
+
+/// With `--otlp-endpoint`, the spans of a GraphQL request (its operation name and
+/// correlation id) and of the append batch that wrote it reach the collector over
+/// OTLP/HTTP (protobuf) by the time the server has stopped.
+#[test]
+fn traces_of_requests_and_append_batches_reach_an_otlp_collector() {
+    let (endpoint, received) = collector();
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let server = Server::start_with(
+        &temp.path().join("pg"),
+        &temp.path().join("server.log"),
+        &["--insecure-dev", "--otlp-endpoint", &endpoint],
+    );
+    let body = serde_json::json!({
+        "query": "mutation AppendOne { appendEvents(streamId: \"traced-1\", events: [{type: \"Seen\", data: {}}]) { lastPosition } }",
+        "operationName": "AppendOne",
+    })
+    .to_string();
+    let answer = server.exchange(&format!(
+        "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         X-Correlation-Id: trace-me-42\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        server.address,
+        body.len()
+    ));
+    assert!(answer.contains("lastPosition"), "{answer}");
+    server.stop();
+
+    let mut exported = Vec::new();
+    while let Ok(request) = received.recv_timeout(Duration::from_secs(5)) {
+        let head = request.head.to_ascii_lowercase();
+        assert!(head.starts_with("post /v1/traces "), "{}", request.head);
+        assert!(
+            head.contains("content-type: application/x-protobuf"),
+            "{}",
+            request.head
+        );
+        exported.extend_from_slice(&request.body);
+    }
+    // Protobuf keeps strings as they are: the span names and attributes can be found.
+    let has = |text: &str| exported.windows(text.len()).any(|w| w == text.as_bytes());
+    for expected in [
+        "graphql",
+        "AppendOne",
+        "trace-me-42",
+        "append_batch",
+        "tidemark",
+    ] {
+        assert!(has(expected), "no {expected:?} in the exported spans");
+    }
+}

@@ -13,8 +13,19 @@ pub(crate) fn register_counters(projection: &str) {
     metrics::counter!("tidemark_projection_errors_total", "projection" => name.clone(), "kind" => "transient").increment(0);
     metrics::counter!("tidemark_projection_errors_total", "projection" => name.clone(), "kind" => "failed").increment(0);
     metrics::counter!("tidemark_projection_errors_total", "projection" => name.clone(), "kind" => "lane").increment(0);
-    metrics::counter!("tidemark_projection_errors_total", "projection" => name, "kind" => "panic")
+    metrics::counter!("tidemark_projection_errors_total", "projection" => name.clone(), "kind" => "panic")
         .increment(0);
+    metrics::counter!("tidemark_projection_events_applied_total", "projection" => name)
+        .increment(0);
+}
+
+/// Counts a batch a lane committed: its events and how long applying and committing took.
+pub(crate) fn record_batch(projection: &str, events: usize, took: std::time::Duration) {
+    let name = projection.to_string();
+    metrics::counter!("tidemark_projection_events_applied_total", "projection" => name.clone())
+        .increment(events as u64);
+    metrics::histogram!("tidemark_projection_apply_seconds", "projection" => name)
+        .record(took.as_secs_f64());
 }
 
 /// Publishes the connection figures of the process's database pool.
@@ -45,6 +56,10 @@ pub(crate) fn publish(statuses: &[ProjectionStatus]) {
         metrics::gauge!("tidemark_projection_unowned_partitions", "projection" => name.clone())
             .set(status.unowned_partitions.len() as f64);
         metrics::gauge!("tidemark_head_position").set(status.head as f64);
+        if let Some(build) = &status.last_rebuild {
+            metrics::gauge!("tidemark_projection_build_progress", "projection" => name.clone())
+                .set(build.fraction());
+        }
         if let Some(window) = &status.window {
             if let Some(watermark) = window.watermark {
                 metrics::gauge!("tidemark_projection_watermark_seconds", "projection" => name.clone())

@@ -53,6 +53,21 @@ pub struct RebuildProgress {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+impl RebuildProgress {
+    /// Done / total, from 0 to 1 (1 for a finished build of nothing).
+    pub fn fraction(&self) -> f64 {
+        if self.events_total <= 0 {
+            if self.status == BuildStatus::Done {
+                1.0
+            } else {
+                0.0
+            }
+        } else {
+            (self.events_done as f64 / self.events_total as f64).min(1.0)
+        }
+    }
+}
+
 /// Everything an operator wants to know about one projection.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProjectionStatus {

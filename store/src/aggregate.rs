@@ -120,11 +120,23 @@ pub struct CommandOutcome {
 }
 
 /// How a command is run: its client-chosen id and the metadata its events carry.
+///
+/// Every event a command writes carries, in its metadata, `correlationId` (the id shared by
+/// everything one request or workflow caused: the one given here, else the command id, else
+/// a fresh one per command) and, when known, `causationId` (what caused this command: the one
+/// given here, else the command id). Values already in the given metadata are kept.
 #[derive(Debug, Clone, Default)]
 pub struct CommandOptions {
     command_id: Option<Uuid>,
     metadata: Option<Value>,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
 }
+
+/// The metadata key of the correlation id.
+pub const CORRELATION_ID: &str = "correlationId";
+/// The metadata key of the causation id.
+pub const CAUSATION_ID: &str = "causationId";
 
 impl CommandOptions {
     /// No command id, empty metadata.
@@ -144,6 +156,46 @@ impl CommandOptions {
     pub fn metadata(mut self, metadata: Value) -> Self {
         self.metadata = Some(metadata);
         self
+    }
+
+    /// The id shared by everything one request or workflow caused (e.g. a request's
+    /// `X-Correlation-Id`, or the correlation id of the event a process manager reacts to).
+    pub fn correlation_id(mut self, correlation_id: impl Into<String>) -> Self {
+        self.correlation_id = Some(correlation_id.into());
+        self
+    }
+
+    /// What caused this command (e.g. the id of the event a process manager reacts to).
+    pub fn causation_id(mut self, causation_id: impl Into<String>) -> Self {
+        self.causation_id = Some(causation_id.into());
+        self
+    }
+
+    /// The metadata the command's events carry: the given metadata with the correlation and
+    /// causation ids added where it has none. Metadata that is not an object is left as it
+    /// is (the append refuses it with a clear error).
+    fn event_metadata(&self) -> Value {
+        let mut metadata = self
+            .metadata
+            .clone()
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        if let Value::Object(fields) = &mut metadata {
+            let command_id = self.command_id.map(|id| id.to_string());
+            if !fields.contains_key(CORRELATION_ID) {
+                let correlation_id = self
+                    .correlation_id
+                    .clone()
+                    .or_else(|| command_id.clone())
+                    .unwrap_or_else(|| Uuid::now_v7().to_string());
+                fields.insert(CORRELATION_ID.into(), Value::String(correlation_id));
+            }
+            if !fields.contains_key(CAUSATION_ID) {
+                if let Some(causation_id) = self.causation_id.clone().or(command_id) {
+                    fields.insert(CAUSATION_ID.into(), Value::String(causation_id));
+                }
+            }
+        }
+        metadata
     }
 }
 
@@ -273,9 +325,7 @@ impl CommandBus {
         options: CommandOptions,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
         let stream_id = A::stream_id(id);
-        let metadata = options
-            .metadata
-            .unwrap_or_else(|| Value::Object(Default::default()));
+        let metadata = options.event_metadata();
         let command_id = options.command_id;
         let mut attempt = 0;
         loop {
@@ -420,6 +470,43 @@ mod tests {
     enum Ev {
         Opened { owner: String },
         Closed,
+    }
+
+    #[test]
+    fn a_commands_events_carry_correlation_and_causation_ids() {
+        let command_id = Uuid::now_v7();
+        // Given ids win; the command id stands in for missing ones.
+        let given = CommandOptions::new()
+            .command_id(Some(command_id))
+            .correlation_id("request-7")
+            .causation_id("event-3")
+            .event_metadata();
+        assert_eq!(
+            given,
+            json!({ "correlationId": "request-7", "causationId": "event-3" })
+        );
+        let from_command = CommandOptions::new()
+            .command_id(Some(command_id))
+            .event_metadata();
+        assert_eq!(
+            from_command,
+            json!({ "correlationId": command_id.to_string(), "causationId": command_id.to_string() })
+        );
+        // Without any: a fresh correlation id per command, no causation id.
+        let fresh = CommandOptions::new().event_metadata();
+        let first = fresh[CORRELATION_ID].as_str().expect("a correlation id");
+        assert!(Uuid::parse_str(first).is_ok(), "{fresh}");
+        assert!(fresh.get(CAUSATION_ID).is_none(), "{fresh}");
+        assert_ne!(
+            CommandOptions::new().event_metadata()[CORRELATION_ID],
+            fresh[CORRELATION_ID]
+        );
+        // Ids already in the metadata are kept, other fields too.
+        let kept = CommandOptions::new()
+            .metadata(json!({ "actor": "ann", "correlationId": "upstream" }))
+            .correlation_id("request-7")
+            .event_metadata();
+        assert_eq!(kept, json!({ "actor": "ann", "correlationId": "upstream" }));
     }
 
     #[test]

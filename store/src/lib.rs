@@ -15,6 +15,8 @@
 //!   subscriptions woken by LISTEN/NOTIFY with a polling fallback; `heads` holds the head
 //!   and per-partition heads they wake on (a partition subscription wakes only for its own).
 //!   A subscription is handed the pool and the heads, not the store.
+//! - [`browse`]: what an operator browses: categories, streams of a category, the append
+//!   rate (the dashboard's stream browser and log figures).
 //! - [`hashing`]: canonical JSON, content hashes, derived event ids, partitions: the parts
 //!   of the on-disk contract that must never change.
 //! - [`validate`], [`error`]: what is refused, and why.
@@ -35,6 +37,7 @@
 pub mod aggregate;
 mod append;
 pub mod backoff;
+pub mod browse;
 pub mod config;
 pub mod error;
 pub mod hashing;
@@ -48,6 +51,7 @@ pub mod subscribe;
 pub mod tls;
 pub mod validate;
 
+pub use browse::{AppendRate, StreamSummary};
 pub use config::{Limits, PipelineConfig, StoreConfig};
 pub use error::{OverloadReason, Result, StoreError, ValidationError};
 pub use hooks::{AppendValidator, HookError, ReadHook};

@@ -3,6 +3,7 @@
 
 use crate::append::pipeline::{self, AppendQueue};
 use crate::append::prepare::prepare;
+use crate::browse::{AppendRate, StreamSummary};
 use crate::config::StoreConfig;
 use crate::error::{Result, StoreError};
 use crate::heads::Heads;
@@ -287,6 +288,30 @@ impl EventStore {
             .await
             .map_err(StoreError::db("reading a stream version"))?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Up to `limit` stream categories after `after`, in order (for browsing; see
+    /// [`crate::browse`]).
+    pub async fn categories(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let client = self.inner.pool.get().await?;
+        crate::browse::categories(&client, after, limit).await
+    }
+
+    /// Up to `limit` streams after `after` (by id), of `category` when given.
+    pub async fn streams(
+        &self,
+        category: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamSummary>> {
+        let client = self.inner.pool.get().await?;
+        crate::browse::streams(&client, category, after, limit).await
+    }
+
+    /// Events appended per second over the last `window_seconds`, by the database's clock.
+    pub async fn append_rate(&self, window_seconds: f64) -> Result<AppendRate> {
+        let client = self.inner.pool.get().await?;
+        crate::browse::append_rate(&client, window_seconds).await
     }
 
     /// The position of the last committed event (0 when the log is empty), from the database.

@@ -1,6 +1,8 @@
 //! A real headless Chromium, driven over the Chrome DevTools Protocol (CDP), for tests of the
 //! pages the server serves: they load in a browser as a person would see them, scripts run,
-//! and the test reads the DOM and every request the page made.
+//! and the test reads the DOM and every request the page made. It acts as a person does too:
+//! [`Page::click`] is a real mouse click (a disabled button ignores it), [`Page::type_into`]
+//! types, and [`Page::screenshot`] saves what the page looks like.
 //!
 //! ```ignore
 //! let browser = Browser::launch().await;
@@ -8,6 +10,8 @@
 //! page.navigate("http://127.0.0.1:8080/").await;
 //! page.wait_for("the editor", "document.querySelector('.CodeMirror') !== null", WAIT).await;
 //! assert!(page.requested_urls().iter().all(|url| url.starts_with("http://127.0.0.1:8080/")));
+//! page.click("button.run").await;
+//! page.screenshot(Path::new("page.png")).await;
 //! browser.close().await;
 //! ```
 //!
@@ -17,6 +21,7 @@
 //! every page's commands and events. The browser runs in a process group of its own, which
 //! is killed when the [`Browser`] is dropped, so a failing test leaves no browser behind.
 
+use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
@@ -347,6 +352,99 @@ impl Page {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(100));
         }
+    }
+
+    /// Clicks the element `selector` names as a person would: scrolled into view, then a
+    /// real mouse press and release at its centre (so a disabled button ignores it, and an
+    /// element covered by another is not reached). Waits, up to `CALL_TIMEOUT`, until the
+    /// element is there, has kept its place for 50 ms and is what is at its centre
+    /// (a page still laying out would move it under the pointer); panics otherwise.
+    pub async fn click(&self, selector: &str) {
+        let selector_js = serde_json::to_string(selector).expect("a JSON string");
+        let centre = self
+            .wait_for(
+                &format!("{selector} to be clickable"),
+                &format!(
+                    "(async () => {{
+                        const element = document.querySelector({selector_js});
+                        if (!element) return null;
+                        element.scrollIntoView({{ block: 'center', inline: 'center' }});
+                        const frame = () => new Promise(resolve => setTimeout(resolve, 50));
+                        const place = () => {{
+                            const box = element.getBoundingClientRect();
+                            return [box.left + box.width / 2, box.top + box.height / 2];
+                        }};
+                        await frame();
+                        const first = place();
+                        await frame();
+                        const second = place();
+                        if (first[0] !== second[0] || first[1] !== second[1]) return null;
+                        const hit = document.elementFromPoint(second[0], second[1]);
+                        return hit && (hit === element || element.contains(hit)) ? second : null;
+                    }})()"
+                ),
+                CALL_TIMEOUT,
+            )
+            .await;
+        let (Some(x), Some(y)) = (centre[0].as_f64(), centre[1].as_f64()) else {
+            panic!("{selector} has no centre: {centre}");
+        };
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+            )
+            .await;
+        }
+    }
+
+    /// Types `text` into the element `selector` names (focused first), one key event per
+    /// character as a keyboard would. Panics when nothing matches.
+    pub async fn type_into(&self, selector: &str, text: &str) {
+        let selector_js = serde_json::to_string(selector).expect("a JSON string");
+        let found = self
+            .evaluate(&format!(
+                "(() => {{
+                    const element = document.querySelector({selector_js});
+                    if (!element) return false;
+                    element.focus();
+                    return document.activeElement === element;
+                }})()"
+            ))
+            .await;
+        assert_eq!(found, json!(true), "nothing focusable matches {selector}");
+        self.call("Input.insertText", json!({ "text": text })).await;
+    }
+
+    /// Sets the tab's viewport (CSS pixels, at scale 1).
+    pub async fn set_viewport(&self, width: u32, height: u32) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
+        )
+        .await;
+    }
+
+    /// A PNG of the whole page (not only the viewport), written to `path`.
+    pub async fn screenshot(&self, path: &Path) {
+        let answer = self
+            .call(
+                "Page.captureScreenshot",
+                json!({ "format": "png", "captureBeyondViewport": true }),
+            )
+            .await;
+        let encoded = answer["data"]
+            .as_str()
+            .expect("Page.captureScreenshot returns data");
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .expect("the screenshot is base64");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .unwrap_or_else(|e| panic!("could not create {}: {e}", dir.display()));
+        }
+        std::fs::write(path, png)
+            .unwrap_or_else(|e| panic!("could not write {}: {e}", path.display()));
     }
 
     /// The `params` of every event `method` this tab has had so far.

@@ -6,7 +6,7 @@ use async_graphql::{
 };
 use chrono::{DateTime, Utc};
 use tidemark_projections::{
-    BuildStatus, DeadLetter, PartitionLag, ProjectionStatus, RebuildProgress, WorkerInfo,
+    DeadLetter, PartitionLag, ProjectionStatus, RebuildProgress, WorkerInfo,
 };
 use tidemark_store::{AppendOutcome, ExpectedVersion, RecordedEvent};
 use uuid::Uuid;
@@ -288,15 +288,7 @@ impl Build {
     }
     /// Done / total, from 0 to 1.
     async fn fraction(&self) -> f64 {
-        if self.0.events_total <= 0 {
-            if self.0.status == BuildStatus::Done {
-                1.0
-            } else {
-                0.0
-            }
-        } else {
-            (self.0.events_done as f64 / self.0.events_total as f64).min(1.0)
-        }
+        self.0.fraction()
     }
     async fn position(&self) -> Int64 {
         Int64(self.0.position)

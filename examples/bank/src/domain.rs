@@ -15,7 +15,6 @@ use std::collections::BTreeSet;
 use tidemark_store::aggregate::{
     Aggregate, CommandBus, CommandError, CommandOptions, CommandOutcome,
 };
-use uuid::Uuid;
 
 /// A refused command, said so a person understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,19 +66,20 @@ impl BankError {
 }
 
 /// Runs `command` on the aggregate `id` through `bus`, naming `id` in its refusals (see
-/// [`BankError::naming`]). Every command of the bank goes through here. With a
-/// `command_id`, sending the same command again never applies it twice (see
-/// [`tidemark_store::aggregate`]).
+/// [`BankError::naming`]). Every command of the bank goes through here. With a command id
+/// in `options`, sending the same command again never applies it twice (see
+/// [`tidemark_store::aggregate`]); its correlation and causation ids go into the metadata
+/// of the events written.
 pub async fn execute<A>(
     bus: &CommandBus,
     id: &str,
     command: &A::Command,
-    command_id: Option<Uuid>,
+    options: CommandOptions,
 ) -> Result<CommandOutcome, CommandError<BankError>>
 where
     A: Aggregate<Error = BankError>,
 {
-    bus.execute_with::<A>(id, command, CommandOptions::new().command_id(command_id))
+    bus.execute_with::<A>(id, command, options)
         .await
         .map_err(|error| match error {
             CommandError::Rejected(reason) => CommandError::Rejected(reason.naming(id)),
@@ -439,12 +439,13 @@ impl Aggregate for Order {
 }
 
 /// Pays order `order_id` from its account: withdraw once (no overdraft), then mark paid.
-/// Safe to call again after a crash or timeout: both steps are idempotent. A `command_id`
-/// names both steps (their event ids differ by stream).
+/// Safe to call again after a crash or timeout: both steps are idempotent. The command id
+/// of `options` names both steps (their event ids differ by stream), and both carry its
+/// correlation id.
 pub async fn pay_order(
     bus: &CommandBus,
     order_id: &str,
-    command_id: Option<Uuid>,
+    options: CommandOptions,
 ) -> Result<CommandOutcome, CommandError<BankError>> {
     let (order, _) = bus.load::<Order>(order_id).await?;
     if order.id.is_none() {
@@ -464,10 +465,10 @@ pub async fn pay_order(
             order_id: order_id.to_string(),
             amount: order.amount,
         },
-        command_id,
+        options.clone(),
     )
     .await?;
-    execute::<Order>(bus, order_id, &OrderCommand::MarkPaid, command_id).await
+    execute::<Order>(bus, order_id, &OrderCommand::MarkPaid, options).await
 }
 
 #[cfg(test)]

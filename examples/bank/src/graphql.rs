@@ -8,7 +8,7 @@ use crate::domain::{
     self, Account, AccountCommand, BankError, Customer, CustomerCommand, Order, OrderCommand,
 };
 use async_graphql::{Context, Object, SimpleObject};
-use tidemark_api::{ApiError, ApiResult, Role, RoleGuard, Tidemark};
+use tidemark_api::{ApiError, ApiResult, Int64, Role, RoleGuard, Tidemark};
 use tidemark_store::aggregate::{CommandError, CommandOutcome};
 use tidemark_store::StoreError;
 use tokio_postgres::types::ToSql;
@@ -20,10 +20,10 @@ use uuid::Uuid;
 pub struct CommandResult {
     pub stream_id: String,
     /// The stream's version after the command.
-    pub stream_version: Option<i64>,
+    pub stream_version: Option<Int64>,
     /// Global position of the last event written (0 when nothing changed): pass it to
     /// `@waitFor` to read your own write.
-    pub position: i64,
+    pub position: Int64,
     /// Whether the command wrote events (false when it changed nothing). For a retried
     /// command (`duplicate`), whether its first execution did.
     pub changed: bool,
@@ -35,7 +35,7 @@ pub struct CommandResult {
 impl From<CommandOutcome> for CommandResult {
     fn from(outcome: CommandOutcome) -> Self {
         CommandResult {
-            position: outcome.position(),
+            position: Int64(outcome.position()),
             // The bus writes with ids of its own (fresh, or derived from the command id), so
             // events it reports are this command's, written now or by its first execution.
             changed: outcome
@@ -44,7 +44,7 @@ impl From<CommandOutcome> for CommandResult {
                 .is_some_and(|a| !a.events.is_empty()),
             duplicate: outcome.duplicate,
             stream_id: outcome.stream_id,
-            stream_version: outcome.stream_version,
+            stream_version: outcome.stream_version.map(Int64),
         }
     }
 }
@@ -57,7 +57,7 @@ pub struct AccountView {
     /// In cents.
     pub balance: i64,
     /// Version of the last event applied to this row.
-    pub version: i64,
+    pub version: Int64,
 }
 
 /// An order as the `orders` read model has it.
@@ -76,7 +76,7 @@ pub struct OrderView {
 pub struct CategoryTotal {
     pub category: String,
     pub event_type: String,
-    pub events: i64,
+    pub events: Int64,
     pub amount: i64,
 }
 
@@ -117,7 +117,7 @@ fn account_view(id: String, r: &Row) -> AccountView {
         id,
         owner: r.get(1),
         balance: r.get(2),
-        version: r.get(3),
+        version: Int64(r.get(3)),
     }
 }
 
@@ -185,7 +185,7 @@ impl BankQuery {
             |r| CategoryTotal {
                 category: r.get(0),
                 event_type: r.get(1),
-                events: r.get(2),
+                events: Int64(r.get(2)),
                 amount: r.get(3),
             },
         )
@@ -313,7 +313,8 @@ command_mutations! {
     /// Pays an order from its account (no overdraft; safe to retry).
     fn pay_order(ctx, command_id; order_id: String) {
         let bus = Tidemark::from_ctx(ctx)?.commands();
-        Ok(domain::pay_order(bus, &order_id, command_id).await?.into())
+        let options = Tidemark::command_options(ctx).command_id(command_id);
+        Ok(domain::pay_order(bus, &order_id, options).await?.into())
     }
 
     /// Ships a paid order.
@@ -343,7 +344,8 @@ where
         ));
     }
     let bus = Tidemark::from_ctx(ctx)?.commands();
-    Ok(domain::execute::<A>(bus, id, command, command_id)
+    let options = Tidemark::command_options(ctx).command_id(command_id);
+    Ok(domain::execute::<A>(bus, id, command, options)
         .await?
         .into())
 }

@@ -31,6 +31,7 @@ use std::time::Instant;
 use tidemark_store::{EventStore, Page, Position, RecordedEvent, SubscribeOptions};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Why a lane stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,13 +291,28 @@ impl Lane {
             // since the previous commit (idle time included), smoothed. Written with the
             // checkpoint, so status and metrics read what the lane last did.
             let per_second = rate.record(events.len());
+            let span = tracing::info_span!(
+                "lane_batch",
+                projection = self.spec.projection.name(),
+                partition = self.spec.partition,
+                target = %self.spec.target.as_sql(),
+                events = events.len(),
+                after = checkpoint,
+            );
+            let started = Instant::now();
             match self
                 .apply_with_retries(checkpoint, &events, parked_ahead, per_second, shutdown)
+                .instrument(span)
                 .await?
             {
                 Some(new_checkpoint) => checkpoint = new_checkpoint,
                 None => return Ok(Next::Exit(self.stopped_or_fenced())),
             }
+            crate::metrics::record_batch(
+                self.spec.projection.name(),
+                events.len(),
+                started.elapsed(),
+            );
             rate.committed();
             self.progress.send_modify(|p| {
                 p.checkpoint = checkpoint;

@@ -12,6 +12,7 @@ use crate::error::{Result, StoreError};
 use crate::model::{AppendOutcome, AppendRequest, AppendedEvent, Position, StreamVersion};
 use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Channel on which commits are announced (payload: the new head and the last position per
@@ -301,6 +302,7 @@ pub(crate) async fn write_batch(
     // From the moment COMMIT is sent until its answer arrives, a broken connection leaves
     // the outcome unknown; `commit_failed` tells the two apart.
     tx.commit()
+        .instrument(tracing::debug_span!("append_commit"))
         .await
         .map_err(StoreError::commit_failed("committing appended events"))?;
     Ok(BatchResult {

@@ -20,12 +20,16 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// A request waiting in the queue with the channel its answer goes back on.
 pub(crate) struct Pending {
     pub prepared: PreparedAppend,
     pub reply: oneshot::Sender<Result<AppendOutcome>>,
     pub enqueued_at: Instant,
+    /// The caller's span (e.g. a GraphQL request's): the batch that writes this request
+    /// follows from it, and it records how long the request waited in the queue.
+    pub span: tracing::Span,
 }
 
 /// The caller's side of the queue.
@@ -63,6 +67,7 @@ impl AppendQueue {
             prepared,
             reply,
             enqueued_at: Instant::now(),
+            span: tracing::Span::current(),
         };
         match self.sender.try_send(pending) {
             Ok(()) => {}
@@ -210,7 +215,31 @@ impl Writer {
         let started = Instant::now();
         let requests = batch.len();
         metrics::histogram!("tidemark_append_batch_requests").record(requests as f64);
-        let result = self.write_once(batch).await;
+        let events: usize = batch.iter().map(|p| p.prepared.request.events.len()).sum();
+        metrics::histogram!("tidemark_append_batch_events").record(events as f64);
+        let queue_wait = batch
+            .iter()
+            .map(|p| started.duration_since(p.enqueued_at))
+            .max()
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "append_batch",
+            requests,
+            events,
+            queue_wait_ms = queue_wait.as_secs_f64() * 1000.0,
+        );
+        for pending in batch.iter() {
+            span.follows_from(&pending.span);
+            pending.span.in_scope(|| {
+                tracing::debug!(
+                    queue_wait_ms =
+                        started.duration_since(pending.enqueued_at).as_secs_f64() * 1000.0,
+                    batch_requests = requests,
+                    "append taken by the writer"
+                )
+            });
+        }
+        let result = self.write_once(batch).instrument(span.clone()).await;
         #[cfg(feature = "fault-injection")]
         if let (Ok(_), Some(stream)) = (&result, &self.config.panic_after_commit_on_stream) {
             if batch

@@ -8,6 +8,7 @@
 mod common;
 
 mod append_only;
+mod browse;
 mod dedup;
 mod embedded;
 mod expected_version;

@@ -59,6 +59,81 @@ async fn a_deposit_answers_the_streams_new_version_and_the_head_position() {
     assert_eq!(deposit.position, bank.head().await);
 }
 
+/// A command's events carry the request's correlation and causation ids
+/// (`X-Correlation-Id`, `X-Causation-Id`) in their metadata, and the answer echoes the
+/// correlation id; a request without one gets a fresh one, shared by all its events.
+#[tokio::test]
+async fn a_commands_events_carry_the_requests_correlation_and_causation_ids() {
+    let bank = BankClient::start().await;
+    let open = |correlation: Option<&'static str>| {
+        let mut request = bank
+            .app
+            .client
+            .post(format!("{}/graphql", bank.app.address))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {APPEND_KEY}"));
+        if let Some(correlation) = correlation {
+            request = request
+                .header("x-correlation-id", correlation)
+                .header("x-causation-id", "signup-form-submitted");
+        }
+        request
+            .body(
+                json!({ "query": format!(
+                    "mutation {{ openAccount(accountId: \"{}\", owner: \"ann\") {{ position }} }}",
+                    correlation.unwrap_or("plain")
+                ) })
+                .to_string(),
+            )
+            .send()
+    };
+    let answer = open(Some("journey-7")).await.expect("an answer");
+    assert_eq!(answer.headers()["x-correlation-id"], "journey-7");
+    let answer = open(None).await.expect("an answer");
+    let fresh = answer.headers()["x-correlation-id"]
+        .to_str()
+        .expect("text")
+        .to_string();
+    let events = bank.app.all_events().await;
+    let metadata = |stream: &str| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e.stream_id == stream)
+            .map(|e| e.metadata.clone())
+            .collect()
+    };
+    let traced = metadata("account-journey-7");
+    assert!(!traced.is_empty());
+    for m in &traced {
+        assert_eq!(m["correlationId"], "journey-7", "{m}");
+        assert_eq!(m["causationId"], "signup-form-submitted", "{m}");
+    }
+    let plain = metadata("account-plain");
+    assert!(!plain.is_empty());
+    for m in &plain {
+        assert_eq!(m["correlationId"], fresh.as_str(), "{m}");
+    }
+
+    // An id that cannot be one is refused before anything runs.
+    let refused = bank
+        .app
+        .client
+        .post(format!("{}/graphql", bank.app.address))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {APPEND_KEY}"))
+        .header("x-correlation-id", "two words")
+        .body(json!({ "query": "mutation { openAccount(accountId: \"nope\", owner: \"x\") { position } }" }).to_string())
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.expect("JSON");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "BAD_INPUT",
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn a_deposit_is_read_back_from_the_balances_read_model_with_wait_for() {
     let bank = BankClient::start().await;
@@ -673,7 +748,7 @@ fn the_readme_run_command_serves_the_bank_and_the_walkthrough_quotes_what_it_pri
     let listen = readme_serve_address();
     // What `serve` prints (api/src/cli.rs), for the default address.
     const PRINTED: &str =
-        "Tidemark is listening on http://{0}/ (GraphiQL: http://{0}/, GraphQL: http://{0}/graphql)";
+        "Tidemark is listening on http://{0}/ (GraphiQL: http://{0}/, dashboard: http://{0}/ui, GraphQL: http://{0}/graphql)";
     assert!(
         include_str!("../../../api/src/cli.rs").contains(&format!("\"{PRINTED}\"")),
         "`serve` prints something else now: update the walkthrough and this test"

@@ -2,7 +2,8 @@
 //! (`tidemark_api::Application`) on a free port against a database of its own and talks to
 //! it over HTTP and WebSocket (`common`). The embedded cluster that holds the databases is
 //! started once for the whole binary; `embedded_recovery` and `tls` run servers on private
-//! clusters of their own. `graphiql` drives a real headless Chromium (Debian's `chromium`).
+//! clusters of their own. `graphiql` and `ui` (the dashboard) drive a real headless Chromium
+//! (Debian's `chromium`).
 //!
 //! Run one feature with `cargo test -p tidemark-tests --test e2e <module>::`.
 
@@ -19,9 +20,13 @@ mod groups;
 mod http_service;
 mod metrics;
 mod outcome;
+mod overview;
 mod ownership;
+mod readme;
+mod readme_app;
 mod restart;
 mod schemas;
 mod subscriptions;
 mod tls;
+mod ui;
 mod windows;

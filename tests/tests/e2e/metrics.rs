@@ -108,6 +108,15 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
     )
     .await;
     let _ = app.graphql("{ nope }", json!({}), Some(READ_KEY)).await;
+    // A rebuild, for the build-progress gauge.
+    let rebuild = app
+        .graphql(
+            "mutation { rebuildProjection(name: \"site_sums\") { projection } }",
+            json!({}),
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_no_errors(&rebuild);
     // A consumer group, so its per-group figures are exported.
     assert_no_errors(
         &app.graphql(
@@ -118,12 +127,14 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
         .await,
     );
     let text = eventually(
-        "the projection, pool and consumer group gauges",
+        "the projection, build, pool and consumer group figures",
         WAIT,
         || async {
             let (_, text) = app.get("/metrics").await;
             (text.contains("tidemark_projection_lag_events")
                 && text.contains("tidemark_db_pool_connections")
+                && text.contains("tidemark_projection_apply_seconds_bucket")
+                && text.contains("tidemark_projection_build_progress")
                 && text.contains("tidemark_consumer_group_redeliveries_total"))
             .then_some(text)
         },
