@@ -49,6 +49,7 @@ use async_graphql::{Context, EmptyMutation, EmptySubscription, ObjectType, Subsc
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tidemark_consumers::ConsumerGroups;
 use tidemark_projections::{Handler, Projection, ProjectionEngine, Registry};
 use tidemark_schema::{Registry as SchemaRegistry, SchemaDefinition, Upcasters};
 use tidemark_store::aggregate::{CommandBus, CommandOptions};
@@ -284,6 +285,7 @@ struct TidemarkInner {
     schemas: Arc<SchemaRegistry>,
     engine: ProjectionEngine,
     commands: CommandBus,
+    groups: ConsumerGroups,
     limits: ApiLimits,
     background: TaskTracker,
     shutdown: CancellationToken,
@@ -298,8 +300,12 @@ impl Tidemark {
         engine: ProjectionEngine,
         limits: ApiLimits,
     ) -> Self {
+        let shutdown = CancellationToken::new();
         Tidemark {
             inner: Arc::new(TidemarkInner {
+                // Consumers see every event as the latest version of its type, as
+                // projections do.
+                groups: ConsumerGroups::new(evolution.upcasting.clone(), shutdown.clone()),
                 commands: CommandBus::new(evolution.upcasting.clone()),
                 upcasting: evolution.upcasting,
                 schemas: evolution.registry,
@@ -307,7 +313,7 @@ impl Tidemark {
                 engine,
                 limits,
                 background: TaskTracker::new(),
-                shutdown: CancellationToken::new(),
+                shutdown,
             }),
         }
     }
@@ -340,6 +346,11 @@ impl Tidemark {
 
     pub fn engine(&self) -> &ProjectionEngine {
         &self.inner.engine
+    }
+
+    /// Consumer groups: durable cursors many consumers pull from with acks.
+    pub fn groups(&self) -> &ConsumerGroups {
+        &self.inner.groups
     }
 
     /// Runs commands on aggregates (`commands().execute::<Account>(id, &command)`).

@@ -1,5 +1,5 @@
 //! The `tidemark` command line (`serve`, `migrate`, `projections`, `events`, `workers`,
-//! `schemas`, `keys`, `relay`). An application binary reuses all of it with its own
+//! `schemas`, `groups`, `keys`, `relay`). An application binary reuses all of it with its own
 //! projections and GraphQL objects:
 //!
 //! ```ignore
@@ -12,6 +12,7 @@
 //! `DATABASE_URL` each command uses the embedded PostgreSQL in `--data-dir`.
 
 mod events;
+mod groups;
 mod keys;
 mod projections;
 pub mod relay;
@@ -115,6 +116,11 @@ pub enum Command {
     Schemas {
         #[command(subcommand)]
         command: schemas::SchemasCommand,
+    },
+    /// Consumer groups: create, list, status, parked messages and their replay, delete.
+    Groups {
+        #[command(subcommand)]
+        command: groups::GroupsCommand,
     },
     /// Manage API keys (stored hashed; a new key is shown once).
     Keys {
@@ -327,6 +333,9 @@ async fn dispatch(cli: Cli, app: TidemarkApp) -> anyhow::Result<()> {
             with_store(&database, |store| events::run(command, store)).await
         }
         Command::Keys { command } => with_store(&database, |store| keys::run(command, store)).await,
+        Command::Groups { command } => {
+            with_store(&database, |store| groups::run(command, store)).await
+        }
         Command::Schemas { command } => {
             with_store(&database, |store| schemas::run(command, store)).await
         }

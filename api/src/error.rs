@@ -16,6 +16,7 @@
 
 use async_graphql::{ErrorExtensionValues, ServerError, Value};
 use std::fmt;
+use tidemark_consumers::ConsumerError;
 use tidemark_projections::EngineError;
 use tidemark_schema::SchemaError;
 use tidemark_store::aggregate::CommandError;
@@ -73,6 +74,11 @@ pub enum ErrorCode {
     /// A stored event could not be upcast to the latest version of its type (a missing or
     /// failing upcaster); register the missing step.
     UpcastFailed,
+    /// No consumer group of that name; create it first (`createConsumerGroup`).
+    GroupNotFound,
+    /// A consumer group of that name exists with other settings; delete it first or choose
+    /// another name.
+    GroupExists,
     /// Something failed on the server; details are in its log, not in the response.
     Internal,
 }
@@ -100,6 +106,8 @@ impl ErrorCode {
             ErrorCode::SchemaRequired => "SCHEMA_REQUIRED",
             ErrorCode::SchemaInUse => "SCHEMA_IN_USE",
             ErrorCode::UpcastFailed => "UPCAST_FAILED",
+            ErrorCode::GroupNotFound => "GROUP_NOT_FOUND",
+            ErrorCode::GroupExists => "GROUP_EXISTS",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -393,6 +401,24 @@ impl ApiError {
         }
     }
 
+    /// The one mapping from consumer-group errors to API errors.
+    pub fn from_consumers(error: &ConsumerError) -> ApiError {
+        match error {
+            ConsumerError::GroupNotFound(group) => {
+                ApiError::new(ErrorCode::GroupNotFound, error.to_string())
+                    .with("group", group.as_str())
+            }
+            ConsumerError::GroupExists(group) => {
+                ApiError::new(ErrorCode::GroupExists, error.to_string())
+                    .with("group", group.as_str())
+            }
+            ConsumerError::Invalid { field, message } => {
+                ApiError::bad_input(*field, message.as_str())
+            }
+            ConsumerError::Store(store) => ApiError::from_store(store),
+        }
+    }
+
     /// Maps a command bus error: a refused command is `REJECTED` with the aggregate's
     /// message; store errors map as above.
     pub fn from_command<E: fmt::Display>(error: &CommandError<E>) -> ApiError {
@@ -420,6 +446,12 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         ApiError::from_store(&error)
+    }
+}
+
+impl From<ConsumerError> for ApiError {
+    fn from(error: ConsumerError) -> Self {
+        ApiError::from_consumers(&error)
     }
 }
 
@@ -522,6 +554,8 @@ pub fn normalize(error: &mut ServerError) -> Normalized {
         Some(ApiError::from_store(store))
     } else if let Some(schema) = error.source::<SchemaError>() {
         Some(ApiError::from_schema(schema))
+    } else if let Some(consumers) = error.source::<ConsumerError>() {
+        Some(ApiError::from_consumers(consumers))
     } else {
         error.source::<EngineError>().map(ApiError::from_engine)
     };
@@ -802,6 +836,27 @@ mod tests {
         for (engine, code) in cases {
             let mut error: ServerError =
                 async_graphql::Error::from(engine).into_server_error(Default::default());
+            normalize(&mut error);
+            assert_eq!(code_of(&error), code);
+        }
+    }
+
+    #[test]
+    fn consumer_group_errors_have_their_codes() {
+        let cases = [
+            (ConsumerError::GroupNotFound("g".into()), "GROUP_NOT_FOUND"),
+            (ConsumerError::GroupExists("g".into()), "GROUP_EXISTS"),
+            (
+                ConsumerError::Invalid {
+                    field: "maxInFlight",
+                    message: "must be between 1 and 100000".into(),
+                },
+                "BAD_INPUT",
+            ),
+        ];
+        for (consumers, code) in cases {
+            let mut error: ServerError =
+                async_graphql::Error::from(consumers).into_server_error(Default::default());
             normalize(&mut error);
             assert_eq!(code_of(&error), code);
         }

@@ -5,7 +5,7 @@
 //!
 //! - [`app`]: what an application brings — [`TidemarkApp`], built with
 //!   `TidemarkApp::builder().projection(..).handler(..).graphql_query(Q).graphql_mutation(M)`
-//!   — and what its resolvers get: [`Tidemark`] (store, engine, command bus).
+//!   — and what its resolvers get: [`Tidemark`] (store, engine, command bus, consumer groups).
 //! - [`schema`]: the built-in queries, mutations and subscriptions
 //!   ([`schema::query`], [`schema::mutation`], [`schema::subscription`], their types in
 //!   [`schema::types`], the `@waitFor` directive in [`schema::directive`]), merged with the
@@ -34,10 +34,12 @@
 //!   embedded), logs and the Prometheus recorder.
 //! - [`migrations`]: the API's own migration (API keys) and [`all_migrations`], the set a
 //!   server's database needs (store, engine, API), for every command that migrates.
-//! - [`cli`]: `tidemark serve | migrate | projections | events | keys | relay`, reusable by
+//! - [`cli`]: `tidemark serve | migrate | projections | events | workers | schemas | groups |
+//!   keys | relay`, reusable by
 //!   application binaries through [`cli::run`].
 //!
-//! The API knows the store, the engine and the schema registry; none of them knows the API.
+//! The API knows the store, the engine, the schema registry and the consumer groups
+//! (`schema::groups`, `cli groups`); none of them knows the API.
 
 pub mod app;
 pub mod auth;

@@ -12,12 +12,13 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 /// Every migration of a Tidemark server's database: the store's, the projection engine's,
-/// the API's and the schema registry's. What `serve`, `migrate` and the other commands apply
-/// and check.
+/// the API's, the schema registry's and the consumer groups'. What `serve`, `migrate` and
+/// the other commands apply and check.
 pub fn all_migrations() -> MigrationSet {
     tidemark_projections::migrations()
         .with(MIGRATIONS)
         .with(tidemark_schema::MIGRATIONS)
+        .with(tidemark_consumers::MIGRATIONS)
 }
 
 #[cfg(test)]
@@ -42,6 +43,7 @@ mod tests {
                 (50, "binary_payloads"),
                 (100, "schema_registry"),
                 (101, "schema_encoding"),
+                (200, "consumer_groups"),
             ]
         );
         for migration in all {

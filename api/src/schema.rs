@@ -1,10 +1,11 @@
 //! The GraphQL schema: the built-in queries, mutations and subscriptions (the schema
 //! registry's in [`schemas`], the operator's overview — `whoami`, `logStats`, `categories`,
-//! `streams` — in [`overview`]) merged with the application's, and [`ApiSchema`], the schema behind one non-generic handle that gives
+//! `streams` — in [`overview`], consumer groups' in [`groups`]) merged with the application's, and [`ApiSchema`], the schema behind one non-generic handle that gives
 //! every error in every response a stable code (see [`crate::error::normalize`]).
 
 pub(crate) mod app_fields;
 pub mod directive;
+pub mod groups;
 pub mod mutation;
 pub mod overview;
 pub mod query;
@@ -26,6 +27,7 @@ use futures::{FutureExt, StreamExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+pub use groups::{GroupMutation, GroupQuery, GroupSubscription};
 pub use mutation::BuiltinMutation;
 pub use overview::OverviewQuery;
 pub use query::BuiltinQuery;
@@ -39,18 +41,28 @@ pub struct Query<Q: ObjectType + 'static>(
     pub BuiltinQuery,
     pub OverviewQuery,
     pub SchemaQuery,
+    pub GroupQuery,
     pub Q,
 );
 
 /// The root mutation: built-in fields and the application's.
 #[derive(MergedObject, Default, Clone)]
 #[graphql(name = "Mutation")]
-pub struct Mutation<M: ObjectType + 'static>(pub BuiltinMutation, pub SchemaMutation, pub M);
+pub struct Mutation<M: ObjectType + 'static>(
+    pub BuiltinMutation,
+    pub SchemaMutation,
+    pub GroupMutation,
+    pub M,
+);
 
 /// The root subscription: built-in fields and the application's.
 #[derive(MergedSubscription, Default, Clone)]
 #[graphql(name = "Subscription")]
-pub struct Subscription<S: SubscriptionType + 'static>(pub BuiltinSubscription, pub S);
+pub struct Subscription<S: SubscriptionType + 'static>(
+    pub BuiltinSubscription,
+    pub GroupSubscription,
+    pub S,
+);
 
 /// What a schema is built with.
 #[derive(Clone, Default)]
@@ -137,9 +149,9 @@ where
     S: SubscriptionType + 'static,
 {
     let mut builder = Schema::build(
-        Query(BuiltinQuery, OverviewQuery, SchemaQuery, query),
-        Mutation(BuiltinMutation, SchemaMutation, mutation),
-        Subscription(BuiltinSubscription, subscription),
+        Query(BuiltinQuery, OverviewQuery, SchemaQuery, GroupQuery, query),
+        Mutation(BuiltinMutation, SchemaMutation, GroupMutation, mutation),
+        Subscription(BuiltinSubscription, GroupSubscription, subscription),
     )
     .limit_depth(settings.limits.max_query_depth)
     .limit_complexity(settings.limits.max_query_complexity)

@@ -119,6 +119,9 @@ impl Application {
         }
 
         let tidemark = Tidemark::new(store.clone(), evolution, engine, limits.clone());
+        tidemark
+            .groups()
+            .spawn_metrics_reporter(config.metrics_interval);
         let schema = app.schema(SchemaSettings {
             limits: limits.clone(),
             tidemark: Some(tidemark.clone()),

@@ -149,6 +149,7 @@ const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
     ("tidemark-pg-embedded", &[]),
     ("tidemark-store", &[]),
     ("tidemark-schema", &["tidemark-store"]),
+    ("tidemark-consumers", &["tidemark-store"]),
     (
         "tidemark-projections",
         &["tidemark-store", "tidemark-pg-embedded"],
@@ -165,6 +166,7 @@ const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
             "tidemark-pg-embedded",
             "tidemark-schema",
             "tidemark-relay",
+            "tidemark-consumers",
         ],
     ),
 ];

@@ -89,6 +89,14 @@ pub const METRICS: &[Metric] = &[
     metric("tidemark_embedded_postgres_up", Gauge, &[], "1 while the embedded PostgreSQL server runs, 0 while it is down."),
     metric("tidemark_embedded_postgres_exits_total", Counter, &[], "Unexpected exits of the embedded PostgreSQL server."),
     metric("tidemark_embedded_postgres_restarts_total", Counter, &["outcome"], "Restarts of the embedded PostgreSQL server, by outcome."),
+    metric("tidemark_consumer_group_lag_events", Gauge, &["group"], "Consumer groups: matching events not settled yet (in flight, waiting, and not yet taken from the log). Group-wide, from the database."),
+    metric("tidemark_consumer_group_lag_seconds", Gauge, &["group"], "Consumer groups: age of the oldest unsettled matching event, in seconds."),
+    metric("tidemark_consumer_group_in_flight", Gauge, &["group"], "Consumer groups: messages delivered and not yet acked or nacked."),
+    metric("tidemark_consumer_group_waiting", Gauge, &["group"], "Consumer groups: messages taken from the log and waiting for a consumer or a retry's backoff."),
+    metric("tidemark_consumer_group_parked", Gauge, &["group"], "Consumer groups: parked messages (past max deliveries or parked by a consumer), not replayed."),
+    metric("tidemark_consumer_group_delivered_total", Counter, &["group"], "Consumer groups: deliveries since the group was created (group-wide, from the database; every process reports the same)."),
+    metric("tidemark_consumer_group_redeliveries_total", Counter, &["group"], "Consumer groups: deliveries of a message delivered before (after an ack timeout or a retry), since the group was created."),
+    metric("tidemark_consumer_group_metrics_panics_total", Counter, &[], "Panics of the consumer group metrics reporter (it carries on)."),
     metric("tidemark_embedded_supervisor_panics_total", Counter, &[], "Panics of the embedded PostgreSQL supervisor (it is restarted)."),
 ];
 

@@ -17,6 +17,7 @@ mod binary_payloads;
 mod embedded_recovery;
 mod events;
 mod graphiql;
+mod groups;
 mod http_service;
 mod metrics;
 mod outcome;

@@ -117,14 +117,28 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
         )
         .await;
     assert_no_errors(&rebuild);
-    let text = eventually("the projection, build and pool figures", WAIT, || async {
-        let (_, text) = app.get("/metrics").await;
-        (text.contains("tidemark_projection_lag_events")
-            && text.contains("tidemark_db_pool_connections")
-            && text.contains("tidemark_projection_apply_seconds_bucket")
-            && text.contains("tidemark_projection_build_progress"))
-        .then_some(text)
-    })
+    // A consumer group, so its per-group figures are exported.
+    assert_no_errors(
+        &app.graphql(
+            "mutation { createConsumerGroup(name: \"dash\") { name } }",
+            json!({}),
+            Some(ADMIN_KEY),
+        )
+        .await,
+    );
+    let text = eventually(
+        "the projection, build, pool and consumer group figures",
+        WAIT,
+        || async {
+            let (_, text) = app.get("/metrics").await;
+            (text.contains("tidemark_projection_lag_events")
+                && text.contains("tidemark_db_pool_connections")
+                && text.contains("tidemark_projection_apply_seconds_bucket")
+                && text.contains("tidemark_projection_build_progress")
+                && text.contains("tidemark_consumer_group_redeliveries_total"))
+            .then_some(text)
+        },
+    )
     .await;
     for name in &queried {
         let base = name.strip_suffix("_bucket").unwrap_or(name);
