@@ -378,7 +378,12 @@ impl Tidemark {
         let options = CommandOptions::new();
         match ctx.data_opt::<RequestIds>() {
             Some(ids) => {
-                let options = options.correlation_id(ids.correlation_id.clone());
+                // A server-made id must not change what a retried command writes.
+                let options = if ids.from_client {
+                    options.correlation_id(ids.correlation_id.clone())
+                } else {
+                    options.request_correlation_id(ids.correlation_id.clone())
+                };
                 match &ids.causation_id {
                     Some(causation_id) => options.causation_id(causation_id.clone()),
                     None => options,

@@ -21,6 +21,8 @@ const MAX_ID_BYTES: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestIds {
     pub correlation_id: String,
+    /// Whether the client sent the correlation id (else the server made it).
+    pub from_client: bool,
     pub causation_id: Option<String>,
 }
 
@@ -29,6 +31,7 @@ impl RequestIds {
     pub fn fresh() -> RequestIds {
         RequestIds {
             correlation_id: Uuid::now_v7().to_string(),
+            from_client: false,
             causation_id: None,
         }
     }
@@ -39,6 +42,7 @@ impl RequestIds {
         let correlation_id = header(headers, CORRELATION_HEADER)?;
         let causation_id = header(headers, CAUSATION_HEADER)?;
         Ok(RequestIds {
+            from_client: correlation_id.is_some(),
             correlation_id: correlation_id.unwrap_or_else(|| Uuid::now_v7().to_string()),
             causation_id,
         })
@@ -80,6 +84,7 @@ mod tests {
             RequestIds::from_headers(&headers).unwrap(),
             RequestIds {
                 correlation_id: "order-42".into(),
+                from_client: true,
                 causation_id: Some("evt-1".into())
             }
         );

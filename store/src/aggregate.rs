@@ -123,13 +123,15 @@ pub struct CommandOutcome {
 ///
 /// Every event a command writes carries, in its metadata, `correlationId` (the id shared by
 /// everything one request or workflow caused: the one given here, else the command id, else
-/// a fresh one per command) and, when known, `causationId` (what caused this command: the one
+/// the request's own id, else a fresh one per command; the command id comes before the
+/// request's id so that a command sent again in another request writes the same content) and, when known, `causationId` (what caused this command: the one
 /// given here, else the command id). Values already in the given metadata are kept.
 #[derive(Debug, Clone, Default)]
 pub struct CommandOptions {
     command_id: Option<Uuid>,
     metadata: Option<Value>,
     correlation_id: Option<String>,
+    request_correlation_id: Option<String>,
     causation_id: Option<String>,
 }
 
@@ -165,6 +167,13 @@ impl CommandOptions {
         self
     }
 
+    /// The id the server made for the request running the command (when the client sent
+    /// none): the correlation id of a command without a command id.
+    pub fn request_correlation_id(mut self, correlation_id: impl Into<String>) -> Self {
+        self.request_correlation_id = Some(correlation_id.into());
+        self
+    }
+
     /// What caused this command (e.g. the id of the event a process manager reacts to).
     pub fn causation_id(mut self, causation_id: impl Into<String>) -> Self {
         self.causation_id = Some(causation_id.into());
@@ -186,6 +195,7 @@ impl CommandOptions {
                     .correlation_id
                     .clone()
                     .or_else(|| command_id.clone())
+                    .or_else(|| self.request_correlation_id.clone())
                     .unwrap_or_else(|| Uuid::now_v7().to_string());
                 fields.insert(CORRELATION_ID.into(), Value::String(correlation_id));
             }
@@ -491,6 +501,13 @@ mod tests {
         assert_eq!(
             from_command,
             json!({ "correlationId": command_id.to_string(), "causationId": command_id.to_string() })
+        );
+        // The request's own id stands in only without a command id.
+        let request = CommandOptions::new().request_correlation_id("req-1");
+        assert_eq!(request.clone().event_metadata()[CORRELATION_ID], "req-1");
+        assert_eq!(
+            request.command_id(Some(command_id)).event_metadata()[CORRELATION_ID],
+            command_id.to_string()
         );
         // Without any: a fresh correlation id per command, no causation id.
         let fresh = CommandOptions::new().event_metadata();
