@@ -383,7 +383,7 @@ async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
 }
 
 /// Opens the store (migrating), runs `work`, and always shuts down what it started.
-async fn with_store<F, Fut>(database: &DatabaseConfig, work: F) -> anyhow::Result<()>
+pub(crate) async fn with_store<F, Fut>(database: &DatabaseConfig, work: F) -> anyhow::Result<()>
 where
     F: FnOnce(tidemark_store::EventStore) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,

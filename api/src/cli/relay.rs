@@ -4,7 +4,6 @@
 //! the others take over when it dies. Optional `/metrics` for Prometheus.
 
 use crate::config::DatabaseConfig;
-use crate::database::Database;
 use crate::startup::shutdown_signal;
 use anyhow::{anyhow, Context};
 use clap::Args;
@@ -13,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidemark_projections::EngineConfig;
 use tidemark_relay::{JetStreamConfig, JetStreamSink, Relay, RelayConfig, StartFrom};
-use tidemark_store::StoreConfig;
 
 /// What `relay` prints once it publishes (tests and scripts wait for it).
 pub const RELAYING_LOG: &str = "Tidemark relay is publishing";
@@ -121,26 +119,14 @@ impl RelayArgs {
 pub async fn run(args: RelayArgs, database: &DatabaseConfig) -> anyhow::Result<()> {
     // Installed first: metrics reported before the recorder exists are lost.
     crate::telemetry::prometheus();
-    let db = Database::open(database).await?;
-    let config = StoreConfig {
-        migrations: crate::all_migrations(),
-        ..StoreConfig::default()
-    };
-    let store = match db.open_store(8, config).await {
-        Ok(store) => store,
-        Err(error) => {
-            db.stop().await;
-            return Err(error);
+    super::with_store(database, |store| async move {
+        if args.status {
+            print_status(&args.name, &store).await
+        } else {
+            relay(&args, store).await
         }
-    };
-    let result = if args.status {
-        print_status(&args.name, &store).await
-    } else {
-        relay(&args, store.clone()).await
-    };
-    store.shutdown().await;
-    db.stop().await;
-    result
+    })
+    .await
 }
 
 async fn relay(args: &RelayArgs, store: tidemark_store::EventStore) -> anyhow::Result<()> {

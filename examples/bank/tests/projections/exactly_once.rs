@@ -237,10 +237,11 @@ async fn the_read_model_equals_the_fold_after_aborted_batches_dropped_connection
 }
 
 /// The `projector`'s lease lifetime and heartbeat timeout here. It runs 80 lanes (five
-/// projections, 16 partitions) on a loaded CI machine, where [`LEASE_TTL`] is too short for
-/// its renewals to keep up; and a restart does not wait for it, since a process restarted
-/// after `kill -9` takes its previous life's partitions back at once.
-const PROJECTOR_LEASE_TTL: Duration = Duration::from_secs(5);
+/// projections, 16 partitions) on a loaded CI machine (this binary runs 20 tests at once),
+/// where [`LEASE_TTL`] and even 5 s were too short for its renewals to keep up (seen: every
+/// lease lost 5 s after the first claim); and a restart does not wait for it, since a process
+/// restarted after `kill -9` takes its previous life's partitions back at once.
+const PROJECTOR_LEASE_TTL: Duration = Duration::from_secs(15);
 
 /// A `projector` child process on `db`, its logs appended to `log`.
 fn spawn_projector(db: &TestDatabase, log: &std::fs::File) -> Child {
