@@ -7,7 +7,8 @@
 //! commits. The swap after a rebuild and the replay of parked events use the same primitive.
 //!
 //! A running lane fetches pages after its checkpoint into a bounded channel (fetch-ahead
-//! with backpressure). Failures go through one retry policy ([`Retry`]): a failing batch is
+//! with backpressure), from the store's read replica when it has one (everything else of a
+//! lane is on the primary). Failures go through one retry policy ([`Retry`]): a failing batch is
 //! retried event by event so only the bad event is parked, and a lane that fails as a whole
 //! restarts from its checkpoint (a panic included) with backoff that starts over once the
 //! lane made progress.
@@ -126,7 +127,9 @@ impl Lane {
     /// commit, and the checkpoint check makes one of them fail and retry.
     pub async fn step(&self) -> Result<Step> {
         let checkpoint = self.load_checkpoint().await?;
-        // Read before the page: a short page then means everything up to here is seen.
+        // Read before the page: a short page then means everything up to here is seen. Both
+        // on the primary (this handle's reads): a head from one server and a page from
+        // another would claim events the page could not see.
         let head = self.store.head_position().await?;
         let filter = self.spec.read_filter();
         let events = self
@@ -225,8 +228,12 @@ impl Lane {
             crate::dead_letter::parked_ahead(&self.store, &self.spec, checkpoint).await?;
         let (pages_tx, mut pages) = mpsc::channel(self.config.fetch_ahead_pages.max(1));
         let fetch_stop = shutdown.child_token();
+        // Only the events are read on the replica (when the store has one): the checkpoint,
+        // the parked events and every commit are on the primary. The subscription reports
+        // itself caught up only as far as the replica has replayed, so a lane (and a build
+        // running to `until`) never takes a lagging replica for the end of the log.
         let fetcher = tokio::spawn(fetch(
-            self.store.clone(),
+            self.store.on_replica(),
             SubscribeOptions {
                 after: checkpoint,
                 filter: self.spec.read_filter(),
