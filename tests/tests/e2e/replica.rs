@@ -125,6 +125,13 @@ async fn graphql_reads_subscriptions_and_lanes_on_a_lagging_replica_are_later_ne
         |config| config.metrics_interval = Duration::from_millis(100),
     )
     .await;
+    let (status, ready) = app.get("/ready").await;
+    let ready: Value = serde_json::from_str(&ready).expect("a JSON body");
+    assert_eq!(
+        (status, &ready["checks"]["readReplica"]),
+        (200, &json!(true)),
+        "{ready}"
+    );
     append_numbered(&app, 0, 10).await;
     assert!(wait_for(&app, 10, 10_000).await);
     let mut subscription = app
