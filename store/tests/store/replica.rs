@@ -236,3 +236,50 @@ async fn a_read_database_that_does_not_hold_the_store_is_refused() {
     );
     cluster.stop().await;
 }
+
+/// Not a check: prints how fast a catch-up subscription reads 20,000 events from the primary
+/// and from the standby (best of three each; on a replica every page also reads the
+/// replica's head). Run with `--ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn measure_catch_up_on_the_primary_and_on_the_replica() {
+    const EVENTS: usize = 20_000;
+    let cluster = ReplicatedCluster::start().await;
+    let store = open_replicated(&cluster).await;
+    for batch in 0..EVENTS / 100 {
+        let events = (0..100)
+            .map(|k| {
+                NewEvent::new(
+                    "Numbered",
+                    serde_json::json!({ "n": batch * 100 + k, "pad": "x".repeat(150) }),
+                )
+            })
+            .collect();
+        append_ok(
+            &store,
+            &format!("item-{}", batch % 50),
+            ExpectedVersion::Any,
+            events,
+        )
+        .await;
+    }
+    cluster.wait_for_replay().await;
+    for (label, handle) in [("primary", store.clone()), ("replica", store.on_replica())] {
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let mut events = Box::pin(handle.subscribe(SubscribeOptions {
+                page_size: 1000,
+                ..SubscribeOptions::default()
+            }));
+            take_events(&mut events, EVENTS).await;
+            best = best.min(started.elapsed().as_secs_f64());
+        }
+        println!(
+            "catch-up subscribe on the {label}: {:.0} events/s (best of 3, {EVENTS} events)",
+            EVENTS as f64 / best
+        );
+    }
+    store.shutdown().await;
+    cluster.stop().await;
+}
