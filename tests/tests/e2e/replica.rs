@@ -1,7 +1,7 @@
 //! Reads from a streaming replica (`--read-database-url`) end to end, on a real hot standby
 //! the test starts from `pg_basebackup` of its own primary (`tidemark_testkit::replica`):
-//! GraphQL reads, the `events` subscription and a projection's lane read the standby, while
-//! appends, checkpoints and the read model are written to the primary. While the standby's
+//! GraphQL reads, the `events` subscription and a projection's lanes (live and rebuild) read
+//! the standby, while appends, checkpoints and the read model are written to the primary. While the standby's
 //! replay is paused they are only later: nothing is skipped, nothing arrives out of order,
 //! and everything arrives once replay resumes. The lag is on `/metrics`. The server binary
 //! takes the flag too.
@@ -87,6 +87,17 @@ async fn append_numbered(app: &TestApp, from: i64, count: i64) {
         )
         .await;
     }
+}
+
+/// The projection's last build (`status`, `eventsDone`).
+async fn last_build(app: &TestApp) -> Value {
+    app.graphql_data(
+        "{ projection(name: \"replica_counts\") { lastBuild { status eventsDone } } }",
+        json!({}),
+        Some(READ_KEY),
+    )
+    .await["projection"]["lastBuild"]
+        .clone()
 }
 
 /// Positions of the `events` query's first page (up to 100).
@@ -181,6 +192,16 @@ async fn graphql_reads_subscriptions_and_lanes_on_a_lagging_replica_are_later_ne
         "the lane read past the replica"
     );
     assert_eq!(applied(&cluster).await, 10);
+    // A rebuild runs to the primary's head (20); its lane reads the standby, so it must not
+    // take the standby's end (10) for that head.
+    let started = app
+        .graphql_data(
+            "mutation { rebuildProjection(name: \"replica_counts\") { kind } }",
+            json!({}),
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_eq!(started["rebuildProjection"]["kind"], "REBUILD");
     let lag = eventually("the replica's lag on /metrics", WAIT, || async {
         let (_, text) = app.get("/metrics").await;
         gauge(&text, "tidemark_replica_lag_events")
@@ -201,6 +222,14 @@ async fn graphql_reads_subscriptions_and_lanes_on_a_lagging_replica_are_later_ne
         Some(10.0),
         "{lag}"
     );
+    let build = eventually("the rebuild to be recorded", WAIT, || async {
+        Some(last_build(&app).await).filter(|build| !build.is_null())
+    })
+    .await;
+    assert_eq!(
+        build["status"], "running",
+        "the build waits for the standby: {build}"
+    );
 
     cluster.resume_replay().await;
     for _ in 0..10 {
@@ -215,6 +244,12 @@ async fn graphql_reads_subscriptions_and_lanes_on_a_lagging_replica_are_later_ne
         (1..=20).collect::<Vec<_>>(),
         "every event once, in order"
     );
+    let build = eventually("the rebuild to finish", WAIT, || async {
+        let build = last_build(&app).await;
+        (build["status"] != "running").then_some(build)
+    })
+    .await;
+    assert_eq!(build["status"], "done", "{build}");
     assert!(wait_for(&app, 20, 10_000).await);
     assert_eq!(applied(&cluster).await, 20, "each event applied once");
     wait_until("the listing to show everything", WAIT, || async {
