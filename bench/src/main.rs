@@ -650,7 +650,7 @@ async fn projection_figures(
     progress.done(&format!("raw scan: {} events/s", group(raw_per_sec)));
 
     let mut catch_ups = Vec::new();
-    for projection in [CatchUp::Counting, CatchUp::Keyed, CatchUp::Windowed] {
+    for projection in CatchUp::ALL {
         progress.begin(&format!("{} catch-up", projection.label()));
         let took = projections::catch_up(&schema, plan.projection_events, projection).await?;
         let per_sec = plan.projection_events as f64 / took.as_secs_f64();

@@ -130,6 +130,10 @@ pub enum CatchUp {
     Keyed,
     /// Tumbling one-minute windows of `recorded_at`, counted per [`KEY_FIELD`].
     Windowed,
+    /// The same count per stream id, grouped by it: many keys, spread over every lane.
+    KeyedPerStream,
+    /// The windowed count per stream id: many keys, each with its own window.
+    WindowedPerStream,
 }
 
 impl CatchUp {
@@ -138,6 +142,10 @@ impl CatchUp {
             CatchUp::Counting => "Counting projection",
             CatchUp::Keyed => "Keyed counting projection (per `currency`)",
             CatchUp::Windowed => "Windowed projection (count per `currency`, 1-minute tumbling)",
+            CatchUp::KeyedPerStream => "Keyed counting projection (per stream id: many keys)",
+            CatchUp::WindowedPerStream => {
+                "Windowed projection (count per stream id, 1-minute tumbling: many keys)"
+            }
         }
     }
 
@@ -146,11 +154,25 @@ impl CatchUp {
             CatchUp::Counting => "bench_catch_up",
             CatchUp::Keyed => "bench_keyed",
             CatchUp::Windowed => "bench_windowed",
+            CatchUp::KeyedPerStream => "bench_keyed_streams",
+            CatchUp::WindowedPerStream => "bench_windowed_streams",
         }
     }
 
-    fn key() -> KeySource {
-        KeySource::Payload(FieldPath::field(KEY_FIELD))
+    /// Every catch-up, the baseline first.
+    pub const ALL: [CatchUp; 5] = [
+        CatchUp::Counting,
+        CatchUp::Keyed,
+        CatchUp::Windowed,
+        CatchUp::KeyedPerStream,
+        CatchUp::WindowedPerStream,
+    ];
+
+    fn key(self) -> KeySource {
+        match self {
+            CatchUp::KeyedPerStream | CatchUp::WindowedPerStream => KeySource::StreamId,
+            _ => KeySource::Payload(FieldPath::field(KEY_FIELD)),
+        }
     }
 
     /// The registry holding this projection, and its table whose `events` column sums to
@@ -163,11 +185,11 @@ impl CatchUp {
         };
         Ok(match self {
             CatchUp::Counting => (Registry::new().projection(counting(None)), "counts"),
-            CatchUp::Keyed => (
-                Registry::new().projection(counting(Some(CatchUp::key()))),
+            CatchUp::Keyed | CatchUp::KeyedPerStream => (
+                Registry::new().projection(counting(Some(self.key()))),
                 "counts",
             ),
-            CatchUp::Windowed => {
+            CatchUp::Windowed | CatchUp::WindowedPerStream => {
                 let config = WindowConfig {
                     spec: WindowSpec::Tumbling { size: 60_000 },
                     allowed_lateness: 0,
@@ -178,7 +200,7 @@ impl CatchUp {
                     },
                 };
                 let windowed = WindowedProjection::new(self.name(), config, Aggregate::Count)?
-                    .with_key(CatchUp::key());
+                    .with_key(self.key());
                 (Registry::new().projection(windowed), "windows")
             }
         })

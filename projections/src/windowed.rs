@@ -43,6 +43,9 @@ pub struct WindowedProjection<F: WindowFold + Clone> {
     key: KeySource,
     config: WindowConfig,
     fold: F,
+    /// Per read-model schema: does its `window_state` have the `next_due` column (read
+    /// models set up by earlier releases do not, and load every key of a shard per batch)?
+    layouts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, bool>>>,
 }
 
 impl<F: WindowFold + Clone> WindowedProjection<F> {
@@ -65,6 +68,7 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
             key: KeySource::Global,
             config,
             fold,
+            layouts: Default::default(),
         })
     }
 
@@ -101,11 +105,43 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
         self
     }
 
-    /// The shard's operator as stored (a fresh one when the shard has no state yet).
+    /// Whether the read model's `window_state` keeps each key's `next_due` (asked once per
+    /// schema and process; a stale "no" after a rebuild swapped in the new layout only costs
+    /// full loads, and rows written without it count as due, see [`Self::load_due`]).
+    async fn keeps_next_due(&self, ctx: &ApplyContext<'_>) -> Result<bool, ProjectionError> {
+        if let Some(known) = self
+            .layouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(ctx.schema)
+        {
+            return Ok(*known);
+        }
+        let keeps: bool = ctx
+            .tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                                 WHERE table_schema = $1 AND table_name = 'window_state'
+                                   AND column_name = 'next_due')",
+                &[&ctx.schema],
+            )
+            .await?
+            .get(0);
+        self.layouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ctx.schema.to_string(), keeps);
+        Ok(keeps)
+    }
+
+    /// The shard's operator as stored (a fresh one when the shard has no state yet), with
+    /// the state of the keys in `touched` only when the read model keeps `next_due` (the
+    /// others are loaded when due, [`Self::load_due`]), else of every key.
     async fn load(
         &self,
         ctx: &ApplyContext<'_>,
         shard: i16,
+        touched: Option<&[&str]>,
     ) -> Result<WindowOperator<F>, ProjectionError> {
         let meta = ctx
             .tx
@@ -123,24 +159,60 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
         };
         let meta: OperatorMeta = serde_json::from_value(meta.get(0))
             .map_err(|e| ProjectionError::failed(format!("stored window meta: {e}")))?;
+        let table = ctx.table("window_state");
+        let rows = match touched {
+            Some(keys) => {
+                let statement = ctx
+                    .tx
+                    .prepare_cached(&format!(
+                        "SELECT key, windows FROM {table} WHERE shard = $1 AND key = ANY($2)"
+                    ))
+                    .await?;
+                ctx.tx.query(&statement, &[&shard, &keys]).await?
+            }
+            None => {
+                ctx.tx
+                    .query(
+                        &format!("SELECT key, windows FROM {table} WHERE shard = $1"),
+                        &[&shard],
+                    )
+                    .await?
+            }
+        };
+        WindowOperator::restore_parts(
+            self.config.clone(),
+            self.fold.clone(),
+            meta,
+            key_states::<F>(rows)?,
+        )
+        .map_err(ProjectionError::failed)
+    }
+
+    /// Loads the keys of the shard (beyond those already held) whose windows the operator's
+    /// watermark has made due, and fires them.
+    async fn load_due(
+        &self,
+        ctx: &ApplyContext<'_>,
+        shard: i16,
+        operator: &mut WindowOperator<F>,
+        held: &[&str],
+    ) -> Result<Vec<WindowChange>, ProjectionError> {
+        let Some(watermark) = operator.watermark() else {
+            return Ok(Vec::new());
+        };
+        let statement = ctx
+            .tx
+            .prepare_cached(&format!(
+                "SELECT key, windows FROM {} WHERE shard = $1 AND key <> ALL($2)
+                    AND (next_due IS NULL OR next_due <= $3)",
+                ctx.table("window_state")
+            ))
+            .await?;
         let rows = ctx
             .tx
-            .query(
-                &format!(
-                    "SELECT key, windows FROM {} WHERE shard = $1",
-                    ctx.table("window_state")
-                ),
-                &[&shard],
-            )
+            .query(&statement, &[&shard, &held, &watermark])
             .await?;
-        let mut keys = Vec::with_capacity(rows.len());
-        for row in rows {
-            let state: KeyState<F::Acc> = serde_json::from_value(row.get(1))
-                .map_err(|e| ProjectionError::failed(format!("stored window state: {e}")))?;
-            keys.push((row.get::<_, String>(0), state));
-        }
-        WindowOperator::restore_parts(self.config.clone(), self.fold.clone(), meta, keys)
-            .map_err(ProjectionError::failed)
+        Ok(operator.restore_more_keys(key_states::<F>(rows)?))
     }
 
     /// Stores what the batch changed in the shard's state.
@@ -149,15 +221,25 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
         ctx: &ApplyContext<'_>,
         shard: i16,
         operator: &mut WindowOperator<F>,
+        keeps_next_due: bool,
     ) -> Result<(), ProjectionError> {
         let delta = operator.take_delta();
         let upsert = ctx
             .tx
-            .prepare_cached(&format!(
-                "INSERT INTO {} (shard, key, windows) VALUES ($1, $2, $3)
-                 ON CONFLICT (shard, key) DO UPDATE SET windows = EXCLUDED.windows",
-                ctx.table("window_state")
-            ))
+            .prepare_cached(&if keeps_next_due {
+                format!(
+                    "INSERT INTO {} (shard, key, windows, next_due) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (shard, key) DO UPDATE SET windows = EXCLUDED.windows,
+                        next_due = EXCLUDED.next_due",
+                    ctx.table("window_state")
+                )
+            } else {
+                format!(
+                    "INSERT INTO {} (shard, key, windows) VALUES ($1, $2, $3)
+                     ON CONFLICT (shard, key) DO UPDATE SET windows = EXCLUDED.windows",
+                    ctx.table("window_state")
+                )
+            })
             .await?;
         let delete = ctx
             .tx
@@ -171,7 +253,14 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
                 Some(state) => {
                     let windows = serde_json::to_value(state)
                         .map_err(|e| ProjectionError::failed(format!("window state: {e}")))?;
-                    ctx.tx.execute(&upsert, &[&shard, key, &windows]).await?;
+                    if keeps_next_due {
+                        let next_due = operator.next_due(key);
+                        ctx.tx
+                            .execute(&upsert, &[&shard, key, &windows, &next_due])
+                            .await?;
+                    } else {
+                        ctx.tx.execute(&upsert, &[&shard, key, &windows]).await?;
+                    }
                 }
                 None => {
                     ctx.tx.execute(&delete, &[&shard, key]).await?;
@@ -202,6 +291,22 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
             .await?;
         Ok(())
     }
+}
+
+/// Stored window states, by key.
+type KeyStates<A> = Vec<(String, KeyState<A>)>;
+
+/// Keyed window states from `(key, windows)` rows.
+fn key_states<F: WindowFold>(
+    rows: Vec<tokio_postgres::Row>,
+) -> Result<KeyStates<F::Acc>, ProjectionError> {
+    rows.iter()
+        .map(|row| {
+            let state: KeyState<F::Acc> = serde_json::from_value(row.get(1))
+                .map_err(|e| ProjectionError::failed(format!("stored window state: {e}")))?;
+            Ok((row.get::<_, String>(0), state))
+        })
+        .collect()
 }
 
 /// Writes the result rows a batch's changes net to.
@@ -307,7 +412,9 @@ impl<F: WindowFold + Clone> Projection for WindowedProjection<F> {
                     shard smallint NOT NULL,
                     key text NOT NULL,
                     windows jsonb NOT NULL,
+                    next_due bigint,
                     PRIMARY KEY (shard, key));
+                 CREATE INDEX ON {state} (shard, next_due);
                  CREATE TABLE {meta} (
                     shard smallint PRIMARY KEY,
                     meta jsonb NOT NULL,
@@ -341,14 +448,21 @@ impl<F: WindowFold + Clone> Projection for WindowedProjection<F> {
                 .or_default()
                 .push((event, key, time));
         }
+        let keeps_next_due = self.keeps_next_due(ctx).await?;
         for (shard, events) in shards {
-            let mut operator = self.load(ctx, shard).await?;
+            let mut touched: Vec<&str> = events.iter().map(|(_, key, _)| key.as_str()).collect();
+            touched.sort_unstable();
+            touched.dedup();
+            let mut operator = self
+                .load(ctx, shard, keeps_next_due.then_some(&touched[..]))
+                .await?;
             let changed_at = events.last().map_or(0, |(event, ..)| event.position);
             let mut changes = Vec::new();
-            for (event, key, time) in events {
+            for (event, key, time) in &events {
+                let (event, time) = (*event, *time);
                 let input = WindowInput {
                     partition: event.partition,
-                    key: &key,
+                    key,
                     time,
                     value: &event.payload,
                 };
@@ -361,8 +475,11 @@ impl<F: WindowFold + Clone> Projection for WindowedProjection<F> {
                 }
                 changes.extend(out);
             }
+            if keeps_next_due {
+                changes.extend(self.load_due(ctx, shard, &mut operator, &touched).await?);
+            }
             write_results(ctx, &changes, changed_at).await?;
-            self.save(ctx, shard, &mut operator).await?;
+            self.save(ctx, shard, &mut operator, keeps_next_due).await?;
         }
         Ok(())
     }

@@ -14,10 +14,12 @@
 //! lane made progress.
 
 mod commit;
+mod feed;
 mod replay;
 mod retry;
 
 pub(crate) use commit::{Commit, LockedCheckpoint};
+pub(crate) use feed::Feeds;
 pub(crate) use replay::replay_parked;
 pub(crate) use retry::Retry;
 
@@ -80,11 +82,36 @@ pub enum Step {
     Stopped,
 }
 
-/// Events handed from the fetcher to the applier.
-enum Fetched {
-    Page(Page),
+/// Events handed from the fetcher (or the group's [`Feeds`]) to the applier.
+pub(crate) enum Fetched {
+    Page(LanePage),
     Failed(EngineError),
 }
+
+/// A page as a lane receives it: the events it may apply, and how far the read went.
+pub(crate) struct LanePage {
+    events: Vec<RecordedEvent>,
+    /// The last position the read covered: a lane fed by its group's read may move its
+    /// checkpoint past the events up to here that other lanes apply.
+    read_through: Option<Position>,
+    /// See [`Page::caught_up_to`].
+    caught_up_to: Option<Position>,
+}
+
+impl From<Page> for LanePage {
+    fn from(page: Page) -> Self {
+        LanePage {
+            read_through: page.events.last().map(|e| e.position),
+            events: page.events,
+            caught_up_to: page.caught_up_to,
+        }
+    }
+}
+
+/// A lane that only moves its checkpoint past other lanes' events commits that when its
+/// read reaches the head, or once it is this many pages behind (fewer transactions while
+/// catching up; the waits and the status read the checkpoint once the lane is caught up).
+const IDLE_ADVANCE_PAGES: usize = 10;
 
 /// After a page: go on from a checkpoint, or stop.
 enum Next {
@@ -104,6 +131,9 @@ pub struct Lane {
     pub(crate) on_commit: Option<Arc<dyn Fn(usize, Position) + Send + Sync>>,
     /// A permit is held while a batch is applied (bounds partitions applying at once).
     pub(crate) permits: Option<Arc<tokio::sync::Semaphore>>,
+    /// The shared reads of this process's lane groups: a live lane of a projection that
+    /// reads every partition is fed by its group's one read instead of reading alone.
+    pub(crate) feeds: Option<Feeds>,
 }
 
 impl Lane {
@@ -117,6 +147,7 @@ impl Lane {
             progress: watch::channel(LaneProgress::default()).0,
             on_commit: None,
             permits: None,
+            feeds: None,
         }
     }
 
@@ -138,10 +169,10 @@ impl Lane {
             .await?;
         let count = events.len();
         let short = count < self.config.batch_size;
-        let page = Page {
+        let page = LanePage::from(Page {
             events,
             caught_up_to: short.then_some(head),
-        };
+        });
         let parked_ahead =
             crate::dead_letter::parked_ahead(&self.store, &self.spec, checkpoint).await?;
         let never = CancellationToken::new();
@@ -226,23 +257,39 @@ impl Lane {
         }
         let parked_ahead =
             crate::dead_letter::parked_ahead(&self.store, &self.spec, checkpoint).await?;
-        let (pages_tx, mut pages) = mpsc::channel(self.config.fetch_ahead_pages.max(1));
         let fetch_stop = shutdown.child_token();
+        let _stop_fetcher = fetch_stop.clone().drop_guard();
         // Only the events are read on the replica (when the store has one): the checkpoint,
         // the parked events and every commit are on the primary. The subscription reports
         // itself caught up only as far as the replica has replayed, so a lane (and a build
         // running to `until`) never takes a lagging replica for the end of the log.
-        let fetcher = tokio::spawn(fetch(
-            self.store.on_replica(),
-            SubscribeOptions {
-                after: checkpoint,
-                filter: self.spec.read_filter(),
-                page_size: self.config.batch_size,
-            },
-            pages_tx,
-            fetch_stop.clone(),
-        ));
-        let _stop_fetcher = fetch_stop.drop_guard();
+        let reader = self.store.on_replica();
+        let (mut pages, fetcher) = match &self.feeds {
+            Some(feeds) if self.spec.reads_with_its_group() => {
+                let pages = feeds.join(
+                    &reader,
+                    &self.spec,
+                    checkpoint,
+                    self.config.batch_size,
+                    self.config.fetch_ahead_pages,
+                );
+                (pages, None)
+            }
+            _ => {
+                let (pages_tx, pages) = mpsc::channel(self.config.fetch_ahead_pages.max(1));
+                let fetcher = tokio::spawn(fetch(
+                    reader,
+                    SubscribeOptions {
+                        after: checkpoint,
+                        filter: self.spec.read_filter(),
+                        page_size: self.config.batch_size,
+                    },
+                    pages_tx,
+                    fetch_stop,
+                ));
+                (pages, Some(fetcher))
+            }
+        };
         let mut rate = Rate::default();
         loop {
             let fetched = tokio::select! {
@@ -254,7 +301,9 @@ impl Lane {
                 Some(Fetched::Page(page)) => page,
                 Some(Fetched::Failed(error)) => return Err(error),
                 None => {
-                    let _ = fetcher.await;
+                    if let Some(fetcher) = fetcher {
+                        let _ = fetcher.await;
+                    }
                     return Err(EngineError::Unavailable("the event fetcher stopped".into()));
                 }
             };
@@ -273,24 +322,21 @@ impl Lane {
     async fn apply_page(
         &self,
         checkpoint: Position,
-        page: Page,
+        page: LanePage,
         parked_ahead: &[Position],
         rate: &mut Rate,
         shutdown: &CancellationToken,
     ) -> Result<Next> {
         let until = self.spec.until.unwrap_or(Position::MAX);
-        // The last position of the page this lane is done with: a keyed lane reads every
-        // partition and moves past the events other lanes apply.
-        let read_through = page
-            .events
-            .iter()
-            .map(|e| e.position)
-            .filter(|p| *p <= until)
-            .max();
+        // How far this lane is done with the log: a lane that reads every partition moves
+        // past the events other lanes apply.
+        let read_through = page.read_through.map(|p| p.min(until));
+        // Events at or before the checkpoint are already applied: a shared read may hand
+        // them out again when another lane of the group joins behind this one.
         let events: Vec<RecordedEvent> = page
             .events
             .into_iter()
-            .filter(|e| e.position <= until && self.spec.applies(e))
+            .filter(|e| e.position > checkpoint && e.position <= until && self.spec.applies(e))
             .collect();
         let mut checkpoint = checkpoint;
         if !events.is_empty() {
@@ -307,8 +353,16 @@ impl Lane {
                 after = checkpoint,
             );
             let started = Instant::now();
+            let through = read_through.unwrap_or(0);
             match self
-                .apply_with_retries(checkpoint, &events, parked_ahead, per_second, shutdown)
+                .apply_with_retries(
+                    checkpoint,
+                    &events,
+                    through,
+                    parked_ahead,
+                    per_second,
+                    shutdown,
+                )
                 .instrument(span)
                 .await?
             {
@@ -330,7 +384,12 @@ impl Lane {
                 on_commit(events.len(), checkpoint);
             }
         }
-        if let Some(through) = read_through.filter(|t| *t > checkpoint) {
+        let idle_advance_due = |through: Position| {
+            page.caught_up_to.is_some()
+                || self.spec.until.is_some_and(|u| through >= u)
+                || through - checkpoint >= (IDLE_ADVANCE_PAGES * self.config.batch_size) as Position
+        };
+        if let Some(through) = read_through.filter(|t| *t > checkpoint && idle_advance_due(*t)) {
             match self
                 .commit(checkpoint, &[], through, parked_ahead, rate.value)
                 .await?
@@ -366,12 +425,14 @@ impl Lane {
     }
 
     /// Applies `events` (after `checkpoint`) and returns the new checkpoint, or `None` when the
-    /// lane must stop (fenced, or a poison event under `ParkAndStop`). A failing batch is
-    /// retried event by event so that only the bad event is parked.
+    /// lane must stop (fenced, or a poison event under `ParkAndStop`). The batch's commit moves
+    /// the checkpoint to `through` when that is past its last event (the read went further).
+    /// A failing batch is retried event by event so that only the bad event is parked.
     async fn apply_with_retries(
         &self,
         checkpoint: Position,
         events: &[RecordedEvent],
+        through: Position,
         parked_ahead: &[Position],
         events_per_second: f64,
         shutdown: &CancellationToken,
@@ -379,17 +440,12 @@ impl Lane {
         let Some(last) = events.last() else {
             return Ok(Some(checkpoint));
         };
+        let through = through.max(last.position);
         match self
-            .commit(
-                checkpoint,
-                events,
-                last.position,
-                parked_ahead,
-                events_per_second,
-            )
+            .commit(checkpoint, events, through, parked_ahead, events_per_second)
             .await
         {
-            Ok(Commit::Done) => return Ok(Some(last.position)),
+            Ok(Commit::Done) => return Ok(Some(through)),
             Ok(Commit::Fenced) => return Ok(None),
             Err(error) if error.is_transient() => return Err(error),
             Err(error) => {
@@ -545,7 +601,7 @@ async fn fetch(
             next = stream.next() => next,
         };
         let fetched = match next {
-            Some(Ok(page)) => Fetched::Page(page),
+            Some(Ok(page)) => Fetched::Page(page.into()),
             Some(Err(error)) => Fetched::Failed(error.into()),
             None => return,
         };

@@ -139,7 +139,9 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
                 && text.contains("tidemark_projection_apply_seconds_bucket")
                 && text.contains("tidemark_projection_build_progress")
                 && text.contains("tidemark_consumer_group_redeliveries_total")
-                && text.contains("tidemark_replica_lag_seconds"))
+                && text.contains("tidemark_replica_lag_seconds")
+                // Published by the lease observer once the lease loop has ticked.
+                && text.contains("tidemark_desired_workers"))
             .then_some(text)
         },
     )

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::process::Stdio;
 use std::time::Duration;
 use tidemark_api::TidemarkApp;
-use tidemark_projections::{ApplyContext, Projection, ProjectionError, RecordedEvent};
+use tidemark_projections::{ApplyContext, Grouping, Projection, ProjectionError, RecordedEvent};
 use tidemark_testkit::replica::ReplicatedCluster;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -54,6 +54,55 @@ impl Projection for ReplicaCounts {
     }
 }
 
+/// One row per event, its lanes sharing one read of the log (`Grouping::Shuffle`): an event
+/// applied twice would break the primary key, one skipped would be missing.
+struct ShuffledSeen;
+
+#[async_trait]
+impl Projection for ShuffledSeen {
+    fn name(&self) -> &str {
+        "shuffled_seen"
+    }
+
+    fn grouping(&self) -> Grouping {
+        Grouping::Shuffle
+    }
+
+    async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
+        ctx.create_table("seen", "position bigint PRIMARY KEY")
+            .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        ctx: &ApplyContext<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let sql = format!("INSERT INTO {} VALUES ($1)", ctx.table("seen"));
+        for event in events {
+            ctx.tx.execute(&sql, &[&event.position]).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The positions `shuffled_seen` applied, per its read model on the primary.
+async fn seen(cluster: &ReplicatedCluster) -> Vec<i64> {
+    cluster
+        .primary_client()
+        .await
+        .query(
+            "SELECT position FROM rm_shuffled_seen.seen ORDER BY position",
+            &[],
+        )
+        .await
+        .expect("reading the read model on the primary")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
 /// Events applied, per the read model on the primary.
 async fn applied(cluster: &ReplicatedCluster) -> i64 {
     cluster
@@ -69,10 +118,14 @@ async fn applied(cluster: &ReplicatedCluster) -> i64 {
 }
 
 async fn wait_for(app: &TestApp, position: i64, timeout_ms: i64) -> bool {
+    wait_for_projection(app, "replica_counts", position, timeout_ms).await
+}
+
+async fn wait_for_projection(app: &TestApp, name: &str, position: i64, timeout_ms: i64) -> bool {
     let data = app
         .graphql_data(
-            "query($p: Int64!, $t: Int!) { waitFor(projection: \"replica_counts\", position: $p, timeoutMs: $t) { reached } }",
-            json!({ "p": position, "t": timeout_ms }),
+            "query($n: String!, $p: Int64!, $t: Int!) { waitFor(projection: $n, position: $p, timeoutMs: $t) { reached } }",
+            json!({ "n": name, "p": position, "t": timeout_ms }),
             Some(READ_KEY),
         )
         .await;
@@ -132,7 +185,10 @@ async fn graphql_reads_subscriptions_and_lanes_on_a_lagging_replica_are_later_ne
     let cluster = ReplicatedCluster::start().await;
     let app = spawn_app_replicated(
         &cluster,
-        TidemarkApp::builder().projection(ReplicaCounts).build(),
+        TidemarkApp::builder()
+            .projection(ReplicaCounts)
+            .projection(ShuffledSeen)
+            .build(),
         |config| config.metrics_interval = Duration::from_millis(100),
     )
     .await;
@@ -145,6 +201,7 @@ async fn graphql_reads_subscriptions_and_lanes_on_a_lagging_replica_are_later_ne
     );
     append_numbered(&app, 0, 10).await;
     assert!(wait_for(&app, 10, 10_000).await);
+    assert!(wait_for_projection(&app, "shuffled_seen", 10, 10_000).await);
     let mut subscription = app
         .subscribe(
             "subscription { events { position } }",
@@ -192,6 +249,9 @@ async fn graphql_reads_subscriptions_and_lanes_on_a_lagging_replica_are_later_ne
         "the lane read past the replica"
     );
     assert_eq!(applied(&cluster).await, 10);
+    // So do the lanes that share one read of the log.
+    assert!(!wait_for_projection(&app, "shuffled_seen", 20, 300).await);
+    assert_eq!(seen(&cluster).await, (1..=10).collect::<Vec<_>>());
     // A rebuild runs to the primary's head (20); its lane reads the standby, so it must not
     // take the standby's end (10) for that head.
     let started = app
@@ -252,6 +312,8 @@ async fn graphql_reads_subscriptions_and_lanes_on_a_lagging_replica_are_later_ne
     assert_eq!(build["status"], "done", "{build}");
     assert!(wait_for(&app, 20, 10_000).await);
     assert_eq!(applied(&cluster).await, 20, "each event applied once");
+    assert!(wait_for_projection(&app, "shuffled_seen", 20, 10_000).await);
+    assert_eq!(seen(&cluster).await, (1..=20).collect::<Vec<_>>());
     wait_until("the listing to show everything", WAIT, || async {
         listed_positions(&app).await == (1..=20).collect::<Vec<_>>()
     })
