@@ -224,48 +224,60 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
         keeps_next_due: bool,
     ) -> Result<(), ProjectionError> {
         let delta = operator.take_delta();
-        let upsert = ctx
-            .tx
-            .prepare_cached(&if keeps_next_due {
-                format!(
-                    "INSERT INTO {} (shard, key, windows, next_due) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (shard, key) DO UPDATE SET windows = EXCLUDED.windows,
-                        next_due = EXCLUDED.next_due",
-                    ctx.table("window_state")
-                )
-            } else {
-                format!(
-                    "INSERT INTO {} (shard, key, windows) VALUES ($1, $2, $3)
-                     ON CONFLICT (shard, key) DO UPDATE SET windows = EXCLUDED.windows",
-                    ctx.table("window_state")
-                )
-            })
-            .await?;
-        let delete = ctx
-            .tx
-            .prepare_cached(&format!(
-                "DELETE FROM {} WHERE shard = $1 AND key = $2",
-                ctx.table("window_state")
-            ))
-            .await?;
+        // One statement for the kept keys and one for the emptied ones, whatever their
+        // number: a batch over many keys would otherwise wait for a round trip per key.
+        let mut kept: Vec<&str> = Vec::new();
+        let mut states: Vec<serde_json::Value> = Vec::new();
+        let mut next_dues: Vec<Option<TimeMs>> = Vec::new();
+        let mut emptied: Vec<&str> = Vec::new();
         for (key, state) in &delta.keys {
             match state {
                 Some(state) => {
-                    let windows = serde_json::to_value(state)
-                        .map_err(|e| ProjectionError::failed(format!("window state: {e}")))?;
-                    if keeps_next_due {
-                        let next_due = operator.next_due(key);
-                        ctx.tx
-                            .execute(&upsert, &[&shard, key, &windows, &next_due])
-                            .await?;
-                    } else {
-                        ctx.tx.execute(&upsert, &[&shard, key, &windows]).await?;
-                    }
+                    kept.push(key);
+                    states.push(
+                        serde_json::to_value(state)
+                            .map_err(|e| ProjectionError::failed(format!("window state: {e}")))?,
+                    );
+                    next_dues.push(operator.next_due(key));
                 }
-                None => {
-                    ctx.tx.execute(&delete, &[&shard, key]).await?;
-                }
+                None => emptied.push(key),
             }
+        }
+        let table = ctx.table("window_state");
+        if !kept.is_empty() {
+            if keeps_next_due {
+                let upsert = ctx
+                    .tx
+                    .prepare_cached(&format!(
+                        "INSERT INTO {table} (shard, key, windows, next_due)
+                         SELECT $1, * FROM unnest($2::text[], $3::jsonb[], $4::bigint[])
+                         ON CONFLICT (shard, key) DO UPDATE SET windows = EXCLUDED.windows,
+                            next_due = EXCLUDED.next_due"
+                    ))
+                    .await?;
+                ctx.tx
+                    .execute(&upsert, &[&shard, &kept, &states, &next_dues])
+                    .await?;
+            } else {
+                let upsert = ctx
+                    .tx
+                    .prepare_cached(&format!(
+                        "INSERT INTO {table} (shard, key, windows)
+                         SELECT $1, * FROM unnest($2::text[], $3::jsonb[])
+                         ON CONFLICT (shard, key) DO UPDATE SET windows = EXCLUDED.windows"
+                    ))
+                    .await?;
+                ctx.tx.execute(&upsert, &[&shard, &kept, &states]).await?;
+            }
+        }
+        if !emptied.is_empty() {
+            let delete = ctx
+                .tx
+                .prepare_cached(&format!(
+                    "DELETE FROM {table} WHERE shard = $1 AND key = ANY($2)"
+                ))
+                .await?;
+            ctx.tx.execute(&delete, &[&shard, &emptied]).await?;
         }
         let meta = serde_json::to_value(&delta.meta)
             .map_err(|e| ProjectionError::failed(format!("window meta: {e}")))?;
@@ -318,54 +330,82 @@ async fn write_results(
     changes: &[WindowChange],
     changed_at: Position,
 ) -> Result<(), ProjectionError> {
-    let upsert = ctx
-        .tx
-        .prepare_cached(&format!(
-            "INSERT INTO {} (key, window_start, window_end, status, aggregate, events, revision, changed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (key, window_start, window_end) DO UPDATE SET status = EXCLUDED.status,
-                aggregate = EXCLUDED.aggregate, events = EXCLUDED.events,
-                revision = EXCLUDED.revision, changed_at = EXCLUDED.changed_at",
-            ctx.table("windows")
-        ))
-        .await?;
-    let delete = ctx
-        .tx
-        .prepare_cached(&format!(
-            "DELETE FROM {} WHERE key = $1 AND window_start = $2 AND window_end = $3",
-            ctx.table("windows")
-        ))
-        .await?;
+    // Set-based, one statement each for the upserts and the deletes: see `save`.
+    let mut upserts = ResultColumns::default();
+    let (mut gone_keys, mut gone_starts, mut gone_ends) = (Vec::new(), Vec::new(), Vec::new());
     for op in row_ops(changes) {
         match op {
             RowOp::Upsert { status, result } => {
-                ctx.tx
-                    .execute(
-                        &upsert,
-                        &[
-                            &result.key,
-                            &to_datetime(result.window.start),
-                            &to_datetime(result.window.end),
-                            &status.as_str(),
-                            &result.aggregate,
-                            &(result.events as i64),
-                            &(result.revision as i32),
-                            &changed_at,
-                        ],
-                    )
-                    .await?;
+                upserts.keys.push(result.key);
+                upserts.starts.push(to_datetime(result.window.start));
+                upserts.ends.push(to_datetime(result.window.end));
+                upserts.statuses.push(status.as_str());
+                upserts.aggregates.push(result.aggregate);
+                upserts.events.push(result.events as i64);
+                upserts.revisions.push(result.revision as i32);
             }
             RowOp::Delete { key, window } => {
-                ctx.tx
-                    .execute(
-                        &delete,
-                        &[&key, &to_datetime(window.start), &to_datetime(window.end)],
-                    )
-                    .await?;
+                gone_keys.push(key);
+                gone_starts.push(to_datetime(window.start));
+                gone_ends.push(to_datetime(window.end));
             }
         }
     }
+    let table = ctx.table("windows");
+    if !gone_keys.is_empty() {
+        let delete = ctx
+            .tx
+            .prepare_cached(&format!(
+                "DELETE FROM {table} w
+                  USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS g(key, s, e)
+                  WHERE w.key = g.key AND w.window_start = g.s AND w.window_end = g.e"
+            ))
+            .await?;
+        ctx.tx
+            .execute(&delete, &[&gone_keys, &gone_starts, &gone_ends])
+            .await?;
+    }
+    if !upserts.keys.is_empty() {
+        let upsert = ctx
+            .tx
+            .prepare_cached(&format!(
+                "INSERT INTO {table} (key, window_start, window_end, status, aggregate, events, revision, changed_at)
+                 SELECT *, $8 FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[],
+                                         $4::text[], $5::jsonb[], $6::bigint[], $7::int[])
+                 ON CONFLICT (key, window_start, window_end) DO UPDATE SET status = EXCLUDED.status,
+                    aggregate = EXCLUDED.aggregate, events = EXCLUDED.events,
+                    revision = EXCLUDED.revision, changed_at = EXCLUDED.changed_at"
+            ))
+            .await?;
+        ctx.tx
+            .execute(
+                &upsert,
+                &[
+                    &upserts.keys,
+                    &upserts.starts,
+                    &upserts.ends,
+                    &upserts.statuses,
+                    &upserts.aggregates,
+                    &upserts.events,
+                    &upserts.revisions,
+                    &changed_at,
+                ],
+            )
+            .await?;
+    }
     Ok(())
+}
+
+/// The result rows of a batch's upserts, column by column (statement arrays).
+#[derive(Default)]
+struct ResultColumns {
+    keys: Vec<String>,
+    starts: Vec<DateTime<Utc>>,
+    ends: Vec<DateTime<Utc>>,
+    statuses: Vec<&'static str>,
+    aggregates: Vec<serde_json::Value>,
+    events: Vec<i64>,
+    revisions: Vec<i32>,
 }
 
 #[async_trait]

@@ -98,6 +98,21 @@ pub(crate) struct LanePage {
     caught_up_to: Option<Position>,
 }
 
+impl LanePage {
+    /// Appends the page read after this one. Events it repeats (a shared read that started
+    /// again behind, see `feed`) are dropped, so the events stay in log order.
+    fn absorb(&mut self, next: LanePage) {
+        let last = self.events.last().map(|e| e.position);
+        self.events.extend(
+            next.events
+                .into_iter()
+                .filter(|e| last.is_none_or(|last| e.position > last)),
+        );
+        self.read_through = self.read_through.max(next.read_through);
+        self.caught_up_to = next.caught_up_to.or(self.caught_up_to);
+    }
+}
+
 impl From<Page> for LanePage {
     fn from(page: Page) -> Self {
         LanePage {
@@ -107,6 +122,10 @@ impl From<Page> for LanePage {
         }
     }
 }
+
+/// At most this many batches per read of a lane group's shared read (memory: the read and
+/// the one requested ahead are held at once).
+const FEED_READ_BATCHES: usize = 8;
 
 /// A lane that only moves its checkpoint past other lanes' events commits that when its
 /// read reaches the head, or once it is this many pages behind (fewer transactions while
@@ -266,11 +285,15 @@ impl Lane {
         let reader = self.store.on_replica();
         let (mut pages, fetcher) = match &self.feeds {
             Some(feeds) if self.spec.reads_with_its_group() => {
+                // Each read of the group is split among its lanes: read several batches at
+                // once so each lane's share of a read is closer to a batch.
+                let lanes = usize::from(self.spec.grouping.lanes(self.spec.partitions));
+                let page_size = self.config.batch_size * lanes.clamp(1, FEED_READ_BATCHES);
                 let pages = feeds.join(
                     &reader,
                     &self.spec,
                     checkpoint,
-                    self.config.batch_size,
+                    page_size,
                     self.config.fetch_ahead_pages,
                 );
                 (pages, None)
@@ -291,14 +314,37 @@ impl Lane {
             }
         };
         let mut rate = Rate::default();
+        let mut held: Option<Fetched> = None;
         loop {
-            let fetched = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(LaneExit::Shutdown),
-                fetched = pages.recv() => fetched,
+            let fetched = match held.take() {
+                Some(fetched) => Some(fetched),
+                None => tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(LaneExit::Shutdown),
+                    fetched = pages.recv() => fetched,
+                },
             };
             let page = match fetched {
-                Some(Fetched::Page(page)) => page,
+                Some(Fetched::Page(mut page)) => {
+                    // Pages already waiting join this one up to a batch: a lane handed a
+                    // small share of each read commits fewer, larger transactions.
+                    while page.events.len() < self.config.batch_size {
+                        match pages.try_recv() {
+                            Ok(Fetched::Page(next))
+                                if page.events.len() + next.events.len()
+                                    <= self.config.batch_size =>
+                            {
+                                page.absorb(next)
+                            }
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    page
+                }
                 Some(Fetched::Failed(error)) => return Err(error),
                 None => {
                     if let Some(fetcher) = fetcher {
@@ -643,5 +689,44 @@ impl Rate {
 
     fn committed(&mut self) {
         self.last_commit = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::windowing::time::recorded_event;
+
+    fn page(positions: &[Position], caught_up_to: Option<Position>) -> LanePage {
+        let events: Vec<RecordedEvent> = positions
+            .iter()
+            .map(|p| {
+                let mut event = recorded_event(serde_json::json!({}), serde_json::json!({}));
+                event.position = *p;
+                event
+            })
+            .collect();
+        LanePage {
+            read_through: events.last().map(|e| e.position),
+            events,
+            caught_up_to,
+        }
+    }
+
+    #[test]
+    fn absorbing_a_page_keeps_log_order_and_drops_what_a_rewound_read_repeats() {
+        let mut first = page(&[3, 5, 8], None);
+        // A shared read that started again behind hands out 5 and 8 once more.
+        first.absorb(page(&[5, 8, 9, 12], Some(20)));
+        let positions: Vec<Position> = first.events.iter().map(|e| e.position).collect();
+        assert_eq!(positions, [3, 5, 8, 9, 12]);
+        assert_eq!(first.read_through, Some(12));
+        assert_eq!(first.caught_up_to, Some(20));
+
+        // An empty page that only reports progress keeps what the read covered.
+        let mut second = page(&[4], Some(10));
+        second.absorb(page(&[], None));
+        assert_eq!(second.read_through, Some(4));
+        assert_eq!(second.caught_up_to, Some(10));
     }
 }
