@@ -280,8 +280,9 @@ pub struct Tidemark {
 
 struct TidemarkInner {
     store: EventStore,
-    /// The same store, read through the registry's upcasting.
-    upcasting: EventStore,
+    /// The store as written and through the registry's upcasting (the GraphQL event reads),
+    /// both reading events from the read replica when there is one.
+    replica_reads: [EventStore; 2],
     schemas: Arc<SchemaRegistry>,
     engine: ProjectionEngine,
     commands: CommandBus,
@@ -307,7 +308,7 @@ impl Tidemark {
                 // projections do.
                 groups: ConsumerGroups::new(evolution.upcasting.clone(), shutdown.clone()),
                 commands: CommandBus::new(evolution.upcasting.clone()),
-                upcasting: evolution.upcasting,
+                replica_reads: [store.on_replica(), evolution.upcasting.on_replica()],
                 schemas: evolution.registry,
                 store,
                 engine,
@@ -328,15 +329,13 @@ impl Tidemark {
         &self.inner.store
     }
 
-    /// The handle a read uses: with `upcast`, every event comes out as the latest registered
-    /// version of its type (the registry's upcasting); without, as written. Binary payloads
-    /// are JSON either way.
+    /// The handle a read of the log uses: with `upcast`, every event comes out as the latest
+    /// registered version of its type (the registry's upcasting); without, as written.
+    /// Binary payloads are JSON either way. Its event reads go to the read replica when the
+    /// server has one (`--read-database-url`): a client may not see its own append there at
+    /// once; a read-your-writes check belongs on [`Tidemark::store`] or a `@waitFor`.
     pub fn reader(&self, upcast: bool) -> &EventStore {
-        if upcast {
-            &self.inner.upcasting
-        } else {
-            &self.inner.store
-        }
+        &self.inner.replica_reads[usize::from(upcast)]
     }
 
     /// The schema registry (register, check, validate, upcast).
@@ -438,6 +437,31 @@ impl Tidemark {
                 timeout.min(self.inner.limits.max_wait),
             )
             .await?)
+    }
+
+    /// Publishes the read replica's lag (`tidemark_replica_lag_*`) every `every` until
+    /// shutdown.
+    pub(crate) fn spawn_replica_lag_reporter(&self, every: Duration) {
+        let store = self.inner.store.clone();
+        let stop = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match store.replica_lag().await {
+                    Ok(Some(lag)) => crate::telemetry::publish_replica_lag(&lag),
+                    Ok(None) => return,
+                    Err(error) => {
+                        metrics::gauge!("tidemark_replica_up").set(0.0);
+                        tracing::warn!(%error, "could not measure the read replica's lag");
+                    }
+                }
+            }
+        });
     }
 
     /// Cancelled when the server starts shutting down (subscriptions end on it).

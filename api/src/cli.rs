@@ -149,6 +149,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDEMARK_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
 
+    /// A streaming replica (standby) of DATABASE_URL's server for event reads: GraphQL
+    /// `events`, `stream` and the `events` subscription, and the events projections fetch.
+    /// Appends, checkpoints, read models and waits stay on DATABASE_URL. A reader on a
+    /// lagging replica is later, never missing events (see tidemark_replica_lag_* metrics).
+    #[arg(long, env = "TIDEMARK_READ_DATABASE_URL", hide_env_values = true)]
+    pub read_database_url: Option<String>,
+
     /// Projection worker pool this process runs; `default` runs every projection not
     /// pinned to another pool.
     #[arg(long, env = "TIDEMARK_POOL", default_value = "default")]
@@ -251,6 +258,10 @@ impl ServeArgs {
         Ok(ServerConfig {
             listen: self.listen,
             database,
+            read_database_url: self
+                .read_database_url
+                .clone()
+                .filter(|url| !url.trim().is_empty()),
             max_connections: self.max_connections,
             partitions: self.partitions,
             worker_pool: self.pool.clone(),

@@ -154,7 +154,14 @@ pub struct ServerConfig {
     /// Address to bind; port 0 picks a free port (see `Application::port`).
     pub listen: SocketAddr,
     pub database: DatabaseConfig,
-    /// Database connections (shared by the API, the append writer and projections).
+    /// A streaming replica (standby) of `database` for event reads: GraphQL `events`,
+    /// `stream` and the `events` subscription, and the events projection lanes fetch.
+    /// Appends, checkpoints, read models, read-your-writes waits, leases and consumer groups
+    /// stay on `database` (see ARCHITECTURE.md). TLS as for `database`. Needs
+    /// `DATABASE_URL` (a replica of an embedded cluster is not supported).
+    pub read_database_url: Option<String>,
+    /// Database connections (shared by the API, the append writer and projections); the
+    /// read replica gets a pool of the same size.
     pub max_connections: usize,
     /// Partitions of a new store (ignored for an existing one).
     pub partitions: u16,
@@ -190,6 +197,7 @@ impl Default for ServerConfig {
             database: DatabaseConfig::Embedded {
                 data_dir: PathBuf::from("./.tidemark/pg"),
             },
+            read_database_url: None,
             max_connections: 32,
             partitions: 16,
             worker_pool: "default".into(),
@@ -212,12 +220,15 @@ impl ServerConfig {
     pub fn describe(&self) -> String {
         let l = &self.limits;
         format!(
-            "listen={} database={} max_connections={} partitions={} worker_pool={} projections={} \
+            "listen={} database={} read_database={} max_connections={} partitions={} worker_pool={} projections={} \
              auth={} configured_keys={} max_body_bytes={} max_events_per_append={} \
              max_event_bytes={} max_query_depth={} max_query_complexity={} max_page_size={} \
              max_ws_connections={} request_timeout={:?} shutdown_timeout={:?} introspection={}",
             self.listen,
             self.database.describe(),
+            self.read_database_url
+                .as_deref()
+                .map_or_else(|| "none".to_string(), redact_url),
             self.max_connections,
             self.partitions,
             self.worker_pool,
@@ -254,6 +265,21 @@ impl ServerConfig {
         if self.limits.max_events_per_append == 0 || self.limits.max_page_size == 0 {
             return Err("the limits on events per append and page size must be at least 1".into());
         }
+        if let Some(url) = &self.read_database_url {
+            if matches!(self.database, DatabaseConfig::Embedded { .. }) {
+                return Err(
+                    "--read-database-url needs DATABASE_URL: the read replica is a \
+                     standby of the primary server DATABASE_URL names, and the embedded \
+                     PostgreSQL has none"
+                        .into(),
+                );
+            }
+            if let Err(error) = url.parse::<tokio_postgres::Config>() {
+                return Err(format!(
+                    "--read-database-url is not a valid PostgreSQL connection string ({error})"
+                ));
+            }
+        }
         for origin in &self.limits.cors_origins {
             check_cors_origin(origin).map_err(|problem| format!("--cors-origin: {problem}"))?;
         }
@@ -286,6 +312,25 @@ mod tests {
         assert!(config.validate().is_ok());
         config.listen = "0.0.0.0:8080".parse().unwrap();
         assert!(config.validate().unwrap_err().contains("loopback"));
+    }
+
+    #[test]
+    fn a_read_replica_needs_a_database_url_and_a_valid_url() {
+        let mut config = ServerConfig {
+            read_database_url: Some("postgresql://reader:s3cret@standby/db".into()),
+            ..ServerConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("needs DATABASE_URL"));
+        config.database = DatabaseConfig::url("postgresql://primary/db");
+        assert_eq!(config.validate(), Ok(()));
+        assert!(config
+            .describe()
+            .contains("read_database=postgresql://reader:***@standby/db"));
+        config.read_database_url = Some("postgresql://standby:notaport/db".into());
+        assert!(config.validate().unwrap_err().contains("not a valid"));
     }
 
     #[test]

@@ -158,12 +158,33 @@ impl Database {
     pub async fn open_store(
         &self,
         max_connections: usize,
+        config: StoreConfig,
+    ) -> anyhow::Result<EventStore> {
+        self.open_store_with_replica(max_connections, config, None)
+            .await
+    }
+
+    /// [`Database::open_store`] with a streaming replica at `read_url` (same TLS options)
+    /// for the store's replica reads, in a pool of its own of `max_connections`.
+    pub async fn open_store_with_replica(
+        &self,
+        max_connections: usize,
         mut config: StoreConfig,
+        read_url: Option<&str>,
     ) -> anyhow::Result<EventStore> {
         config.tls = self.tls.clone();
         let tls = PgTls::new(&config.tls)?;
         let pool = build_pool(self.pg_config.clone(), &tls, max_connections.max(2))?;
-        EventStore::open_with_pool(pool, self.pg_config.clone(), config)
+        let replica = match read_url {
+            Some(url) => {
+                let read_config = url.parse::<tokio_postgres::Config>().map_err(|error| {
+                    anyhow!("the read database URL is not a valid PostgreSQL connection string ({error})")
+                })?;
+                Some(build_pool(read_config, &tls, max_connections.max(2))?)
+            }
+            None => None,
+        };
+        EventStore::open_with_pools(pool, replica, self.pg_config.clone(), config)
             .await
             .map_err(|error| anyhow!("{error}"))
     }

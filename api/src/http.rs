@@ -482,11 +482,34 @@ async fn ready(State(state): State<AppState>) -> Response {
         }
         Err(_) => (false, false),
     };
+    // Event reads go to the read replica when there is one: without it they fail.
+    let replica = match store.replica_pool() {
+        None => None,
+        Some(pool) => {
+            let check = async {
+                let client = pool.get().await.map_err(|e| e.to_string())?;
+                client
+                    .simple_query("SELECT 1")
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            Some(
+                match tokio::time::timeout(Duration::from_secs(2), check).await {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "readiness check: read replica unreachable");
+                        false
+                    }
+                    Err(_) => false,
+                },
+            )
+        }
+    };
     // An API-only node (projections off) has no engine to wait for.
     let engine = !state.engine_running || !state.tidemark.engine().shutdown_token().is_cancelled();
     // A draining server answers what it is sent but wants no new traffic.
     let draining = state.drain.is_draining();
-    let is_ready = database && migrations && engine && !draining;
+    let is_ready = database && migrations && engine && !draining && replica != Some(false);
     let status = if is_ready {
         StatusCode::OK
     } else {
@@ -497,6 +520,9 @@ async fn ready(State(state): State<AppState>) -> Response {
         "checks": { "database": database, "migrations": migrations, "engine": engine, "draining": draining },
         "projections": if state.engine_running { "on" } else { "off" },
     });
+    if let Some(replica) = replica {
+        body["checks"]["readReplica"] = replica.into();
+    }
     if let Some(embedded) = &embedded {
         body["embeddedPostgres"] = embedded_json(embedded);
         if !embedded.is_running() {

@@ -76,7 +76,11 @@ impl Application {
             ..StoreConfig::default()
         };
         let store = match database
-            .open_store(config.max_connections, store_config)
+            .open_store_with_replica(
+                config.max_connections,
+                store_config,
+                config.read_database_url.as_deref(),
+            )
             .await
         {
             Ok(store) => store,
@@ -122,6 +126,9 @@ impl Application {
         tidemark
             .groups()
             .spawn_metrics_reporter(config.metrics_interval);
+        if store.has_replica() {
+            tidemark.spawn_replica_lag_reporter(config.metrics_interval);
+        }
         let schema = app.schema(SchemaSettings {
             limits: limits.clone(),
             tidemark: Some(tidemark.clone()),
@@ -238,6 +245,9 @@ impl Application {
         tidemark.store().shutdown().await;
         // Close idle connections before the embedded server goes, so none dies mid-way.
         tidemark.store().pool().close();
+        if let Some(replica) = tidemark.store().replica_pool() {
+            replica.close();
+        }
         database.stop().await;
         tracing::info!("stopped");
         match served {

@@ -188,6 +188,38 @@ impl EmbeddedPostgres {
         }
     }
 
+    /// Starts a hot standby of this running cluster in `options.data_dir`, which must be new
+    /// (or empty): the data is copied with `pg_basebackup -R`, then the standby starts like
+    /// any cluster, streams the primary's WAL over its socket (or 127.0.0.1) and answers
+    /// read-only queries. The same binaries run it. See `standby`.
+    pub async fn start_standby(
+        &self,
+        options: EmbeddedOptions,
+    ) -> Result<EmbeddedPostgres, EmbeddedError> {
+        let data_dir = std::path::absolute(&options.data_dir).map_err(EmbeddedError::io(
+            format!("resolve data directory {}", options.data_dir.display()),
+        ))?;
+        let host = match &self.socket_dir {
+            Some(dir) => dir.to_string_lossy().into_owned(),
+            None => "127.0.0.1".to_string(),
+        };
+        crate::standby::base_backup(
+            &self.bin_dir,
+            &host,
+            self.port,
+            &data_dir,
+            self.run_as.as_ref(),
+            options.fsync,
+        )
+        .await?;
+        EmbeddedPostgres::start(EmbeddedOptions {
+            data_dir,
+            bin_dir: Some(self.bin_dir.clone()),
+            ..options
+        })
+        .await
+    }
+
     /// Whether the server has exited on its own (`Some` with its exit status), reaping it.
     /// After that, [`pid`](Self::pid) is `None` and [`restart`](Self::restart) starts it again.
     pub fn exited(&mut self) -> Result<Option<ExitStatus>, EmbeddedError> {
@@ -293,6 +325,11 @@ impl EmbeddedPostgres {
         };
         if let Err(error) = write_record(&self.data_dir, &record) {
             tracing::warn!(%error, "other processes will not find this embedded PostgreSQL");
+        }
+        // Like every file in the data directory, readable by the server: a base backup
+        // (`start_standby`) copies them all, as the server user.
+        if let Some(user) = &self.run_as {
+            let _ = user.give(&self.data_dir.join(crate::running::RECORD_FILE_NAME));
         }
     }
 

@@ -101,6 +101,25 @@ pub enum EmbeddedError {
         output: String,
     },
 
+    #[error(
+        "pg_basebackup could not copy the primary into {} for a standby ({status}): the \
+         primary needs wal_level=replica (the default) and a `replication` line in pg_hba.conf \
+         that lets the superuser in (initdb's default); its output:\n{output}",
+        .data_dir.display()
+    )]
+    BaseBackupFailed {
+        data_dir: PathBuf,
+        status: String,
+        output: String,
+    },
+
+    #[error(
+        "data directory {} for a standby already exists and is not empty: a standby is copied \
+         from its primary into a new directory",
+        .data_dir.display()
+    )]
+    StandbyDirNotEmpty { data_dir: PathBuf },
+
     #[error("PostgreSQL did not start ({reason}); the end of its log {}:\n{log_tail}", .log_file.display())]
     StartFailed {
         reason: String,

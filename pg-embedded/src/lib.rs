@@ -9,6 +9,8 @@
 //!   child process on a private unix socket (or a free loopback port) and waits until it
 //!   accepts connections; `restart` brings a dead server back in place; `stop` shuts it down
 //!   in order.
+//! - `standby`: a hot standby of a running cluster ([`EmbeddedPostgres::start_standby`]),
+//!   copied with `pg_basebackup -R` and streaming from it: a read replica on one machine.
 //! - `running`: the record a running cluster leaves in its data directory (socket, port,
 //!   pid), and [`RunningCluster::find`], with which another process (a command line next to
 //!   a server) connects to that cluster instead of starting a second one.
@@ -39,6 +41,7 @@ mod pidfile;
 pub mod process;
 mod root;
 mod running;
+mod standby;
 mod supervisor;
 mod url;
 

@@ -46,6 +46,9 @@ struct EngineInner {
 
 impl ProjectionEngine {
     pub fn new(store: EventStore, registry: Registry, config: EngineConfig) -> Self {
+        // Everything the engine reads is on the primary except the events its lanes fetch,
+        // which go to the store's replica when it has one (see `lane`).
+        let store = store.on_primary();
         let identity = WorkerIdentity::this_process(&config.pool, config.address.clone());
         let tasks = TaskTracker::new();
         let supervisor = Supervisor::new(store.clone(), config.clone(), tasks.clone());

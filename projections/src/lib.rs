@@ -12,7 +12,8 @@
 //!   partition), and offers status, waiting for a position, dead letters and rebuilds. Its
 //!   parts: `registration` (the worker and the projections at start), `supervisor`
 //!   (spawns, restarts and bounds the live lanes), `waits` (read-your-writes).
-//! - `lane`: the one loop that applies events — fetch ahead into a bounded channel, apply a
+//! - `lane`: the one loop that applies events — fetch ahead into a bounded channel (from the
+//!   store's read replica, when it has one; see `tidemark_store::replica`), apply a
 //!   batch and advance the checkpoint in one transaction, isolate and park poison events,
 //!   restart after failures with the one retry policy. The live lanes of a keyed or shuffled
 //!   projection share one read of the log per process (`lane::feed`) instead of each reading

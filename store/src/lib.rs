@@ -15,6 +15,8 @@
 //!   subscriptions woken by LISTEN/NOTIFY with a polling fallback; `heads` holds the head
 //!   and per-partition heads they wake on (a partition subscription wakes only for its own).
 //!   A subscription is handed the pool and the heads, not the store.
+//! - [`replica`]: event reads from a streaming replica ([`EventStore::on_replica`] handles):
+//!   which reads may go there, why nothing is skipped, and the replica's lag.
 //! - [`browse`]: what an operator browses: categories, streams of a category, the append
 //!   rate (the dashboard's stream browser and log figures).
 //! - [`hashing`]: canonical JSON, content hashes, derived event ids, partitions: the parts
@@ -47,6 +49,7 @@ pub mod hooks;
 pub mod migrate;
 pub mod model;
 pub mod read;
+pub mod replica;
 pub mod store;
 pub mod subscribe;
 pub mod tls;
@@ -62,6 +65,7 @@ pub use model::{
     PayloadEncoding, Position, RecordedEvent, StreamVersion,
 };
 pub use read::{Direction, LogFilter, PartitionBacklog};
+pub use replica::ReplicaLag;
 pub use store::{build_pool, EventStore};
 pub use subscribe::{Page, SubscribeOptions};
 pub use tls::{PgTls, TlsOptions};

@@ -171,6 +171,20 @@ pub(crate) async fn read_log<C: deadpool_postgres::GenericClient>(
     Ok(events)
 }
 
+/// The position of the last committed event (0 when the log is empty) as this connection's
+/// database sees it: on a streaming replica, what it has replayed.
+pub(crate) async fn head<C: deadpool_postgres::GenericClient>(client: &C) -> Result<Position> {
+    let statement = client
+        .prepare_cached("SELECT position FROM store_head")
+        .await
+        .map_err(StoreError::db("preparing a head read"))?;
+    let row = client
+        .query_one(&statement, &[])
+        .await
+        .map_err(StoreError::db("reading the store head"))?;
+    Ok(row.get(0))
+}
+
 /// Reads up to `limit` events of one stream starting at `from` (inclusive) in `direction`.
 /// Backwards, `from = None` starts at the stream's last event.
 pub(crate) async fn read_stream<C: deadpool_postgres::GenericClient>(

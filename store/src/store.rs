@@ -1,5 +1,5 @@
 //! [`EventStore`]: the handle applications hold. Cheap to clone; every clone shares the
-//! pool, the append pipeline and the head watcher.
+//! pool, the append pipeline and the head watcher (and the read replica's pool, if any).
 
 use crate::append::pipeline::{self, AppendQueue};
 use crate::append::prepare::prepare;
@@ -28,10 +28,14 @@ pub struct EventStore {
     /// Applied to every event this handle reads (see [`crate::hooks`]); other handles of
     /// the same store may have none.
     read_hook: Option<Arc<dyn ReadHook>>,
+    /// Whether this handle's event reads go to the read replica (see [`crate::replica`]).
+    on_replica: bool,
 }
 
 struct Inner {
     pool: Pool,
+    /// A streaming replica's pool for the reads of [`EventStore::on_replica`] handles.
+    replica: Option<Pool>,
     pg_config: tokio_postgres::Config,
     tls: PgTls,
     config: StoreConfig,
@@ -93,6 +97,19 @@ impl EventStore {
         pg_config: tokio_postgres::Config,
         config: StoreConfig,
     ) -> Result<EventStore> {
+        EventStore::open_with_pools(pool, None, pg_config, config).await
+    }
+
+    /// Like [`EventStore::open_with_pool`], with `replica`, the pool of a streaming replica
+    /// of the same database, for the event reads of [`EventStore::on_replica`] handles (see
+    /// [`crate::replica`]). The replica is checked to hold this store, so a wrong URL is
+    /// refused here rather than read from.
+    pub async fn open_with_pools(
+        pool: Pool,
+        replica: Option<Pool>,
+        pg_config: tokio_postgres::Config,
+        config: StoreConfig,
+    ) -> Result<EventStore> {
         let tls = PgTls::new(&config.tls)?;
         let mut client = pool.get().await.map_err(|e| match StoreError::from(e) {
             StoreError::Unavailable(reason) => StoreError::Unavailable(format!(
@@ -126,6 +143,9 @@ impl EventStore {
                 "the store was created with a different partition count; using the stored one"
             );
         }
+        if let Some(replica) = &replica {
+            crate::replica::check(&client, replica).await?;
+        }
         drop(client);
 
         let shutdown = CancellationToken::new();
@@ -145,6 +165,7 @@ impl EventStore {
         Ok(EventStore {
             inner: Arc::new(Inner {
                 pool,
+                replica,
                 pg_config,
                 tls,
                 config,
@@ -158,6 +179,7 @@ impl EventStore {
                 codec: CodecSlot::default(),
             }),
             read_hook: None,
+            on_replica: false,
         })
     }
 
@@ -237,20 +259,65 @@ impl EventStore {
     /// handle to see events upcast, while the log keeps them as written.
     pub fn with_read_hook(&self, hook: Arc<dyn ReadHook>) -> EventStore {
         EventStore {
-            inner: self.inner.clone(),
             read_hook: Some(hook),
+            ..self.clone()
         }
     }
 
     /// A handle of the same store without a read hook: reads return the log as written.
     pub fn without_read_hook(&self) -> EventStore {
         EventStore {
-            inner: self.inner.clone(),
             read_hook: None,
+            ..self.clone()
+        }
+    }
+
+    /// A handle of the same store (same read hook) whose event reads — `read_log`,
+    /// `read_stream`, `stream_version`, `subscribe`, `subscribe_pages` — go to the read
+    /// replica, when the store was opened with one (else to the primary, like any handle).
+    /// Appends and everything else stay on the primary. A reader on a lagging replica sees
+    /// the log later, never with a gap: see [`crate::replica`] for what may read there.
+    pub fn on_replica(&self) -> EventStore {
+        EventStore {
+            on_replica: true,
+            ..self.clone()
+        }
+    }
+
+    /// A handle of the same store (same read hook) that reads everything from the primary:
+    /// what must read its own writes does (the command bus, consumer groups).
+    pub fn on_primary(&self) -> EventStore {
+        EventStore {
+            on_replica: false,
+            ..self.clone()
+        }
+    }
+
+    /// Whether the store was opened with a read replica.
+    pub fn has_replica(&self) -> bool {
+        self.inner.replica.is_some()
+    }
+
+    /// The pool this handle's event reads use, and whether it is a replica's.
+    fn reads(&self) -> (&Pool, bool) {
+        match (&self.inner.replica, self.on_replica) {
+            (Some(replica), true) => (replica, true),
+            _ => (&self.inner.pool, false),
+        }
+    }
+
+    /// How far the read replica is behind the primary; `None` without one.
+    pub async fn replica_lag(&self) -> Result<Option<crate::replica::ReplicaLag>> {
+        match &self.inner.replica {
+            Some(replica) => crate::replica::lag(&self.inner.pool, replica)
+                .await
+                .map(Some),
+            None => Ok(None),
         }
     }
 
     /// Reads up to `limit` events of `stream_id` starting at version `from` (inclusive).
+    /// On a replica handle, from the replica.
     pub async fn read_stream(
         &self,
         stream_id: &str,
@@ -259,20 +326,21 @@ impl EventStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
         crate::validate::stream_id(stream_id, &self.inner.config.limits)?;
-        let client = self.inner.pool.get().await?;
+        let client = self.reads().0.get().await?;
         let stored = read::read_stream(&client, stream_id, from, direction, limit).await?;
         drop(client);
         finish_read(&self.inner.codec, self.read_hook.as_ref(), stored).await
     }
 
-    /// Reads up to `limit` events after `after` passing `filter`, in position order.
+    /// Reads up to `limit` events after `after` passing `filter`, in position order. On a
+    /// replica handle, from the replica: the page may end before the primary's head.
     pub async fn read_log(
         &self,
         after: Position,
         filter: &LogFilter,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let client = self.inner.pool.get().await?;
+        let client = self.reads().0.get().await?;
         let stored = read::read_log(&client, after, filter, limit).await?;
         drop(client);
         finish_read(&self.inner.codec, self.read_hook.as_ref(), stored).await
@@ -321,7 +389,7 @@ impl EventStore {
 
     /// The last version of a stream, or `None` if it has no events.
     pub async fn stream_version(&self, stream_id: &str) -> Result<Option<StreamVersion>> {
-        let client = self.inner.pool.get().await?;
+        let client = self.reads().0.get().await?;
         let statement = client
             .prepare_cached("SELECT version FROM streams WHERE stream_id = $1")
             .await
@@ -386,8 +454,10 @@ impl EventStore {
 
     /// What a subscription reads with and wakes on: the pool and the announced heads.
     fn subscription_source(&self) -> subscribe::Source {
+        let (pool, replica) = self.reads();
         subscribe::Source {
-            pool: self.inner.pool.clone(),
+            pool: pool.clone(),
+            replica,
             head: self.inner.head.clone(),
             partitions: self.inner.partition_heads.clone(),
             poll_interval: self.inner.config.poll_interval,
@@ -403,8 +473,14 @@ impl EventStore {
         self.inner.head.clone()
     }
 
+    /// The primary's pool: everything that writes, locks or reads its own writes uses it.
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// The read replica's pool, when the store was opened with one.
+    pub fn replica_pool(&self) -> Option<&Pool> {
+        self.inner.replica.as_ref()
     }
 
     pub fn pg_config(&self) -> &tokio_postgres::Config {
@@ -455,6 +531,7 @@ impl std::fmt::Debug for EventStore {
         f.debug_struct("EventStore")
             .field("partitions", &self.inner.partitions)
             .field("read_hook", &self.read_hook.is_some())
+            .field("on_replica", &self.reads().1)
             .finish_non_exhaustive()
     }
 }

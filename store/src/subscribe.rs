@@ -7,10 +7,18 @@
 //!
 //! A subscription needs only a [`Source`] — the pool it reads with and the heads it wakes
 //! on — not the store, which hands one to each subscription.
+//!
+//! The pool may be a streaming replica's. The heads are the primary's (NOTIFY does not reach
+//! a standby), so they only say when to read: a read on a replica first reads the replica's
+//! own head, and only that head is reported as caught up to. Positions are dense and in
+//! commit order on the replica too (it replays commits in order), so a reader there skips
+//! nothing; it is only later. While the replica is behind the head announced, the
+//! subscription reads again after a short growing pause instead of waiting for the next
+//! announcement.
 
 use crate::append::batch::NOTIFY_CHANNEL;
 use crate::backoff::Backoff;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::heads::Heads;
 use crate::model::{Position, RecordedEvent};
 use crate::read::LogFilter;
@@ -27,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub(crate) struct Source {
     pub pool: Pool,
+    /// Whether `pool` is a streaming replica's (see the module docs): each read then reads
+    /// the replica's head first.
+    pub replica: bool,
     /// The head as last announced.
     pub head: watch::Receiver<Position>,
     /// Per-partition heads: a subscription to one partition waits on its own.
@@ -39,17 +50,31 @@ pub(crate) struct Source {
     pub codec: crate::hooks::CodecSlot,
 }
 
+/// One read of the log by a subscription.
+struct Read {
+    events: Vec<RecordedEvent>,
+    /// On a replica, its head as read just before the events: every event at or before it
+    /// was visible to the read.
+    replica_head: Option<Position>,
+}
+
 impl Source {
-    async fn read_log(
-        &self,
-        after: Position,
-        filter: &LogFilter,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>> {
+    async fn read_log(&self, after: Position, filter: &LogFilter, limit: usize) -> Result<Read> {
         let client = self.pool.get().await?;
+        // Read first, on the same connection: a standby replays in commit order, so the page
+        // read afterwards sees every event up to this head.
+        let replica_head = match self.replica {
+            true => Some(crate::read::head(&client).await?),
+            false => None,
+        };
         let stored = crate::read::read_log(&client, after, filter, limit).await?;
         drop(client);
-        crate::hooks::finish_read(&self.codec, self.read_hook.as_ref(), stored).await
+        let events =
+            crate::hooks::finish_read(&self.codec, self.read_hook.as_ref(), stored).await?;
+        Ok(Read {
+            events,
+            replica_head,
+        })
     }
 }
 
@@ -95,8 +120,18 @@ struct PageState {
     seen: Position,
     /// The next page, already requested while history is being read.
     prefetch: Option<Prefetch>,
+    /// The last read was on a replica that had not replayed what was announced: read again
+    /// after a pause of `replica_retry` instead of waiting for the next announcement.
+    replica_behind: bool,
+    replica_retry: Backoff,
     failed: bool,
 }
+
+/// The first pause before a subscription reads a replica that was behind again; it doubles
+/// up to [`REPLICA_RETRY_MAX`] (or the poll interval, if shorter) while the replica stays
+/// behind.
+const REPLICA_RETRY_FIRST: Duration = Duration::from_millis(1);
+const REPLICA_RETRY_MAX: Duration = Duration::from_millis(100);
 
 /// Pages of events after `options.after` that pass the filter, in position order, forever.
 /// Empty pages are yielded only to report progress (`caught_up_to`). The stream ends only
@@ -110,6 +145,10 @@ pub(crate) fn subscribe_pages(
         page_size: options.page_size.max(1),
         ..options
     };
+    let replica_retry = Backoff::new(
+        REPLICA_RETRY_FIRST.min(source.poll_interval),
+        REPLICA_RETRY_MAX.min(source.poll_interval),
+    );
     let state = PageState {
         source,
         options,
@@ -117,6 +156,8 @@ pub(crate) fn subscribe_pages(
         idle: false,
         seen: 0,
         prefetch: None,
+        replica_behind: false,
+        replica_retry,
         failed: false,
     };
     futures::stream::unfold(state, |mut state| async move {
@@ -154,7 +195,9 @@ async fn next_page(state: &mut PageState) -> Result<Page> {
         let own_partition = state.options.filter.partition.filter(|p| {
             usize::try_from(*p).is_ok_and(|p| p < state.source.partitions.borrow().len())
         });
-        if let Some(seen) = state.idle.then_some(state.seen) {
+        if state.idle && state.replica_behind {
+            tokio::time::sleep(state.replica_retry.next_delay()).await;
+        } else if let Some(seen) = state.idle.then_some(state.seen) {
             let poll = state.source.poll_interval;
             match own_partition {
                 Some(partition) => {
@@ -163,16 +206,16 @@ async fn next_page(state: &mut PageState) -> Result<Page> {
                 None => wait_for_head(&mut state.source.head, poll).await,
             }
         }
-        let (head_before_read, events) = match state.prefetch.take() {
+        let (announced, read) = match state.prefetch.take() {
             // The next page, requested while the previous one was being consumed.
             Some(prefetch) if prefetch.after == state.options.after => {
                 state.seen = prefetch.seen;
-                (prefetch.head_before_read, prefetch.events().await?)
+                (prefetch.head_before_read, prefetch.read().await?)
             }
             _ => {
                 let (head_before_read, seen) = mark_seen(state, own_partition);
                 state.seen = seen;
-                let events = state
+                let read = state
                     .source
                     .read_log(
                         state.options.after,
@@ -180,9 +223,20 @@ async fn next_page(state: &mut PageState) -> Result<Page> {
                         state.options.page_size,
                     )
                     .await?;
-                (head_before_read, events)
+                (head_before_read, read)
             }
         };
+        let Read {
+            events,
+            replica_head,
+        } = read;
+        // On a replica, what the read could see ends at the replica's head, whatever the
+        // primary announced (see the module docs).
+        let head_before_read = replica_head.unwrap_or(announced);
+        state.replica_behind = replica_head.is_some_and(|head| head < state.seen);
+        if !state.replica_behind || !events.is_empty() {
+            state.replica_retry.reset();
+        }
         let short = events.len() < state.options.page_size;
         if let Some(last) = events.last() {
             state.options.after = last.position;
@@ -236,14 +290,14 @@ struct Prefetch {
     after: Position,
     head_before_read: Position,
     seen: Position,
-    read: tokio::task::JoinHandle<Result<Vec<RecordedEvent>>>,
+    read: tokio::task::JoinHandle<Result<Read>>,
 }
 
 impl Prefetch {
-    async fn events(mut self) -> Result<Vec<RecordedEvent>> {
+    async fn read(mut self) -> Result<Read> {
         match (&mut self.read).await {
             Ok(result) => result,
-            Err(join_error) => Err(crate::error::StoreError::Unavailable(format!(
+            Err(join_error) => Err(StoreError::Unavailable(format!(
                 "a read-ahead of the log failed: {join_error}"
             ))),
         }

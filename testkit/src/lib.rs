@@ -19,6 +19,8 @@
 //! - [`aggregate`]: given/when/then for aggregates, without a database.
 //! - [`proxy::FaultProxy`] sits between a store and its database and breaks append
 //!   transactions around COMMIT, to test what clients are told when the connection dies.
+//! - [`replica::ReplicatedCluster`] is a primary and its hot standby (`pg_basebackup -R`),
+//!   whose replay a test can pause, for the tests of reads from a replica.
 //! - [`tls::TlsCluster`] is a cluster that refuses unencrypted TCP, for the TLS tests.
 //! - [`nats::NatsServer`] is a real `nats-server -js` on a free port (the relay's tests);
 //!   tests skip, saying why, when it is not installed.
@@ -29,6 +31,7 @@ pub mod aggregate;
 pub mod browser;
 pub mod nats;
 pub mod proxy;
+pub mod replica;
 pub mod tls;
 pub mod wait;
 

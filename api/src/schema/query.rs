@@ -118,7 +118,7 @@ impl BuiltinQuery {
             (Some(after), true) => {
                 if after <= 0 {
                     return Ok(StreamPage {
-                        version: tidemark.store().stream_version(&id).await?.map(Int64),
+                        version: tidemark.reader(false).stream_version(&id).await?.map(Int64),
                         stream_id: id,
                         events: vec![],
                         page_info: PageInfo {
@@ -141,7 +141,7 @@ impl BuiltinQuery {
         let has_next_page = events.len() > first;
         events.truncate(first);
         Ok(StreamPage {
-            version: tidemark.store().stream_version(&id).await?.map(Int64),
+            version: tidemark.reader(false).stream_version(&id).await?.map(Int64),
             stream_id: id,
             page_info: PageInfo {
                 end_cursor: events.last().map(|e| Int64(e.stream_version)),

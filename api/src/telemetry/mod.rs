@@ -34,6 +34,15 @@ where
         .with_filter(filter)
 }
 
+/// Sets the `tidemark_replica_*` gauges from one measurement of the read replica.
+pub(crate) fn publish_replica_lag(lag: &tidemark_store::ReplicaLag) {
+    metrics::gauge!("tidemark_replica_up").set(1.0);
+    metrics::gauge!("tidemark_replica_lag_events").set(lag.events as f64);
+    metrics::gauge!("tidemark_replica_lag_seconds").set(lag.seconds);
+    metrics::gauge!("tidemark_replica_lag_bytes").set(lag.bytes.unwrap_or(0) as f64);
+    metrics::gauge!("tidemark_replica_position").set(lag.replica_head as f64);
+}
+
 /// What [`init_telemetry`] set up; [`Telemetry::shutdown`] sends the spans still buffered.
 #[must_use = "call shutdown() before the process exits, or buffered spans are lost"]
 pub struct Telemetry {

@@ -12,6 +12,9 @@
 //! lane still sees every one of its events once, in order, with no gap. The feed waits for
 //! its slowest lane (bounded channels: backpressure, not buffering), and ends when its last
 //! lane has gone.
+//!
+//! It reads with the store handle the first lane hands it: the read replica's, when the
+//! store has one (the subscription then reports only what the replica has replayed).
 
 use super::{Fetched, LanePage};
 use crate::spec::LaneSpec;

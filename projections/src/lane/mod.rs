@@ -7,7 +7,8 @@
 //! commits. The swap after a rebuild and the replay of parked events use the same primitive.
 //!
 //! A running lane fetches pages after its checkpoint into a bounded channel (fetch-ahead
-//! with backpressure). Failures go through one retry policy ([`Retry`]): a failing batch is
+//! with backpressure), from the store's read replica when it has one (everything else of a
+//! lane is on the primary). Failures go through one retry policy ([`Retry`]): a failing batch is
 //! retried event by event so only the bad event is parked, and a lane that fails as a whole
 //! restarts from its checkpoint (a panic included) with backoff that starts over once the
 //! lane made progress.
@@ -176,7 +177,9 @@ impl Lane {
     /// commit, and the checkpoint check makes one of them fail and retry.
     pub async fn step(&self) -> Result<Step> {
         let checkpoint = self.load_checkpoint().await?;
-        // Read before the page: a short page then means everything up to here is seen.
+        // Read before the page: a short page then means everything up to here is seen. Both
+        // on the primary (this handle's reads): a head from one server and a page from
+        // another would claim events the page could not see.
         let head = self.store.head_position().await?;
         let filter = self.spec.read_filter();
         let events = self
@@ -275,6 +278,11 @@ impl Lane {
             crate::dead_letter::parked_ahead(&self.store, &self.spec, checkpoint).await?;
         let fetch_stop = shutdown.child_token();
         let _stop_fetcher = fetch_stop.clone().drop_guard();
+        // Only the events are read on the replica (when the store has one): the checkpoint,
+        // the parked events and every commit are on the primary. The subscription reports
+        // itself caught up only as far as the replica has replayed, so a lane (and a build
+        // running to `until`) never takes a lagging replica for the end of the log.
+        let reader = self.store.on_replica();
         let (mut pages, fetcher) = match &self.feeds {
             Some(feeds) if self.spec.reads_with_its_group() => {
                 // Each read of the group is split among its lanes: read several batches at
@@ -282,7 +290,7 @@ impl Lane {
                 let lanes = usize::from(self.spec.grouping.lanes(self.spec.partitions));
                 let page_size = self.config.batch_size * lanes.clamp(1, FEED_READ_BATCHES);
                 let pages = feeds.join(
-                    &self.store,
+                    &reader,
                     &self.spec,
                     checkpoint,
                     page_size,
@@ -293,7 +301,7 @@ impl Lane {
             _ => {
                 let (pages_tx, pages) = mpsc::channel(self.config.fetch_ahead_pages.max(1));
                 let fetcher = tokio::spawn(fetch(
-                    self.store.clone(),
+                    reader,
                     SubscribeOptions {
                         after: checkpoint,
                         filter: self.spec.read_filter(),

@@ -1,7 +1,7 @@
 //! The store's integration tests, one binary with a module per feature, each test on a
 //! database of its own (`tidemark_testkit::TestDatabase`); the embedded cluster that holds
-//! them is started once for the whole binary. The `embedded` and `tls` modules start
-//! private clusters of their own.
+//! them is started once for the whole binary. The `embedded`, `replica` and `tls` modules
+//! start private clusters of their own.
 //!
 //! Run one feature with `cargo test -p tidemark-store --test store <module>::`.
 
@@ -17,6 +17,7 @@ mod migrations;
 mod outcome;
 mod pipeline;
 mod reads;
+mod replica;
 mod subscription;
 mod tls;
 mod validation;

@@ -91,6 +91,19 @@ pub async fn spawn_app_at(database: DatabaseConfig) -> TestApp {
     start(None, TidemarkApp::builder().build(), test_config(database)).await
 }
 
+/// `app` on the primary of `cluster`, reading events from its standby
+/// (`--read-database-url`); `configure` may change other settings.
+pub async fn spawn_app_replicated(
+    cluster: &tidemark_testkit::replica::ReplicatedCluster,
+    app: TidemarkApp,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> TestApp {
+    let mut config = test_config(DatabaseConfig::url(cluster.primary_url()));
+    config.read_database_url = Some(cluster.standby_url());
+    configure(&mut config);
+    start(None, app, config).await
+}
+
 /// The settings of every test server: a free loopback port, the test keys, 4 partitions.
 pub fn test_config(database: DatabaseConfig) -> ServerConfig {
     ServerConfig {

@@ -262,8 +262,15 @@ async fn health_ready_metrics_graphiql_workers_and_scaling_answer() {
     assert_eq!(pools[0]["pool"], "default");
     assert_eq!(pools[0]["liveWorkers"], 1);
     assert!(pools[0]["desiredWorkers"].as_i64() >= Some(1), "{pools:?}");
-    let (_, metrics) = app.get("/metrics").await;
-    assert!(metrics.contains("tidemark_desired_workers"), "{metrics}");
+    // The gauge comes from the lease observer's own tick, which may follow the heartbeat
+    // that put the pool's row in place.
+    wait_until("tidemark_desired_workers on /metrics", WAIT, || async {
+        app.get("/metrics")
+            .await
+            .1
+            .contains("tidemark_desired_workers")
+    })
+    .await;
 }
 
 /// Positions are `Int64`: a position past 2^31 - 1 is accepted (as a JSON number, as a

@@ -73,7 +73,8 @@ async fn every_exported_metric_has_help_and_its_catalog_type_and_counters_start_
 
 /// The committed Grafana dashboard (`docs/grafana/tidemark.json`) queries only metrics a
 /// running server exports: each name in its expressions (a histogram's `_bucket` series
-/// included) is in the catalog and appears on `/metrics` of a server with a projection.
+/// included) is in the catalog and appears on `/metrics` of a server with a projection and
+/// a read replica (a standby of its own primary, for the `tidemark_replica_*` panels).
 #[tokio::test]
 async fn every_metric_the_grafana_dashboard_queries_is_exported() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/tidemark.json");
@@ -95,7 +96,9 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
     }
     assert!(queried.len() > 10, "{queried:?}");
 
-    let app = spawn_app_with(
+    let cluster = tidemark_testkit::replica::ReplicatedCluster::start().await;
+    let app = spawn_app_replicated(
+        &cluster,
         tidemark_api::TidemarkApp::builder()
             .projection(crate::windows::sums())
             .build(),
@@ -135,7 +138,10 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
                 && text.contains("tidemark_db_pool_connections")
                 && text.contains("tidemark_projection_apply_seconds_bucket")
                 && text.contains("tidemark_projection_build_progress")
-                && text.contains("tidemark_consumer_group_redeliveries_total"))
+                && text.contains("tidemark_consumer_group_redeliveries_total")
+                && text.contains("tidemark_replica_lag_seconds")
+                // Published by the lease observer once the lease loop has ticked.
+                && text.contains("tidemark_desired_workers"))
             .then_some(text)
         },
     )
@@ -151,4 +157,7 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
             "the dashboard queries {name}, which /metrics does not export:\n{text}"
         );
     }
+    let mut app = app;
+    app.stop().await;
+    cluster.stop().await;
 }
