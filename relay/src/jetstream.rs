@@ -1,7 +1,8 @@
 //! [`JetStreamSink`]: the relay's destination on NATS JetStream. It makes sure the stream
 //! exists (created with subjects `<prefix>.>` and a duplicate window when missing), and
 //! publishes each batch pipelined: every publish is sent before any acknowledgement is
-//! awaited, then all of them are awaited.
+//! awaited, and the batch's acknowledgements are handed back to be awaited while the next
+//! batch is sent.
 //!
 //! Each message: subject `<prefix>.<category>.<type>` (tokens escaped, see
 //! [`crate::subject`]), body the event's payload as JSON, and headers
@@ -9,7 +10,7 @@
 //! | header                      | value                                                  |
 //! |-----------------------------|--------------------------------------------------------|
 //! | `Nats-Msg-Id`               | the event id: JetStream drops a re-publish within its duplicate window |
-//! | `Nats-Expected-Last-Msg-Id` | the previous event's id (all but a batch's first event) |
+//! | `Nats-Expected-Last-Msg-Id` | the previous event's id (all but the first event after the checkpoint) |
 //! | `Tidemark-Position`         | the event's position in the log                        |
 //! | `Tidemark-Stream-Id`        | its stream                                             |
 //! | `Tidemark-Stream-Version`   | its version in that stream                             |
@@ -20,20 +21,25 @@
 //!
 //! Header values outside printable ASCII are `%XX`-escaped ([`crate::subject::header_value`]).
 //!
-//! Why `Nats-Expected-Last-Msg-Id`: publishes are pipelined on one connection, and when the
-//! connection drops part-way some of them can be lost while later ones, still buffered in
-//! the client, are sent after the reconnect. Without the check those would be stored after a
-//! gap, and the retry would append the missing events after them, out of order. With it,
-//! the server refuses every publish after a gap, the batch fails, and the retry fills the
-//! gap in order (the already stored events are duplicates, and JetStream checks duplicates
-//! before the expected last id). The stream must therefore be written by the relay alone.
+//! Why `Nats-Expected-Last-Msg-Id`: publishes are pipelined on one connection, several
+//! batches at once, and when the connection drops part-way some of them can be lost while
+//! later ones, still buffered in the client, are sent after the reconnect. Without the check
+//! those would be stored after a gap, and the retry would append the missing events after
+//! them, out of order. With it — chained across batches: a batch's first event names the
+//! previous batch's last — the server refuses every publish after a gap, in this batch and
+//! in every later one in flight; the batch fails, the relay drops the later ones, and the
+//! retry from the checkpoint fills the gap in order (the already stored events are
+//! duplicates, and JetStream checks duplicates before the expected last id). The stream must
+//! therefore be written by the relay alone.
 
-use crate::sink::{Sink, SinkError};
+use crate::sink::{Acknowledgements, Sink, SinkError};
 use crate::subject;
-use async_nats::header::{self, HeaderMap};
+use async_nats::header::{self, HeaderMap, HeaderName};
 use async_nats::jetstream::{self, context::Publish, stream};
+use async_nats::Subject;
 use async_trait::async_trait;
 use futures::future::join_all;
+use std::collections::HashMap;
 use std::time::Duration;
 use tidemark_store::RecordedEvent;
 
@@ -181,73 +187,103 @@ impl JetStreamSink {
         Ok(())
     }
 
+    /// The message of `event`: its subject (from `subjects`, computed once per category and
+    /// type), headers and body, and the bytes it takes against the server's `max_payload`.
+    /// `id` is the event id's text; `previous_id` the previous event's, sent as the expected
+    /// last message id.
     fn message(
         &self,
         event: &RecordedEvent,
-        previous: Option<&RecordedEvent>,
-    ) -> (String, HeaderMap, bytes::Bytes) {
-        let subject = subject::subject(
-            &self.config.subject_prefix,
-            event.category(),
-            &event.event_type,
-        );
-        let mut headers = HeaderMap::new();
-        headers.insert(header::NATS_MESSAGE_ID, event.event_id.to_string().as_str());
-        if let Some(previous) = previous {
+        id: &str,
+        previous_id: Option<&str>,
+        subjects: &mut Subjects,
+    ) -> Message {
+        let category = event.category();
+        let cached = subjects
+            .0
+            .get(event.event_type.as_str())
+            .and_then(|by_category| by_category.get(category));
+        let subject = match cached {
+            Some(subject) => subject.clone(),
+            None => {
+                let subject = Subject::from(subject::subject(
+                    &self.config.subject_prefix,
+                    category,
+                    &event.event_type,
+                ));
+                subjects
+                    .0
+                    .entry(event.event_type.clone())
+                    .or_default()
+                    .insert(category.to_string(), subject.clone());
+                subject
+            }
+        };
+        let mut headers = Headers::default();
+        headers.insert(header::NATS_MESSAGE_ID, id.to_string());
+        if let Some(previous_id) = previous_id {
             headers.insert(
                 header::NATS_EXPECTED_LAST_MESSAGE_ID,
-                previous.event_id.to_string().as_str(),
+                previous_id.to_string(),
             );
         }
-        headers.insert("Tidemark-Position", event.position.to_string().as_str());
-        headers.insert(
-            "Tidemark-Stream-Id",
-            subject::header_value(&event.stream_id).as_str(),
-        );
-        headers.insert(
-            "Tidemark-Stream-Version",
-            event.stream_version.to_string().as_str(),
-        );
-        headers.insert(
-            "Tidemark-Event-Type",
-            subject::header_value(&event.event_type).as_str(),
-        );
-        headers.insert(
-            "Tidemark-Schema-Version",
-            event.schema_version.to_string().as_str(),
-        );
-        headers.insert(
-            "Tidemark-Recorded-At",
-            event.recorded_at.to_rfc3339().as_str(),
-        );
+        headers.insert(POSITION, event.position.to_string());
+        headers.insert(STREAM_ID, subject::header_value(&event.stream_id));
+        headers.insert(STREAM_VERSION, event.stream_version.to_string());
+        headers.insert(EVENT_TYPE, subject::header_value(&event.event_type));
+        headers.insert(SCHEMA_VERSION, event.schema_version.to_string());
+        headers.insert(RECORDED_AT, event.recorded_at.to_rfc3339());
         let has_metadata = match &event.metadata {
             serde_json::Value::Null => false,
             serde_json::Value::Object(map) => !map.is_empty(),
             _ => true,
         };
         if has_metadata {
-            headers.insert(
-                "Tidemark-Metadata",
-                subject::header_value(&event.metadata.to_string()).as_str(),
-            );
+            headers.insert(METADATA, subject::header_value(&event.metadata.to_string()));
         }
         let payload = bytes::Bytes::from(event.payload.to_string().into_bytes());
-        (subject, headers, payload)
+        Message {
+            size: payload.len() + headers.bytes + 12,
+            subject,
+            headers: headers.map,
+            payload,
+        }
     }
 }
 
-/// Bytes a message takes against the server's `max_payload` (body and headers, roughly).
-fn message_size(headers: &HeaderMap, payload: &bytes::Bytes) -> usize {
-    let headers: usize = headers
-        .iter()
-        .map(|(name, values)| {
-            values
-                .iter()
-                .map(|v| name.to_string().len() + v.as_str().len() + 4)
-                .sum::<usize>()
-        })
-        .sum();
-    payload.len() + headers + 12
+const POSITION: HeaderName = HeaderName::from_static("Tidemark-Position");
+const STREAM_ID: HeaderName = HeaderName::from_static("Tidemark-Stream-Id");
+const STREAM_VERSION: HeaderName = HeaderName::from_static("Tidemark-Stream-Version");
+const EVENT_TYPE: HeaderName = HeaderName::from_static("Tidemark-Event-Type");
+const SCHEMA_VERSION: HeaderName = HeaderName::from_static("Tidemark-Schema-Version");
+const RECORDED_AT: HeaderName = HeaderName::from_static("Tidemark-Recorded-At");
+const METADATA: HeaderName = HeaderName::from_static("Tidemark-Metadata");
+
+/// Subjects by event type and category, computed once per batch.
+#[derive(Default)]
+struct Subjects(HashMap<String, HashMap<String, Subject>>);
+
+/// A message's headers, and the bytes they take (name, `: `, value, CRLF each).
+#[derive(Default)]
+struct Headers {
+    map: HeaderMap,
+    bytes: usize,
+}
+
+impl Headers {
+    fn insert(&mut self, name: HeaderName, value: String) {
+        self.bytes += AsRef::<str>::as_ref(&name).len() + value.len() + 4;
+        self.map.insert(name, value);
+    }
+}
+
+/// One event as published.
+struct Message {
+    subject: Subject,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+    /// Bytes it takes against the server's `max_payload` (body and headers, roughly).
+    size: usize,
 }
 
 #[async_trait]
@@ -256,24 +292,35 @@ impl Sink for JetStreamSink {
         "nats"
     }
 
-    async fn publish_batch(&self, events: &[RecordedEvent]) -> Result<(), SinkError> {
+    async fn send_batch(
+        &self,
+        events: &[RecordedEvent],
+        previous: Option<&RecordedEvent>,
+    ) -> Result<Acknowledgements, SinkError> {
         let max_payload = self.client.server_info().max_payload;
         let mut acks = Vec::with_capacity(events.len());
-        let mut previous = None;
+        let mut subjects = Subjects::default();
+        let mut previous_id = previous.map(|e| e.event_id.to_string());
         for event in events {
-            let (subject, headers, payload) = self.message(event, previous);
-            if max_payload > 0 && message_size(&headers, &payload) > max_payload {
+            let id = event.event_id.to_string();
+            let message = self.message(event, &id, previous_id.as_deref(), &mut subjects);
+            if max_payload > 0 && message.size > max_payload {
                 return Err(SinkError::Unpublishable {
                     position: event.position,
                     reason: format!(
                         "{} bytes with headers, more than the server's max_payload of {max_payload} bytes",
-                        message_size(&headers, &payload)
+                        message.size
                     ),
                 });
             }
             let ack = self
                 .context
-                .send_publish(subject, Publish::build().payload(payload).headers(headers))
+                .send_publish(
+                    message.subject,
+                    Publish::build()
+                        .payload(message.payload)
+                        .headers(message.headers),
+                )
                 .await
                 .map_err(|error| {
                     SinkError::unavailable(format!(
@@ -282,31 +329,34 @@ impl Sink for JetStreamSink {
                     ))
                 })?;
             acks.push((event.position, ack));
-            previous = Some(event);
+            previous_id = Some(id);
         }
-        let acked = join_all(
-            acks.into_iter()
-                .map(|(position, ack)| async move { (position, ack.await) }),
-        )
-        .await;
-        let mut duplicates = 0u64;
-        for (position, ack) in acked {
-            match ack {
-                Ok(ack) if ack.stream != self.config.stream => {
-                    return Err(SinkError::Config(format!(
-                        "the event at position {position} was stored in stream '{}', not '{}': another stream takes the same subjects",
-                        ack.stream, self.config.stream
-                    )));
-                }
-                Ok(ack) => duplicates += u64::from(ack.duplicate),
-                Err(error) => {
-                    return Err(SinkError::unavailable(format!(
-                        "the event at position {position} was not acknowledged: {error}"
-                    )))
+        let stream = self.config.stream.clone();
+        Ok(Box::pin(async move {
+            let acked = join_all(
+                acks.into_iter()
+                    .map(|(position, ack)| async move { (position, ack.await) }),
+            )
+            .await;
+            let mut duplicates = 0u64;
+            for (position, ack) in acked {
+                match ack {
+                    Ok(ack) if ack.stream != stream => {
+                        return Err(SinkError::Config(format!(
+                            "the event at position {position} was stored in stream '{}', not '{stream}': another stream takes the same subjects",
+                            ack.stream
+                        )));
+                    }
+                    Ok(ack) => duplicates += u64::from(ack.duplicate),
+                    Err(error) => {
+                        return Err(SinkError::unavailable(format!(
+                            "the event at position {position} was not acknowledged: {error}"
+                        )))
+                    }
                 }
             }
-        }
-        metrics::counter!("tidemark_relay_duplicates_total").increment(duplicates);
-        Ok(())
+            metrics::counter!("tidemark_relay_duplicates_total").increment(duplicates);
+            Ok(())
+        }))
     }
 }
