@@ -25,13 +25,16 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const NAME: &str = "pipelined";
 const PAGE: usize = 10;
 
+/// Resolves one page's acknowledgement.
+type AckSender = oneshot::Sender<Result<(), ProjectionError>>;
+
 /// What the handler saw, shared with the test.
 #[derive(Default)]
 struct Seen {
     /// The positions of each page sent through a pipeline, in the order sent.
     sent: Mutex<Vec<Vec<Position>>>,
     /// Acknowledgements the test has not resolved yet, by send number.
-    pending: Mutex<Vec<Option<oneshot::Sender<Result<(), ProjectionError>>>>>,
+    pending: Mutex<Vec<Option<AckSender>>>,
     /// Resolve every acknowledgement `Ok` at once (after the scripted failure).
     auto_ok: AtomicBool,
     /// Positions acknowledged `Ok` through a pipeline, in the order the pages were sent.

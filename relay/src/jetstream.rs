@@ -21,6 +21,15 @@
 //!
 //! Header values outside printable ASCII are `%XX`-escaped ([`crate::subject::header_value`]).
 //!
+//! Acknowledgements: only the last event of a batch is published as a request (with a
+//! reply subject, answered by JetStream's publish acknowledgement); the others are plain
+//! publishes, which JetStream stores (or refuses) without answering. That is enough because of
+//! the chain below: JetStream stores an event only right after the one before it, so the
+//! last event acknowledged (stored, or a duplicate of one stored) means every event before it
+//! is stored, in order; an event lost or refused on the way makes every later one refused,
+//! the last one's acknowledgement an error, and the batch fail. One acknowledgement per batch
+//! instead of one per event spares the server and the relay most of their per-event work.
+//!
 //! Why `Nats-Expected-Last-Msg-Id`: publishes are pipelined on one connection, several
 //! batches at once, and when the connection drops part-way some of them can be lost while
 //! later ones, still buffered in the client, are sent after the reconnect. Without the check
@@ -35,10 +44,10 @@
 use crate::sink::{Acknowledgements, Sink, SinkError};
 use crate::subject;
 use async_nats::header::{self, HeaderMap, HeaderName};
-use async_nats::jetstream::{self, context::Publish, stream};
+use async_nats::jetstream::context::{Publish, PublishErrorKind};
+use async_nats::jetstream::{self, stream};
 use async_nats::Subject;
 use async_trait::async_trait;
-use futures::future::join_all;
 use std::collections::HashMap;
 use std::time::Duration;
 use tidemark_store::RecordedEvent;
@@ -297,10 +306,13 @@ impl Sink for JetStreamSink {
         events: &[RecordedEvent],
         previous: Option<&RecordedEvent>,
     ) -> Result<Acknowledgements, SinkError> {
+        let Some(last) = events.last() else {
+            return Ok(Box::pin(async { Ok(()) }));
+        };
         let max_payload = self.client.server_info().max_payload;
-        let mut acks = Vec::with_capacity(events.len());
         let mut subjects = Subjects::default();
         let mut previous_id = previous.map(|e| e.event_id.to_string());
+        let mut ack = None;
         for event in events {
             let id = event.event_id.to_string();
             let message = self.message(event, &id, previous_id.as_deref(), &mut subjects);
@@ -313,50 +325,61 @@ impl Sink for JetStreamSink {
                     ),
                 });
             }
-            let ack = self
-                .context
-                .send_publish(
-                    message.subject,
-                    Publish::build()
-                        .payload(message.payload)
-                        .headers(message.headers),
-                )
-                .await
-                .map_err(|error| {
-                    SinkError::unavailable(format!(
-                        "publishing the event at position {}: {error}",
-                        event.position
-                    ))
-                })?;
-            acks.push((event.position, ack));
+            let failed = |error: &dyn std::fmt::Display| {
+                SinkError::unavailable(format!(
+                    "publishing the event at position {}: {error}",
+                    event.position
+                ))
+            };
+            // Only the batch's last event asks for an acknowledgement: the chain makes it
+            // acknowledge every event before it (see the module's documentation).
+            if std::ptr::eq(event, last) {
+                let publish = Publish::build()
+                    .payload(message.payload)
+                    .headers(message.headers);
+                ack = Some(
+                    self.context
+                        .send_publish(message.subject, publish)
+                        .await
+                        .map_err(|e| failed(&e))?,
+                );
+            } else {
+                self.client
+                    .publish_with_headers(message.subject, message.headers, message.payload)
+                    .await
+                    .map_err(|e| failed(&e))?;
+            }
             previous_id = Some(id);
         }
         let stream = self.config.stream.clone();
+        let (position, events) = (last.position, events.len());
         Ok(Box::pin(async move {
-            let acked = join_all(
-                acks.into_iter()
-                    .map(|(position, ack)| async move { (position, ack.await) }),
-            )
-            .await;
-            let mut duplicates = 0u64;
-            for (position, ack) in acked {
-                match ack {
-                    Ok(ack) if ack.stream != stream => {
-                        return Err(SinkError::Config(format!(
-                            "the event at position {position} was stored in stream '{}', not '{stream}': another stream takes the same subjects",
-                            ack.stream
-                        )));
+            let Some(ack) = ack else {
+                return Err(SinkError::unavailable("no event was published"));
+            };
+            match ack.await {
+                Ok(ack) if ack.stream != stream => Err(SinkError::Config(format!(
+                    "the event at position {position} was stored in stream '{}', not '{stream}': another stream takes the same subjects",
+                    ack.stream
+                ))),
+                Ok(ack) => {
+                    if ack.duplicate {
+                        metrics::counter!("tidemark_relay_duplicates_total").increment(1);
                     }
-                    Ok(ack) => duplicates += u64::from(ack.duplicate),
-                    Err(error) => {
-                        return Err(SinkError::unavailable(format!(
-                            "the event at position {position} was not acknowledged: {error}"
-                        )))
-                    }
+                    Ok(())
+                }
+                Err(error) => {
+                    let why = match error.kind() {
+                        PublishErrorKind::WrongLastMessageId => {
+                            " (an event before it was lost on the way or refused by the stream, e.g. over its limits, so the ones after it were refused)"
+                        }
+                        _ => "",
+                    };
+                    Err(SinkError::unavailable(format!(
+                        "the batch of {events} events ending at position {position} was not acknowledged: {error}{why}"
+                    )))
                 }
             }
-            metrics::counter!("tidemark_relay_duplicates_total").increment(duplicates);
-            Ok(())
         }))
     }
 }

@@ -68,10 +68,16 @@ pub struct RelayArgs {
     #[arg(long, env = "TIDEMARK_RELAY_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
 
-    /// Events published per batch (all pipelined, then every acknowledgement awaited before
-    /// the checkpoint moves).
+    /// Events published per batch (all pipelined; the checkpoint moves past a batch once
+    /// JetStream acknowledged it and every batch before it).
     #[arg(long, env = "TIDEMARK_RELAY_BATCH_SIZE", default_value_t = 1000)]
     pub batch_size: usize,
+
+    /// Batches published before the oldest is acknowledged and checkpointed (the next ones
+    /// are sent while its acknowledgement and checkpoint are pending); 1 relays one batch at
+    /// a time.
+    #[arg(long, env = "TIDEMARK_RELAY_BATCHES_IN_FLIGHT", default_value_t = 3)]
+    pub batches_in_flight: usize,
 
     /// How long a publish waits for its acknowledgement before the batch is retried (ms).
     #[arg(long, env = "TIDEMARK_RELAY_ACK_TIMEOUT_MS", default_value_t = 10_000)]
@@ -107,6 +113,7 @@ impl RelayArgs {
             from: self.from,
             engine: EngineConfig {
                 batch_size: self.batch_size.max(1),
+                pages_in_flight: self.batches_in_flight.max(1),
                 lease_ttl,
                 worker_timeout: lease_ttl,
                 ..EngineConfig::default()
