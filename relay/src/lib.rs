@@ -148,8 +148,9 @@ impl Relay {
             .lag_events())
     }
 
-    /// Stops after the batch in hand is acknowledged and checkpointed (or abandoned), and
-    /// gives the lease back so another relay takes over at once.
+    /// Stops publishing, and gives the lease back so another relay takes over at once. The
+    /// batches in flight and not yet checkpointed are abandoned: the next relay publishes
+    /// them again from the checkpoint, and JetStream drops them as duplicates.
     pub async fn shutdown(&self) {
         self.engine.shutdown().await;
     }

@@ -157,7 +157,7 @@ async fn relay(args: &RelayArgs, store: tidemark_store::EventStore) -> anyhow::R
         relay.name()
     );
     shutdown.await;
-    tracing::info!("stopping the relay after the batch in hand");
+    tracing::info!("stopping the relay (batches not yet checkpointed are published again by the next relay, and dropped as duplicates)");
     relay.shutdown().await;
     if let Some(metrics) = metrics {
         metrics.abort();
