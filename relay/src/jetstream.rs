@@ -248,9 +248,12 @@ impl JetStreamSink {
             _ => true,
         };
         if has_metadata {
-            headers.insert(METADATA, subject::header_value(&event.metadata.to_string()));
+            let metadata = serde_json::to_string(&event.metadata).unwrap_or_default();
+            headers.insert(METADATA, subject::header_value(&metadata));
         }
-        let payload = bytes::Bytes::from(event.payload.to_string().into_bytes());
+        // `to_vec` writes straight into the buffer (`to_string` on a `Value` goes through
+        // `fmt::Display`, a `write_str` per token). A `Value` always serialises.
+        let payload = bytes::Bytes::from(serde_json::to_vec(&event.payload).unwrap_or_default());
         Message {
             size: payload.len() + headers.bytes + 12,
             subject,
@@ -267,6 +270,12 @@ const EVENT_TYPE: HeaderName = HeaderName::from_static("Tidemark-Event-Type");
 const SCHEMA_VERSION: HeaderName = HeaderName::from_static("Tidemark-Schema-Version");
 const RECORDED_AT: HeaderName = HeaderName::from_static("Tidemark-Recorded-At");
 const METADATA: HeaderName = HeaderName::from_static("Tidemark-Metadata");
+
+/// An event id as text (hyphenated, lower case), without `fmt`.
+fn id_text(id: &uuid::Uuid) -> String {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    id.hyphenated().encode_lower(&mut buffer).to_string()
+}
 
 /// Subjects by event type and category, computed once per batch.
 #[derive(Default)]
@@ -311,10 +320,10 @@ impl Sink for JetStreamSink {
         };
         let max_payload = self.client.server_info().max_payload;
         let mut subjects = Subjects::default();
-        let mut previous_id = previous.map(|e| e.event_id.to_string());
+        let mut previous_id = previous.map(|e| id_text(&e.event_id));
         let mut ack = None;
         for event in events {
-            let id = event.event_id.to_string();
+            let id = id_text(&event.event_id);
             let message = self.message(event, &id, previous_id.as_deref(), &mut subjects);
             if max_payload > 0 && message.size > max_payload {
                 return Err(SinkError::Unpublishable {
