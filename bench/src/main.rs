@@ -55,8 +55,8 @@ use harness::{group, Latencies, Progress};
 use projections::CatchUp;
 use raw::InsertShape;
 use report::{
-    AtClients, CopyVsUnnest, DeliveryFigures, EncodingRun, HotStream, Knob, Rate, Report, Scan,
-    ValidationRun,
+    AtClients, CopyVsUnnest, DeliveryFigures, EncodingRun, GroupedCatchUp, HotStream, Knob, Rate,
+    Report, Scan, ValidationRun,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -649,19 +649,40 @@ async fn projection_figures(
     let raw_per_sec = scanned as f64 / took.as_secs_f64();
     progress.done(&format!("raw scan: {} events/s", group(raw_per_sec)));
 
-    let mut catch_ups = Vec::new();
-    for projection in [CatchUp::Counting, CatchUp::Keyed, CatchUp::Windowed] {
+    let mut catch_ups: Vec<(CatchUp, Scan)> = Vec::new();
+    for projection in CatchUp::ALL {
         progress.begin(&format!("{} catch-up", projection.label()));
         let took = projections::catch_up(&schema, plan.projection_events, projection).await?;
         let per_sec = plan.projection_events as f64 / took.as_secs_f64();
         progress.done(&format!("catch-up: {} events/s", group(per_sec)));
-        catch_ups.push(Scan {
-            label: projection.label().into(),
-            events: plan.projection_events,
-            per_sec,
-        });
+        catch_ups.push((
+            projection,
+            Scan {
+                label: projection.label().into(),
+                events: plan.projection_events,
+                per_sec,
+            },
+        ));
     }
-    let counting = catch_ups.remove(0);
+    let scan_of = |wanted: CatchUp| {
+        catch_ups
+            .iter()
+            .find(|(projection, _)| *projection == wanted)
+            .map(|(_, scan)| scan.clone())
+    };
+    let counting = scan_of(CatchUp::Counting).context("the counting catch-up ran")?;
+    let grouped = catch_ups
+        .iter()
+        .filter(|(projection, _)| *projection != CatchUp::Counting)
+        .map(|(projection, scan)| GroupedCatchUp {
+            catch_up: scan.clone(),
+            baseline: projection
+                .baseline()
+                .and_then(scan_of)
+                .unwrap_or_else(|| counting.clone()),
+            is_goal: projection.baseline().is_some(),
+        })
+        .collect();
     report.projection_catch_up = Some((
         Scan {
             label: "raw scan of the same log".into(),
@@ -670,7 +691,7 @@ async fn projection_figures(
         },
         counting,
     ));
-    report.grouped_catch_ups = catch_ups;
+    report.grouped_catch_ups = grouped;
 
     progress.begin("relay to NATS JetStream catch-up");
     match relay::Nats::get(nats_url).await {

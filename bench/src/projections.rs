@@ -39,7 +39,10 @@ pub const KEY_FIELD: &str = "currency";
 /// fold counts per key instead, grouped by that key.
 struct Counting {
     name: &'static str,
+    /// Counted per this key (per partition when `None`).
     by_key: Option<KeySource>,
+    /// Grouped by `by_key` (else by stream, whatever the count is per).
+    grouped_by_key: bool,
     /// Send times (µs since the epoch) of applied events by partition and position, for the
     /// latency phase; `None` when not measuring latency.
     applied: Option<Arc<Mutex<Pending>>>,
@@ -54,9 +57,10 @@ impl Projection for Counting {
     }
 
     fn grouping(&self) -> Grouping {
-        self.by_key
-            .clone()
-            .map_or(Grouping::ByStream, Grouping::ByKey)
+        match &self.by_key {
+            Some(key) if self.grouped_by_key => Grouping::ByKey(key.clone()),
+            _ => Grouping::ByStream,
+        }
     }
 
     async fn setup(&self, ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
@@ -130,6 +134,14 @@ pub enum CatchUp {
     Keyed,
     /// Tumbling one-minute windows of `recorded_at`, counted per [`KEY_FIELD`].
     Windowed,
+    /// Counts per stream id, grouped by stream: the baseline of the many-keys rows (the
+    /// same fold work: an upsert per key and batch).
+    CountingPerStream,
+    /// The same count per stream id, grouped by it as a key: many keys, spread over every
+    /// lane.
+    KeyedPerStream,
+    /// The windowed count per stream id: many keys, each with its own window.
+    WindowedPerStream,
 }
 
 impl CatchUp {
@@ -138,6 +150,11 @@ impl CatchUp {
             CatchUp::Counting => "Counting projection",
             CatchUp::Keyed => "Keyed counting projection (per `currency`)",
             CatchUp::Windowed => "Windowed projection (count per `currency`, 1-minute tumbling)",
+            CatchUp::CountingPerStream => "Counting projection per stream id (grouped by stream)",
+            CatchUp::KeyedPerStream => "Keyed counting projection (per stream id: many keys)",
+            CatchUp::WindowedPerStream => {
+                "Windowed projection (count per stream id, 1-minute tumbling: many keys)"
+            }
         }
     }
 
@@ -146,28 +163,63 @@ impl CatchUp {
             CatchUp::Counting => "bench_catch_up",
             CatchUp::Keyed => "bench_keyed",
             CatchUp::Windowed => "bench_windowed",
+            CatchUp::CountingPerStream => "bench_counting_streams",
+            CatchUp::KeyedPerStream => "bench_keyed_streams",
+            CatchUp::WindowedPerStream => "bench_windowed_streams",
         }
     }
 
-    fn key() -> KeySource {
-        KeySource::Payload(FieldPath::field(KEY_FIELD))
+    /// Every catch-up, each after its baseline.
+    pub const ALL: [CatchUp; 6] = [
+        CatchUp::Counting,
+        CatchUp::Keyed,
+        CatchUp::Windowed,
+        CatchUp::CountingPerStream,
+        CatchUp::KeyedPerStream,
+        CatchUp::WindowedPerStream,
+    ];
+
+    /// The catch-up of the same fold work grouped by stream, that this one is compared with
+    /// (`None` for the baselines themselves).
+    pub fn baseline(self) -> Option<CatchUp> {
+        match self {
+            CatchUp::Counting | CatchUp::CountingPerStream => None,
+            CatchUp::Keyed | CatchUp::Windowed => Some(CatchUp::Counting),
+            CatchUp::KeyedPerStream | CatchUp::WindowedPerStream => {
+                Some(CatchUp::CountingPerStream)
+            }
+        }
+    }
+
+    fn key(self) -> KeySource {
+        match self {
+            CatchUp::CountingPerStream | CatchUp::KeyedPerStream | CatchUp::WindowedPerStream => {
+                KeySource::StreamId
+            }
+            _ => KeySource::Payload(FieldPath::field(KEY_FIELD)),
+        }
     }
 
     /// The registry holding this projection, and its table whose `events` column sums to
     /// the events applied.
     fn registry(self) -> Result<(Registry, &'static str)> {
-        let counting = |by_key| Counting {
+        let counting = |by_key, grouped_by_key| Counting {
             name: self.name(),
             by_key,
+            grouped_by_key,
             applied: None,
         };
         Ok(match self {
-            CatchUp::Counting => (Registry::new().projection(counting(None)), "counts"),
-            CatchUp::Keyed => (
-                Registry::new().projection(counting(Some(CatchUp::key()))),
+            CatchUp::Counting => (Registry::new().projection(counting(None, false)), "counts"),
+            CatchUp::CountingPerStream => (
+                Registry::new().projection(counting(Some(self.key()), false)),
                 "counts",
             ),
-            CatchUp::Windowed => {
+            CatchUp::Keyed | CatchUp::KeyedPerStream => (
+                Registry::new().projection(counting(Some(self.key()), true)),
+                "counts",
+            ),
+            CatchUp::Windowed | CatchUp::WindowedPerStream => {
                 let config = WindowConfig {
                     spec: WindowSpec::Tumbling { size: 60_000 },
                     allowed_lateness: 0,
@@ -178,7 +230,7 @@ impl CatchUp {
                     },
                 };
                 let windowed = WindowedProjection::new(self.name(), config, Aggregate::Count)?
-                    .with_key(CatchUp::key());
+                    .with_key(self.key());
                 (Registry::new().projection(windowed), "windows")
             }
         })
@@ -243,6 +295,7 @@ pub async fn read_model_latency(schema: &Schema, rate: u32, events: u64) -> Resu
         Counting {
             name,
             by_key: None,
+            grouped_by_key: false,
             applied: Some(applied.clone()),
         },
     );

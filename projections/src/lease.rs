@@ -9,10 +9,14 @@
 //! unowned.
 //!
 //! Each tick also retires workers of this machine whose process has died (so a process
-//! restarted after a crash takes over its previous life's partitions at once), and reports
+//! restarted after a crash takes over its previous life's partitions at once).
+//!
+//! The slow half runs beside it, on a task of its own (the [`Observer`]): it reports
 //! partitions that no live worker has owned for longer than a lease period (log at WARN,
-//! `tidemark_projection_unowned_partitions` gauge), and collects the figures of the scaling
-//! signal (head, events applied, backlogs; the arithmetic is in [`crate::scaling`]).
+//! `tidemark_projection_unowned_partitions` gauge) and collects the figures of the scaling
+//! signal (head, events applied, backlogs; the arithmetic is in [`crate::scaling`]). Counting
+//! a large backlog on a busy database can take longer than a lease lives; on the lease loop
+//! it delayed renewals until every lease expired, so no lag query may run there.
 //!
 //! The coordinator does not know the engine: the engine activates projections and reads
 //! the scaling signal through a [`CoordinatorHandle`], and the coordinator starts lanes and
@@ -25,7 +29,7 @@ use crate::projection::Projection;
 use crate::scaling::{Backlog, Estimator, Observation, ScalingSettings, ScalingSignal};
 use crate::workers::WorkerIdentity;
 use deadpool_postgres::Pool;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidemark_store::EventStore;
@@ -35,7 +39,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 /// What the coordinator needs of whoever runs the lanes (the engine's supervisor).
-pub(crate) trait LaneHost: Send + Sync + 'static {
+pub(crate) trait LaneHost: Clone + Send + Sync + 'static {
     /// Starts a live lane of `projection`'s `partition` under `fence`; it ends when `stop`
     /// is cancelled or it is fenced.
     fn start_lane(
@@ -139,9 +143,8 @@ pub(crate) struct Coordinator<L> {
     /// pool, and heartbeats and renewals must not wait behind them.
     pool: Pool,
     owned: BTreeMap<(String, i16), OwnedLane>,
-    estimator: Estimator,
-    /// Unowned partitions last reported at WARN, by projection, and when.
-    unowned_reported: BTreeMap<String, (Vec<i16>, Instant)>,
+    /// What the observer needs to know of this loop's state, updated every tick.
+    observed: Arc<Mutex<Observed>>,
 }
 
 /// How often a partition that stays unowned is reported again at WARN.
@@ -158,8 +161,7 @@ impl<L: LaneHost> Coordinator<L> {
             setup,
             pool,
             owned: BTreeMap::new(),
-            estimator: Estimator::default(),
-            unowned_reported: BTreeMap::new(),
+            observed: Arc::default(),
         })
     }
 
@@ -169,6 +171,19 @@ impl<L: LaneHost> Coordinator<L> {
         let shutdown = self.setup.shutdown.clone();
         let handle = self.setup.handle.clone();
         let every = self.setup.config.lease_ttl / 3;
+        let observer = Observer {
+            store: self.setup.store.clone(),
+            config: self.setup.config.clone(),
+            projections: self.setup.projections.clone(),
+            handle: handle.clone(),
+            lanes: self.setup.lanes.clone(),
+            observed: self.observed.clone(),
+            estimator: Estimator::default(),
+            unowned_reported: BTreeMap::new(),
+        };
+        self.setup
+            .tasks
+            .spawn(observer.run(every, shutdown.clone()));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -301,63 +316,11 @@ impl<L: LaneHost> Coordinator<L> {
                 }
             }
         }
-        self.update_scaling(pool_workers).await;
-        self.report_unowned().await;
-        Ok(())
-    }
-
-    /// Logs (at WARN, again every [`UNOWNED_REPEAT`] while it lasts) and publishes the
-    /// partitions of this application's projections that no live worker has owned for
-    /// longer than a lease period. Covers projections of every pool the registry knows, so
-    /// any process notices a projection whose workers are all gone.
-    async fn report_unowned(&mut self) {
-        let lease_ttl = self.setup.config.lease_ttl;
-        let names: Vec<&str> = self.setup.projections.iter().map(String::as_str).collect();
-        // On the coordinator's own connections, like heartbeats: lanes may hold the shared
-        // pool.
-        let found = match crate::status::unowned_partitions(&self.pool, &names, lease_ttl).await {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::warn!(%error, "could not look for unowned partitions");
-                return;
-            }
+        *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = Observed {
+            owned: self.owned.keys().cloned().collect(),
+            pool_workers,
         };
-        let mut unowned: BTreeMap<&str, Vec<i16>> = names.iter().map(|n| (*n, vec![])).collect();
-        for (projection, partition) in &found {
-            if let Some(list) = unowned.get_mut(projection.as_str()) {
-                list.push(partition.partition);
-            }
-        }
-        let now = Instant::now();
-        for (projection, partitions) in unowned {
-            metrics::gauge!("tidemark_projection_unowned_partitions", "projection" => projection.to_string())
-                .set(partitions.len() as f64);
-            let previous = self.unowned_reported.get(projection);
-            if partitions.is_empty() {
-                if previous.is_some() {
-                    tracing::info!(
-                        projection,
-                        "every partition is owned by a live worker again"
-                    );
-                    self.unowned_reported.remove(projection);
-                }
-                continue;
-            }
-            let repeat = previous.is_none_or(|(reported, at)| {
-                *reported != partitions || now.duration_since(*at) >= UNOWNED_REPEAT
-            });
-            if repeat {
-                tracing::warn!(
-                    projection,
-                    partitions = ?partitions,
-                    lease_ttl = ?lease_ttl,
-                    "partitions have had no live owner for longer than a lease period, so their \
-                     events are not applied: start a worker that runs this projection (in its pool)"
-                );
-                self.unowned_reported
-                    .insert(projection.to_string(), (partitions, now));
-            }
-        }
+        Ok(())
     }
 
     async fn renew(&self, me: Uuid, ttl: Duration) -> Result<HashMap<(String, i16), i64>> {
@@ -414,32 +377,137 @@ impl<L: LaneHost> Coordinator<L> {
     async fn release(&self, projection: &str, partition: i16, token: LeaseToken) -> Result<()> {
         release(&self.pool, projection, partition, token).await
     }
+}
 
-    /// Collects this tick's figures (head, events applied, each active projection's
+/// What the lease loop tells the observer after each tick.
+#[derive(Debug, Clone, Default)]
+struct Observed {
+    /// The partitions this worker owns.
+    owned: BTreeSet<(String, i16)>,
+    /// Live workers of this worker's pool, this one included.
+    pool_workers: usize,
+}
+
+/// The coordinator's slow half, on a task of its own so that nothing it waits for (a pool
+/// connection, a large backlog to count) can delay a lease renewal: reports unowned
+/// partitions and publishes the scaling signal, on the lease loop's cadence.
+struct Observer<L> {
+    store: EventStore,
+    config: EngineConfig,
+    projections: Vec<String>,
+    handle: CoordinatorHandle,
+    lanes: L,
+    observed: Arc<Mutex<Observed>>,
+    estimator: Estimator,
+    /// Unowned partitions last reported at WARN, by projection, and when.
+    unowned_reported: BTreeMap<String, (Vec<i16>, Instant)>,
+}
+
+impl<L: LaneHost> Observer<L> {
+    async fn run(mut self, every: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let observed = self
+                .observed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if observed.pool_workers == 0 {
+                // The lease loop has not finished its first tick yet.
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = async {
+                    self.update_scaling(&observed).await;
+                    self.report_unowned().await;
+                } => {}
+            }
+        }
+    }
+
+    /// Logs (at WARN, again every [`UNOWNED_REPEAT`] while it lasts) and publishes the
+    /// partitions of this application's projections that no live worker has owned for
+    /// longer than a lease period. Covers projections of every pool the registry knows, so
+    /// any process notices a projection whose workers are all gone.
+    async fn report_unowned(&mut self) {
+        let lease_ttl = self.config.lease_ttl;
+        let names: Vec<&str> = self.projections.iter().map(String::as_str).collect();
+        let found =
+            match crate::status::unowned_partitions(self.store.pool(), &names, lease_ttl).await {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(%error, "could not look for unowned partitions");
+                    return;
+                }
+            };
+        let mut unowned: BTreeMap<&str, Vec<i16>> = names.iter().map(|n| (*n, vec![])).collect();
+        for (projection, partition) in &found {
+            if let Some(list) = unowned.get_mut(projection.as_str()) {
+                list.push(partition.partition);
+            }
+        }
+        let now = Instant::now();
+        for (projection, partitions) in unowned {
+            metrics::gauge!("tidemark_projection_unowned_partitions", "projection" => projection.to_string())
+                .set(partitions.len() as f64);
+            let previous = self.unowned_reported.get(projection);
+            if partitions.is_empty() {
+                if previous.is_some() {
+                    tracing::info!(
+                        projection,
+                        "every partition is owned by a live worker again"
+                    );
+                    self.unowned_reported.remove(projection);
+                }
+                continue;
+            }
+            let repeat = previous.is_none_or(|(reported, at)| {
+                *reported != partitions || now.duration_since(*at) >= UNOWNED_REPEAT
+            });
+            if repeat {
+                tracing::warn!(
+                    projection,
+                    partitions = ?partitions,
+                    lease_ttl = ?lease_ttl,
+                    "partitions have had no live owner for longer than a lease period, so their \
+                     events are not applied: start a worker that runs this projection (in its pool)"
+                );
+                self.unowned_reported
+                    .insert(projection.to_string(), (partitions, now));
+            }
+        }
+    }
+
+    /// Collects this round's figures (head, events applied, each active projection's
     /// backlog), adapts each projection's concurrency and publishes the `desired_workers`
     /// signal (the arithmetic is in [`crate::scaling`]).
-    async fn update_scaling(&mut self, workers: usize) {
-        let store = &self.setup.store;
-        let config = &self.setup.config;
+    async fn update_scaling(&mut self, observed: &Observed) {
+        let workers = observed.pool_workers;
+        let store = &self.store;
+        let config = &self.config;
         let now = Instant::now();
         let Ok(head) = store.head_position().await else {
             return;
         };
-        let applied = self.setup.lanes.events_applied();
+        let applied = self.lanes.events_applied();
         let mut backlogs = Vec::new();
-        for projection in self.setup.handle.active() {
+        for projection in self.handle.active() {
             let name = projection.name().to_string();
             let Ok(lags) = crate::status::partition_lag(store, projection.as_ref(), head).await
             else {
                 continue;
             };
             let backlog = Backlog::of(lags.iter().map(|lag| {
-                let local = self.owned.contains_key(&(name.clone(), lag.partition));
+                let local = observed.owned.contains(&(name.clone(), lag.partition));
                 (lag.lag_events, local)
             }));
-            self.setup
-                .lanes
-                .adapt_concurrency(&name, backlog.lagging_local);
+            self.lanes.adapt_concurrency(&name, backlog.lagging_local);
             backlogs.push(backlog);
         }
         let estimate = self.estimator.observe(
@@ -456,7 +524,7 @@ impl<L: LaneHost> Coordinator<L> {
                 max_workers: store.partitions() as usize,
             },
         );
-        let concurrency = self.setup.lanes.concurrency();
+        let concurrency = self.lanes.concurrency();
         let signal = ScalingSignal {
             pool: config.pool.clone(),
             live_workers: workers,
@@ -474,7 +542,7 @@ impl<L: LaneHost> Coordinator<L> {
             .set(concurrency as f64);
         metrics::gauge!("tidemark_pool_lag_events", "pool" => config.pool.clone())
             .set(estimate.lag_events as f64);
-        self.setup.handle.shared.scaling.send_replace(signal);
+        self.handle.shared.scaling.send_replace(signal);
     }
 }
 

@@ -18,7 +18,9 @@
 //!   batch and advance the checkpoint in one transaction, isolate and park poison events,
 //!   restart after failures with the one retry policy; for a pipelined handler, several
 //!   pages in flight with the checkpoint committed page by page as they are acknowledged
-//!   (`lane::pipelined`). Live partitions, rebuilds, replays,
+//!   (`lane::pipelined`). The live lanes of a keyed or shuffled projection share one read of
+//!   the log per process (`lane::feed`) instead of each reading it all. Live partitions,
+//!   rebuilds, replays,
 //!   as-of builds and a hand-driven [`Lane::step`] are all lanes. Its commit primitive
 //!   (`lane::commit`, lock–check–apply–advance–lease check–commit) is the only way events
 //!   reach a read model: the swap's last events and replayed parked events use it too.
@@ -28,7 +30,9 @@
 //!   after a position), as-of builds; each takes its build lock first ([`PendingBuild`]).
 //! - `lease` and [`workers`]: the worker registry and the coordinator that heartbeats,
 //!   claims a fair share of partition leases, renews them, and rebalances when workers come
-//!   and go. Every live lane runs under a lease. The coordinator knows the engine only
+//!   and go. Every live lane runs under a lease. Lag queries (the scaling figures, the
+//!   unowned-partition report) run beside the coordinator's loop, never on it, so nothing
+//!   slow delays a renewal. The coordinator knows the engine only
 //!   through a handle (projections to run, scaling figures) and the `LaneHost` trait the
 //!   supervisor implements.
 //! - [`scaling`]: adaptive concurrency inside a process and the `desired_workers` signal:

@@ -65,25 +65,33 @@ impl LaneSpec {
     }
 
     /// Does this lane apply `event` (one it read)? A lane of every partition applies all;
-    /// a keyed lane applies the events whose key hashes to its partition, and those without
-    /// a usable key from the streams of its partition (where they are parked).
+    /// a partition's lane applies the events [`LaneSpec::lane_of`] gives it.
     pub fn applies(&self, event: &RecordedEvent) -> bool {
-        let partitions = self.partitions;
-        let Some(partition) = self.partition else {
-            return true;
-        };
+        self.partition
+            .is_none_or(|partition| self.lane_of(event) == partition)
+    }
+
+    /// The partition whose lane applies `event`: its stream's; for a keyed projection its
+    /// key's (and its stream's when it has no usable key, where it is parked); for a
+    /// shuffled one its event id's; for a log-order projection the one lane, 0.
+    pub fn lane_of(&self, event: &RecordedEvent) -> i16 {
         match &self.grouping {
-            Grouping::ByStream => event.partition == partition,
+            Grouping::ByStream => event.partition,
             Grouping::ByKey(source) => match source.key_of(event) {
-                Ok(key) => key_partition(&key, partitions) == partition,
-                Err(_) => event.partition == partition,
+                Ok(key) => key_partition(&key, self.partitions),
+                Err(_) => event.partition,
             },
-            Grouping::Shuffle => {
-                key_partition(&event.event_id.to_string(), partitions) == partition
-            }
-            // Its one lane applies everything it reads.
-            Grouping::LogOrder => true,
+            Grouping::Shuffle => key_partition(&event.event_id.to_string(), self.partitions),
+            Grouping::LogOrder => 0,
         }
+    }
+
+    /// Is this a live partition's lane that reads every partition beside the other lanes of
+    /// its projection (keyed or shuffled)? Those share one read per process (`lane::Feeds`).
+    pub fn reads_with_its_group(&self) -> bool {
+        self.partition.is_some()
+            && self.grouping.reads_every_partition()
+            && self.grouping.lanes(self.partitions) > 1
     }
 
     pub fn checkpoint_partition(&self) -> i16 {

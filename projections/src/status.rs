@@ -6,6 +6,7 @@ use crate::kinds::{BuildKind, BuildStatus, ProjectionKind, ProjectionState, Targ
 use crate::projection::{quote_ident, Grouping, Projection};
 use crate::windowing::RowStatus;
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tidemark_store::{EventStore, PartitionBacklog, Position};
 
@@ -189,22 +190,36 @@ pub(crate) async fn partition_lag(
         }
         // A keyed lane reads every partition: its backlog is what follows its checkpoint
         // anywhere in the log (an upper bound: some of it is other lanes' keys).
+        // Lanes at one position (all of them, once caught up: they move past the events
+        // of the others together) share one count.
         Grouping::ByKey(_) | Grouping::Shuffle | Grouping::LogOrder => {
+            let mut counted: HashMap<Position, (i64, Option<f64>)> = HashMap::new();
             let mut backlogs = Vec::with_capacity(checkpoints.len());
             for checkpoint in &checkpoints {
-                let everywhere: Vec<(i16, Position)> = (0..store.partitions() as i16)
-                    .map(|p| (p, checkpoint.position))
-                    .collect();
-                let parts = store
-                    .backlog(&everywhere, upto, &filter, LAG_COUNT_CAP)
-                    .await?;
+                let (events, oldest_age_seconds) = match counted.get(&checkpoint.position) {
+                    Some(known) => *known,
+                    None => {
+                        let everywhere: Vec<(i16, Position)> = (0..store.partitions() as i16)
+                            .map(|p| (p, checkpoint.position))
+                            .collect();
+                        let parts = store
+                            .backlog(&everywhere, upto, &filter, LAG_COUNT_CAP)
+                            .await?;
+                        let backlog = (
+                            parts.iter().map(|b| b.events).sum(),
+                            parts
+                                .iter()
+                                .filter_map(|b| b.oldest_age_seconds)
+                                .reduce(f64::max),
+                        );
+                        counted.insert(checkpoint.position, backlog);
+                        backlog
+                    }
+                };
                 backlogs.push(PartitionBacklog {
                     partition: checkpoint.partition,
-                    events: parts.iter().map(|b| b.events).sum(),
-                    oldest_age_seconds: parts
-                        .iter()
-                        .filter_map(|b| b.oldest_age_seconds)
-                        .reduce(f64::max),
+                    events,
+                    oldest_age_seconds,
                 });
             }
             backlogs

@@ -8,7 +8,7 @@ use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::fence::Fence;
 use crate::kinds::ProjectionState;
-use crate::lane::{Lane, LaneExit, LaneProgress, Restart};
+use crate::lane::{Feeds, Lane, LaneExit, LaneProgress, Restart};
 use crate::lease::LaneHost;
 use crate::projection::Projection;
 use crate::scaling::AdaptiveLimit;
@@ -41,6 +41,8 @@ struct Inner {
     limits: Mutex<HashMap<String, Arc<AdaptiveLimit>>>,
     /// Events applied by live lanes of this process (for the processing rate).
     processed: Arc<AtomicU64>,
+    /// One read per keyed (or shuffled) projection for its lanes in this process.
+    feeds: Feeds,
 }
 
 impl Supervisor {
@@ -53,6 +55,7 @@ impl Supervisor {
                 lanes: Mutex::new(HashMap::new()),
                 limits: Mutex::new(HashMap::new()),
                 processed: Arc::new(AtomicU64::new(0)),
+                feeds: Feeds::default(),
             }),
         }
     }
@@ -172,6 +175,7 @@ impl LaneHost for Supervisor {
                 processed.fetch_add(applied as u64, Ordering::Relaxed);
             })),
             permits: Some(self.limit_of(&name).semaphore()),
+            feeds: Some(self.inner.feeds.clone()),
         };
         let supervisor = self.clone();
         self.inner.tasks.spawn(async move {

@@ -43,6 +43,9 @@ pub struct WindowedProjection<F: WindowFold + Clone> {
     key: KeySource,
     config: WindowConfig,
     fold: F,
+    /// Per read-model schema: does its `window_state` have the `next_due` column (read
+    /// models set up by earlier releases do not, and load every key of a shard per batch)?
+    layouts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, bool>>>,
 }
 
 impl<F: WindowFold + Clone> WindowedProjection<F> {
@@ -65,6 +68,7 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
             key: KeySource::Global,
             config,
             fold,
+            layouts: Default::default(),
         })
     }
 
@@ -101,11 +105,43 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
         self
     }
 
-    /// The shard's operator as stored (a fresh one when the shard has no state yet).
+    /// Whether the read model's `window_state` keeps each key's `next_due` (asked once per
+    /// schema and process; a stale "no" after a rebuild swapped in the new layout only costs
+    /// full loads, and rows written without it count as due, see [`Self::load_due`]).
+    async fn keeps_next_due(&self, ctx: &ApplyContext<'_>) -> Result<bool, ProjectionError> {
+        if let Some(known) = self
+            .layouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(ctx.schema)
+        {
+            return Ok(*known);
+        }
+        let keeps: bool = ctx
+            .tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                                 WHERE table_schema = $1 AND table_name = 'window_state'
+                                   AND column_name = 'next_due')",
+                &[&ctx.schema],
+            )
+            .await?
+            .get(0);
+        self.layouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ctx.schema.to_string(), keeps);
+        Ok(keeps)
+    }
+
+    /// The shard's operator as stored (a fresh one when the shard has no state yet), with
+    /// the state of the keys in `touched` only when the read model keeps `next_due` (the
+    /// others are loaded when due, [`Self::load_due`]), else of every key.
     async fn load(
         &self,
         ctx: &ApplyContext<'_>,
         shard: i16,
+        touched: Option<&[&str]>,
     ) -> Result<WindowOperator<F>, ProjectionError> {
         let meta = ctx
             .tx
@@ -123,24 +159,60 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
         };
         let meta: OperatorMeta = serde_json::from_value(meta.get(0))
             .map_err(|e| ProjectionError::failed(format!("stored window meta: {e}")))?;
+        let table = ctx.table("window_state");
+        let rows = match touched {
+            Some(keys) => {
+                let statement = ctx
+                    .tx
+                    .prepare_cached(&format!(
+                        "SELECT key, windows FROM {table} WHERE shard = $1 AND key = ANY($2)"
+                    ))
+                    .await?;
+                ctx.tx.query(&statement, &[&shard, &keys]).await?
+            }
+            None => {
+                ctx.tx
+                    .query(
+                        &format!("SELECT key, windows FROM {table} WHERE shard = $1"),
+                        &[&shard],
+                    )
+                    .await?
+            }
+        };
+        WindowOperator::restore_parts(
+            self.config.clone(),
+            self.fold.clone(),
+            meta,
+            key_states::<F>(rows)?,
+        )
+        .map_err(ProjectionError::failed)
+    }
+
+    /// Loads the keys of the shard (beyond those already held) whose windows the operator's
+    /// watermark has made due, and fires them.
+    async fn load_due(
+        &self,
+        ctx: &ApplyContext<'_>,
+        shard: i16,
+        operator: &mut WindowOperator<F>,
+        held: &[&str],
+    ) -> Result<Vec<WindowChange>, ProjectionError> {
+        let Some(watermark) = operator.watermark() else {
+            return Ok(Vec::new());
+        };
+        let statement = ctx
+            .tx
+            .prepare_cached(&format!(
+                "SELECT key, windows FROM {} WHERE shard = $1 AND key <> ALL($2)
+                    AND (next_due IS NULL OR next_due <= $3)",
+                ctx.table("window_state")
+            ))
+            .await?;
         let rows = ctx
             .tx
-            .query(
-                &format!(
-                    "SELECT key, windows FROM {} WHERE shard = $1",
-                    ctx.table("window_state")
-                ),
-                &[&shard],
-            )
+            .query(&statement, &[&shard, &held, &watermark])
             .await?;
-        let mut keys = Vec::with_capacity(rows.len());
-        for row in rows {
-            let state: KeyState<F::Acc> = serde_json::from_value(row.get(1))
-                .map_err(|e| ProjectionError::failed(format!("stored window state: {e}")))?;
-            keys.push((row.get::<_, String>(0), state));
-        }
-        WindowOperator::restore_parts(self.config.clone(), self.fold.clone(), meta, keys)
-            .map_err(ProjectionError::failed)
+        Ok(operator.restore_more_keys(key_states::<F>(rows)?))
     }
 
     /// Stores what the batch changed in the shard's state.
@@ -149,34 +221,63 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
         ctx: &ApplyContext<'_>,
         shard: i16,
         operator: &mut WindowOperator<F>,
+        keeps_next_due: bool,
     ) -> Result<(), ProjectionError> {
         let delta = operator.take_delta();
-        let upsert = ctx
-            .tx
-            .prepare_cached(&format!(
-                "INSERT INTO {} (shard, key, windows) VALUES ($1, $2, $3)
-                 ON CONFLICT (shard, key) DO UPDATE SET windows = EXCLUDED.windows",
-                ctx.table("window_state")
-            ))
-            .await?;
-        let delete = ctx
-            .tx
-            .prepare_cached(&format!(
-                "DELETE FROM {} WHERE shard = $1 AND key = $2",
-                ctx.table("window_state")
-            ))
-            .await?;
+        // One statement for the kept keys and one for the emptied ones, whatever their
+        // number: a batch over many keys would otherwise wait for a round trip per key.
+        let mut kept: Vec<&str> = Vec::new();
+        let mut states: Vec<serde_json::Value> = Vec::new();
+        let mut next_dues: Vec<Option<TimeMs>> = Vec::new();
+        let mut emptied: Vec<&str> = Vec::new();
         for (key, state) in &delta.keys {
             match state {
                 Some(state) => {
-                    let windows = serde_json::to_value(state)
-                        .map_err(|e| ProjectionError::failed(format!("window state: {e}")))?;
-                    ctx.tx.execute(&upsert, &[&shard, key, &windows]).await?;
+                    kept.push(key);
+                    states.push(
+                        serde_json::to_value(state)
+                            .map_err(|e| ProjectionError::failed(format!("window state: {e}")))?,
+                    );
+                    next_dues.push(operator.next_due(key));
                 }
-                None => {
-                    ctx.tx.execute(&delete, &[&shard, key]).await?;
-                }
+                None => emptied.push(key),
             }
+        }
+        let table = ctx.table("window_state");
+        if !kept.is_empty() {
+            if keeps_next_due {
+                let upsert = ctx
+                    .tx
+                    .prepare_cached(&format!(
+                        "INSERT INTO {table} (shard, key, windows, next_due)
+                         SELECT $1, * FROM unnest($2::text[], $3::jsonb[], $4::bigint[])
+                         ON CONFLICT (shard, key) DO UPDATE SET windows = EXCLUDED.windows,
+                            next_due = EXCLUDED.next_due"
+                    ))
+                    .await?;
+                ctx.tx
+                    .execute(&upsert, &[&shard, &kept, &states, &next_dues])
+                    .await?;
+            } else {
+                let upsert = ctx
+                    .tx
+                    .prepare_cached(&format!(
+                        "INSERT INTO {table} (shard, key, windows)
+                         SELECT $1, * FROM unnest($2::text[], $3::jsonb[])
+                         ON CONFLICT (shard, key) DO UPDATE SET windows = EXCLUDED.windows"
+                    ))
+                    .await?;
+                ctx.tx.execute(&upsert, &[&shard, &kept, &states]).await?;
+            }
+        }
+        if !emptied.is_empty() {
+            let delete = ctx
+                .tx
+                .prepare_cached(&format!(
+                    "DELETE FROM {table} WHERE shard = $1 AND key = ANY($2)"
+                ))
+                .await?;
+            ctx.tx.execute(&delete, &[&shard, &emptied]).await?;
         }
         let meta = serde_json::to_value(&delta.meta)
             .map_err(|e| ProjectionError::failed(format!("window meta: {e}")))?;
@@ -204,6 +305,22 @@ impl<F: WindowFold + Clone> WindowedProjection<F> {
     }
 }
 
+/// Stored window states, by key.
+type KeyStates<A> = Vec<(String, KeyState<A>)>;
+
+/// Keyed window states from `(key, windows)` rows.
+fn key_states<F: WindowFold>(
+    rows: Vec<tokio_postgres::Row>,
+) -> Result<KeyStates<F::Acc>, ProjectionError> {
+    rows.iter()
+        .map(|row| {
+            let state: KeyState<F::Acc> = serde_json::from_value(row.get(1))
+                .map_err(|e| ProjectionError::failed(format!("stored window state: {e}")))?;
+            Ok((row.get::<_, String>(0), state))
+        })
+        .collect()
+}
+
 /// Writes the result rows a batch's changes net to.
 /// `changed_at` is the position of the last event of the batch that changed the rows: a
 /// reader of changes takes rows up to the lowest checkpoint of the projection's lanes, past
@@ -213,54 +330,82 @@ async fn write_results(
     changes: &[WindowChange],
     changed_at: Position,
 ) -> Result<(), ProjectionError> {
-    let upsert = ctx
-        .tx
-        .prepare_cached(&format!(
-            "INSERT INTO {} (key, window_start, window_end, status, aggregate, events, revision, changed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (key, window_start, window_end) DO UPDATE SET status = EXCLUDED.status,
-                aggregate = EXCLUDED.aggregate, events = EXCLUDED.events,
-                revision = EXCLUDED.revision, changed_at = EXCLUDED.changed_at",
-            ctx.table("windows")
-        ))
-        .await?;
-    let delete = ctx
-        .tx
-        .prepare_cached(&format!(
-            "DELETE FROM {} WHERE key = $1 AND window_start = $2 AND window_end = $3",
-            ctx.table("windows")
-        ))
-        .await?;
+    // Set-based, one statement each for the upserts and the deletes: see `save`.
+    let mut upserts = ResultColumns::default();
+    let (mut gone_keys, mut gone_starts, mut gone_ends) = (Vec::new(), Vec::new(), Vec::new());
     for op in row_ops(changes) {
         match op {
             RowOp::Upsert { status, result } => {
-                ctx.tx
-                    .execute(
-                        &upsert,
-                        &[
-                            &result.key,
-                            &to_datetime(result.window.start),
-                            &to_datetime(result.window.end),
-                            &status.as_str(),
-                            &result.aggregate,
-                            &(result.events as i64),
-                            &(result.revision as i32),
-                            &changed_at,
-                        ],
-                    )
-                    .await?;
+                upserts.keys.push(result.key);
+                upserts.starts.push(to_datetime(result.window.start));
+                upserts.ends.push(to_datetime(result.window.end));
+                upserts.statuses.push(status.as_str());
+                upserts.aggregates.push(result.aggregate);
+                upserts.events.push(result.events as i64);
+                upserts.revisions.push(result.revision as i32);
             }
             RowOp::Delete { key, window } => {
-                ctx.tx
-                    .execute(
-                        &delete,
-                        &[&key, &to_datetime(window.start), &to_datetime(window.end)],
-                    )
-                    .await?;
+                gone_keys.push(key);
+                gone_starts.push(to_datetime(window.start));
+                gone_ends.push(to_datetime(window.end));
             }
         }
     }
+    let table = ctx.table("windows");
+    if !gone_keys.is_empty() {
+        let delete = ctx
+            .tx
+            .prepare_cached(&format!(
+                "DELETE FROM {table} w
+                  USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS g(key, s, e)
+                  WHERE w.key = g.key AND w.window_start = g.s AND w.window_end = g.e"
+            ))
+            .await?;
+        ctx.tx
+            .execute(&delete, &[&gone_keys, &gone_starts, &gone_ends])
+            .await?;
+    }
+    if !upserts.keys.is_empty() {
+        let upsert = ctx
+            .tx
+            .prepare_cached(&format!(
+                "INSERT INTO {table} (key, window_start, window_end, status, aggregate, events, revision, changed_at)
+                 SELECT *, $8 FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[],
+                                         $4::text[], $5::jsonb[], $6::bigint[], $7::int[])
+                 ON CONFLICT (key, window_start, window_end) DO UPDATE SET status = EXCLUDED.status,
+                    aggregate = EXCLUDED.aggregate, events = EXCLUDED.events,
+                    revision = EXCLUDED.revision, changed_at = EXCLUDED.changed_at"
+            ))
+            .await?;
+        ctx.tx
+            .execute(
+                &upsert,
+                &[
+                    &upserts.keys,
+                    &upserts.starts,
+                    &upserts.ends,
+                    &upserts.statuses,
+                    &upserts.aggregates,
+                    &upserts.events,
+                    &upserts.revisions,
+                    &changed_at,
+                ],
+            )
+            .await?;
+    }
     Ok(())
+}
+
+/// The result rows of a batch's upserts, column by column (statement arrays).
+#[derive(Default)]
+struct ResultColumns {
+    keys: Vec<String>,
+    starts: Vec<DateTime<Utc>>,
+    ends: Vec<DateTime<Utc>>,
+    statuses: Vec<&'static str>,
+    aggregates: Vec<serde_json::Value>,
+    events: Vec<i64>,
+    revisions: Vec<i32>,
 }
 
 #[async_trait]
@@ -307,7 +452,9 @@ impl<F: WindowFold + Clone> Projection for WindowedProjection<F> {
                     shard smallint NOT NULL,
                     key text NOT NULL,
                     windows jsonb NOT NULL,
+                    next_due bigint,
                     PRIMARY KEY (shard, key));
+                 CREATE INDEX ON {state} (shard, next_due);
                  CREATE TABLE {meta} (
                     shard smallint PRIMARY KEY,
                     meta jsonb NOT NULL,
@@ -341,14 +488,21 @@ impl<F: WindowFold + Clone> Projection for WindowedProjection<F> {
                 .or_default()
                 .push((event, key, time));
         }
+        let keeps_next_due = self.keeps_next_due(ctx).await?;
         for (shard, events) in shards {
-            let mut operator = self.load(ctx, shard).await?;
+            let mut touched: Vec<&str> = events.iter().map(|(_, key, _)| key.as_str()).collect();
+            touched.sort_unstable();
+            touched.dedup();
+            let mut operator = self
+                .load(ctx, shard, keeps_next_due.then_some(&touched[..]))
+                .await?;
             let changed_at = events.last().map_or(0, |(event, ..)| event.position);
             let mut changes = Vec::new();
-            for (event, key, time) in events {
+            for (event, key, time) in &events {
+                let (event, time) = (*event, *time);
                 let input = WindowInput {
                     partition: event.partition,
-                    key: &key,
+                    key,
                     time,
                     value: &event.payload,
                 };
@@ -361,8 +515,11 @@ impl<F: WindowFold + Clone> Projection for WindowedProjection<F> {
                 }
                 changes.extend(out);
             }
+            if keeps_next_due {
+                changes.extend(self.load_due(ctx, shard, &mut operator, &touched).await?);
+            }
             write_results(ctx, &changes, changed_at).await?;
-            self.save(ctx, shard, &mut operator).await?;
+            self.save(ctx, shard, &mut operator, keeps_next_due).await?;
         }
         Ok(())
     }

@@ -17,11 +17,13 @@
 //! is acknowledged, in order ([`pipelined`]); a failing page falls back to the path above.
 
 mod commit;
+mod feed;
 mod pipelined;
 mod replay;
 mod retry;
 
 pub(crate) use commit::{Commit, LockedCheckpoint};
+pub(crate) use feed::Feeds;
 pub(crate) use replay::replay_parked;
 pub(crate) use retry::Retry;
 
@@ -84,24 +86,19 @@ pub enum Step {
     Stopped,
 }
 
-/// Events handed from the fetcher to the applier.
-enum Fetched {
-    Page(Page),
+/// Events handed from the fetcher (or the group's [`Feeds`]) to the applier.
+pub(crate) enum Fetched {
+    Page(LanePage),
     Failed(EngineError),
-}
-
-/// After a page: go on from a checkpoint, or stop.
-enum Next {
-    Continue(Position),
-    Exit(LaneExit),
 }
 
 /// A page as the lane applies it: the events it applies, and how far the page read.
 struct Prepared {
-    /// The page's events this lane applies (up to `until`, its share of the partitions).
+    /// The page's events this lane applies (after where it is, up to `until`, its share of
+    /// the partitions).
     events: Vec<RecordedEvent>,
-    /// The last position of the page this lane is done with: a keyed lane reads every
-    /// partition and moves past the events other lanes apply.
+    /// How far this lane is done with the log: a lane that reads every partition moves past
+    /// the events other lanes apply.
     read_through: Option<Position>,
     caught_up_to: Option<Position>,
 }
@@ -116,6 +113,56 @@ enum Handling {
     Acknowledged,
 }
 
+/// A page as a lane receives it: the events it may apply, and how far the read went.
+pub(crate) struct LanePage {
+    events: Vec<RecordedEvent>,
+    /// The last position the read covered: a lane fed by its group's read may move its
+    /// checkpoint past the events up to here that other lanes apply.
+    read_through: Option<Position>,
+    /// See [`Page::caught_up_to`].
+    caught_up_to: Option<Position>,
+}
+
+impl LanePage {
+    /// Appends the page read after this one. Events it repeats (a shared read that started
+    /// again behind, see `feed`) are dropped, so the events stay in log order.
+    fn absorb(&mut self, next: LanePage) {
+        let last = self.events.last().map(|e| e.position);
+        self.events.extend(
+            next.events
+                .into_iter()
+                .filter(|e| last.is_none_or(|last| e.position > last)),
+        );
+        self.read_through = self.read_through.max(next.read_through);
+        self.caught_up_to = next.caught_up_to.or(self.caught_up_to);
+    }
+}
+
+impl From<Page> for LanePage {
+    fn from(page: Page) -> Self {
+        LanePage {
+            read_through: page.events.last().map(|e| e.position),
+            events: page.events,
+            caught_up_to: page.caught_up_to,
+        }
+    }
+}
+
+/// At most this many batches per read of a lane group's shared read (memory: the read and
+/// the one requested ahead are held at once).
+const FEED_READ_BATCHES: usize = 8;
+
+/// A lane that only moves its checkpoint past other lanes' events commits that when its
+/// read reaches the head, or once it is this many pages behind (fewer transactions while
+/// catching up; the waits and the status read the checkpoint once the lane is caught up).
+const IDLE_ADVANCE_PAGES: usize = 10;
+
+/// After a page: go on from a checkpoint, or stop.
+enum Next {
+    Continue(Position),
+    Exit(LaneExit),
+}
+
 /// One projection applying to one read model from one partition (or all). The engine runs
 /// live lanes and build lanes; [`crate::ProjectionEngine::lane`] gives one to drive by hand.
 pub struct Lane {
@@ -128,6 +175,9 @@ pub struct Lane {
     pub(crate) on_commit: Option<Arc<dyn Fn(usize, Position) + Send + Sync>>,
     /// A permit is held while a batch is applied (bounds partitions applying at once).
     pub(crate) permits: Option<Arc<tokio::sync::Semaphore>>,
+    /// The shared reads of this process's lane groups: a live lane of a projection that
+    /// reads every partition is fed by its group's one read instead of reading alone.
+    pub(crate) feeds: Option<Feeds>,
 }
 
 impl Lane {
@@ -141,6 +191,7 @@ impl Lane {
             progress: watch::channel(LaneProgress::default()).0,
             on_commit: None,
             permits: None,
+            feeds: None,
         }
     }
 
@@ -160,10 +211,10 @@ impl Lane {
             .await?;
         let count = events.len();
         let short = count < self.config.batch_size;
-        let page = Page {
+        let page = LanePage::from(Page {
             events,
             caught_up_to: short.then_some(head),
-        };
+        });
         let parked_ahead =
             crate::dead_letter::parked_ahead(&self.store, &self.spec, checkpoint).await?;
         let never = CancellationToken::new();
@@ -248,19 +299,38 @@ impl Lane {
         }
         let parked_ahead =
             crate::dead_letter::parked_ahead(&self.store, &self.spec, checkpoint).await?;
-        let (pages_tx, mut pages) = mpsc::channel(self.config.fetch_ahead_pages.max(1));
         let fetch_stop = shutdown.child_token();
-        let fetcher = tokio::spawn(fetch(
-            self.store.clone(),
-            SubscribeOptions {
-                after: checkpoint,
-                filter: self.spec.read_filter(),
-                page_size: self.config.batch_size,
-            },
-            pages_tx,
-            fetch_stop.clone(),
-        ));
-        let _stop_fetcher = fetch_stop.drop_guard();
+        let _stop_fetcher = fetch_stop.clone().drop_guard();
+        let (mut pages, fetcher) = match &self.feeds {
+            Some(feeds) if self.spec.reads_with_its_group() => {
+                // Each read of the group is split among its lanes: read several batches at
+                // once so each lane's share of a read is closer to a batch.
+                let lanes = usize::from(self.spec.grouping.lanes(self.spec.partitions));
+                let page_size = self.config.batch_size * lanes.clamp(1, FEED_READ_BATCHES);
+                let pages = feeds.join(
+                    &self.store,
+                    &self.spec,
+                    checkpoint,
+                    page_size,
+                    self.config.fetch_ahead_pages,
+                );
+                (pages, None)
+            }
+            _ => {
+                let (pages_tx, pages) = mpsc::channel(self.config.fetch_ahead_pages.max(1));
+                let fetcher = tokio::spawn(fetch(
+                    self.store.clone(),
+                    SubscribeOptions {
+                        after: checkpoint,
+                        filter: self.spec.read_filter(),
+                        page_size: self.config.batch_size,
+                    },
+                    pages_tx,
+                    fetch_stop,
+                ));
+                (pages, Some(fetcher))
+            }
+        };
         let mut rate = Rate::default();
         if let Some(pipeline) = self.pipeline() {
             let run = pipelined::Run {
@@ -272,17 +342,42 @@ impl Lane {
             };
             return self.run_pipelined(run, pipeline).await;
         }
+        let mut held: Option<Fetched> = None;
         loop {
-            let fetched = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(LaneExit::Shutdown),
-                fetched = pages.recv() => fetched,
+            let fetched = match held.take() {
+                Some(fetched) => Some(fetched),
+                None => tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(LaneExit::Shutdown),
+                    fetched = pages.recv() => fetched,
+                },
             };
             let page = match fetched {
-                Some(Fetched::Page(page)) => page,
+                Some(Fetched::Page(mut page)) => {
+                    // Pages already waiting join this one up to a batch: a lane handed a
+                    // small share of each read commits fewer, larger transactions.
+                    while page.events.len() < self.config.batch_size {
+                        match pages.try_recv() {
+                            Ok(Fetched::Page(next))
+                                if page.events.len() + next.events.len()
+                                    <= self.config.batch_size =>
+                            {
+                                page.absorb(next)
+                            }
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    page
+                }
                 Some(Fetched::Failed(error)) => return Err(error),
                 None => {
-                    let _ = fetcher.await;
+                    if let Some(fetcher) = fetcher {
+                        let _ = fetcher.await;
+                    }
                     return Err(EngineError::Unavailable("the event fetcher stopped".into()));
                 }
             };
@@ -311,12 +406,12 @@ impl Lane {
     async fn apply_page(
         &self,
         checkpoint: Position,
-        page: Page,
+        page: LanePage,
         parked_ahead: &[Position],
         rate: &mut Rate,
         shutdown: &CancellationToken,
     ) -> Result<Next> {
-        let page = self.prepare(page);
+        let page = self.prepare(page, checkpoint);
         self.apply_prepared(
             checkpoint,
             &page,
@@ -328,19 +423,16 @@ impl Lane {
         .await
     }
 
-    /// The events of `page` this lane applies, and how far it read.
-    fn prepare(&self, page: Page) -> Prepared {
+    /// The events of `page` this lane applies after `after`, and how far it read.
+    fn prepare(&self, page: LanePage, after: Position) -> Prepared {
         let until = self.spec.until.unwrap_or(Position::MAX);
-        let read_through = page
-            .events
-            .iter()
-            .map(|e| e.position)
-            .filter(|p| *p <= until)
-            .max();
+        let read_through = page.read_through.map(|p| p.min(until));
+        // Events at or before `after` are already applied (or sent): a shared read may hand
+        // them out again when another lane of the group joins behind this one.
         let events: Vec<RecordedEvent> = page
             .events
             .into_iter()
-            .filter(|e| e.position <= until && self.spec.applies(e))
+            .filter(|e| e.position > after && e.position <= until && self.spec.applies(e))
             .collect();
         Prepared {
             events,
@@ -379,20 +471,31 @@ impl Lane {
                 after = checkpoint,
             );
             let started = Instant::now();
+            let through = read_through.unwrap_or(0);
             let committed = match handling {
                 Handling::InTransaction => {
-                    self.apply_with_retries(checkpoint, events, parked_ahead, per_second, shutdown)
-                        .instrument(span)
-                        .await?
-                }
-                Handling::Acknowledged => match self
-                    .commit(checkpoint, &[], last.position, parked_ahead, per_second)
+                    self.apply_with_retries(
+                        checkpoint,
+                        events,
+                        through,
+                        parked_ahead,
+                        per_second,
+                        shutdown,
+                    )
                     .instrument(span)
                     .await?
-                {
-                    Commit::Done => Some(last.position),
-                    Commit::Fenced => return Ok(Next::Exit(LaneExit::Fenced)),
-                },
+                }
+                Handling::Acknowledged => {
+                    let through = through.max(last.position);
+                    match self
+                        .commit(checkpoint, &[], through, parked_ahead, per_second)
+                        .instrument(span)
+                        .await?
+                    {
+                        Commit::Done => Some(through),
+                        Commit::Fenced => return Ok(Next::Exit(LaneExit::Fenced)),
+                    }
+                }
             };
             match committed {
                 Some(new_checkpoint) => checkpoint = new_checkpoint,
@@ -413,7 +516,12 @@ impl Lane {
                 on_commit(events.len(), checkpoint);
             }
         }
-        if let Some(through) = read_through.filter(|t| *t > checkpoint) {
+        let idle_advance_due = |through: Position| {
+            page.caught_up_to.is_some()
+                || self.spec.until.is_some_and(|u| through >= u)
+                || through - checkpoint >= (IDLE_ADVANCE_PAGES * self.config.batch_size) as Position
+        };
+        if let Some(through) = read_through.filter(|t| *t > checkpoint && idle_advance_due(*t)) {
             match self
                 .commit(checkpoint, &[], through, parked_ahead, rate.value)
                 .await?
@@ -449,12 +557,14 @@ impl Lane {
     }
 
     /// Applies `events` (after `checkpoint`) and returns the new checkpoint, or `None` when the
-    /// lane must stop (fenced, or a poison event under `ParkAndStop`). A failing batch is
-    /// retried event by event so that only the bad event is parked.
+    /// lane must stop (fenced, or a poison event under `ParkAndStop`). The batch's commit moves
+    /// the checkpoint to `through` when that is past its last event (the read went further).
+    /// A failing batch is retried event by event so that only the bad event is parked.
     async fn apply_with_retries(
         &self,
         checkpoint: Position,
         events: &[RecordedEvent],
+        through: Position,
         parked_ahead: &[Position],
         events_per_second: f64,
         shutdown: &CancellationToken,
@@ -462,17 +572,12 @@ impl Lane {
         let Some(last) = events.last() else {
             return Ok(Some(checkpoint));
         };
+        let through = through.max(last.position);
         match self
-            .commit(
-                checkpoint,
-                events,
-                last.position,
-                parked_ahead,
-                events_per_second,
-            )
+            .commit(checkpoint, events, through, parked_ahead, events_per_second)
             .await
         {
-            Ok(Commit::Done) => return Ok(Some(last.position)),
+            Ok(Commit::Done) => return Ok(Some(through)),
             Ok(Commit::Fenced) => return Ok(None),
             Err(error) if error.is_transient() => return Err(error),
             Err(error) => {
@@ -628,7 +733,7 @@ async fn fetch(
             next = stream.next() => next,
         };
         let fetched = match next {
-            Some(Ok(page)) => Fetched::Page(page),
+            Some(Ok(page)) => Fetched::Page(page.into()),
             Some(Err(error)) => Fetched::Failed(error.into()),
             None => return,
         };
@@ -670,5 +775,44 @@ impl Rate {
 
     fn committed(&mut self) {
         self.last_commit = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::windowing::time::recorded_event;
+
+    fn page(positions: &[Position], caught_up_to: Option<Position>) -> LanePage {
+        let events: Vec<RecordedEvent> = positions
+            .iter()
+            .map(|p| {
+                let mut event = recorded_event(serde_json::json!({}), serde_json::json!({}));
+                event.position = *p;
+                event
+            })
+            .collect();
+        LanePage {
+            read_through: events.last().map(|e| e.position),
+            events,
+            caught_up_to,
+        }
+    }
+
+    #[test]
+    fn absorbing_a_page_keeps_log_order_and_drops_what_a_rewound_read_repeats() {
+        let mut first = page(&[3, 5, 8], None);
+        // A shared read that started again behind hands out 5 and 8 once more.
+        first.absorb(page(&[5, 8, 9, 12], Some(20)));
+        let positions: Vec<Position> = first.events.iter().map(|e| e.position).collect();
+        assert_eq!(positions, [3, 5, 8, 9, 12]);
+        assert_eq!(first.read_through, Some(12));
+        assert_eq!(first.caught_up_to, Some(20));
+
+        // An empty page that only reports progress keeps what the read covered.
+        let mut second = page(&[4], Some(10));
+        second.absorb(page(&[], None));
+        assert_eq!(second.read_through, Some(4));
+        assert_eq!(second.caught_up_to, Some(10));
     }
 }

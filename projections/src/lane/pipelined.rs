@@ -76,6 +76,8 @@ impl Lane {
         } = run;
         let depth = self.config.pages_in_flight.max(1);
         let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(depth);
+        // The last position sent (or read past): a shared read may hand events out again.
+        let mut sent_through = checkpoint;
         // A page failed to send: send nothing after it; it fails when it is the oldest.
         let mut broken = false;
         loop {
@@ -141,6 +143,7 @@ impl Lane {
                             Next::Exit(exit) => return Ok(exit),
                         }
                     }
+                    sent_through = checkpoint;
                     pipeline = self.pipeline().ok_or_else(|| {
                         EngineError::Unavailable("the handler no longer offers a pipeline".into())
                     })?;
@@ -150,7 +153,14 @@ impl Lane {
                     if self.fence.is_lost() {
                         return Ok(LaneExit::Fenced);
                     }
-                    let page = self.prepare(page);
+                    let page = self.prepare(page, sent_through);
+                    sent_through = page
+                        .events
+                        .last()
+                        .map(|e| e.position)
+                        .into_iter()
+                        .chain(page.read_through)
+                        .fold(sent_through, Position::max);
                     let ack = if page.events.is_empty() {
                         None
                     } else {

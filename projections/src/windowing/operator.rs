@@ -187,6 +187,42 @@ impl<F: WindowFold> WindowOperator<F> {
         Ok(operator)
     }
 
+    /// Adds keys to an operator restored with only some of its keys, and fires what the
+    /// watermark makes due in them. An engine keeping one row per key loads the keys a batch
+    /// touches, applies the batch, then loads the keys whose [`WindowOperator::next_due`]
+    /// the new watermark has reached: the result equals a run with every key loaded, since
+    /// an untouched key changes only when one of its windows falls due. Keys already held
+    /// are left as they are.
+    pub fn restore_more_keys(
+        &mut self,
+        keys: impl IntoIterator<Item = (String, KeyState<F::Acc>)>,
+    ) -> Vec<WindowChange> {
+        for (key, state) in keys {
+            if state.is_empty() || self.keys.contains_key(&key) {
+                continue;
+            }
+            for slot in state.windows() {
+                let due = self.due(slot);
+                self.timers.insert((due, key.clone(), slot.window));
+            }
+            self.keys.insert(key, state);
+        }
+        let mut changes = Vec::new();
+        self.fire(&mut changes);
+        changes
+    }
+
+    /// The watermark at which something next happens to `key`'s windows (one becomes
+    /// complete, final, or is evicted); `None` when it has none. Stored beside the key's
+    /// state, it tells an engine when to load the key although no event touches it.
+    pub fn next_due(&self, key: &str) -> Option<TimeMs> {
+        self.keys
+            .get(key)?
+            .windows()
+            .map(|slot| self.due(slot))
+            .min()
+    }
+
     pub fn config(&self) -> &WindowConfig {
         &self.config
     }

@@ -384,7 +384,14 @@ async fn stepping_lanes_by_hand_applies_one_batch_per_step_and_reaches_the_fold(
 /// Totals per customer over orders from many streams, grouped by the `customer` field: each
 /// event is recorded with the order it was applied in, and a customer's running total row
 /// is shared by all of that customer's streams.
-struct CustomerTotals;
+#[derive(Default)]
+struct CustomerTotals {
+    /// When set, every fifth batch fails transiently after its writes (counted here): the
+    /// lane rolls back and restarts from its checkpoint, rejoining its group's shared read
+    /// behind the other lanes.
+    flaky: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    batches: std::sync::atomic::AtomicUsize,
+}
 
 #[async_trait]
 impl Projection for CustomerTotals {
@@ -442,6 +449,12 @@ impl Projection for CustomerTotals {
                 )
                 .await?;
         }
+        if let Some(failures) = &self.flaky {
+            if self.batches.fetch_add(1, Ordering::SeqCst) % 5 == 4 {
+                failures.fetch_add(1, Ordering::SeqCst);
+                return Err(ProjectionError::transient("a deliberate transient failure"));
+            }
+        }
         Ok(())
     }
 }
@@ -452,12 +465,33 @@ impl Projection for CustomerTotals {
 /// without a customer is parked; waits and lag account for lanes that read every partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_grouped_by_key_are_applied_by_one_lane_in_log_order_across_streams() {
+    customer_totals_apply_each_keyed_event_once_in_log_order(CustomerTotals::default()).await;
+}
+
+/// The lanes of a keyed projection share one read per process; a lane that fails and
+/// restarts from its checkpoint rejoins that read behind the others, which then receive
+/// events they already applied. Each event is still applied once, in log order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keyed_lanes_restarting_behind_their_shared_read_apply_each_event_once_in_order() {
+    let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    customer_totals_apply_each_keyed_event_once_in_log_order(CustomerTotals {
+        flaky: Some(failures.clone()),
+        ..CustomerTotals::default()
+    })
+    .await;
+    assert!(
+        failures.load(Ordering::SeqCst) >= 3,
+        "lanes must have restarted behind the shared read"
+    );
+}
+
+async fn customer_totals_apply_each_keyed_event_once_in_log_order(projection: CustomerTotals) {
     let seed = seed(0x0e0e_0006);
     let db = TestDatabase::create().await;
     let store = open_store(&db).await;
     let engine = tidemark_projections::ProjectionEngine::new(
         store.clone(),
-        Registry::new().projection(CustomerTotals),
+        Registry::new().projection(projection),
         EngineConfig {
             batch_size: 16,
             max_attempts: 2,
@@ -639,5 +673,82 @@ async fn a_shuffled_handler_spreads_one_streams_events_over_its_lanes() {
         max_in_flight.load(Ordering::SeqCst) > 1,
         "one stream's events were handled one at a time: not spread over lanes"
     );
+    store.shutdown().await;
+}
+
+/// The lease loop renews on connections of its own and runs no lag query: with every
+/// connection of the store's pool held (as lanes blocked on locks, or a database too busy
+/// to count a backlog quickly, would hold them) for several lease periods, every lease
+/// stays renewed and no lane is fenced. Before the scaling figures moved off the lease loop
+/// onto their own task, this lost every lease: the loop waited for a pooled connection to
+/// count backlogs and renewed nothing meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_stay_renewed_while_every_pooled_connection_is_held() {
+    let db = TestDatabase::create().await;
+    let store = open_store(&db).await;
+    let engine = tidemark_projections::ProjectionEngine::new(
+        store.clone(),
+        Registry::new().projection(AccountBalances),
+        crash_engine_config(),
+    );
+    engine.start().await.expect("the engine starts");
+    let observer = connect(&db).await;
+    let me = engine.worker_id();
+    let held_by_me = || async {
+        observer
+            .query_one(
+                "SELECT count(*) FILTER (WHERE owner = $1 AND expires_at > now()), count(*),
+                        coalesce(sum(epoch), 0)::bigint
+                   FROM projection_leases WHERE projection = 'account_balances'",
+                &[&me],
+            )
+            .await
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)))
+            .expect("reading the leases")
+    };
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    let epochs = loop {
+        let (mine, all, epochs) = held_by_me().await;
+        if all > 0 && mine == all {
+            break epochs;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the engine never held every partition ({mine} of {all})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let pool = store.pool();
+    let mut held = Vec::new();
+    for _ in 0..pool.status().max_size {
+        held.push(pool.get().await.expect("a pooled connection"));
+    }
+    assert_eq!(
+        pool.status().available,
+        0,
+        "every pooled connection is held"
+    );
+    let hold_until = tokio::time::Instant::now() + LEASE_TTL * 4;
+    let mut checks = 0;
+    while tokio::time::Instant::now() < hold_until {
+        let (mine, all, _) = held_by_me().await;
+        assert_eq!(
+            mine,
+            all,
+            "with the pool exhausted, {} of {all} leases expired after {checks} checks",
+            all - mine
+        );
+        checks += 1;
+        tokio::time::sleep(LEASE_TTL / 10).await;
+    }
+    drop(held);
+    let (mine, all, epochs_after) = held_by_me().await;
+    assert_eq!(mine, all);
+    assert_eq!(
+        epochs_after, epochs,
+        "no partition changed owner while the pool was exhausted"
+    );
+    engine.shutdown().await;
     store.shutdown().await;
 }
