@@ -246,6 +246,9 @@ pub struct ServeArgs {
     /// are closed, in milliseconds (until then answers carry `Connection: close`).
     #[arg(long, env = "TIDEMARK_DRAIN_QUIET_MS", default_value_t = 300)]
     pub drain_quiet_ms: u64,
+
+    #[command(flatten)]
+    pub relay: relay::ServeRelayArgs,
 }
 
 impl ServeArgs {
@@ -360,9 +363,21 @@ async fn dispatch(cli: Cli, app: TidemarkApp) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs, database: DatabaseConfig, app: TidemarkApp) -> anyhow::Result<()> {
     let config = args.server_config(database)?;
+    let lease_ttl = config.lease_ttl;
     let application = Application::build(config, app).await?;
+    let relay = args
+        .relay
+        .start(application.store().clone(), lease_ttl)
+        .await?;
     // Before saying where it listens: whoever reads that may stop it right away.
-    let shutdown = shutdown_signal();
+    let signal = shutdown_signal();
+    // The relay stops first: it uses the store the server shuts down last.
+    let shutdown = async move {
+        signal.await;
+        if let Some(relay) = relay {
+            relay.shutdown().await;
+        }
+    };
     println!(
         "Tidemark is listening on http://{0}/ (GraphiQL: http://{0}/, dashboard: http://{0}/ui, GraphQL: http://{0}/graphql)",
         application.address()
@@ -477,6 +492,29 @@ mod tests {
         assert!(Cli::try_parse_from(["tidemark", "relay"]).is_err());
         assert!(Cli::try_parse_from(["tidemark", "relay", "--from", "soon", "--status"]).is_err());
         assert!(Cli::try_parse_from(["tidemark", "relay", "--status"]).is_ok());
+
+        let cli = Cli::try_parse_from([
+            "tidemark",
+            "serve",
+            "--relay-nats-url",
+            "nats://n:4222",
+            "--relay-stream",
+            "BANK",
+            "--relay-from",
+            "42",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.relay.nats_url.as_deref(), Some("nats://n:4222"));
+        assert_eq!(args.relay.stream, "BANK");
+        assert_eq!(args.relay.from, tidemark_relay::StartFrom::After(42));
+        let Command::Serve(args) = Cli::try_parse_from(["tidemark", "serve"]).unwrap().command
+        else {
+            panic!("not serve")
+        };
+        assert_eq!(args.relay.nats_url, None, "a server relays only when asked");
     }
 
     #[test]

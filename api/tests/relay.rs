@@ -24,7 +24,8 @@ const DEADLINE: Duration = Duration::from_secs(90);
 
 const STREAM: &str = "RELAYED";
 
-/// A `tidemark relay` process, killed when dropped; its output is kept for a failure.
+/// A `tidemark relay` (or `serve --relay-nats-url`) process, killed when dropped; its output
+/// is kept for a failure.
 struct RelayProcess {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
@@ -32,16 +33,53 @@ struct RelayProcess {
 
 impl RelayProcess {
     fn start(db: &TestDatabase, nats: &NatsServer) -> RelayProcess {
-        let mut child = Command::new(TIDEMARK)
-            .args([
+        Self::spawn(
+            &[
                 "relay",
                 "--database-url",
                 &db.url(),
                 "--nats-url",
                 &nats.url(),
-            ])
-            .args(["--stream", STREAM, "--subject-prefix", "bank"])
-            .args(["--batch-size", "50", "--lease-ttl-ms", "1500"])
+                "--stream",
+                STREAM,
+                "--subject-prefix",
+                "bank",
+                "--batch-size",
+                "50",
+                "--lease-ttl-ms",
+                "1500",
+            ],
+            tidemark_api::cli::relay::RELAYING_LOG,
+        )
+    }
+
+    /// `tidemark serve --relay-nats-url`: a server that also relays.
+    fn serve(db: &TestDatabase, nats: &NatsServer) -> RelayProcess {
+        Self::spawn(
+            &[
+                "serve",
+                "--database-url",
+                &db.url(),
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure-dev",
+                "--lease-ttl-ms",
+                "1500",
+                "--relay-nats-url",
+                &nats.url(),
+                "--relay-stream",
+                STREAM,
+                "--relay-subject-prefix",
+                "bank",
+            ],
+            "Tidemark is listening",
+        )
+    }
+
+    /// Starts `tidemark <args>` and waits until it prints a line starting with `ready`.
+    fn spawn(args: &[&str], ready_line: &'static str) -> RelayProcess {
+        let mut child = Command::new(TIDEMARK)
+            .args(args)
             .env("TIDEMARK_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -55,7 +93,7 @@ impl RelayProcess {
         let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with(tidemark_api::cli::relay::RELAYING_LOG) {
+                if line.starts_with(ready_line) {
                     let _ = ready.try_send(());
                 }
                 lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
@@ -70,7 +108,8 @@ impl RelayProcess {
         let process = RelayProcess { child, log };
         if started.recv_timeout(DEADLINE).is_err() {
             panic!(
-                "the relay did not start within {DEADLINE:?}; its output:\n{}",
+                "tidemark {} did not start within {DEADLINE:?}; its output:\n{}",
+                args[0],
                 process.output()
             );
         }
@@ -82,6 +121,10 @@ impl RelayProcess {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .join("\n")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no batch is finished, no lease given back.
@@ -210,5 +253,105 @@ async fn after_a_kill_9_mid_stream_a_restarted_relay_leaves_every_event_once_in_
     );
     assert!(printed.contains("(relaying)"), "{printed}");
     drop(second);
+    store.shutdown().await;
+}
+
+/// `tidemark relay --status`'s output.
+fn relay_status(db: &TestDatabase) -> String {
+    let status = Command::new(TIDEMARK)
+        .args(["relay", "--status", "--database-url", &db.url()])
+        .env("TIDEMARK_LOG", "warn")
+        .output()
+        .expect("tidemark relay --status runs");
+    let printed = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.status.success(), "{printed}");
+    printed
+}
+
+/// Appends `count` events over a few streams.
+async fn append(store: &EventStore, count: usize) {
+    for i in 0..count / 5 {
+        let events = (0..5)
+            .map(|k| NewEvent::new("MoneyDeposited", json!({ "n": i * 5 + k })))
+            .collect();
+        store
+            .append(AppendRequest::new(
+                format!("account-{}", i % 7),
+                ExpectedVersion::Any,
+                events,
+            ))
+            .await
+            .expect("append");
+    }
+}
+
+/// `tidemark serve --relay-nats-url` relays under the relay's lease: beside a `tidemark
+/// relay` process, one of the two publishes and the other waits; when the one publishing is
+/// killed, the other takes over, and the stream is still the log, once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_relay_nats_url_shares_the_relay_lease_with_relay_processes() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let db = TestDatabase::create().await;
+    let store = EventStore::open(
+        db.pg_config(),
+        StoreConfig {
+            migrations: tidemark_api::all_migrations(),
+            ..StoreConfig::default()
+        },
+    )
+    .await
+    .expect("the store opens");
+    append(&store, 300).await;
+
+    let server = RelayProcess::serve(&db, &nats);
+    let relay = RelayProcess::start(&db, &nats);
+    let head = store.head_position().await.expect("head");
+    wait_until("the log is relayed", DEADLINE, || async {
+        relay_checkpoint(&db).await >= head
+    })
+    .await;
+    let status = relay_status(&db);
+    assert_eq!(
+        (
+            status.matches("(relaying)").count(),
+            status.matches("(standby)").count()
+        ),
+        (1, 1),
+        "one process relays, the other waits: {status}"
+    );
+
+    // The one relaying dies; the other takes over.
+    let (relaying, other) = if status.contains(&format!(":{} (relaying)", server.pid())) {
+        (server, relay)
+    } else {
+        (relay, server)
+    };
+    relaying.kill_9();
+    append(&store, 200).await;
+    let head = store.head_position().await.expect("head");
+    wait_until("the other process relays the rest", DEADLINE, || async {
+        relay_checkpoint(&db).await >= head
+    })
+    .await;
+    let status = relay_status(&db);
+    assert!(
+        status.contains(&format!(":{} (relaying)", other.pid())),
+        "{status}"
+    );
+
+    let log = read_all(&store).await;
+    let messages = read_stream(&nats.url(), STREAM, log.len() as u64, DEADLINE).await;
+    let ids: Vec<String> = messages
+        .iter()
+        .map(|m| m.headers.get("Nats-Msg-Id").cloned().unwrap_or_default())
+        .collect();
+    let expected: Vec<String> = log.iter().map(|e| e.event_id.to_string()).collect();
+    assert_eq!(
+        ids, expected,
+        "the stream is not the log, once and in order"
+    );
+    drop(other);
     store.shutdown().await;
 }

@@ -2,8 +2,10 @@
 //! on to NATS JetStream (pipelined batches, checkpoint after every acknowledgement), over
 //! the same log the counting projection catches up over, so the two rates compare.
 //!
-//! `TIDEMARK_BENCH_RELAY_BATCH` sets the relay's batch size (events pipelined per round of
-//! acknowledgements; the engine's default, 1,000, otherwise).
+//! `TIDEMARK_BENCH_RELAY_BATCH` sets the relay's batch size (events per batch; the engine's
+//! default, 1,000, otherwise) and `TIDEMARK_BENCH_RELAY_IN_FLIGHT` the batches in flight
+//! (sent before the oldest is acknowledged and checkpointed; the engine's default
+//! otherwise, 1 handles one batch at a time).
 //!
 //! NATS: `--nats-url` names a server with JetStream; without it the testkit's runner starts
 //! the installed `nats-server -js` on a free port. When there is none, the row is skipped
@@ -45,8 +47,12 @@ impl Nats {
     }
 }
 
+fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 /// Relays the whole log of `schema` (`total` events) from position 0 with the relay's
-/// defaults (batches of 1000) to a fresh JetStream stream, and returns how long it took
+/// defaults (batches of 1000, 3 in flight) to a fresh JetStream stream, and returns how long it took
 /// until the relay's checkpoint covered the log. Checks the stream holds every event, then
 /// deletes it.
 pub async fn catch_up(schema: &Schema, total: u64, nats: &Nats) -> Result<Duration> {
@@ -72,10 +78,10 @@ pub async fn catch_up(schema: &Schema, total: u64, nats: &Nats) -> Result<Durati
     let relay_config = RelayConfig {
         name: format!("bench_relay_{}", &suffix[..12]),
         engine: EngineConfig {
-            batch_size: std::env::var("TIDEMARK_BENCH_RELAY_BATCH")
-                .ok()
-                .and_then(|v| v.parse().ok())
+            batch_size: env_number("TIDEMARK_BENCH_RELAY_BATCH")
                 .unwrap_or(EngineConfig::default().batch_size),
+            pages_in_flight: env_number("TIDEMARK_BENCH_RELAY_IN_FLIGHT")
+                .unwrap_or(EngineConfig::default().pages_in_flight),
             ..EngineConfig::default()
         },
         ..RelayConfig::default()

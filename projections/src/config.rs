@@ -8,6 +8,10 @@ pub struct EngineConfig {
     pub batch_size: usize,
     /// Pages a lane's fetcher may read ahead of its applier.
     pub fetch_ahead_pages: usize,
+    /// Pages a lane of a pipelined handler ([`crate::Pipeline`]) may have sent and not yet
+    /// committed: the next page is sent while the previous ones' acknowledgements and
+    /// checkpoint commits are pending. 1 handles one page at a time, as other lanes do.
+    pub pages_in_flight: usize,
     /// Attempts before an event is parked.
     pub max_attempts: u32,
     /// First retry delay; doubles up to `retry_max`.
@@ -36,6 +40,7 @@ impl Default for EngineConfig {
         EngineConfig {
             batch_size: 1000,
             fetch_ahead_pages: 4,
+            pages_in_flight: 3,
             max_attempts: 5,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),

@@ -5,8 +5,10 @@
 //! - [`projection`]: what an application writes: a [`Projection`] (a fold into Postgres
 //!   tables, applied in the checkpoint's transaction) or a [`Handler`] (a side effect
 //!   elsewhere, at-least-once with dedup by event id, by the engine or by its destination:
-//!   [`HandlerDedup`]; handed whole pages through `handle_batch`), and [`Grouping`]: by
-//!   stream, by key, shuffled, or the whole log in order on one lane (`LogOrder`, the relay's).
+//!   [`HandlerDedup`]; handed whole pages through `handle_batch`, or, when its destination
+//!   acknowledges asynchronously, sent page after page through a [`Pipeline`] with several
+//!   pages in flight), and [`Grouping`]: by stream, by key, shuffled, or the whole log in
+//!   order on one lane (`LogOrder`, the relay's).
 //! - [`registry`]: the set of projections an application runs.
 //! - [`engine`]: [`ProjectionEngine`], the facade: runs one supervised lane per (projection,
 //!   partition), and offers status, waiting for a position, dead letters and rebuilds. Its
@@ -15,9 +17,11 @@
 //! - `lane`: the one loop that applies events — fetch ahead into a bounded channel (from the
 //!   store's read replica, when it has one; see `tidemark_store::replica`), apply a
 //!   batch and advance the checkpoint in one transaction, isolate and park poison events,
-//!   restart after failures with the one retry policy. The live lanes of a keyed or shuffled
-//!   projection share one read of the log per process (`lane::feed`) instead of each reading
-//!   it all. Live partitions, rebuilds, replays,
+//!   restart after failures with the one retry policy; for a pipelined handler, several
+//!   pages in flight with the checkpoint committed page by page as they are acknowledged
+//!   (`lane::pipelined`). The live lanes of a keyed or shuffled projection share one read of
+//!   the log per process (`lane::feed`) instead of each reading it all. Live partitions,
+//!   rebuilds, replays,
 //!   as-of builds and a hand-driven [`Lane::step`] are all lanes. Its commit primitive
 //!   (`lane::commit`, lock–check–apply–advance–lease check–commit) is the only way events
 //!   reach a read model: the swap's last events and replayed parked events use it too.
@@ -77,8 +81,8 @@ pub use kinds::{BuildKind, BuildStatus, ProjectionKind, ProjectionState, Target}
 pub use lane::{Lane, LaneProgress, Step};
 pub use migrations::{migrations, MIGRATIONS};
 pub use projection::{
-    quote_ident, ApplyContext, EventSelector, FailurePolicy, Grouping, Handler, HandlerDedup,
-    Projection,
+    quote_ident, Acknowledgement, ApplyContext, EventSelector, FailurePolicy, Grouping, Handler,
+    HandlerDedup, Pipeline, Projection,
 };
 pub use rebuild::{BuildReport, BuildRequest, PendingBuild, Progress, ProgressCallback};
 pub use registry::Registry;

@@ -1,5 +1,6 @@
 //! What an application writes: a [`Projection`] (a fold into Postgres tables) or a
-//! [`Handler`] (a side effect elsewhere), and the context each is given.
+//! [`Handler`] (a side effect elsewhere, optionally acknowledged asynchronously through a
+//! [`Pipeline`]), and the context each is given.
 
 use crate::error::ProjectionError;
 use async_trait::async_trait;
@@ -202,6 +203,45 @@ pub trait Projection: Send + Sync + 'static {
     async fn reset(&self, _ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {
         Ok(())
     }
+
+    /// A [`Pipeline`] for one run of a lane, when the projection's side effects are
+    /// acknowledged asynchronously (see [`Handler::pipeline`]). A fold applies in the
+    /// checkpoint's transaction and keeps the default, `None`; the engine's wrapper of a
+    /// [`Handler`] answers for it.
+    fn pipeline(&self) -> Option<Box<dyn Pipeline>> {
+        None
+    }
+}
+
+/// Resolves once the side effects of one batch sent through a [`Pipeline`] are done
+/// (every event acknowledged by the destination), or with why not.
+pub type Acknowledgement = futures::future::BoxFuture<'static, Result<(), ProjectionError>>;
+
+/// The sending half of a [`Handler`] whose destination acknowledges asynchronously, such as a
+/// message broker: the lane sends a page, and sends the next ones while the earlier pages'
+/// acknowledgements (and then their checkpoint commits) are pending, up to
+/// [`crate::EngineConfig::pages_in_flight`] pages.
+///
+/// A lane opens one pipeline per run (after every restart, a new one) and sends it its pages
+/// in log order, each the one after the previous. It commits the checkpoint past a page only
+/// once that page's acknowledgement and those of every earlier page resolved `Ok`, in order.
+/// When one fails, the lane drops the pipeline and every later page's acknowledgement, and
+/// sends again from its checkpoint (transient error: after a pause; any other error: the
+/// pages are handled one by one through [`Handler::handle_batch`], isolating and parking the
+/// bad event as usual).
+///
+/// So the pipeline must make sure that when a page fails, the later pages already sent cannot
+/// take effect before it, out of order: chain each page to the one before it, as the relay
+/// does with JetStream's `Nats-Expected-Last-Msg-Id` (a publish whose predecessor is missing is
+/// refused). And as with any handler, repeats after a failure or a crash must be harmless
+/// (the destination drops them by event id: [`HandlerDedup::AtDestination`]).
+#[async_trait]
+pub trait Pipeline: Send {
+    /// Starts the side effects of `events` — the batch after the previous one sent through
+    /// this pipeline, or after the lane's checkpoint for the first — and returns their
+    /// acknowledgement without waiting for it. An error here fails the page as a failed
+    /// acknowledgement would.
+    async fn send(&mut self, events: &[RecordedEvent]) -> Result<Acknowledgement, ProjectionError>;
 }
 
 /// A side effect outside Postgres (calling another service, sending mail). At-least-once:
@@ -254,6 +294,18 @@ pub trait Handler: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    /// A handler whose destination acknowledges asynchronously returns a new [`Pipeline`]
+    /// here: its lanes then keep several pages in flight (the next page is sent while the
+    /// previous one's acknowledgement and checkpoint are pending) instead of handling one
+    /// page at a time inside the checkpoint's transaction. Only for a handler whose
+    /// destination drops repeats ([`HandlerDedup::AtDestination`]): the engine's dedup rows
+    /// are written in the checkpoint's transaction, so a `Recorded` handler is never
+    /// pipelined. `handle_batch` stays in use: [`crate::Lane::step`] and the isolation of a
+    /// failing page go through it.
+    fn pipeline(&self) -> Option<Box<dyn Pipeline>> {
+        None
+    }
 }
 
 /// Runs a [`Handler`] with the projection machinery: the dedup rows are its read model.
@@ -279,6 +331,13 @@ impl<H: Handler> Projection for HandlerProjection<H> {
 
     fn failure_policy(&self) -> FailurePolicy {
         self.0.failure_policy()
+    }
+
+    fn pipeline(&self) -> Option<Box<dyn Pipeline>> {
+        match self.0.dedup() {
+            HandlerDedup::AtDestination => self.0.pipeline(),
+            HandlerDedup::Recorded => None,
+        }
     }
 
     async fn setup(&self, _ctx: &ApplyContext<'_>) -> Result<(), ProjectionError> {

@@ -3,14 +3,17 @@
 //! Relays the log to a message broker, for consumers that outgrow polling one database:
 //! every committed event, in log order, to one NATS JetStream stream. Read in this order:
 //!
-//! - [`sink`]: the [`Sink`] trait (publish a batch, return once every event is
-//!   acknowledged) and its errors; Kafka or others implement it next to JetStream.
-//! - [`jetstream`]: [`JetStreamSink`], publishes pipelined with `Nats-Msg-Id` = event id
-//!   and the event's position, stream, version and type in headers.
+//! - [`sink`]: the [`Sink`] trait (send a batch, chained to the one before it, and hand
+//!   back its acknowledgements) and its errors; Kafka or others implement it next to
+//!   JetStream.
+//! - [`jetstream`]: [`JetStreamSink`], publishes pipelined with `Nats-Msg-Id` = event id,
+//!   `Nats-Expected-Last-Msg-Id` = the previous event's id (across batches), and the
+//!   event's position, stream, version and type in headers.
 //! - [`subject`]: subjects `<prefix>.<category>.<type>` with escaped tokens.
 //! - [`handler`]: [`RelayHandler`], the relay as a side-effect handler of the projection
-//!   engine (one lane over the whole log, checkpoint after the acknowledgements, lease,
-//!   retries, restart after a crash).
+//!   engine (one lane over the whole log, lease, retries, restart after a crash) with a
+//!   pipeline: several batches in flight, the checkpoint committed batch by batch after
+//!   their acknowledgements, in order.
 //! - [`Relay`] (here): starts the engine with the relay alone, where it starts the first
 //!   time (`--from`), and its lag metric; [`status`] reads a relay's status without it.
 //!
@@ -25,7 +28,7 @@ pub mod subject;
 
 pub use handler::{RelayHandler, DEFAULT_RELAY_NAME, RELAY_POOL};
 pub use jetstream::{JetStreamConfig, JetStreamSink};
-pub use sink::{Sink, SinkError};
+pub use sink::{Acknowledgements, Sink, SinkError};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +73,8 @@ pub struct RelayConfig {
     /// destinations need two names.
     pub name: String,
     pub from: StartFrom,
-    /// The engine's settings (batch size = events per pipelined batch, lease, retries);
+    /// The engine's settings (batch size = events per batch, pages in flight = batches
+    /// sent before the oldest is acknowledged and checkpointed, lease, retries);
     /// its pool is set to [`RELAY_POOL`].
     pub engine: EngineConfig,
     /// How often the lag gauge is refreshed.
@@ -144,8 +148,9 @@ impl Relay {
             .lag_events())
     }
 
-    /// Stops after the batch in hand is acknowledged and checkpointed (or abandoned), and
-    /// gives the lease back so another relay takes over at once.
+    /// Stops publishing, and gives the lease back so another relay takes over at once. The
+    /// batches in flight and not yet checkpointed are abandoned: the next relay publishes
+    /// them again from the checkpoint, and JetStream drops them as duplicates.
     pub async fn shutdown(&self) {
         self.engine.shutdown().await;
     }
@@ -179,10 +184,11 @@ impl Sink for Detached {
         "none"
     }
 
-    async fn publish_batch(
+    async fn send_batch(
         &self,
         _events: &[tidemark_store::RecordedEvent],
-    ) -> Result<(), SinkError> {
+        _previous: Option<&tidemark_store::RecordedEvent>,
+    ) -> Result<Acknowledgements, SinkError> {
         Err(SinkError::Config(
             "this relay handle only reads status; it publishes nothing".into(),
         ))

@@ -8,12 +8,13 @@
 
 use async_trait::async_trait;
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark_projections::EngineConfig;
 use tidemark_relay::{
-    subject, JetStreamConfig, JetStreamSink, Relay, RelayConfig, Sink, SinkError, StartFrom,
+    subject, Acknowledgements, JetStreamConfig, JetStreamSink, Relay, RelayConfig, Sink, SinkError,
+    StartFrom,
 };
 use tidemark_store::{
     AppendRequest, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreConfig,
@@ -298,12 +299,28 @@ impl Sink for CountingSink {
         "nats"
     }
 
-    async fn publish_batch(&self, events: &[RecordedEvent]) -> Result<(), SinkError> {
-        let published = self.inner.publish_batch(events).await;
-        if published.is_err() {
-            self.failures.fetch_add(1, Ordering::SeqCst);
+    async fn send_batch(
+        &self,
+        events: &[RecordedEvent],
+        previous: Option<&RecordedEvent>,
+    ) -> Result<Acknowledgements, SinkError> {
+        let failures = self.failures.clone();
+        let count = move || {
+            failures.fetch_add(1, Ordering::SeqCst);
+        };
+        match self.inner.send_batch(events, previous).await {
+            Ok(acks) => Ok(Box::pin(async move {
+                let acked = acks.await;
+                if acked.is_err() {
+                    count();
+                }
+                acked
+            })),
+            Err(error) => {
+                count();
+                Err(error)
+            }
         }
-        published
     }
 }
 
@@ -401,4 +418,145 @@ async fn a_publish_after_a_lost_one_is_refused_and_the_retried_batch_fills_the_g
     sink.publish_batch(&log).await.expect("the retried batch");
     let messages = read_stream(&nats.url(), STREAM, log.len() as u64, DEADLINE).await;
     assert_stream_is_the_log(&messages, &log);
+}
+
+/// A [`JetStreamSink`] that loses two events in the middle of one batch, as a dropped
+/// connection would (the events after them still arrive, chained to the lost ones), and
+/// reports that batch failed only once the relay has sent the batch after it.
+struct LossySink {
+    inner: JetStreamSink,
+    batches: AtomicUsize,
+    /// The broken batch's acknowledgements are pending.
+    broken_pending: Arc<AtomicBool>,
+    /// The batch after the broken one is answered.
+    next_done: Arc<tokio::sync::Notify>,
+    /// The batch after the broken one was sent while the broken one was pending.
+    overlapped: Arc<AtomicBool>,
+    /// JetStream refused the broken batch's events after the gap.
+    refused_after_gap: Arc<AtomicBool>,
+    /// JetStream refused the batch sent after the broken one (its first event names the
+    /// broken batch's last as the previous message).
+    next_refused: Arc<AtomicBool>,
+}
+
+/// The batch (counted from 0) that loses two events.
+const BROKEN: usize = 2;
+
+impl LossySink {
+    fn new(inner: JetStreamSink) -> Self {
+        LossySink {
+            inner,
+            batches: AtomicUsize::new(0),
+            broken_pending: Arc::default(),
+            next_done: Arc::default(),
+            overlapped: Arc::default(),
+            refused_after_gap: Arc::default(),
+            next_refused: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for LossySink {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn send_batch(
+        &self,
+        events: &[RecordedEvent],
+        previous: Option<&RecordedEvent>,
+    ) -> Result<Acknowledgements, SinkError> {
+        let batch = self.batches.fetch_add(1, Ordering::SeqCst);
+        if batch == BROKEN {
+            assert!(events.len() > 4, "batches of more than four events");
+            let kept = self.inner.send_batch(&events[..2], previous).await?;
+            let after_gap = self
+                .inner
+                .send_batch(&events[4..], Some(&events[3]))
+                .await?;
+            self.broken_pending.store(true, Ordering::SeqCst);
+            let (pending, next_done, refused) = (
+                self.broken_pending.clone(),
+                self.next_done.clone(),
+                self.refused_after_gap.clone(),
+            );
+            return Ok(Box::pin(async move {
+                // Fails once the next batch is sent and answered. The timeout is a guard, not
+                // a synchronisation: a relay that does not pipeline never sends the next
+                // batch, and the test then fails on `overlapped`.
+                let _ = tokio::time::timeout(Duration::from_secs(20), next_done.notified()).await;
+                kept.await?;
+                let after_gap = after_gap.await;
+                refused.store(after_gap.is_err(), Ordering::SeqCst);
+                pending.store(false, Ordering::SeqCst);
+                Err(SinkError::unavailable("two events of the batch were lost"))
+            }));
+        }
+        let acks = self.inner.send_batch(events, previous).await?;
+        if batch == BROKEN + 1 {
+            self.overlapped
+                .store(self.broken_pending.load(Ordering::SeqCst), Ordering::SeqCst);
+            // Awaited here whether or not the relay still awaits them (it drops them once
+            // the broken batch fails).
+            let (refused, done) = (self.next_refused.clone(), self.next_done.clone());
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let acked = acks.await;
+                refused.store(acked.is_err(), Ordering::SeqCst);
+                done.notify_one();
+                let _ = answer.send(acked);
+            });
+            return Ok(Box::pin(async move {
+                answered
+                    .await
+                    .unwrap_or_else(|_| Err(SinkError::unavailable("the watcher ended")))
+            }));
+        }
+        Ok(acks)
+    }
+}
+
+/// Pipelining across batches cannot reorder, skip or duplicate: batch N loses two events
+/// while batch N+1 is already sent; JetStream refuses what follows the gap — in batch N and
+/// in batch N+1, whose first event names N's last as the previous message — the relay
+/// commits nothing past N-1, resends from there, and the stream is the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_fails_while_the_next_is_in_flight_leaves_no_gap_reordering_or_duplicate() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let db = TestDatabase::create().await;
+    let store = open_store(&db).await;
+    append_events(&store, 500, 11).await;
+    let sink = Arc::new(LossySink::new(
+        JetStreamSink::connect(sink_config(&nats))
+            .await
+            .expect("sink"),
+    ));
+    let relay = Relay::start(store.clone(), sink.clone(), relay_config())
+        .await
+        .expect("relay");
+    caught_up(&relay, &store).await;
+
+    assert!(
+        sink.overlapped.load(Ordering::SeqCst),
+        "the batch after the broken one was sent while the broken one was pending"
+    );
+    assert!(
+        sink.refused_after_gap.load(Ordering::SeqCst),
+        "JetStream refused the events after the gap"
+    );
+    assert!(
+        sink.next_refused.load(Ordering::SeqCst),
+        "JetStream refused the next batch: it is chained to the broken one"
+    );
+    assert!(
+        sink.batches.load(Ordering::SeqCst) > BROKEN + 2,
+        "batches were resent"
+    );
+    let log = read_all(&store).await;
+    let messages = read_stream(&nats.url(), STREAM, log.len() as u64, DEADLINE).await;
+    assert_stream_is_the_log(&messages, &log);
+    relay.shutdown().await;
 }

@@ -1,7 +1,8 @@
 //! `tidemark relay`: publishes every committed event, in log order, to a NATS JetStream
 //! stream (the `tidemark-relay` crate), until stopped with Ctrl-C or SIGTERM. Any number of
 //! relay processes may run against one database: one holds the relay's lease and publishes,
-//! the others take over when it dies. Optional `/metrics` for Prometheus.
+//! the others take over when it dies. Optional `/metrics` for Prometheus. `tidemark serve
+//! --relay-nats-url` runs the same relay inside a server ([`ServeRelayArgs`]).
 
 use crate::config::DatabaseConfig;
 use crate::startup::shutdown_signal;
@@ -68,10 +69,16 @@ pub struct RelayArgs {
     #[arg(long, env = "TIDEMARK_RELAY_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
 
-    /// Events published per batch (all pipelined, then every acknowledgement awaited before
-    /// the checkpoint moves).
+    /// Events published per batch (all pipelined; the checkpoint moves past a batch once
+    /// JetStream acknowledged it and every batch before it).
     #[arg(long, env = "TIDEMARK_RELAY_BATCH_SIZE", default_value_t = 1000)]
     pub batch_size: usize,
+
+    /// Batches published before the oldest is acknowledged and checkpointed (the next ones
+    /// are sent while its acknowledgement and checkpoint are pending); 1 relays one batch at
+    /// a time.
+    #[arg(long, env = "TIDEMARK_RELAY_BATCHES_IN_FLIGHT", default_value_t = 3)]
+    pub batches_in_flight: usize,
 
     /// How long a publish waits for its acknowledgement before the batch is retried (ms).
     #[arg(long, env = "TIDEMARK_RELAY_ACK_TIMEOUT_MS", default_value_t = 10_000)]
@@ -86,6 +93,89 @@ pub struct RelayArgs {
     /// batch latency).
     #[arg(long, env = "TIDEMARK_RELAY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The relay's flags of `tidemark serve`: with `--relay-nats-url`, the server also relays
+/// (the other settings are `tidemark relay`'s defaults).
+#[derive(Debug, Clone, Args)]
+pub struct ServeRelayArgs {
+    /// Also relay the log to NATS JetStream from this server, as `tidemark relay` does and
+    /// under the same lease: of all the processes relaying one database under one relay name
+    /// (servers and `tidemark relay` alike), one publishes. NATS server URL(s).
+    #[arg(long = "relay-nats-url", env = "TIDEMARK_SERVE_RELAY_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// With --relay-nats-url: the JetStream stream (as `tidemark relay --stream`).
+    #[arg(
+        long = "relay-stream",
+        env = "TIDEMARK_RELAY_STREAM",
+        default_value = "TIDEMARK"
+    )]
+    pub stream: String,
+
+    /// With --relay-nats-url: the subject prefix (as `tidemark relay --subject-prefix`).
+    #[arg(
+        long = "relay-subject-prefix",
+        env = "TIDEMARK_RELAY_SUBJECT_PREFIX",
+        default_value = "tidemark"
+    )]
+    pub subject_prefix: String,
+
+    /// With --relay-nats-url: the relay's name (as `tidemark relay --name`).
+    #[arg(long = "relay-name", env = "TIDEMARK_RELAY_NAME", default_value = tidemark_relay::DEFAULT_RELAY_NAME)]
+    pub name: String,
+
+    /// With --relay-nats-url: where a relay that never ran starts (as `tidemark relay --from`).
+    #[arg(
+        long = "relay-from",
+        env = "TIDEMARK_RELAY_FROM",
+        default_value = "start"
+    )]
+    pub from: StartFrom,
+}
+
+impl ServeRelayArgs {
+    /// Starts the relay over the server's `store` when `--relay-nats-url` is given, with the
+    /// server's lease time to live.
+    pub async fn start(
+        &self,
+        store: tidemark_store::EventStore,
+        lease_ttl: Duration,
+    ) -> anyhow::Result<Option<Relay>> {
+        let Some(url) = &self.nats_url else {
+            return Ok(None);
+        };
+        let sink_config = JetStreamConfig {
+            url: url.clone(),
+            stream: self.stream.clone(),
+            subject_prefix: self.subject_prefix.clone(),
+            ..JetStreamConfig::default()
+        };
+        let sink = JetStreamSink::connect(sink_config.clone())
+            .await
+            .map_err(|e| anyhow!(e))?;
+        let config = RelayConfig {
+            name: self.name.clone(),
+            from: self.from,
+            engine: EngineConfig {
+                lease_ttl,
+                worker_timeout: lease_ttl,
+                ..EngineConfig::default()
+            },
+            ..RelayConfig::default()
+        };
+        let relay = Relay::start(store, Arc::new(sink), config)
+            .await
+            .context("starting the relay")?;
+        tracing::info!(
+            url = %sink_config.url,
+            stream = %sink_config.stream,
+            subjects = %sink_config.stream_subjects(),
+            relay = relay.name(),
+            "this server also relays the log to NATS JetStream"
+        );
+        Ok(Some(relay))
+    }
 }
 
 impl RelayArgs {
@@ -107,6 +197,7 @@ impl RelayArgs {
             from: self.from,
             engine: EngineConfig {
                 batch_size: self.batch_size.max(1),
+                pages_in_flight: self.batches_in_flight.max(1),
                 lease_ttl,
                 worker_timeout: lease_ttl,
                 ..EngineConfig::default()
@@ -150,7 +241,7 @@ async fn relay(args: &RelayArgs, store: tidemark_store::EventStore) -> anyhow::R
         relay.name()
     );
     shutdown.await;
-    tracing::info!("stopping the relay after the batch in hand");
+    tracing::info!("stopping the relay (batches not yet checkpointed are published again by the next relay, and dropped as duplicates)");
     relay.shutdown().await;
     if let Some(metrics) = metrics {
         metrics.abort();

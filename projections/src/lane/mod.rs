@@ -12,9 +12,14 @@
 //! retried event by event so only the bad event is parked, and a lane that fails as a whole
 //! restarts from its checkpoint (a panic included) with backoff that starts over once the
 //! lane made progress.
+//!
+//! A handler that acknowledges asynchronously ([`crate::Pipeline`]) is not called in the
+//! transaction: its lane sends pages ahead and commits each page's checkpoint once the page
+//! is acknowledged, in order ([`pipelined`]); a failing page falls back to the path above.
 
 mod commit;
 mod feed;
+mod pipelined;
 mod replay;
 mod retry;
 
@@ -86,6 +91,27 @@ pub enum Step {
 pub(crate) enum Fetched {
     Page(LanePage),
     Failed(EngineError),
+}
+
+/// A page as the lane applies it: the events it applies, and how far the page read.
+struct Prepared {
+    /// The page's events this lane applies (after where it is, up to `until`, its share of
+    /// the partitions).
+    events: Vec<RecordedEvent>,
+    /// How far this lane is done with the log: a lane that reads every partition moves past
+    /// the events other lanes apply.
+    read_through: Option<Position>,
+    caught_up_to: Option<Position>,
+}
+
+/// Who carries a page's events out, before its checkpoint commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handling {
+    /// The commit's transaction applies them (with retries, isolating a bad event).
+    InTransaction,
+    /// A pipeline already did, and every event is acknowledged: the commit only moves the
+    /// checkpoint.
+    Acknowledged,
 }
 
 /// A page as a lane receives it: the events it may apply, and how far the read went.
@@ -314,6 +340,16 @@ impl Lane {
             }
         };
         let mut rate = Rate::default();
+        if let Some(pipeline) = self.pipeline() {
+            let run = pipelined::Run {
+                checkpoint,
+                pages: &mut pages,
+                parked_ahead: &parked_ahead,
+                rate: &mut rate,
+                shutdown,
+            };
+            return self.run_pipelined(run, pipeline).await;
+        }
         let mut held: Option<Fetched> = None;
         loop {
             let fetched = match held.take() {
@@ -363,6 +399,16 @@ impl Lane {
         }
     }
 
+    /// A new pipeline of the lane's handler, when it has one and more than one page may be
+    /// in flight.
+    fn pipeline(&self) -> Option<Box<dyn crate::projection::Pipeline>> {
+        if self.config.pages_in_flight > 1 {
+            self.spec.projection.pipeline()
+        } else {
+            None
+        }
+    }
+
     /// Applies one page read after `checkpoint`: where pages become commits, for a running
     /// lane and for [`Lane::step`] alike.
     async fn apply_page(
@@ -373,19 +419,53 @@ impl Lane {
         rate: &mut Rate,
         shutdown: &CancellationToken,
     ) -> Result<Next> {
+        let page = self.prepare(page, checkpoint);
+        self.apply_prepared(
+            checkpoint,
+            &page,
+            Handling::InTransaction,
+            parked_ahead,
+            rate,
+            shutdown,
+        )
+        .await
+    }
+
+    /// The events of `page` this lane applies after `after`, and how far it read.
+    fn prepare(&self, page: LanePage, after: Position) -> Prepared {
         let until = self.spec.until.unwrap_or(Position::MAX);
-        // How far this lane is done with the log: a lane that reads every partition moves
-        // past the events other lanes apply.
         let read_through = page.read_through.map(|p| p.min(until));
-        // Events at or before the checkpoint are already applied: a shared read may hand
+        // Events at or before `after` are already applied (or sent): a shared read may hand
         // them out again when another lane of the group joins behind this one.
         let events: Vec<RecordedEvent> = page
             .events
             .into_iter()
-            .filter(|e| e.position > checkpoint && e.position <= until && self.spec.applies(e))
+            .filter(|e| e.position > after && e.position <= until && self.spec.applies(e))
             .collect();
+        Prepared {
+            events,
+            read_through,
+            caught_up_to: page.caught_up_to,
+        }
+    }
+
+    /// Commits a prepared page after `checkpoint`: its events (applied in the transaction,
+    /// or already acknowledged by a pipeline, as `handling` says), then the events of the
+    /// page it only reads past.
+    async fn apply_prepared(
+        &self,
+        checkpoint: Position,
+        page: &Prepared,
+        handling: Handling,
+        parked_ahead: &[Position],
+        rate: &mut Rate,
+        shutdown: &CancellationToken,
+    ) -> Result<Next> {
+        let until = self.spec.until.unwrap_or(Position::MAX);
+        let events = &page.events;
+        let read_through = page.read_through;
         let mut checkpoint = checkpoint;
-        if !events.is_empty() {
+        if let Some(last) = events.last() {
             // Events per second as they pass through the lane: this batch over the time
             // since the previous commit (idle time included), smoothed. Written with the
             // checkpoint, so status and metrics read what the lane last did.
@@ -400,18 +480,32 @@ impl Lane {
             );
             let started = Instant::now();
             let through = read_through.unwrap_or(0);
-            match self
-                .apply_with_retries(
-                    checkpoint,
-                    &events,
-                    through,
-                    parked_ahead,
-                    per_second,
-                    shutdown,
-                )
-                .instrument(span)
-                .await?
-            {
+            let committed = match handling {
+                Handling::InTransaction => {
+                    self.apply_with_retries(
+                        checkpoint,
+                        events,
+                        through,
+                        parked_ahead,
+                        per_second,
+                        shutdown,
+                    )
+                    .instrument(span)
+                    .await?
+                }
+                Handling::Acknowledged => {
+                    let through = through.max(last.position);
+                    match self
+                        .commit(checkpoint, &[], through, parked_ahead, per_second)
+                        .instrument(span)
+                        .await?
+                    {
+                        Commit::Done => Some(through),
+                        Commit::Fenced => return Ok(Next::Exit(LaneExit::Fenced)),
+                    }
+                }
+            };
+            match committed {
                 Some(new_checkpoint) => checkpoint = new_checkpoint,
                 None => return Ok(Next::Exit(self.stopped_or_fenced())),
             }
