@@ -4,8 +4,13 @@
 //! tokio-postgres baseline in the same run, on the same database, and reported as a ratio.
 //!
 //! ```text
-//! cargo run --release -p tidemark-bench -- [--quick|--full] [--database-url URL] [--out FILE]
+//! cargo build --release -p tidemark-bench -p tidemark-api -p tidemark-example-bank
+//! ./target/release/tidemark-bench [--quick|--full] [--database-url URL] [--out FILE]
 //! ```
+//!
+//! (`cargo run --release -p tidemark-bench` works too, but builds only the suite: the `api`
+//! group needs the `tidemark` and `bank` server binaries beside it, and is skipped with a
+//! note without them.)
 //!
 //! Without `--database-url` (or `DATABASE_URL`) it starts an embedded PostgreSQL cluster in
 //! a temporary directory. Either way it works in a scratch database `tidemark_bench_<random>`
@@ -204,9 +209,9 @@ impl Plan {
             projection_events: 50_000,
             projection_latency_events: 1_500,
             encoding_events: 20_000,
-            api_connections: vec![1, 8, 64],
+            api_connections: vec![1, 64],
             bank_connections: vec![64],
-            bank_events: 10_000,
+            bank_events: 3_000,
         }
     }
 
@@ -331,7 +336,8 @@ async fn run(plan: &Plan, db: &Database, args: &Args) -> Result<Report> {
     let mut report = Report {
         mode: plan.mode.into(),
         command: format!(
-            "cargo run --release -p tidemark-bench -- --{}{}",
+            "cargo build --release -p tidemark-bench -p tidemark-api -p tidemark-example-bank && \
+             ./target/release/tidemark-bench --{}{}",
             plan.mode,
             if args.database_url.is_some() {
                 " --database-url <URL>"
