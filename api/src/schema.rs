@@ -5,6 +5,7 @@
 
 pub(crate) mod app_fields;
 pub mod directive;
+pub(crate) mod documents;
 pub mod groups;
 pub mod mutation;
 pub mod overview;
@@ -167,6 +168,7 @@ where
     }
     ApiSchema {
         inner: Arc::new(builder.finish()),
+        documents: Arc::default(),
     }
 }
 
@@ -175,6 +177,8 @@ where
 #[derive(Clone)]
 pub struct ApiSchema {
     inner: Arc<dyn DynSchema>,
+    /// Parsed documents by query text (parsing costs more than a simple resolver).
+    documents: Arc<documents::DocumentCache>,
 }
 
 impl ApiSchema {
@@ -222,10 +226,8 @@ impl Executor for ApiSchema {
     async fn execute(&self, request: Request) -> Response {
         // A panicking resolver (application code included) must not take the connection
         // down: it becomes an INTERNAL error.
-        let response = match AssertUnwindSafe(self.inner.execute(request))
-            .catch_unwind()
-            .await
-        {
+        let run = async { self.inner.execute(self.documents.prepare(request)).await };
+        let response = match AssertUnwindSafe(run).catch_unwind().await {
             Ok(response) => response,
             Err(_) => Response::from_errors(vec![
                 ApiError::internal("a resolver panicked").into_server_error()
@@ -239,7 +241,20 @@ impl Executor for ApiSchema {
         request: Request,
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, Response> {
-        AssertUnwindSafe(self.inner.execute_stream(request, session_data))
+        let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.inner
+                .execute_stream(self.documents.prepare(request), session_data)
+        }));
+        let Ok(stream) = prepared else {
+            return futures::stream::once(async {
+                finish(Response::from_errors(vec![ApiError::internal(
+                    "a subscription panicked",
+                )
+                .into_server_error()]))
+            })
+            .boxed();
+        };
+        AssertUnwindSafe(stream)
             .catch_unwind()
             .map(|item| match item {
                 Ok(response) => finish(response),

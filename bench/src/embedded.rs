@@ -41,6 +41,11 @@ impl Embedded {
         self.server.connection_config(SUPERUSER)
     }
 
+    /// The postmaster's pid (its backends are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.server.pid()
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "embedded cluster in {} (fsync on, max_connections 300)",

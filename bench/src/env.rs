@@ -77,7 +77,6 @@ pub struct Database {
     /// Extra `options` for every connection to the scratch database (`-c name=value ...`).
     pg_options: String,
     /// Keeps an embedded cluster (and its directory) alive for the run.
-    #[allow(dead_code)]
     embedded: Option<crate::embedded::Embedded>,
 }
 
@@ -133,6 +132,11 @@ impl Database {
         })
     }
 
+    /// The embedded cluster's postmaster pid (for its CPU time); `None` with a URL.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        self.embedded.as_ref().and_then(|e| e.pid())
+    }
+
     pub fn scratch_name(&self) -> &str {
         &self.scratch_name
     }
@@ -140,6 +144,23 @@ impl Database {
     /// Drops the scratch database (and stops the embedded cluster, if any).
     pub async fn drop_scratch(self) -> Result<()> {
         let client = connect(&self.admin).await?;
+        // Databases of phases that failed before dropping theirs.
+        let left: Vec<String> = client
+            .query(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
+                &[&format!("{}_", self.scratch_name)],
+            )
+            .await
+            .context("listing the run's databases")?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for name in left {
+            client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await
+                .with_context(|| format!("dropping the database {name}"))?;
+        }
         client
             .batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -168,6 +189,37 @@ impl Database {
         let mut config = self.scratch.clone();
         config.options(format!("-c search_path={name} {}", self.pg_options));
         Ok(Schema { name, config })
+    }
+
+    /// A new empty database on the server, for a phase that runs a server process (its
+    /// read models live in schemas of their own, so it cannot share the scratch database).
+    /// Its `public` schema is the returned [`Schema`]; drop it with [`Database::drop_database`].
+    pub async fn fresh_database(&self, label: &str) -> Result<Schema> {
+        let n = self
+            .next_schema
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{}_{n:02}_{label}", self.scratch_name);
+        let client = connect(&self.admin).await?;
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("creating the database {name}"))?;
+        let mut config = self.admin.clone();
+        config.dbname(&name);
+        Ok(Schema { name, config })
+    }
+
+    /// Drops a database made by [`Database::fresh_database`].
+    pub async fn drop_database(&self, database: Schema) -> Result<()> {
+        let client = connect(&self.admin).await?;
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                database.name
+            ))
+            .await
+            .with_context(|| format!("dropping the database {}", database.name))?;
+        Ok(())
     }
 
     /// Drops a phase's schema and everything in it.

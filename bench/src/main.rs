@@ -4,8 +4,13 @@
 //! tokio-postgres baseline in the same run, on the same database, and reported as a ratio.
 //!
 //! ```text
-//! cargo run --release -p tidemark-bench -- [--quick|--full] [--database-url URL] [--out FILE]
+//! cargo build --release -p tidemark-bench -p tidemark-api -p tidemark-example-bank
+//! ./target/release/tidemark-bench [--quick|--full] [--database-url URL] [--out FILE]
 //! ```
+//!
+//! (`cargo run --release -p tidemark-bench` works too, but builds only the suite: the `api`
+//! group needs the `tidemark` and `bank` server binaries beside it, and is skipped with a
+//! note without them.)
 //!
 //! Without `--database-url` (or `DATABASE_URL`) it starts an embedded PostgreSQL cluster in
 //! a temporary directory. Either way it works in a scratch database `tidemark_bench_<random>`
@@ -17,7 +22,8 @@
 //!
 //! Phases come in groups (`--only append,scan,...`): `append` (raw inserts and Tidemark
 //! appends, the hot stream), `scan`, `delivery`, `overload`, `copy`, `knobs`, `projections`,
-//! `evolution` (validation on append, JSON against Avro payloads). Results are
+//! `evolution` (validation on append, JSON against Avro payloads), `api` (GraphQL over
+//! HTTP against the real `tidemark serve` and `bank serve` binaries). Results are
 //! printed as Markdown and written to `--out`; progress goes to stderr.
 //!
 //! Code map, in reading order:
@@ -35,8 +41,11 @@
 //!   the installed `nats-server` started for the run; skipped without one).
 //! - [`evolution`]: stores with the schema registry installed: validation's cost, JSON
 //!   against Avro payloads on disk, on append and on catch-up.
+//! - [`api`]: the API path: the server binaries as child processes, the HTTP load
+//!   generator, GraphQL paging, the bank's log and its projections' catch-up.
 //! - [`report`]: the results and their Markdown tables.
 
+mod api;
 mod embedded;
 mod env;
 mod evolution;
@@ -122,6 +131,12 @@ enum Group {
     /// Schema evolution (issue #11): appends with validation ENFORCE vs OFF, payloads
     /// stored as JSON vs Avro (bytes per event, appends, catch-up).
     Evolution,
+    /// The API path (issue #15): single-event `appendEvents` over HTTP against `tidemark
+    /// serve` beside the library's `append` and the raw insert at the same concurrency; the
+    /// bank server with its projections running and without; GraphQL `events` paging
+    /// against `read_log`; the catch-up of the bank's real projections. Needs the `tidemark`
+    /// and `bank` binaries beside this one.
+    Api,
 }
 
 /// What a mode runs, and for how long.
@@ -158,6 +173,12 @@ struct Plan {
     projection_latency_events: u64,
     /// Events written per encoding for its footprint and catch-up.
     encoding_events: u64,
+    /// HTTP connections (and library callers, raw clients) of the API appends.
+    api_connections: Vec<usize>,
+    /// HTTP connections of the bank server's appends, with and without its projections.
+    bank_connections: Vec<usize>,
+    /// Events of the bank's log its projections catch up over.
+    bank_events: u64,
 }
 
 impl Plan {
@@ -188,6 +209,9 @@ impl Plan {
             projection_events: 50_000,
             projection_latency_events: 1_500,
             encoding_events: 20_000,
+            api_connections: vec![1, 64],
+            bank_connections: vec![64],
+            bank_events: 3_000,
         }
     }
 
@@ -222,6 +246,9 @@ impl Plan {
             projection_events: 1_000_000,
             projection_latency_events: 10_000,
             encoding_events: 100_000,
+            api_connections: vec![1, 8, 64, 256],
+            bank_connections: vec![8, 64],
+            bank_events: 100_000,
         }
     }
 
@@ -243,6 +270,14 @@ impl Plan {
             // Per round: raw + OFF + ENFORCE at 64 x 1, OFF + ENFORCE at 8 x 100, and two
             // append runs per encoding; then each encoding's log.
             Group::Evolution => self.rounds * (5 + 4) + 2,
+            // Start, three runs per level and round, paging; per bank level and round two
+            // runs; the bank's log and its catch-up.
+            Group::Api => {
+                1 + self.api_connections.len() * 3 * self.rounds
+                    + 1
+                    + self.bank_connections.len() * 2 * self.rounds
+                    + 2
+            }
         };
         n as u64
     }
@@ -301,7 +336,8 @@ async fn run(plan: &Plan, db: &Database, args: &Args) -> Result<Report> {
     let mut report = Report {
         mode: plan.mode.into(),
         command: format!(
-            "cargo run --release -p tidemark-bench -- --{}{}",
+            "cargo build --release -p tidemark-bench -p tidemark-api -p tidemark-example-bank && \
+             ./target/release/tidemark-bench --{}{}",
             plan.mode,
             if args.database_url.is_some() {
                 " --database-url <URL>"
@@ -351,6 +387,7 @@ async fn run(plan: &Plan, db: &Database, args: &Args) -> Result<Report> {
                 projection_figures(plan, db, &progress, r, nats_url).await?
             }
             Group::Evolution => evolution_figures(plan, db, &progress, r).await?,
+            Group::Api => api_figures(plan, db, &progress, r).await?,
         }
     }
     progress.finish();
@@ -1059,4 +1096,374 @@ async fn knobs(plan: &Plan, db: &Database, progress: &Progress, report: &mut Rep
         });
     }
     Ok(())
+}
+
+/// The runs of one kind at one concurrency, over the rounds.
+#[derive(Default)]
+struct ApiRuns {
+    rates: Vec<f64>,
+    latencies: Latencies,
+    process_cpu_us: Vec<f64>,
+    postgres_cpu_us: Vec<f64>,
+    batches: Vec<(f64, f64)>,
+}
+
+impl ApiRuns {
+    fn add(&mut self, run: api::ApiRun) {
+        self.rates.push(run.per_sec);
+        self.latencies.extend(run.latencies);
+        self.process_cpu_us.extend(run.server_cpu_us);
+        self.postgres_cpu_us.extend(run.postgres_cpu_us);
+        self.batches.extend(run.batches);
+    }
+
+    /// Means over the rounds.
+    fn figures(self) -> report::ApiFigures {
+        let some_mean = |values: &[f64]| (!values.is_empty()).then(|| mean(values));
+        let requests: Vec<f64> = self.batches.iter().map(|b| b.0).collect();
+        let millis: Vec<f64> = self.batches.iter().map(|b| b.1).collect();
+        report::ApiFigures {
+            rate: Rate::new(mean(&self.rates), self.latencies),
+            process_cpu_us: some_mean(&self.process_cpu_us),
+            postgres_cpu_us: some_mean(&self.postgres_cpu_us),
+            batches: some_mean(&requests).zip(some_mean(&millis)),
+        }
+    }
+}
+
+/// `url` of a database for a server process (a socket directory percent-encoded).
+fn server_url(database: &env::Schema) -> String {
+    tidemark_pg_embedded::connection_url(&database.config)
+}
+
+/// The highest position in the log of `database`.
+async fn log_head(database: &env::Schema) -> Result<i64> {
+    let client = env::connect(&database.config).await?;
+    Ok(client
+        .query_one("SELECT coalesce(max(position), 0)::bigint FROM events", &[])
+        .await
+        .context("reading the head of the log")?
+        .get(0))
+}
+
+/// The API path (issue #15), each part on a database of its own: (a) single-event appends
+/// over HTTP against `tidemark serve`, the library's `append` of the same event and the raw
+/// 1-row insert, alternating at each concurrency, then GraphQL `events` paging against
+/// `read_log` over the log that left; (b) the bank server with its projections running and
+/// with `--no-projections`, alternating; (c) the catch-up of the bank's projections over a
+/// log of the bank's own events, beside the raw scan of it.
+async fn api_figures(
+    plan: &Plan,
+    db: &Database,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    if let Err(missing) = api::Binary::Tidemark
+        .path()
+        .and_then(|_| api::Binary::Bank.path())
+    {
+        progress.log(&format!("the API path is skipped: {missing:#}"));
+        report.notes.push(format!(
+            "The API path (issue #15) was skipped: {missing:#}."
+        ));
+        return Ok(());
+    }
+    let logs = tempfile::Builder::new()
+        .prefix("tidemark-bench-servers-")
+        .tempdir()
+        .context("creating a directory for the servers' logs")?;
+    for part in 0..3 {
+        let database = db.fresh_database(["api", "bank", "bank_log"][part]).await?;
+        let result = match part {
+            0 => api_appends(plan, db, &database, logs.path(), progress, report).await,
+            1 => {
+                bank_appends(
+                    plan,
+                    db.postmaster_pid(),
+                    &database,
+                    logs.path(),
+                    progress,
+                    report,
+                )
+                .await
+            }
+            _ => bank_catch_up(plan, &database, logs.path(), progress, report).await,
+        };
+        db.drop_database(database).await?;
+        result?;
+    }
+    Ok(())
+}
+
+/// Part (a) of [`api_figures`].
+async fn api_appends(
+    plan: &Plan,
+    db: &Database,
+    database: &env::Schema,
+    logs: &std::path::Path,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    progress.begin("starting tidemark serve on a seeded database");
+    workloads::seed_store(database, plan.seed_events, 16).await?;
+    let server =
+        api::Server::start(api::Binary::Tidemark, &server_url(database), true, logs).await?;
+    progress.done(&format!(
+        "tidemark serve ready after {:.1} s",
+        server.ready_after.as_secs_f64()
+    ));
+    // The library's handle on the server's own log: it must know every migration the
+    // server applied.
+    let config = tidemark_store::StoreConfig {
+        migrations: tidemark_api::all_migrations(),
+        ..tidemark_store::StoreConfig::default()
+    };
+    let store = tidemark_store::EventStore::open(database.config.clone(), config)
+        .await
+        .context("opening the server's store in the benchmark")?;
+    let result = async {
+        for &connections in &plan.api_connections {
+            let free = db.free_connections().await?.max(1) as usize;
+            let raw_clients = connections.min(free);
+            let (mut http, mut library, mut raw) =
+                (ApiRuns::default(), ApiRuns::default(), ApiRuns::default());
+            let mut refused = 0;
+            for round in 1..=plan.rounds {
+                let label = format!("raw INSERT 1 row/tx, {raw_clients} clients (round {round})");
+                progress.begin(&label);
+                let run = raw_insert(
+                    db,
+                    InsertShape::SingleRow,
+                    raw_clients,
+                    plan,
+                    progress,
+                    &label,
+                )
+                .await?;
+                progress.done(&format!("{label}: {} rows/s", group(run.rows_per_sec)));
+                raw.rates.push(run.rows_per_sec);
+                raw.latencies.extend(run.latencies);
+
+                let label = format!("library append, {connections} callers (round {round})");
+                progress.begin(&label);
+                let run = api::library_appends(
+                    &store,
+                    db.postmaster_pid(),
+                    connections,
+                    plan.warmup,
+                    plan.measure,
+                    progress,
+                    &label,
+                )
+                .await?;
+                progress.done(&format!("{label}: {}", run.describe()));
+                library.add(run);
+
+                let label = format!(
+                    "GraphQL appendEvents over HTTP, {connections} connections (round {round})"
+                );
+                progress.begin(&label);
+                let run = api::http_appends(
+                    &server,
+                    db.postmaster_pid(),
+                    connections,
+                    plan.warmup,
+                    plan.measure,
+                    progress,
+                    &label,
+                )
+                .await?;
+                progress.done(&format!("{label}: {}", run.describe()));
+                refused += run.refused;
+                http.add(run);
+            }
+            report.api_appends.push(report::ApiAppends {
+                connections,
+                raw_clients,
+                http: http.figures(),
+                refused,
+                library: library.figures(),
+                raw: raw.figures().rate,
+            });
+        }
+
+        let label = "GraphQL events paging vs read_log, pages of 1,000";
+        progress.begin(label);
+        let (mut library_best, mut graphql_best) = ((0u64, f64::MAX), (0u64, f64::MAX));
+        for _ in 0..plan.scan_repeats {
+            let (events, took) = workloads::scan_read_log(&store, 1000).await?;
+            if took.as_secs_f64() < library_best.1 {
+                library_best = (events, took.as_secs_f64());
+            }
+            let (events, took) = api::graphql_paging(&server, 1000).await?;
+            if took.as_secs_f64() < graphql_best.1 {
+                graphql_best = (events, took.as_secs_f64());
+            }
+        }
+        anyhow::ensure!(
+            library_best.0 == graphql_best.0,
+            "read_log read {} events and GraphQL paging {}",
+            library_best.0,
+            graphql_best.0
+        );
+        let scans = (
+            Scan {
+                label: "library `read_log`, pages of 1,000".into(),
+                events: library_best.0,
+                per_sec: library_best.0 as f64 / library_best.1,
+            },
+            Scan {
+                label: "GraphQL `events` over HTTP, pages of 1,000".into(),
+                events: graphql_best.0,
+                per_sec: graphql_best.0 as f64 / graphql_best.1,
+            },
+        );
+        progress.done(&format!(
+            "{label}: read_log {} events/s, GraphQL {} events/s",
+            group(scans.0.per_sec),
+            group(scans.1.per_sec)
+        ));
+        report.graphql_paging = Some(scans);
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    store.shutdown().await;
+    let stopped = server.stop().await;
+    result?;
+    stopped
+}
+
+/// Part (b) of [`api_figures`]: the bank server with its projections running and without,
+/// alternating; with them, each run starts once they have caught up with the log.
+async fn bank_appends(
+    plan: &Plan,
+    postmaster: Option<u32>,
+    database: &env::Schema,
+    logs: &std::path::Path,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    workloads::seed_store(database, plan.seed_events, 16).await?;
+    let url = server_url(database);
+    for &connections in &plan.bank_connections {
+        let mut runs: [ApiRuns; 2] = Default::default();
+        let mut refused = 0;
+        let mut projections = Vec::new();
+        for round in 1..=plan.rounds {
+            for (i, with) in [true, false].into_iter().enumerate() {
+                let label = format!(
+                    "bank serve{}, appendEvents over HTTP, {connections} connections (round {round})",
+                    if with { ", projections running" } else { " --no-projections" }
+                );
+                progress.begin(&label);
+                let server = api::Server::start(api::Binary::Bank, &url, with, logs).await?;
+                let run = async {
+                    if with {
+                        let head = log_head(database).await?;
+                        projections =
+                            api::wait_caught_up(&server, head, Duration::from_secs(600)).await?;
+                    }
+                    api::http_appends(
+                        &server,
+                        postmaster,
+                        connections,
+                        plan.warmup,
+                        plan.measure,
+                        progress,
+                        &label,
+                    )
+                    .await
+                }
+                .await;
+                let stopped = server.stop().await;
+                let run = run?;
+                stopped?;
+                progress.done(&format!("{label}: {}", run.describe()));
+                refused += run.refused;
+                runs[i].add(run);
+            }
+        }
+        let [with, without] = runs;
+        report.bank_appends.push(report::BankAppends {
+            connections,
+            with: with.figures(),
+            without: without.figures(),
+            refused,
+            projections,
+        });
+    }
+    Ok(())
+}
+
+/// Part (c) of [`api_figures`]: the bank's events written through the library, scanned raw,
+/// then the bank server started on them and timed until every projection has applied the
+/// whole log.
+async fn bank_catch_up(
+    plan: &Plan,
+    database: &env::Schema,
+    logs: &std::path::Path,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    progress.begin("writing the bank's log");
+    let store = workloads::open_store(database, PipelineConfig::default(), 0).await?;
+    let written = api::write_bank_log(&store, plan.bank_events, progress).await;
+    store.shutdown().await;
+    written?;
+    client_analyze(database).await?;
+    let head = log_head(database).await?;
+    let (scanned, took) = raw::scan_log(database).await?;
+    anyhow::ensure!(
+        scanned as i64 == head,
+        "the raw scan read {scanned} of {head} events"
+    );
+    let raw_scan = Scan {
+        label: "raw scan of the same log".into(),
+        events: scanned,
+        per_sec: scanned as f64 / took.as_secs_f64(),
+    };
+    progress.done(&format!(
+        "wrote {} bank events; raw scan {} events/s",
+        group(head as f64),
+        group(raw_scan.per_sec)
+    ));
+
+    let label = "bank serve: its projections catch up";
+    progress.begin(label);
+    let started = Instant::now();
+    let server = api::Server::start(api::Binary::Bank, &server_url(database), true, logs).await?;
+    let caught_up = api::wait_caught_up(&server, head, Duration::from_secs(1800)).await;
+    let took = started.elapsed();
+    let ready_after = server.ready_after;
+    let stopped = server.stop().await;
+    let projections = caught_up?;
+    stopped?;
+    let bank = Scan {
+        label: "bank's projections".into(),
+        events: head as u64,
+        per_sec: head as f64 / took.as_secs_f64(),
+    };
+    progress.done(&format!(
+        "{label}: {} events/s over {} events ({} projections and handlers), {:.1} s from process start",
+        group(bank.per_sec),
+        group(head as f64),
+        projections.len(),
+        took.as_secs_f64()
+    ));
+    report.bank_catch_up = Some(report::BankCatchUp {
+        raw: raw_scan,
+        bank,
+        projections,
+        ready_after_secs: ready_after.as_secs_f64(),
+        took_secs: took.as_secs_f64(),
+    });
+    Ok(())
+}
+
+async fn client_analyze(database: &env::Schema) -> Result<()> {
+    env::connect(&database.config)
+        .await?
+        .batch_execute("VACUUM ANALYZE events")
+        .await
+        .context("analysing the bank's log")
 }

@@ -120,6 +120,73 @@ pub struct EncodingRun {
     pub subscribe_per_sec: f64,
 }
 
+/// One kind of append run at one concurrency (issue #15), means over the rounds.
+#[derive(Debug, Clone)]
+pub struct ApiFigures {
+    pub rate: Rate,
+    /// CPU time per append of the process that served it (the server, or for the library
+    /// the benchmark process).
+    pub process_cpu_us: Option<f64>,
+    /// CPU time per append of the embedded PostgreSQL (all its processes).
+    pub postgres_cpu_us: Option<f64>,
+    /// The writer's group commits: (appends per transaction, ms per transaction).
+    pub batches: Option<(f64, f64)>,
+}
+
+impl ApiFigures {
+    fn cpu(&self) -> String {
+        let us = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.0}"));
+        format!(
+            "{} + {} µs",
+            us(self.process_cpu_us),
+            us(self.postgres_cpu_us)
+        )
+    }
+
+    fn per_tx(&self) -> String {
+        self.batches.map_or("—".to_string(), |(requests, millis)| {
+            format!("{requests:.1}, {} ms", ms(millis))
+        })
+    }
+}
+
+/// Single-event appends at one concurrency (issue #15): GraphQL over HTTP against `tidemark
+/// serve`, the library's `append` of the same event, and the raw 1-row insert.
+#[derive(Debug, Clone)]
+pub struct ApiAppends {
+    pub connections: usize,
+    /// The raw insert's clients (capped by the server's free connections).
+    pub raw_clients: usize,
+    pub http: ApiFigures,
+    /// Answers refused with `OVERLOADED` over HTTP.
+    pub refused: u64,
+    pub library: ApiFigures,
+    pub raw: Rate,
+}
+
+/// The bank server's appends over HTTP with its projections running and without.
+#[derive(Debug, Clone)]
+pub struct BankAppends {
+    pub connections: usize,
+    pub with: ApiFigures,
+    pub without: ApiFigures,
+    pub refused: u64,
+    /// The projections and handlers that ran.
+    pub projections: Vec<String>,
+}
+
+/// The catch-up of the bank's projections over a log of its own events.
+#[derive(Debug, Clone)]
+pub struct BankCatchUp {
+    pub raw: Scan,
+    /// Events per second from the server's start until every projection applied the log.
+    pub bank: Scan,
+    pub projections: Vec<String>,
+    /// Part of `took_secs` before `/ready` answered (the projections run during it too).
+    pub ready_after_secs: f64,
+    pub took_secs: f64,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -157,6 +224,12 @@ pub struct Report {
     pub validation: Vec<ValidationRun>,
     /// JSON first, then Avro.
     pub encodings: Vec<EncodingRun>,
+    /// Issue #15: the API path.
+    pub api_appends: Vec<ApiAppends>,
+    pub bank_appends: Vec<BankAppends>,
+    pub bank_catch_up: Option<BankCatchUp>,
+    /// (library `read_log`, GraphQL `events`) over the same log, pages of 1,000.
+    pub graphql_paging: Option<(Scan, Scan)>,
     pub notes: Vec<String>,
 }
 
@@ -297,6 +370,7 @@ impl Report {
         self.knob_table(&mut out);
         self.overload_table(&mut out);
         self.evolution_tables(&mut out);
+        self.api_tables(&mut out);
         if !self.notes.is_empty() {
             out.push_str("\n### Notes\n\n");
             for note in &self.notes {
@@ -304,6 +378,177 @@ impl Report {
             }
         }
         out
+    }
+
+    /// Issue #15: the API path.
+    fn api_tables(&self, out: &mut String) {
+        if !self.api_appends.is_empty() {
+            out.push_str(
+                "\n### The API path (issue #15)\n\nSingle-event `appendEvents` (~200-byte \
+                 request, `bench/http/append.lua`) to random streams out of 100,000, over HTTP/1.1 \
+                 keep-alive connections against the release `tidemark serve` (a child process, \
+                 authentication off), beside the library's `append` of the same event and the raw \
+                 1-row insert, alternating at each concurrency. CPU per append: the server \
+                 process (or, for the library, the benchmark process) and PostgreSQL's.\n\n",
+            );
+            row(
+                out,
+                [
+                    "Connections",
+                    "GraphQL over HTTP",
+                    "p50 / p99",
+                    "CPU/append server + PostgreSQL",
+                    "appends/tx, ms/tx",
+                    "Library `append`",
+                    "p50 / p99",
+                    "CPU/append process + PostgreSQL",
+                    "appends/tx, ms/tx",
+                    "Raw INSERT 1 row/tx",
+                    "HTTP / library",
+                    "HTTP / raw",
+                ],
+            );
+            out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            for a in &self.api_appends {
+                let refused = if a.refused > 0 {
+                    format!(" ({} refused)", group(a.refused as f64))
+                } else {
+                    String::new()
+                };
+                let raw_clients = if a.raw_clients == a.connections {
+                    String::new()
+                } else {
+                    format!(" ({} clients)", a.raw_clients)
+                };
+                row(
+                    out,
+                    [
+                        a.connections.to_string(),
+                        format!("{}/s{refused}", group(a.http.rate.per_sec)),
+                        a.http.rate.latency(),
+                        a.http.cpu(),
+                        a.http.per_tx(),
+                        format!("{}/s", group(a.library.rate.per_sec)),
+                        a.library.rate.latency(),
+                        a.library.cpu(),
+                        a.library.per_tx(),
+                        format!("{}/s{raw_clients}", group(a.raw.per_sec)),
+                        ratio(a.http.rate.per_sec, a.library.rate.per_sec),
+                        ratio(a.http.rate.per_sec, a.raw.per_sec),
+                    ],
+                );
+            }
+        }
+        if !self.bank_appends.is_empty() {
+            out.push_str(
+                "\nThe same appends against the bank example's server, with its projections \
+                 and handler running (each run starts once they have caught up) and with \
+                 `--no-projections`, alternating.\n\n",
+            );
+            row(
+                out,
+                [
+                    "Connections",
+                    "bank, projections running",
+                    "p50 / p99",
+                    "CPU/append server + PostgreSQL",
+                    "appends/tx, ms/tx",
+                    "bank, --no-projections",
+                    "p50 / p99",
+                    "CPU/append server + PostgreSQL",
+                    "appends/tx, ms/tx",
+                    "with / without",
+                ],
+            );
+            out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            for b in &self.bank_appends {
+                row(
+                    out,
+                    [
+                        b.connections.to_string(),
+                        format!("{}/s", group(b.with.rate.per_sec)),
+                        b.with.rate.latency(),
+                        b.with.cpu(),
+                        b.with.per_tx(),
+                        format!("{}/s", group(b.without.rate.per_sec)),
+                        b.without.rate.latency(),
+                        b.without.cpu(),
+                        b.without.per_tx(),
+                        ratio(b.with.rate.per_sec, b.without.rate.per_sec),
+                    ],
+                );
+            }
+            if let Some(b) = self.bank_appends.first() {
+                let _ = writeln!(
+                    out,
+                    "\nProjections and handlers running: {}.{}",
+                    b.projections.join(", "),
+                    if self.bank_appends.iter().any(|b| b.refused > 0) {
+                        " Some appends were refused with OVERLOADED (not counted)."
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        if let Some((library, graphql)) = &self.graphql_paging {
+            let _ = writeln!(
+                out,
+                "\nPaging the whole log ({} events): {} {}/s, {} {}/s: {} of the library.",
+                group(library.events as f64),
+                graphql.label,
+                group(graphql.per_sec),
+                library.label,
+                group(library.per_sec),
+                ratio(graphql.per_sec, library.per_sec)
+            );
+        }
+        if let Some(c) = &self.bank_catch_up {
+            let _ = writeln!(
+                out,
+                "\nCatch-up of the bank's projections ({}) over {} events of its own types: \
+                 {}/s from the server's start ({:.1} s, of which {:.1} s before `/ready`), \
+                 against the raw scan of the same log at {}/s: {}.",
+                c.projections.join(", "),
+                group(c.bank.events as f64),
+                group(c.bank.per_sec),
+                c.took_secs,
+                c.ready_after_secs,
+                group(c.raw.per_sec),
+                ratio(c.bank.per_sec, c.raw.per_sec)
+            );
+        }
+        let at_64 = self.api_appends.iter().find(|a| a.connections == 64);
+        let bank_64 = self.bank_appends.iter().find(|b| b.connections == 64);
+        if at_64.is_none() && bank_64.is_none() {
+            return;
+        }
+        out.push_str("\nIssue #15, goal 1 (API appends at 64 connections):\n\n");
+        let verdict = |value: f64, goal: f64| if value >= goal { "met" } else { "not met" };
+        if let Some(a) = at_64 {
+            let to_library = a.http.rate.per_sec / a.library.rate.per_sec.max(1e-9);
+            let to_raw = a.http.rate.per_sec / a.raw.per_sec.max(1e-9);
+            let _ = writeln!(
+                out,
+                "- GraphQL over HTTP ≥ 70 % of the library's `append`: {:.0} % — {}",
+                100.0 * to_library,
+                verdict(to_library, 0.70)
+            );
+            let _ = writeln!(
+                out,
+                "- GraphQL over HTTP ≥ 1.5× the raw 1-row insert: {to_raw:.2}× — {}",
+                verdict(to_raw, 1.5)
+            );
+        }
+        if let Some(b) = bank_64 {
+            let share = b.with.rate.per_sec / b.without.rate.per_sec.max(1e-9);
+            let _ = writeln!(
+                out,
+                "- With the bank's projections running ≥ 60 % of the rate without them: {:.0} % — {}",
+                100.0 * share,
+                verdict(share, 0.60)
+            );
+        }
     }
 
     /// Issue #11: validation's cost, and JSON against Avro on the same events.

@@ -29,8 +29,12 @@ where
     let filter = EnvFilter::try_from_env("TIDEMARK_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Colours only for a terminal: in a log file or a collector they are escape codes
+    // (and formatting them is a measurable part of every request's span).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_filter(filter)
 }
 

@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+#[global_allocator]
+static ALLOCATOR: tidemark_api::Allocator = tidemark_api::Allocator;
+
 fn main() -> anyhow::Result<()> {
     tidemark_api::cli::run(tidemark_example_bank::app(Arc::new(
         tidemark_example_bank::LogAlerts,

@@ -35,6 +35,9 @@ use tidemark_projections::{
 use tidemark_store::{EventStore, StoreConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
+#[global_allocator]
+static ALLOCATOR: tidemark_api::Allocator = tidemark_api::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
