@@ -685,22 +685,7 @@ pub async fn write_bank_log(store: &EventStore, total: u64, progress: &Progress)
             }
         }));
     }
-    let all = futures::future::try_join_all(tasks);
-    tokio::pin!(all);
-    loop {
-        tokio::select! {
-            results = &mut all => {
-                for result in results.context("a writer task panicked")? {
-                    result?;
-                }
-                return Ok(());
-            }
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                progress.detail(format!(
-                    "writing the bank's log: {}/{total} events",
-                    written.load(Ordering::Relaxed)
-                ));
-            }
-        }
-    }
+    progress
+        .await_writers(tasks, &written, total, "writing the bank's log")
+        .await
 }

@@ -197,6 +197,35 @@ impl Progress {
         self.phase.set_message(message);
     }
 
+    /// Waits for the writer `tasks`, showing `written` of `total` events every 250 ms as
+    /// "`doing`: written/total events". The first task error (or panic) is returned.
+    pub async fn await_writers(
+        &self,
+        tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+        written: &std::sync::atomic::AtomicU64,
+        total: u64,
+        doing: &str,
+    ) -> anyhow::Result<()> {
+        let all = futures::future::try_join_all(tasks);
+        tokio::pin!(all);
+        loop {
+            tokio::select! {
+                results = &mut all => {
+                    for result in results.map_err(|e| anyhow::anyhow!("a writer task panicked: {e}"))? {
+                        result?;
+                    }
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {
+                    self.detail(format!(
+                        "{doing}: {}/{total} events",
+                        written.load(std::sync::atomic::Ordering::Relaxed)
+                    ));
+                }
+            }
+        }
+    }
+
     /// Ends a phase, printing its result line above the bars.
     pub fn done(&self, line: &str) {
         self.overall.inc(1);

@@ -307,25 +307,9 @@ pub async fn populate(store: &EventStore, total: u64, progress: &Progress) -> Re
             }
         }));
     }
-    let all = futures::future::try_join_all(tasks);
-    tokio::pin!(all);
-    loop {
-        tokio::select! {
-            results = &mut all => {
-                for result in results.context("a populating task panicked")? {
-                    result?;
-                }
-                return Ok(());
-            }
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                progress.detail(format!(
-                    "writing the log: {}/{} events",
-                    written.load(Ordering::Relaxed),
-                    total
-                ));
-            }
-        }
-    }
+    progress
+        .await_writers(tasks, &written, total, "writing the log")
+        .await
 }
 
 /// Reads the whole log with `read_log` in pages of `page`. Returns (events, elapsed).
