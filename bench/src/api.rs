@@ -469,21 +469,11 @@ pub async fn http_appends(
             Ok(latencies)
         }));
     }
-    progress.watch(label, &window).await;
-    let mut latencies = Latencies::default();
-    for task in tasks {
-        latencies.extend(task.await.context("an HTTP client task panicked")??);
-    }
-    let (server_cpu, postgres_cpu) = cpu.await.context("the CPU sampler panicked")?;
-    let batches = batches.await.context("the metrics sampler panicked")?;
-    let per_sec = window.rate();
+    let samplers = Samplers { cpu, batches };
+    let run = finish_run(progress, label, &window, tasks, samplers, measure).await?;
     Ok(ApiRun {
-        per_sec,
-        latencies,
         refused: refused.load(Ordering::Relaxed),
-        server_cpu_us: per_append_us(server_cpu, per_sec, measure),
-        postgres_cpu_us: per_append_us(postgres_cpu, per_sec, measure),
-        batches,
+        ..run
     })
 }
 
@@ -527,13 +517,37 @@ pub async fn library_appends(
             Ok(latencies)
         }));
     }
-    progress.watch(label, &window).await;
+    let samplers = Samplers { cpu, batches };
+    finish_run(progress, label, &window, tasks, samplers, measure).await
+}
+
+/// What a run samples beside its clients: CPU (the process, PostgreSQL) and the writer's
+/// batches, each over the measured part of the window.
+struct Samplers {
+    cpu: tokio::task::JoinHandle<(Option<Duration>, Option<Duration>)>,
+    batches: tokio::task::JoinHandle<Option<(f64, f64)>>,
+}
+
+/// Shows the run's progress until its window ends, then gathers every client's latencies and
+/// the samplers' figures (no refusals: the caller adds its own).
+async fn finish_run(
+    progress: &Progress,
+    label: &str,
+    window: &Window,
+    tasks: Vec<tokio::task::JoinHandle<Result<Latencies>>>,
+    samplers: Samplers,
+    measure: Duration,
+) -> Result<ApiRun> {
+    progress.watch(label, window).await;
     let mut latencies = Latencies::default();
     for task in tasks {
-        latencies.extend(task.await.context("an append task panicked")??);
+        latencies.extend(task.await.context("a client task panicked")??);
     }
-    let (process_cpu, postgres_cpu) = cpu.await.context("the CPU sampler panicked")?;
-    let batches = batches.await.context("the batch sampler panicked")?;
+    let (process_cpu, postgres_cpu) = samplers.cpu.await.context("the CPU sampler panicked")?;
+    let batches = samplers
+        .batches
+        .await
+        .context("the batch sampler panicked")?;
     let per_sec = window.rate();
     Ok(ApiRun {
         per_sec,

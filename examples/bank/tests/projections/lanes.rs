@@ -706,18 +706,12 @@ async fn leases_stay_renewed_while_every_pooled_connection_is_held() {
             .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)))
             .expect("reading the leases")
     };
-    let give_up = tokio::time::Instant::now() + DEADLINE;
-    let epochs = loop {
-        let (mine, all, epochs) = held_by_me().await;
-        if all > 0 && mine == all {
-            break epochs;
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "the engine never held every partition ({mine} of {all})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let epochs =
+        tidemark_testkit::eventually("the engine holds every partition", DEADLINE, || async {
+            let (mine, all, epochs) = held_by_me().await;
+            (all > 0 && mine == all).then_some(epochs)
+        })
+        .await;
 
     let pool = store.pool();
     let mut held = Vec::new();
